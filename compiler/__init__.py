@@ -1,0 +1,29 @@
+"""mlxterp's compiler: IR, verifier, passes, scheduler, lowering, eager/compiled executor.
+
+It knows nothing about tokenizers or text, and never imports from ``mlxterp``.
+"""
+
+from .errors import (
+    CausalityError,
+    GraphError,
+    ModuleNotCalledError,
+    NodeExecutionError,
+    ShapeMismatchError,
+    TraceError,
+)
+from .executor import MODES, Executor, RunResult
+from .export import to_dot, to_json, to_text
+from .hooks import hooks_installed, is_hooked
+from .ir import Graph, Node, Op, Ref
+from .lowering import PatchedForward
+from .passes import eliminate_dead_code, fuse_elementwise, lift_constants, run_passes, schedule
+from .probe import Probe, probe
+from .structure import structure_key
+from .verify import verify
+
+__all__ = [
+    "CausalityError", "GraphError", "ModuleNotCalledError", "NodeExecutionError", "ShapeMismatchError",
+    "TraceError", "MODES", "Executor", "RunResult", "to_dot", "to_json", "to_text", "hooks_installed",
+    "is_hooked", "Graph", "Node", "Op", "Ref", "PatchedForward", "eliminate_dead_code", "fuse_elementwise",
+    "lift_constants", "run_passes", "schedule", "Probe", "probe", "structure_key", "verify",
+]

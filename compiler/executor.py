@@ -1,0 +1,120 @@
+"""The executor: runs a recorded graph eagerly or compiled, with a cache keyed by structure and shapes.
+
+``mode`` is ``"eager"`` (the reference interpreter), ``"compiled"`` (``mx.compile`` over the lowered
+forward, with the model's state as an implicit input so weight edits are seen) or ``"auto"`` (eager the
+first time a (structure, shapes) key is seen, compiled once it repeats). A cache hit skips every pass:
+only the constants' values are read off the new graph.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any, Callable, Hashable
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .ir import Graph
+from .lowering import PatchedForward, default_call
+from .passes import PassResult, run_passes
+from .passes.lift import param_values
+from .probe import Probe
+from .structure import structure_key
+
+MODES = ("eager", "compiled", "auto")
+
+
+@dataclasses.dataclass
+class CacheEntry:
+    """One lowered program: its passes' result, the eager function and (once needed) the compiled one."""
+
+    passes: PassResult
+    forward: PatchedForward
+    compiled: Callable | None = None
+    runs: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """What one execution returns, plus how it ran."""
+
+    output: Any
+    saves: dict
+    captures: dict
+    mode: str
+    entry: CacheEntry
+
+
+class Executor:
+    """Runs graphs against one model; owns the compile cache and its statistics."""
+
+    def __init__(self, model: nn.Module, *, call: Callable[[nn.Module, mx.array], Any] = default_call,
+                 max_entries: int = 256):
+        self.model = model
+        self.call = call
+        self.max_entries = max_entries
+        self._cache: collections.OrderedDict[Hashable, CacheEntry] = collections.OrderedDict()
+        self.stats: collections.Counter = collections.Counter()
+
+    def key(self, graph: Graph, tokens: mx.array) -> Hashable:
+        """Cache key: the graph's structure and the input's shape and dtype."""
+        return (structure_key(graph), tuple(tokens.shape), str(tokens.dtype))
+
+    def run(self, graph: Graph, tokens: mx.array, probe: Callable[[], Probe], mode: str = "auto") -> RunResult:
+        """Execute ``graph`` on ``tokens``; ``probe()`` gives the execution order on a cache miss."""
+        if mode not in MODES:
+            raise ValueError(f"compile mode {mode!r} is not one of {MODES} (True = 'compiled', False = 'eager')")
+        key = self.key(graph, tokens)
+        entry = self._lookup(key, graph, probe)
+        params = param_values(graph)
+        compiled = mode == "compiled" or (mode == "auto" and entry.runs > 0)
+        entry.runs += 1
+        if compiled:
+            fn = entry.compiled or self._compile(entry)
+            self.stats["compiled_runs"] += 1
+            output, saves, captures = fn(tokens, params)
+        else:
+            self.stats["eager_runs"] += 1
+            output, saves, captures = entry.forward(tokens, params)
+        return RunResult(output, saves, captures, "compiled" if compiled else "eager", entry)
+
+    def lower(self, graph: Graph, probe: Probe) -> CacheEntry:
+        """Run the passes on ``graph`` and lower it (no caching)."""
+        result = run_passes(graph, probe.events)
+        return CacheEntry(result, PatchedForward(self.model, result.after, result.schedule, call=self.call))
+
+    def _lookup(self, key: Hashable, graph: Graph, probe: Callable[[], Probe]) -> CacheEntry:
+        entry = self._cache.get(key)
+        if entry is not None:
+            self.stats["hits"] += 1
+            self._cache.move_to_end(key)
+            return entry
+        self.stats["misses"] += 1
+        entry = self.lower(graph, probe())
+        self._cache[key] = entry
+        if len(self._cache) > self.max_entries:
+            self._cache.popitem(last=False)
+            self.stats["evictions"] += 1
+        return entry
+
+    def _compile(self, entry: CacheEntry) -> Callable:
+        forward = entry.forward
+
+        def traced(tokens: mx.array, params: list) -> tuple:
+            # Runs only while mx.compile traces: counting here counts retraces exactly.
+            self.stats["traces"] += 1
+            return forward(tokens, params)
+
+        # The model's state and the random state are implicit inputs: weight edits and fresh noise are
+        # seen on every call instead of being baked in as constants.
+        entry.compiled = mx.compile(traced, inputs=[self.model.state, mx.random.state], outputs=[mx.random.state])
+        return entry.compiled
+
+    def clear(self) -> None:
+        """Drop every cached program (statistics are kept)."""
+        self._cache.clear()
+
+    def cache_size(self) -> int:
+        """Number of cached programs."""
+        return len(self._cache)

@@ -1,0 +1,71 @@
+"""Interception by class swap: a hooked module's instance gets a cached subclass whose ``__call__``
+hands control to the active runtime. Names, parameters, ``isinstance`` and weight loading stay intact,
+and the original class is restored in ``finally``, whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+import mlx.nn as nn
+
+_HOOKED_CLASSES: dict[type, type] = {}
+# id(module) -> (path, runtime). Kept outside the module: nn.Module is a dict and would store it as state.
+_ACTIVE: dict[int, tuple[str, "Runtime"]] = {}
+
+
+class Runtime(Protocol):
+    """What a hooked ``__call__`` hands control to."""
+
+    def call(self, path: str, module: nn.Module, original: Callable, args: tuple, kwargs: dict) -> Any:
+        """Run ``original(module, *args, **kwargs)`` with this runtime's work around it."""
+
+
+def hooked_class(cls: type) -> type:
+    """The cached subclass of ``cls`` whose ``__call__`` defers to the active runtime."""
+    sub = _HOOKED_CLASSES.get(cls)
+    if sub is None:
+        original = cls.__call__
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            entry = _ACTIVE.get(id(self))
+            if entry is None:  # a hooked instance outside any runtime (a leaked reference): behave normally
+                return original(self, *args, **kwargs)
+            path, runtime = entry
+            return runtime.call(path, self, original, args, kwargs)
+
+        sub = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
+                                          "__qualname__": cls.__qualname__, "__mlxterp_hooked__": True})
+        _HOOKED_CLASSES[cls] = sub
+    return sub
+
+
+@contextlib.contextmanager
+def hooks_installed(modules: Iterable[tuple[str, nn.Module]], runtime: Runtime) -> Iterator[None]:
+    """Hook each ``(path, module)`` for the duration of the block; restore classes in ``finally``."""
+    swapped: list[tuple[nn.Module, type]] = []
+    try:
+        for path, module in modules:
+            active = _ACTIVE.get(id(module))
+            if active is not None and active[1] is runtime:
+                continue  # one module reachable at two paths: the first path names it
+            if active is not None:
+                raise RuntimeError(
+                    f"module {path or '<model>'} is already hooked by another running trace; "
+                    "traces of one model cannot be nested or run concurrently"
+                )
+            cls = type(module)
+            _ACTIVE[id(module)] = (path, runtime)
+            module.__class__ = hooked_class(cls)
+            swapped.append((module, cls))
+        yield
+    finally:
+        for module, cls in reversed(swapped):
+            module.__class__ = cls
+            _ACTIVE.pop(id(module), None)
+
+
+def is_hooked(module: nn.Module) -> bool:
+    """Whether ``module`` currently carries a hook class (used by restoration tests)."""
+    return "__mlxterp_hooked__" in type(module).__dict__

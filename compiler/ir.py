@@ -1,0 +1,200 @@
+"""The intermediate representation: a closed set of ops, immutable nodes, and a graph of them.
+
+A node is a small record ``(id, op, target, args, kwargs, meta)``. ``args`` and ``kwargs`` are nested
+Python structures (tuples, lists, dicts, slices, literals) in which :class:`Ref` marks a use of another
+node's value. ``meta`` holds facts that are not part of the program's structure, such as the user's
+source line. Ops:
+
+``module_output``  target ``(path, call_idx)``: what the module returned on its ``call_idx``-th call.
+``module_input``   target ``(path, call_idx)``: the first positional argument of that call.
+``constant``       a value given while tracing (an ``mx.array`` or a Python number), in ``meta["value"]``.
+``param``          target ``index``: a lifted constant, read from the ``params`` list at run time.
+``getitem``        args ``(x, index)``: ``x[index]``.
+``setitem``        args ``(x, index, value)``: a copy of ``x`` with ``x[index] = value`` (functional).
+``call_function``  target ``fn``: ``fn(*args, **kwargs)``.
+``call_method``    target ``name``: ``args[0].name(*args[1:], **kwargs)``.
+``binary``         target an operator name (``"add"``, ``"mul"``, ...): ``op(args[0], args[1])``.
+``unary``          target an operator name (``"neg"``, ``"abs"``, ...): ``op(args[0])``.
+``fused``          target a tuple of micro-steps (built by the fusion pass): one elementwise function.
+``replace``        target ``(path, call_idx, phase)`` with phase ``"output"`` or ``"input"``: a write; the
+                   module's output (or input) becomes ``args[0]``. Side effect: never dropped.
+``save``           target a key: ``args[0]`` is returned to the user under that key. Side effect.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from enum import Enum
+from typing import Any, Callable, Iterator
+
+import networkx as nx
+
+
+class Op(str, Enum):
+    """The closed set of node ops (see the module docstring for each one's meaning)."""
+
+    MODULE_OUTPUT = "module_output"
+    MODULE_INPUT = "module_input"
+    CONSTANT = "constant"
+    PARAM = "param"
+    GETITEM = "getitem"
+    SETITEM = "setitem"
+    CALL_FUNCTION = "call_function"
+    CALL_METHOD = "call_method"
+    BINARY = "binary"
+    UNARY = "unary"
+    FUSED = "fused"
+    REPLACE = "replace"
+    SAVE = "save"
+
+
+SIDE_EFFECT_OPS = frozenset({Op.REPLACE, Op.SAVE})
+MODULE_OPS = frozenset({Op.MODULE_OUTPUT, Op.MODULE_INPUT})
+
+
+class Ref:
+    """A use of another node's value inside ``args`` / ``kwargs``."""
+
+    __slots__ = ("id",)
+
+    def __init__(self, node_id: int):
+        self.id = node_id
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Ref) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(("Ref", self.id))
+
+    def __repr__(self) -> str:
+        return f"%{self.id}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+    """One operation of a recorded program. Immutable: passes build new nodes."""
+
+    id: int
+    op: Op
+    target: Any = None
+    args: tuple = ()
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    meta: dict = dataclasses.field(default_factory=dict, compare=False)
+
+    @property
+    def source(self) -> str:
+        """The user's ``file:line`` where this node was recorded, or ``"<unknown>"``."""
+        return self.meta.get("source", "<unknown>")
+
+    def refs(self) -> list[int]:
+        """Ids of the nodes this node reads, in argument order."""
+        found: list[int] = []
+        map_refs((self.args, self.kwargs), lambda r: found.append(r.id) or r)
+        return found
+
+    def replace(self, **changes: Any) -> "Node":
+        """A copy of this node with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> str:
+        """A short human-readable name: op and target."""
+        return f"{self.op.value}[{target_name(self.target)}]" if self.target is not None else self.op.value
+
+
+def target_name(target: Any) -> str:
+    """Readable form of a node target (functions by qualified name)."""
+    if callable(target) and hasattr(target, "__qualname__"):
+        module = getattr(target, "__module__", "") or ""
+        prefix = "mx." if module.startswith("mlx") else (module + "." if module else "")
+        return prefix + target.__qualname__
+    if isinstance(target, tuple) and len(target) >= 2 and isinstance(target[0], str):
+        path, idx = target[0] or "<model>", target[1]
+        rest = "".join(f", {t}" for t in target[2:])
+        return f"{path}" + (f"#{idx}" if idx else "") + rest
+    return repr(target) if not isinstance(target, str) else target
+
+
+def map_refs(value: Any, fn: Callable[[Ref], Any]) -> Any:
+    """Rebuild a nested args structure, replacing every :class:`Ref` with ``fn(ref)``."""
+    if isinstance(value, Ref):
+        return fn(value)
+    if isinstance(value, tuple):
+        return tuple(map_refs(v, fn) for v in value)
+    if isinstance(value, list):
+        return [map_refs(v, fn) for v in value]
+    if isinstance(value, dict):
+        return {k: map_refs(v, fn) for k, v in value.items()}
+    if isinstance(value, slice):
+        return slice(map_refs(value.start, fn), map_refs(value.stop, fn), map_refs(value.step, fn))
+    return value
+
+
+class Graph:
+    """An ordered collection of nodes; insertion order is a valid topological order.
+
+    ``captures`` names module calls whose outputs are returned as activations besides the saves:
+    ``"all"`` (every module), or a tuple of ``(path, call_idx)``.
+    """
+
+    def __init__(self, nodes: list[Node] | None = None, captures: Any = ()):
+        self._nodes: dict[int, Node] = {}
+        self.captures = captures
+        for node in nodes or []:
+            self._nodes[node.id] = node
+        self._next_id = max(self._nodes) + 1 if self._nodes else 0
+
+    def add(self, op: Op, target: Any = None, args: tuple = (), kwargs: dict | None = None,
+            meta: dict | None = None) -> Node:
+        """Append a node with the next free id and return it."""
+        node = Node(self._next_id, Op(op), target, tuple(args), dict(kwargs or {}), dict(meta or {}))
+        self._nodes[node.id] = node
+        self._next_id += 1
+        return node
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self._nodes.values())
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __contains__(self, node_id: int) -> bool:
+        return node_id in self._nodes
+
+    def node(self, node_id: int) -> Node:
+        """The node with this id (KeyError naming it if absent)."""
+        try:
+            return self._nodes[node_id]
+        except KeyError:
+            raise KeyError(f"graph has no node %{node_id}") from None
+
+    @property
+    def nodes(self) -> list[Node]:
+        """All nodes in order."""
+        return list(self._nodes.values())
+
+    def with_nodes(self, nodes: list[Node]) -> "Graph":
+        """A new graph with these nodes and the same captures (used by passes)."""
+        return Graph(nodes, captures=self.captures)
+
+    def users(self) -> dict[int, list[int]]:
+        """Map from node id to the ids of nodes that read it."""
+        users: dict[int, list[int]] = {n.id: [] for n in self}
+        for node in self:
+            for ref in node.refs():
+                users.setdefault(ref, []).append(node.id)
+        return users
+
+    def to_networkx(self) -> nx.DiGraph:
+        """The data-flow graph as a ``networkx.DiGraph`` (edge ``a -> b`` when ``b`` reads ``a``)."""
+        g = nx.DiGraph()
+        for node in self:
+            g.add_node(node.id, op=node.op.value, target=target_name(node.target), source=node.source)
+        for node in self:
+            for ref in node.refs():
+                g.add_edge(ref, node.id)
+        return g
+
+    def __repr__(self) -> str:
+        from .export import to_text
+
+        return to_text(self)

@@ -1,0 +1,29 @@
+"""mlxterp: mechanistic interpretability for MLX, on a graph-rewriting tracer.
+
+Importing the package changes nothing global.
+"""
+
+from . import interventions
+from .activation_cache import ActivationCache
+from .model import InterpretableModel
+from .names import ModuleNameError
+from .tracing.module_proxy import LayerListProxy, ModuleProxy
+from .tracing.proxy import Proxy, apply
+from .tracing.trace import Trace
+
+OutputProxy = Proxy  # the seed's name for a traced value
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationCache",
+    "InterpretableModel",
+    "LayerListProxy",
+    "ModuleNameError",
+    "ModuleProxy",
+    "OutputProxy",
+    "Proxy",
+    "Trace",
+    "apply",
+    "interventions",
+]

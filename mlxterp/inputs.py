@@ -1,0 +1,107 @@
+"""Input normalisation: text, batches of text, token lists and arrays become one right-padded token array.
+
+Right padding keeps every real position exact under causal attention (padding after a token cannot
+change it), and the true lengths are kept so "position -1" can mean each row's last real token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import mlx.core as mx
+import numpy as np
+
+INPUT_KINDS = "str, list of str, list of int, list of lists of int, or an integer mx.array of shape (seq,) or (batch, seq)"
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenBatch:
+    """Right-padded tokens ``(batch, seq)`` and each row's real length."""
+
+    tokens: mx.array
+    lengths: tuple[int, ...]
+
+    @property
+    def padded(self) -> bool:
+        """Whether any row is shorter than the batch's sequence length."""
+        return any(n != self.tokens.shape[1] for n in self.lengths)
+
+
+def to_token_batch(inputs: Any, tokenizer: Any, vocab_rows: int | None, pad_id: int = 0) -> TokenBatch:
+    """Normalise ``inputs`` (see :data:`INPUT_KINDS`) and check every id is below ``vocab_rows``."""
+    if isinstance(inputs, str):
+        rows = [_encode(tokenizer, inputs)]
+    elif isinstance(inputs, mx.array):
+        return _check_range(_from_array(inputs), vocab_rows)
+    elif isinstance(inputs, np.ndarray):
+        return _check_range(_from_array(mx.array(inputs)), vocab_rows)
+    elif isinstance(inputs, (list, tuple)):
+        rows = _rows_from_sequence(inputs, tokenizer)
+    else:
+        raise TypeError(f"inputs has type {type(inputs).__name__}; expected {INPUT_KINDS}")
+    return _check_range(pad_rows(rows, pad_id), vocab_rows)
+
+
+def _rows_from_sequence(inputs: Sequence, tokenizer: Any) -> list[list[int]]:
+    if len(inputs) == 0:
+        raise ValueError(f"inputs is empty; expected {INPUT_KINDS}")
+    if all(isinstance(x, str) for x in inputs):
+        return [_encode(tokenizer, x) for x in inputs]
+    if all(_is_int(x) for x in inputs):
+        return [[int(x) for x in inputs]]
+    if all(isinstance(x, (list, tuple)) and all(_is_int(t) for t in x) for x in inputs):
+        return [[int(t) for t in x] for x in inputs]
+    kinds = sorted({type(x).__name__ for x in inputs})
+    raise TypeError(f"inputs is a list mixing {', '.join(kinds)}; expected {INPUT_KINDS}")
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    if tokenizer is None:
+        raise ValueError(
+            f"text input {text[:40]!r} needs a tokenizer, and this model has none: pass "
+            "InterpretableModel(model, tokenizer=...) or give token ids (a list of int or an mx.array)"
+        )
+    ids = list(tokenizer.encode(text))
+    if not ids:
+        raise ValueError(f"text input {text!r} encodes to no tokens; give a non-empty prompt")
+    return ids
+
+
+def _from_array(tokens: mx.array) -> TokenBatch:
+    if not mx.issubdtype(tokens.dtype, mx.integer):
+        raise TypeError(f"token array has dtype {tokens.dtype}; expected an integer dtype such as mx.int32")
+    if tokens.ndim == 1:
+        tokens = tokens[None]
+    if tokens.ndim != 2 or tokens.shape[1] == 0:
+        raise ValueError(f"token array has shape {tuple(tokens.shape)}; expected (seq,) or (batch, seq) with seq > 0")
+    return TokenBatch(tokens, (tokens.shape[1],) * tokens.shape[0])
+
+
+def pad_rows(rows: list[list[int]], pad_id: int) -> TokenBatch:
+    """Right-pad token rows with ``pad_id`` into one int32 array."""
+    if any(len(r) == 0 for r in rows):
+        raise ValueError("an input row has no tokens; every prompt needs at least one token")
+    width = max(len(r) for r in rows)
+    data = np.full((len(rows), width), pad_id, dtype=np.int32)
+    for i, r in enumerate(rows):
+        data[i, : len(r)] = r
+    return TokenBatch(mx.array(data), tuple(len(r) for r in rows))
+
+
+def _check_range(batch: TokenBatch, vocab_rows: int | None) -> TokenBatch:
+    if vocab_rows is None:
+        return batch
+    lo, hi = mx.min(batch.tokens).item(), mx.max(batch.tokens).item()
+    if lo < 0 or hi >= vocab_rows:
+        bad = hi if hi >= vocab_rows else lo
+        where = np.argwhere(np.array(batch.tokens) == bad)[0].tolist()
+        raise ValueError(
+            f"token id {bad} at position {tuple(where)} is out of range: the model's embedding has "
+            f"{vocab_rows} rows, so ids must be in [0, {vocab_rows - 1}]"
+        )
+    return batch

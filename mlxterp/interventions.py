@@ -1,0 +1,148 @@
+"""Pre-built interventions: functions ``activation -> activation`` for the ``interventions=`` dict.
+
+Each one works on a plain ``mx.array`` and on a traced value alike. Inside a trace it records graph
+nodes whose numbers (the factor of ``scale(0.5)``, the vector of ``add_vector(v)``) are lifted into
+parameters, so a sweep over values reuses one compiled program instead of retracing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Union
+
+import mlx.core as mx
+
+from .tracing.proxy import apply
+
+Activation = Any  # an mx.array, or a traced value inside a trace
+
+
+class Intervention:
+    """Base class: a named, composable ``activation -> activation`` function."""
+
+    def __call__(self, x: Activation) -> Activation:
+        raise TypeError(f"{type(self).__name__} must override __call__")
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"iv.{type(self).__name__.lower()}({fields})"
+
+
+class _ZeroOut(Intervention):
+    def __call__(self, x: Activation) -> Activation:
+        return apply(mx.zeros_like, x)
+
+    def __repr__(self) -> str:
+        return "iv.zero_out"
+
+
+zero_out = _ZeroOut()
+zero_out.__doc__ = "Set activations to zero: ``zero_out(x) -> zeros_like(x)``."
+
+
+class scale(Intervention):  # noqa: N801 (the seed's name)
+    """Multiply activations by ``factor``."""
+
+    def __init__(self, factor: float):
+        if not isinstance(factor, (int, float, mx.array)) or isinstance(factor, bool):
+            raise TypeError(f"scale(factor) needs a number or mx.array, got {type(factor).__name__} {factor!r}")
+        self.factor = factor
+
+    def __call__(self, x: Activation) -> Activation:
+        return x * self.factor
+
+
+class add_vector(Intervention):  # noqa: N801
+    """Add a steering ``vector`` (broadcastable to the activation's shape)."""
+
+    def __init__(self, vector: mx.array):
+        self.vector = vector if isinstance(vector, mx.array) else mx.array(vector)
+
+    def __call__(self, x: Activation) -> Activation:
+        return x + self.vector
+
+
+def _filled_like(x: mx.array, value: mx.array) -> mx.array:
+    return mx.broadcast_to(value.astype(x.dtype), x.shape)
+
+
+class replace_with(Intervention):  # noqa: N801
+    """Replace activations with ``value`` (a number, or an array broadcastable to the activation)."""
+
+    def __init__(self, value: Union[mx.array, float]):
+        if not isinstance(value, (int, float, mx.array)) or isinstance(value, bool):
+            raise TypeError(f"replace_with(value) needs a number or mx.array, got {type(value).__name__}")
+        self.value = value if isinstance(value, mx.array) else mx.array(float(value))
+
+    def __call__(self, x: Activation) -> Activation:
+        return apply(_filled_like, x, self.value)
+
+
+class clamp(Intervention):  # noqa: N801
+    """Clamp activations to ``[min_val, max_val]`` (either bound may be ``None``)."""
+
+    def __init__(self, min_val: Optional[float] = None, max_val: Optional[float] = None):
+        if min_val is None and max_val is None:
+            raise ValueError("clamp needs min_val, max_val or both; got neither")
+        if min_val is not None and max_val is not None and min_val > max_val:
+            raise ValueError(f"clamp got min_val={min_val} > max_val={max_val}")
+        self.min_val, self.max_val = min_val, max_val
+
+    def __call__(self, x: Activation) -> Activation:
+        lo = None if self.min_val is None else float(self.min_val)
+        hi = None if self.max_val is None else float(self.max_val)
+        return apply(mx.clip, x, lo, hi)
+
+
+def _gaussian_like(x: mx.array) -> mx.array:
+    return mx.random.normal(x.shape, dtype=x.dtype)
+
+
+class noise(Intervention):  # noqa: N801
+    """Add Gaussian noise with standard deviation ``std`` (fresh noise on every run)."""
+
+    def __init__(self, std: float = 0.1):
+        if not isinstance(std, (int, float)) or std < 0:
+            raise ValueError(f"noise(std) needs a non-negative number, got {std!r}")
+        self.std = std
+
+    def __call__(self, x: Activation) -> Activation:
+        return x + apply(_gaussian_like, x) * float(self.std)
+
+
+class InterventionComposer(Intervention):
+    """Compose interventions left to right: ``compose().add(f).add(g).build()`` computes ``g(f(x))``."""
+
+    def __init__(self) -> None:
+        self._fns: list[Callable] = []
+
+    def add(self, fn: Callable[[mx.array], mx.array]) -> "InterventionComposer":
+        """Append ``fn``; returns ``self`` for chaining."""
+        if not callable(fn):
+            raise TypeError(f"compose().add needs a callable (activation -> activation), got {type(fn).__name__}")
+        self._fns.append(fn)
+        return self
+
+    def build(self) -> "InterventionComposer":
+        """The composed intervention (a copy: later ``add`` calls do not change it)."""
+        if not self._fns:
+            raise ValueError("compose() has no interventions; call .add(fn) before .build()")
+        built = InterventionComposer()
+        built._fns = list(self._fns)
+        return built
+
+    def __call__(self, x: Activation) -> Activation:
+        for fn in self._fns:
+            x = fn(x) if isinstance(fn, Intervention) else apply(fn, x)
+        return x
+
+    def __repr__(self) -> str:
+        return " >> ".join(repr(f) for f in self._fns) or "iv.compose()"
+
+
+def compose() -> InterventionComposer:
+    """Start a composition of interventions (see :class:`InterventionComposer`)."""
+    return InterventionComposer()
+
+
+__all__ = ["Intervention", "InterventionComposer", "add_vector", "clamp", "compose", "noise", "replace_with",
+           "scale", "zero_out"]

@@ -1,0 +1,162 @@
+"""``InterpretableModel``: wraps an MLX model (or loads one by name) for tracing and interventions."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from compiler import Executor, Probe, probe
+
+from .inputs import TokenBatch, to_token_batch
+from .names import ModuleIndex, ModuleNameError
+from .tokens import TokenizerMixin
+from .tracing.module_proxy import LayerListProxy, ModuleProxy
+from .tracing.trace import Trace
+
+CAPTURE_CHOICES = "'all' (every module output), 'saved' (only .save()-d values) or a list of module names"
+
+
+class InterpretableModel(TokenizerMixin):
+    """An MLX model with tracing, interventions and analysis helpers.
+
+    Args:
+        model: an ``nn.Module`` to wrap, or a name/path loaded with ``mlx_lm.load`` (or a ``.gguf`` file,
+            or a registered name such as ``"smollm2-135m"``).
+        tokenizer: tokenizer for text inputs (loaded automatically with a model name).
+        layer_attr: attribute holding the transformer layers (``"layers"``, ``"h"``, ``"transformer.h"``).
+    """
+
+    def __init__(self, model: Union[nn.Module, str], tokenizer: Optional[Any] = None, layer_attr: str = "layers"):
+        if isinstance(model, str):
+            from .loading import load_model
+
+            model, loaded_tokenizer = load_model(model)
+            tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
+        elif not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an mlx.nn.Module or a model name/path string, got {type(model).__name__}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.layer_attr = layer_attr
+        self._index = ModuleIndex(model, layer_attr)
+        self._executor = Executor(model)
+        self._probes: collections.OrderedDict[tuple, Probe] = collections.OrderedDict()
+        self.layers = LayerListProxy(self)
+
+    # -- tracing -----------------------------------------------------------------------------
+    def trace(self, inputs: Union[str, List[str], mx.array, List[int]],
+              interventions: Optional[Dict[str, Callable]] = None, compile: Union[bool, str] = "auto",
+              capture: Union[str, List[str]] = "all") -> Trace:
+        """A tracing context: record saves and interventions inside ``with``; they run on exit.
+
+        Args:
+            inputs: a prompt, a list of prompts (right-padded; ``trace.lengths`` keeps real lengths),
+                token ids (list of int) or an integer ``mx.array`` of shape ``(batch, seq)``.
+            interventions: ``{module name: fn}``, each ``fn(activation) -> activation``.
+            compile: ``False`` eager, ``True`` compiled, ``"auto"`` eager the first time a graph
+                structure is seen and compiled once it repeats.
+            capture: which module outputs land in ``trace.activations``: ``"all"`` (default),
+                ``"saved"`` (none beyond ``.save()``), or a list of module names.
+        """
+        return Trace(self, self._batch(inputs), interventions, compile, capture)
+
+    def _batch(self, inputs: Any) -> TokenBatch:
+        return to_token_batch(inputs, self.tokenizer, self._vocab_rows(), self._pad_id())
+
+    def _vocab_rows(self) -> Optional[int]:
+        for _, module in self.model.named_modules():
+            if isinstance(module, (nn.Embedding, nn.QuantizedEmbedding)):
+                return int(module.weight.shape[0])
+        return None
+
+    def _capture_spec(self, capture: Any) -> Any:
+        if capture == "all":
+            return "all"
+        if capture in ("saved", "none", None):
+            return ()
+        if isinstance(capture, (list, tuple)) and all(isinstance(c, str) for c in capture):
+            return tuple((self._index.resolve(c), 0) for c in capture)
+        raise ValueError(f"capture={capture!r} is not valid; choose {CAPTURE_CHOICES}")
+
+    def _check_interventions(self, interventions: Optional[Dict[str, Callable]]) -> list[tuple[str, Callable]]:
+        if interventions is None:
+            return []
+        if not isinstance(interventions, dict):
+            raise TypeError(f"interventions must be a dict {{module name: fn}}, got {type(interventions).__name__}")
+        checked = []
+        for name, fn in interventions.items():
+            if not callable(fn):
+                raise TypeError(f"interventions[{name!r}] is a {type(fn).__name__}; expected a callable "
+                                "activation -> activation such as iv.scale(0.5)")
+            checked.append((self._index.resolve(name), fn))
+        return checked
+
+    def _probe(self, tokens: mx.array) -> Probe:
+        """Execution order and shapes for inputs of this shape (one lazy forward, cached)."""
+        key = (tuple(tokens.shape), str(tokens.dtype))
+        found = self._probes.get(key)
+        if found is None:
+            found = probe(self.model, lambda: self.model(tokens))
+            self._probes[key] = found
+            if len(self._probes) > 64:
+                self._probes.popitem(last=False)
+        return found
+
+    def _activation_name(self, captured: str) -> str:
+        """Key in ``trace.activations`` for a module path: the seed's ``"model." + path`` form."""
+        return "model." + captured if captured else "model"
+
+    def _activation_key(self, name: str) -> Optional[str]:
+        """Map any accepted module name to its ``trace.activations`` key (``None`` if it is not a module)."""
+        try:
+            return self._activation_name(self._index.resolve(name))
+        except ModuleNameError:
+            return None
+
+    # -- modules -----------------------------------------------------------------------------
+    def named_modules(self) -> Iterator[Tuple[str, nn.Module]]:
+        """``(name, module)`` for every module of the wrapped model (canonical paths)."""
+        return iter(self._index.modules.items())
+
+    def module(self, name: str) -> ModuleProxy:
+        """A proxy for any module by name, e.g. ``model.module("layers.3.mlp.gate_proj")``."""
+        return ModuleProxy(self, self._index.resolve(name))
+
+    @property
+    def output(self) -> Any:
+        """The model's final output inside a trace (save it with ``.save()``)."""
+        return ModuleProxy(self, "").output
+
+    @output.setter
+    def output(self, value: Any) -> None:
+        ModuleProxy(self, "").output = value
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only for names that are not attributes: offer the model's modules (model.norm, ...).
+        if name.startswith("_"):
+            raise AttributeError(name)
+        index = self.__dict__.get("_index")
+        if index is not None:
+            path = index.child("", name) or index.child(index.prefix.rstrip("."), name)
+            if path is not None:
+                return ModuleProxy(self, path)
+        raise AttributeError(f"InterpretableModel has no attribute {name!r}")
+
+    # -- compile cache -----------------------------------------------------------------------
+    def compile_stats(self) -> dict:
+        """Counters: ``traces`` (mx.compile traces), ``hits``, ``misses``, ``eager_runs``,
+        ``compiled_runs``, ``evictions``, ``cache_size``."""
+        stats = {k: int(self._executor.stats.get(k, 0))
+                 for k in ("traces", "hits", "misses", "eager_runs", "compiled_runs", "evictions")}
+        stats["cache_size"] = self._executor.cache_size()
+        return stats
+
+    def clear_compile_cache(self) -> None:
+        """Drop every compiled program (statistics are kept)."""
+        self._executor.clear()
+
+    def __repr__(self) -> str:
+        return (f"InterpretableModel({type(self.model).__name__}, {len(self.layers)} layers, "
+                f"tokenizer={'yes' if self.tokenizer is not None else 'none'})")

@@ -1,0 +1,161 @@
+"""Module names: canonical ``named_modules()`` paths, and the other forms users write.
+
+Accepted for ``model.layers.3.mlp`` (an mlx-lm llama): ``layers.3.mlp`` (relative to the layer
+container's parent), ``model.model.layers.3.mlp`` (the seed's prefixed form) and component aliases
+(``attn`` <-> ``self_attn``). Unknown names raise :class:`ModuleNameError` listing the closest valid ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterator
+
+import mlx.nn as nn
+
+ALIASES = {"attn": ("self_attn", "attention"), "self_attn": ("attn", "attention"), "attention": ("self_attn", "attn")}
+
+
+class ModuleNameError(ValueError):
+    """A module name that does not resolve; the message lists the closest valid names."""
+
+
+class ModuleIndex:
+    """Resolves user-written module names to canonical paths of one model."""
+
+    def __init__(self, model: nn.Module, layer_attr: str = "layers"):
+        self.modules: dict[str, nn.Module] = {}
+        for path, module in model.named_modules():
+            self.modules.setdefault(path, module)
+        self.layer_attr = layer_attr
+        self.layers = _find_layers(model, layer_attr)
+        self.container = self._path_of_layers()
+        # Paths are shortened relative to the container's parent: "model.layers.3" -> "layers.3".
+        self.prefix = self.container.rsplit(".", 1)[0] + "." if "." in self.container else ""
+        self._short_attr = self.container[len(self.prefix):]
+
+    def _path_of_layers(self) -> str:
+        if not len(self.layers):
+            raise AttributeError(f"layer attribute {self.layer_attr!r} is an empty list; expected transformer layers")
+        first = self.layers[0]
+        for path, module in self.modules.items():
+            if module is first:
+                return path.rsplit(".", 1)[0]
+        raise AttributeError(f"the modules under {self.layer_attr!r} are not registered children of the model")
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def layer_path(self, idx: int) -> str:
+        """Canonical path of layer ``idx`` (negative indices count from the end)."""
+        n = len(self.layers)
+        if not isinstance(idx, int) or isinstance(idx, bool):
+            raise TypeError(f"layer index must be an int, got {type(idx).__name__} {idx!r}")
+        if not -n <= idx < n:
+            raise IndexError(f"layer index {idx} is out of range: the model has {n} layers (0 to {n - 1})")
+        return f"{self.container}.{idx % n}"
+
+    def short(self, path: str) -> str:
+        """The layer-relative form of a canonical path (``model.layers.3.mlp`` -> ``layers.3.mlp``)."""
+        return path[len(self.prefix):] if self.prefix and path.startswith(self.prefix) else path
+
+    def resolve(self, name: str) -> str:
+        """Canonical path for ``name`` in any accepted form; :class:`ModuleNameError` if none fits."""
+        if not isinstance(name, str):
+            raise TypeError(f"module name must be a str such as 'layers.3.mlp', got {type(name).__name__} {name!r}")
+        for candidate in self._candidates(name):
+            if candidate in self.modules:
+                return candidate
+        raise ModuleNameError(self._explain(name))
+
+    def _candidates(self, name: str) -> Iterator[str]:
+        bases = [name]
+        if name.startswith("model.") or name == "model":
+            bases.append(name[len("model."):])  # the seed's "model.model.layers.6" form
+        for base in list(bases):
+            if self.prefix and not base.startswith(self.prefix):
+                bases.append(self.prefix + base)
+            if base.startswith(self.layer_attr + ".") and self.layer_attr != self._short_attr:
+                bases.append(self.container + base[len(self.layer_attr):])
+        for base in bases:
+            yield from _alias_variants(base)
+
+    def _explain(self, name: str) -> str:
+        parts = name.split(".")
+        for i, part in enumerate(parts):
+            if part.isdigit() and i > 0:
+                head = ".".join(parts[:i])
+                if any(head_path == self.container for head_path in self._candidates_safe(head)):
+                    n = len(self.layers)
+                    if int(part) >= n:
+                        return f"{name!r}: layer index {part} is out of range; the model has {n} layers (0 to {n - 1})"
+                    parent = self.resolve(".".join(parts[: i + 1]))
+                    return self._missing_child(name, parent, parts[i + 1:])
+        close = difflib.get_close_matches(name, self.short_names(), n=5, cutoff=0.5)
+        hint = f"; closest valid names: {', '.join(close)}" if close else ""
+        return (f"unknown module name {name!r}{hint}. Valid names look like "
+                f"{', '.join(self.short_names()[:6])}, ... (see model.named_modules())")
+
+    def _candidates_safe(self, name: str) -> list[str]:
+        return [c for c in self._candidates(name)]
+
+    def _missing_child(self, name: str, parent: str, rest: list[str]) -> str:
+        path = parent
+        for part in rest:
+            children = self.children(path)
+            match = next((c for c in _alias_variants(part) if f"{path}.{c}" in self.modules), None)
+            if match is None:
+                return (f"{name!r}: module {self.short(path)!r} has no component {part!r}; "
+                        f"its components are: {', '.join(children) or '(none)'}")
+            path = f"{path}.{match}"
+        return f"unknown module name {name!r}"
+
+    def children(self, path: str) -> list[str]:
+        """Names of the direct sub-modules of ``path``."""
+        depth = path.count(".") + 1 if path else 0
+        prefix = path + "." if path else ""
+        return sorted({p[len(prefix):].split(".")[0] for p in self.modules
+                       if p.startswith(prefix) and p != path and p.count(".") >= depth})
+
+    def child(self, path: str, attr: str) -> str | None:
+        """Canonical path of sub-module ``attr`` of ``path`` (aliases allowed), or ``None``."""
+        prefix = path + "." if path else ""
+        for variant in _alias_variants(attr):
+            if prefix + variant in self.modules:
+                return prefix + variant
+        return None
+
+    def short_names(self) -> list[str]:
+        """Every module's short name, for error messages."""
+        return [self.short(p) for p in self.modules if p]
+
+
+def _alias_variants(name: str) -> Iterator[str]:
+    yield name
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        for alias in ALIASES.get(part, ()):
+            yield ".".join(parts[:i] + [alias] + parts[i + 1:])
+
+
+def _find_layers(model: nn.Module, layer_attr: str) -> list:
+    """The list of transformer layers at ``layer_attr`` (dotted paths allowed), looked up on the model
+    or its usual wrappers (``model.model``, ``model.transformer``)."""
+    for root in (model, getattr(model, "model", None), getattr(model, "transformer", None)):
+        value = _getattr_path(root, layer_attr) if root is not None else None
+        if isinstance(value, (list, tuple)):
+            return list(value)
+    lists = sorted({p.rsplit(".", 1)[0] for p, m in model.named_modules() if p.rsplit(".", 1)[-1] == "0"})
+    raise AttributeError(
+        f"{type(model).__name__} has no layer list at layer_attr={layer_attr!r}; "
+        f"module lists found in this model: {', '.join(lists) or '(none)'} "
+        "(common values: 'layers' for Llama/Mistral, 'h' for GPT-2, 'transformer.h')"
+    )
+
+
+def _getattr_path(obj: object, dotted: str) -> object:
+    for part in dotted.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            return None
+    return obj

@@ -1,0 +1,134 @@
+"""Module proxies: ``model.layers[3].self_attn`` as a handle whose ``.output`` / ``.input`` record
+reads (and, when assigned, writes) in the current trace."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import mlx.nn as nn
+
+from . import context
+
+
+class ModuleProxy:
+    """A module of the wrapped model, by canonical path (nnsight's envoy).
+
+    Inside a trace: ``.output`` / ``.input`` give proxies of what the module returns / receives
+    (its first positional argument); assigning ``module.output = value`` replaces it. ``.call(i)``
+    selects the ``i``-th call of a module that runs several times per forward (RoPE, shared modules).
+    Other attributes reach the sub-modules (as proxies) or the module itself (weights, config).
+    """
+
+    __slots__ = ("_owner", "_path", "_call")
+
+    def __init__(self, owner: Any, path: str, call_idx: int = 0):
+        object.__setattr__(self, "_owner", owner)
+        object.__setattr__(self, "_path", path)
+        object.__setattr__(self, "_call", call_idx)
+
+    @property
+    def path(self) -> str:
+        """Canonical path (``model.layers.3.mlp``)."""
+        return self._path
+
+    @property
+    def name(self) -> str:
+        """Short, layer-relative name (``layers.3.mlp``)."""
+        return self._owner._index.short(self._path)
+
+    @property
+    def module(self) -> nn.Module:
+        """The wrapped ``nn.Module``."""
+        return self._owner._index.modules[self._path]
+
+    def call(self, idx: int) -> "ModuleProxy":
+        """The same module at its ``idx``-th call within one forward (0-based)."""
+        if not isinstance(idx, int) or idx < 0:
+            raise ValueError(f"call index must be a non-negative int, got {idx!r}")
+        return ModuleProxy(self._owner, self._path, idx)
+
+    @property
+    def output(self) -> Any:
+        return context.current(f"{self.name or 'model'}.output").module_value(self._path, self._call, "output")
+
+    @output.setter
+    def output(self, value: Any) -> None:
+        context.current(f"{self.name or 'model'}.output").write(self._path, self._call, "output", value)
+
+    @property
+    def input(self) -> Any:
+        return context.current(f"{self.name or 'model'}.input").module_value(self._path, self._call, "input")
+
+    @input.setter
+    def input(self, value: Any) -> None:
+        context.current(f"{self.name or 'model'}.input").write(self._path, self._call, "input", value)
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        child = self._owner._index.child(self._path, attr)
+        if child is not None:
+            return ModuleProxy(self._owner, child)
+        try:
+            return getattr(self.module, attr)
+        except AttributeError:
+            children = self._owner._index.children(self._path)
+            raise AttributeError(
+                f"module {self.name or '<model>'!r} ({type(self.module).__name__}) has no component or attribute "
+                f"{attr!r}; its components are: {', '.join(children) or '(none)'}"
+            ) from None
+
+    def __getitem__(self, idx: int) -> "ModuleProxy":
+        child = self._owner._index.child(self._path, str(idx % len(self) if isinstance(idx, int) and len(self) else idx))
+        if child is None:
+            raise IndexError(f"module {self.name!r} has no item {idx!r}; it has {len(self)} items")
+        return ModuleProxy(self._owner, child)
+
+    def __len__(self) -> int:
+        return sum(1 for c in self._owner._index.children(self._path) if c.isdigit())
+
+    def __setattr__(self, attr: str, value: Any) -> None:
+        if attr in ("output", "input"):
+            object.__setattr__(self, attr, value)
+            return
+        raise AttributeError(
+            f"cannot set {attr!r} on module proxy {self.name!r}; inside a trace assign "
+            f"`module.output = value` (or `.input`), or edit weights on the nn.Module itself ({self.name}.module)"
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ModuleProxy) and (other._owner, other._path, other._call) == (
+            self._owner, self._path, self._call)
+
+    def __hash__(self) -> int:
+        return hash((id(self._owner), self._path, self._call))
+
+    def __repr__(self) -> str:
+        call = f", call {self._call}" if self._call else ""
+        return f"ModuleProxy({self.name or '<model>'}: {type(self.module).__name__}{call})"
+
+
+class LayerListProxy:
+    """Indexed access to the model's transformer layers: ``model.layers[3]``, ``len``, iteration."""
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, owner: Any):
+        self._owner = owner
+
+    def __getitem__(self, idx: int | slice) -> Any:
+        if isinstance(idx, slice):
+            return [self[i] for i in range(*idx.indices(len(self)))]
+        return ModuleProxy(self._owner, self._owner._index.layer_path(idx))
+
+    def __len__(self) -> int:
+        return len(self._owner._index)
+
+    def __iter__(self) -> Iterator[ModuleProxy]:
+        return (self[i] for i in range(len(self)))
+
+    def __repr__(self) -> str:
+        return f"LayerListProxy({len(self)} layers at {self._owner._index.container!r})"

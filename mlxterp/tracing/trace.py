@@ -1,0 +1,260 @@
+"""The trace context: records a graph inside ``with model.trace(...)``, runs it on exit, binds results."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+import mlx.core as mx
+
+from compiler import Graph, Op, Ref, to_dot, to_json, to_text
+from compiler.semantics import evaluate
+
+from . import context
+from .proxy import Proxy, _unwrap, apply
+from .results import ActivationDict, rebind_in_frame
+from .source import user_source
+
+COMPILE_CHOICES = {False: "eager", True: "compiled", "eager": "eager", "compiled": "compiled", "auto": "auto"}
+
+
+class Trace:
+    """Context manager for one traced forward (created by :meth:`InterpretableModel.trace`).
+
+    After the block: ``output`` (the model's output), ``saved_values`` (``.save()``-d values by key),
+    ``activations`` (captured module outputs, keyed ``"model." + path``), ``get``/``get_activation``,
+    ``graph`` (the recorded IR), ``optimized_graph`` (after passes), ``mode`` ("eager"/"compiled").
+    """
+
+    def __init__(self, owner: Any, batch: Any, interventions: dict | None, compile: Any, capture: Any):
+        if compile not in COMPILE_CHOICES:
+            raise ValueError(f"compile={compile!r} is not valid; choose True, False, 'auto', 'eager' or 'compiled'")
+        self._owner = owner
+        self.tokens: mx.array = batch.tokens
+        self.lengths: tuple[int, ...] = batch.lengths
+        self.compile_mode = COMPILE_CHOICES[compile]
+        self.graph = Graph(captures=owner._capture_spec(capture))
+        self._interventions = owner._check_interventions(interventions)
+        self._versions: dict[tuple, int] = {}
+        self._abstract: dict[int, Any] = {}
+        self._saved: list[Proxy] = []
+        self.finished = False
+        self.output: Any = None
+        self.saved_values: dict[str, Any] = {}
+        self.activations: ActivationDict = ActivationDict({}, owner._activation_key)
+        self.mode: str | None = None
+        self._result: Any = None
+
+    # -- context protocol --------------------------------------------------------------------
+    def __enter__(self) -> "Trace":
+        context.push(self)
+        try:
+            for path, fn in self._interventions:
+                self._apply_intervention(path, fn)
+        except BaseException:
+            context.pop(self)
+            raise
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        context.pop(self)
+        self.finished = True
+        if exc_type is not None:
+            return False
+        result = self._owner._executor.run(self.graph, self.tokens, lambda: self._owner._probe(self.tokens),
+                                           self.compile_mode)
+        self._bind(result)
+        rebind_in_frame(sys._getframe(1), {id(p): p._value for p in self._saved})
+        return False
+
+    def _apply_intervention(self, path: str, fn: Callable) -> None:
+        from ..interventions import Intervention
+
+        current = self.module_value(path, 0, "output")
+        value = fn(current) if isinstance(fn, Intervention) else apply(fn, current)
+        self.write(path, 0, "output", value)
+
+    # -- recording ---------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self.finished:
+            raise RuntimeError("this trace has finished; record operations inside its `with` block")
+
+    def record(self, op: Op, target: Any, args: tuple, kwargs: dict | None = None, meta: dict | None = None) -> Proxy:
+        """Append a node (proxies and constants in the arguments become references) and return its proxy."""
+        self._check_open()
+        # Which Python numbers are data (lifted to params) and which are structure (axes, shapes):
+        # operands of arithmetic are data; for function calls only floats are; method args stay literal.
+        numbers = {Op.BINARY: (int, float), Op.CALL_FUNCTION: (float,)}.get(op, ())
+        args = self._lift(args, numbers)
+        kwargs = self._lift(kwargs or {}, numbers)
+        node = self.graph.add(op, target, args, kwargs, dict(meta or {}, source=user_source()))
+        return Proxy(self, node.id)
+
+    def _lift(self, value: Any, numbers: tuple) -> Any:
+        """Proxies -> refs; arrays and Python numbers of the ``numbers`` types -> constant nodes."""
+        if isinstance(value, Proxy):
+            if value._trace is not self:
+                raise ValueError("a value from another trace was used here; each trace records its own values "
+                                 f"({value._describe()})")
+            return Ref(value._node) if value._value is _unset() else self._constant(value._value, False)
+        if isinstance(value, mx.array):
+            return self._constant(value, False)
+        if isinstance(value, numbers) and not isinstance(value, bool):
+            return self._constant(value, True)
+        if isinstance(value, tuple):
+            return tuple(self._lift(v, numbers) for v in value)
+        if isinstance(value, list):
+            return [self._lift(v, numbers) for v in value]
+        if isinstance(value, dict):
+            return {k: self._lift(v, numbers) for k, v in value.items()}
+        if isinstance(value, slice):
+            return slice(self._lift(value.start, ()), self._lift(value.stop, ()), self._lift(value.step, ()))
+        return value
+
+    def _constant(self, value: Any, weak: bool) -> Ref:
+        node = self.graph.add(Op.CONSTANT, None, (), None, {"value": value, "weak": weak, "source": user_source()})
+        return Ref(node.id)
+
+    def module_value(self, path: str, call_idx: int, phase: str) -> Proxy:
+        """Proxy of a module call's current output or input (after any writes made so far)."""
+        self._check_open()
+        key = (path, call_idx, phase)
+        node_id = self._versions.get(key)
+        if node_id is None:
+            op = Op.MODULE_OUTPUT if phase == "output" else Op.MODULE_INPUT
+            node_id = self.graph.add(op, (path, call_idx), meta={"source": user_source()}).id
+            self._versions[key] = node_id
+        return Proxy(self, node_id, binding=key)
+
+    def write(self, path: str, call_idx: int, phase: str, value: Any) -> None:
+        """Replace a module call's output (or input) with ``value``."""
+        self._check_open()
+        ref = self._lift(value, (int, float))
+        if not isinstance(ref, Ref):
+            ref = self._constant(value, isinstance(value, (int, float)))
+        node = self.graph.add(Op.REPLACE, (path, call_idx, phase), (ref,),
+                              meta={"source": user_source(), "module": self._owner._index.short(path) or "<model>"})
+        self._versions[(path, call_idx, phase)] = node.id
+
+    def setitem(self, proxy: Proxy, index: Any, value: Any) -> None:
+        """``proxy[index] = value``: functional update; a module's output/input is written through."""
+        source_node = self.graph.node(proxy._node)
+        if proxy._binding is None and source_node.op is Op.GETITEM:
+            raise ValueError(
+                f"cannot assign into a view at {user_source()}: `a = out[...]; a[...] = v` does not change `out`. "
+                "Index the module value in one step instead, e.g. `model.layers[3].output[:, -1, :5] = v`"
+            )
+        where = self._owner._index.short(proxy._binding[0]) + f" {proxy._binding[2]}" if proxy._binding else None
+        value = self._lift(value, (int, float))  # the assigned value is data (lifted); the index is structure
+        new = self.record(Op.SETITEM, None, (proxy, index, value), meta={"module": where or "a traced value"})
+        if proxy._binding is not None:
+            path, idx, phase = proxy._binding
+            self.write(path, idx, phase, new)
+            proxy._node = self._versions[proxy._binding]
+        else:
+            proxy._node = new._node
+
+    def save(self, proxy: Proxy, name: str | None) -> None:
+        """Add a save node for ``proxy`` under ``name`` (default: ``layers.3.output`` style)."""
+        self._check_open()
+        key = name or self._default_key(proxy)
+        taken = {n.target for n in self.graph if n.op is Op.SAVE}
+        base, i = key, 1
+        while key in taken:
+            key, i = f"{base}_{i}", i + 1
+        self.graph.add(Op.SAVE, key, (Ref(proxy._node),), meta={"source": user_source()})
+        proxy._save_key = key
+        self._saved.append(proxy)
+
+    def _default_key(self, proxy: Proxy) -> str:
+        if proxy._binding is not None:
+            path, idx, phase = proxy._binding
+            short = self._owner._index.short(path)
+            head = f"{short}.{phase}" if short else phase
+            return head if idx == 0 else f"{head}#{idx}"
+        node = self.graph.node(proxy._node)
+        return f"{node.op.value}_{node.id}"
+
+    # -- shapes during tracing ---------------------------------------------------------------
+    def abstract(self, node_id: int) -> Any:
+        """A lazily built, never evaluated stand-in with the node's real shape and dtype."""
+        if node_id not in self._abstract:
+            self._abstract[node_id] = self._abstract_value(self.graph.node(node_id))
+        return self._abstract[node_id]
+
+    def _abstract_value(self, node: Any) -> Any:
+        if node.op in (Op.MODULE_OUTPUT, Op.MODULE_INPUT):
+            path, idx = node.target
+            event = (path, idx, "output" if node.op is Op.MODULE_OUTPUT else "input")
+            spec = self._owner._probe(self.tokens).values.get(event)
+            if not isinstance(spec, tuple):
+                raise RuntimeError(f"{self._owner._index.short(path) or '<model>'} {event[2]} has no array shape "
+                                   f"(call {idx} {'returns' if event[2] == 'output' else 'receives'} {spec})")
+            return mx.zeros(spec[0], spec[1])
+        if node.op is Op.CONSTANT:
+            return node.meta["value"]
+        if node.op is Op.REPLACE:
+            return self.abstract(node.args[0].id)
+        from compiler.ir import map_refs
+
+        args = map_refs(node.args, lambda r: self.abstract(r.id))
+        kwargs = map_refs(node.kwargs, lambda r: self.abstract(r.id))
+        return evaluate(node, args, kwargs)
+
+    # -- results -----------------------------------------------------------------------------
+    def _bind(self, result: Any) -> None:
+        self._result = result
+        self.mode = result.mode
+        self.output = result.output
+        self.saved_values = dict(result.saves)
+        self.activations = ActivationDict({self._owner._activation_name(k): v for k, v in result.captures.items()},
+                                          self._owner._activation_key)
+        for proxy in self._saved:
+            proxy._value = self.saved_values[proxy._save_key]
+
+    def get(self, name: str) -> Any:
+        """A saved value by key (``"layers.3.output"``; other name forms resolve too), or ``None``."""
+        if name in self.saved_values:
+            return self.saved_values[name]
+        for phase in ("output", "input"):
+            if name.endswith("." + phase) or name == phase:
+                module = name[: -len(phase) - 1] if name != phase else ""
+                path = self._owner._index.resolve(module) if module else ""
+                short = self._owner._index.short(path)
+                key = f"{short}.{phase}" if short else phase
+                return self.saved_values.get(key)
+        return None
+
+    def get_activation(self, name: str) -> Any:
+        """A captured module output by module name (``"layers.3.attn"``, ``"model.layers.3.self_attn"``),
+        or ``None`` if that module was not captured. Unknown names raise, listing the closest ones."""
+        path = self._owner._index.resolve(name)
+        return self.activations.get(self._owner._activation_name(path))
+
+    @property
+    def optimized_graph(self) -> Graph:
+        """The graph after the passes (dead code removed, constants lifted, chains fused)."""
+        if self._result is None:
+            raise RuntimeError("the optimized graph exists once the trace has run (after its `with` block)")
+        return self._result.entry.passes.after
+
+    def dump(self, optimized: bool = False) -> str:
+        """A readable listing of the recorded graph (or the optimized one)."""
+        return to_text(self.optimized_graph if optimized else self.graph)
+
+    def to_dot(self, optimized: bool = False) -> str:
+        """Graphviz DOT source of the recorded graph (or the optimized one)."""
+        return to_dot(self.optimized_graph if optimized else self.graph)
+
+    def to_json(self, optimized: bool = False) -> str:
+        """JSON export of the recorded graph (or the optimized one)."""
+        return to_json(self.optimized_graph if optimized else self.graph)
+
+
+def _unset() -> Any:
+    from .proxy import _UNSET
+
+    return _UNSET
+
+
+__all__ = ["Trace", "_unwrap"]
