@@ -10,6 +10,7 @@ import mlx.nn as nn
 
 from compiler import Executor, Probe, probe
 
+from .analysis.methods import AnalysisMixin
 from .inputs import TokenBatch, to_token_batch
 from .names import ModuleIndex, ModuleNameError
 from .tokens import TokenizerMixin
@@ -19,7 +20,7 @@ from .tracing.trace import Trace
 CAPTURE_CHOICES = "'all' (every module output), 'saved' (only .save()-d values) or a list of module names"
 
 
-class InterpretableModel(TokenizerMixin):
+class InterpretableModel(TokenizerMixin, AnalysisMixin):
     """An MLX model with tracing, interventions and analysis helpers.
 
     Args:

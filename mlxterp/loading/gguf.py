@@ -14,13 +14,15 @@ import logging
 import mmap
 import struct
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models import llama
 
 from .gguf_tokenizer import build_gguf_tokenizer
+
+if TYPE_CHECKING:  # importing mlx_lm pulls in transformers (~1 s): defer to load time
+    from mlx_lm.models import llama
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +177,8 @@ def _mlx_name(name: str) -> str | None:
 
 def _model_args(metadata: Mapping[str, Any], weights: Mapping[str, mx.array]) -> llama.ModelArgs:
     """Translate ``llama.*`` GGUF hyper-parameters into mlx-lm ``ModelArgs``."""
+    from mlx_lm.models import llama
+
     hidden = int(_require(metadata, "llama.embedding_length"))
     heads = int(_require(metadata, "llama.attention.head_count"))
     head_dim = int(_scalar(metadata, "llama.attention.key_length", hidden // heads))
@@ -192,6 +196,8 @@ def _model_args(metadata: Mapping[str, Any], weights: Mapping[str, mx.array]) ->
         raise ValueError(
             f"GGUF llama.rope.scaling.type={scaling!r} is not supported; expected 'none' or 'linear'."
         )
+    if "model.embed_tokens.weight" not in weights:
+        raise ValueError("GGUF file lacks 'token_embd.weight', which a llama model needs.")
     tokens = metadata.get("tokenizer.ggml.tokens") or ()
     vocab = weights["model.embed_tokens.weight"].shape[0]
     if tokens and len(tokens) != vocab:
@@ -318,6 +324,8 @@ def load_gguf(path: str | Path, *, dequantize: bool = False) -> tuple[nn.Module,
             f"{' ...' if len(unknown) > 10 else ''}. Expected token_embd, output_norm, output, "
             f"rope_freqs and blk.N.{{{', '.join(_PER_BLOCK)}}}."
         )
+
+    from mlx_lm.models import llama
 
     args = _model_args(metadata, weights)
     model = llama.Model(args)

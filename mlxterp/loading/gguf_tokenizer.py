@@ -14,6 +14,7 @@ The result is a :class:`mlx_lm.tokenizer_utils.TokenizerWrapper` around a
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from typing import Any, Mapping
@@ -228,11 +229,15 @@ def build_gguf_tokenizer(metadata: Mapping[str, Any]):
 
     kind = metadata.get("tokenizer.ggml.model")
     tokens = metadata.get("tokenizer.ggml.tokens")
-    if kind not in SUPPORTED_TOKENIZER_MODELS or not tokens:
+    if kind not in SUPPORTED_TOKENIZER_MODELS:
         raise ValueError(
-            f"GGUF tokenizer model {kind!r} is not supported"
-            f"{'' if tokens else ' (the file has no tokenizer.ggml.tokens)'}; "
-            f"expected one of {list(SUPPORTED_TOKENIZER_MODELS)} with a token list."
+            f"GGUF tokenizer.ggml.model {kind!r} is not supported; expected one of "
+            f"{list(SUPPORTED_TOKENIZER_MODELS)}."
+        )
+    if not tokens:
+        raise ValueError(
+            f"GGUF tokenizer {kind!r} needs 'tokenizer.ggml.tokens' in the metadata, "
+            "but the file has none (or an empty list)."
         )
     tokens = list(tokens)
     if "tokenizer.ggml.token_type" in metadata:
@@ -247,7 +252,7 @@ def build_gguf_tokenizer(metadata: Mapping[str, Any]):
     else:
         tk = _sentencepiece_bpe(metadata, tokens, types)
         trim = bool(_scalar(metadata, "tokenizer.ggml.add_space_prefix", True))
-        detokenizer = lambda t: SPMStreamingDetokenizer(t, trim_space=trim)  # noqa: E731
+        detokenizer = functools.partial(SPMStreamingDetokenizer, trim_space=trim)
         add_bos_default = True
     _add_special_tokens(tk, tokens, types)
 
@@ -258,8 +263,6 @@ def build_gguf_tokenizer(metadata: Mapping[str, Any]):
     add_bos = bool(_scalar(metadata, "tokenizer.ggml.add_bos_token", add_bos_default))
     add_eos = bool(_scalar(metadata, "tokenizer.ggml.add_eos_token", False))
     post = _post_processor(tokens, ids["bos"], ids["eos"], add_bos, add_eos)
-    if post is not None:
-        tk.post_processor = post
 
     special_kwargs = {
         key: tokens[ids[name]]

@@ -93,11 +93,11 @@ def load_model(name_or_path: str | Path, *, dequantize: bool = False) -> tuple[n
             f"an mlx-lm folder or a Hugging Face repo id; got {name_or_path!r}."
         )
     source = str(name_or_path)
+    target = source
     if source in _REGISTRY:
-        path = Path(_REGISTRY[source].resolver())
-        logger.info("model %r resolved to %s", source, path)
-    else:
-        path = Path(source).expanduser()
+        target = str(_REGISTRY[source].resolver())
+        logger.info("model %r resolved to %s", source, target)
+    path = Path(target).expanduser()
 
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
@@ -107,16 +107,20 @@ def load_model(name_or_path: str | Path, *, dequantize: bool = False) -> tuple[n
                 "folder or a Hugging Face repo id."
             )
         return load_gguf(path, dequantize=dequantize)
-    if not path.exists() and not _HF_REPO_ID.fullmatch(source):
+    if path.exists():
+        # mlx_lm.load does not expand "~", so hand it the expanded local path.
+        return _load_mlx_lm(str(path) if target.startswith("~") else target, dequantize=dequantize)
+    if not _HF_REPO_ID.fullmatch(target):
         # Neither local nor a hub id: most likely a typo of a registered name,
         # so fail here instead of sending it to the Hugging Face hub.
-        error = FileNotFoundError if _looks_like_path(source) else ValueError
+        error = FileNotFoundError if _looks_like_path(target) else ValueError
+        resolved = f" (resolved to {target!r})" if target != source else ""
         raise error(
-            f"load_model({source!r}): not a registered name ({_choices()}), not an "
-            "existing .gguf file or mlx-lm folder, and not a Hugging Face repo id "
-            "of the form 'owner/name'."
+            f"load_model({source!r}){resolved}: not a registered name ({_choices()}), "
+            "not an existing .gguf file or mlx-lm folder, and not a Hugging Face repo "
+            "id of the form 'owner/name'."
         )
-    return _load_mlx_lm(source, dequantize=dequantize)
+    return _load_mlx_lm(target, dequantize=dequantize)
 
 
 _HF_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")

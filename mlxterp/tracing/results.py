@@ -44,11 +44,12 @@ def rebind_in_frame(frame: types.FrameType | None, replacements: dict[int, Any])
     """
     if frame is None or not replacements:
         return
-    local_vars = frame.f_locals
+    local_vars = frame.f_locals  # read once: each f_locals access re-syncs it from the fast locals
+    is_function_frame = local_vars is not frame.f_globals
     changed = {name: replacements[id(v)] for name, v in list(local_vars.items()) if id(v) in replacements}
     if not changed:
         return
     for name, value in changed.items():
         local_vars[name] = value
-    if frame.f_locals is not frame.f_globals and sys.version_info < (3, 13):
+    if is_function_frame and sys.version_info < (3, 13):
         ctypes.pythonapi.PyFrame_LocalsToFast(ctypes.py_object(frame), ctypes.c_int(0))

@@ -1,0 +1,374 @@
+"""Activation utilities: ``get_activations``, ``batch_get_activations`` and ``collect_activations``.
+
+All three are written on the public trace API. ``get_activations`` and ``batch_get_activations`` gather
+the requested token positions *inside* the traced graph (``mx.take_along_axis`` with an index array that
+becomes a graph parameter), with ``capture="saved"``, so only the gathered rows are ever kept and one
+compiled program serves every batch of the same padded shape.
+
+Prompts in a batch are right-padded. With causal attention padding after a token cannot change it, so
+every real position is exact; a negative position counts from each prompt's own last real token
+(``-1`` is the last real token of *that* prompt, not the last column of the padded batch).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import mlx.core as mx
+import numpy as np
+from tqdm.auto import tqdm
+
+from .activation_cache import ActivationCache
+from .tracing.proxy import apply
+
+__all__ = ["get_activations", "batch_get_activations", "collect_activations", "cache_resolver", "bucket_length"]
+
+Positions = Union[int, Sequence[int]]
+
+
+# ---------------------------------------------------------------------------------------------------
+# public API
+# ---------------------------------------------------------------------------------------------------
+def get_activations(model: Any, prompts: Any, layers: Optional[Sequence[int]] = None,
+                    positions: Positions = -1) -> Dict[str, mx.array]:
+    """Layer outputs at chosen token positions, from one traced forward.
+
+    Args:
+        model: an :class:`~mlxterp.InterpretableModel`.
+        prompts: a prompt, a list of prompts, token ids (list of int), a list of token-id lists, or an
+            integer ``mx.array`` ``(batch, seq)``. Lists are right-padded.
+        layers: layer indices (``None`` = every layer; negative indices count from the end and are keyed
+            by their non-negative index).
+        positions: an int or a list of ints. Non-negative positions count from the start; negative ones
+            from each prompt's last real token (``-1`` = last real token of that prompt).
+
+    Returns:
+        ``{"layer_{i}": array}``: ``(batch, hidden)`` for an int position, ``(batch, n_positions, hidden)``
+        for a list.
+
+    Raises:
+        ValueError: empty prompts, a layer index that is not an int or out of range, or a position outside
+            some prompt (the message names the prompt, its length and the position).
+    """
+    _check_model(model)
+    layer_ids = _check_layers(model, layers)
+    pos_list, single = _check_positions(positions)
+    _check_not_empty(prompts)
+    batch = model._batch(prompts)
+    index = _position_index(batch.lengths, pos_list)
+    gathered = _gather(model, batch.tokens, index, layer_ids, compile="auto")
+    out = {f"layer_{i}": (a[:, 0] if single else a) for i, a in gathered.items()}
+    mx.eval(list(out.values()))
+    return out
+
+
+def batch_get_activations(model: Any, prompts: Any, layers: Optional[Sequence[int]] = None,
+                          positions: Positions = -1, batch_size: int = 8,
+                          progress: bool = True) -> Dict[str, mx.array]:
+    """:func:`get_activations` over many prompts, ``batch_size`` at a time, in constant extra memory.
+
+    Prompts are sorted by length into chunks (results come back in the original order), each chunk is
+    right-padded to a bucketed length (:func:`bucket_length`) and a bucketed batch size, so a handful of
+    compiled programs serve the whole run. Each chunk's gathered rows are evaluated before the next chunk
+    is built; nothing else is kept.
+
+    Args:
+        model: an :class:`~mlxterp.InterpretableModel`.
+        prompts: a list of prompts (or of token-id lists), a single prompt, or an integer ``mx.array``.
+        layers: layer indices (``None`` = every layer).
+        positions: as in :func:`get_activations`.
+        batch_size: prompts per forward (``>= 1``).
+        progress: show a tqdm progress bar.
+
+    Returns:
+        ``{"layer_{i}": array}`` with ``len(prompts)`` rows, in the order of ``prompts``.
+    """
+    _check_model(model)
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    batch_size = int(batch_size)
+    layer_ids = _check_layers(model, layers)
+    pos_list, single = _check_positions(positions)
+    _check_not_empty(prompts)
+    rows = _token_rows(model, prompts)
+    lengths = [len(r) for r in rows]
+    index = _position_index(lengths, pos_list)  # validates every prompt before any forward runs
+    n = len(rows)
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    pad_id = model._pad_id()
+    limit = _max_positions(model)
+
+    chunks: Dict[int, List[mx.array]] = {i: [] for i in layer_ids}
+    with tqdm(total=n, disable=not progress, unit="prompt", desc="activations", leave=True) as bar:
+        for start in range(0, n, batch_size):
+            ids = order[start:start + batch_size]
+            real = len(ids)
+            width = bucket_length(max(lengths[j] for j in ids), limit)
+            height = min(batch_size, _next_pow2(real))
+            tokens = np.full((height, width), pad_id, dtype=np.int32)
+            chunk_index = np.zeros((height, len(pos_list)), dtype=np.int32)
+            for r, j in enumerate(ids):
+                tokens[r, :lengths[j]] = rows[j]
+                chunk_index[r] = index[j]
+            gathered = _gather(model, mx.array(tokens), chunk_index, layer_ids, compile=True)
+            kept = [gathered[i][:real] if height != real else gathered[i] for i in layer_ids]
+            mx.eval(kept)
+            for i, a in zip(layer_ids, kept):
+                chunks[i].append(a)
+            del gathered, kept
+            bar.update(real)
+
+    inverse = np.empty(n, dtype=np.int32)
+    inverse[order] = np.arange(n, dtype=np.int32)
+    inverse_mx = mx.array(inverse)
+    identity = bool(np.all(order == np.arange(n)))
+    out: Dict[str, mx.array] = {}
+    for i in layer_ids:
+        parts = chunks.pop(i)
+        stacked = parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=0)
+        del parts
+        result = stacked if identity else mx.take(stacked, inverse_mx, axis=0)
+        if single:
+            result = result[:, 0]
+        mx.eval(result)
+        out[f"layer_{i}"] = result
+        del stacked
+    return out
+
+
+def collect_activations(model: Any, inputs: Any, layers: Optional[Sequence[Union[str, int]]] = None
+                        ) -> ActivationCache:
+    """Full outputs of chosen modules for ``inputs``, in an :class:`~mlxterp.ActivationCache`.
+
+    Args:
+        model: an :class:`~mlxterp.InterpretableModel`.
+        inputs: anything ``model.trace`` accepts (lists of prompts are right-padded; rows past
+            ``metadata["lengths"]`` are padding).
+        layers: module names in any accepted form (``"layers.3"``, ``"layers.3.attn"``,
+            ``"model.model.layers.3.mlp"``) or layer indices; ``None`` = every layer's output.
+
+    Returns:
+        An ``ActivationCache`` keyed by short names (``"layers.3"``, ``"layers.3.self_attn"``) whose
+        ``resolve`` also finds the other name forms, with ``metadata`` = ``{"model_class", "input_shape",
+        "lengths", "layers"}``.
+    """
+    _check_model(model)
+    index = model._index
+    if layers is None:
+        paths = [index.layer_path(i) for i in range(len(index))]
+    else:
+        if isinstance(layers, (str, int)) and not isinstance(layers, bool):
+            layers = [layers]
+        if not isinstance(layers, (list, tuple)) or not layers:
+            raise ValueError(f"layers must be a non-empty list of module names such as 'layers.3' or "
+                             f"'layers.3.mlp' (or None for every layer), got {layers!r}")
+        paths = []
+        n = len(index)
+        for name in layers:
+            if isinstance(name, (int, np.integer)) and not isinstance(name, bool):
+                if not -n <= int(name) < n:
+                    raise ValueError(f"layer index {int(name)} is out of range: the model has {n} layers "
+                                     f"(valid indices 0 to {n - 1})")
+                paths.append(index.layer_path(int(name)))
+            elif isinstance(name, str):
+                paths.append(index.resolve(name))  # ModuleNameError (a ValueError) lists close names
+            else:
+                raise ValueError(f"layers must contain module names (str) such as 'layers.3' or layer "
+                                 f"indices (int), got {type(name).__name__} {name!r}")
+    keys: List[str] = []
+    seen_paths = []
+    for p in paths:
+        if p not in seen_paths:
+            seen_paths.append(p)
+            keys.append(_short_key(index, p))
+    _check_not_empty(inputs)
+    with model.trace(inputs, compile="auto", capture="saved") as tr:
+        for path, key in zip(seen_paths, keys):
+            target = model.module(path) if path else model
+            target.output.save(key)
+    values = {key: tr.saved_values[key] for key in keys}
+    for key, value in values.items():
+        if not isinstance(value, mx.array):
+            raise ValueError(f"module {key!r} returns a {type(value).__name__}, not an array; collect one of "
+                             f"its sub-modules instead ({', '.join(index.children(_path_of(index, key))) or 'none'})")
+    mx.eval(list(values.values()))
+    metadata = {
+        "model_class": type(model.model).__name__,
+        "input_shape": [int(s) for s in tr.tokens.shape],
+        "lengths": [int(n) for n in tr.lengths],
+        "layers": keys,
+    }
+    return ActivationCache(values, metadata=metadata, resolve=cache_resolver(model))
+
+
+def cache_resolver(model: Any) -> Callable[[str], str]:
+    """The name resolver ``collect_activations`` gives its cache: any accepted module name -> the stored
+    short key. Pass it to ``ActivationCache.load(path, resolve=cache_resolver(model))``."""
+    index = model._index
+
+    def resolve(name: str) -> str:
+        return _short_key(index, index.resolve(name))
+
+    return resolve
+
+
+def bucket_length(n: int, limit: Optional[int] = None) -> int:
+    """Padded width for a chunk whose longest prompt has ``n`` tokens: the next multiple of
+    ``max(8, 2**(floor(log2 n) - 2))`` (at most 4 widths per octave, at most ~25% padding), capped at
+    ``limit`` (the model's maximum positions, when it has one) but never below ``n``."""
+    n = int(n)
+    step = max(8, 1 << max(n.bit_length() - 3, 0))
+    width = -(-n // step) * step
+    if limit is not None and width > limit:
+        width = max(n, int(limit))
+    return width
+
+
+# ---------------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------------
+def _check_model(model: Any) -> None:
+    from .model import InterpretableModel
+
+    if not isinstance(model, InterpretableModel):
+        raise TypeError(f"model must be an mlxterp.InterpretableModel, got {type(model).__name__}; "
+                        "wrap it first: InterpretableModel(module, tokenizer=...)")
+
+
+def _check_layers(model: Any, layers: Any) -> List[int]:
+    n = len(model._index)
+    valid = f"the model has {n} layers (valid indices 0 to {n - 1}, or -{n} to -1 from the end)"
+    if layers is None:
+        return list(range(n))
+    if _is_int(layers):
+        layers = [layers]
+    if not isinstance(layers, (list, tuple, range)):
+        raise ValueError(f"layers must be a list of layer indices (int) or None; got {type(layers).__name__} "
+                         f"{layers!r}; {valid}")
+    if len(layers) == 0:
+        raise ValueError(f"layers is empty; give at least one layer index or None for all layers; {valid}")
+    out: List[int] = []
+    for layer in layers:
+        if not _is_int(layer):
+            raise ValueError(f"layer {layer!r} is not an int ({type(layer).__name__}); {valid}")
+        if not -n <= int(layer) < n:
+            raise ValueError(f"layer index {int(layer)} is out of range: {valid}")
+        i = int(layer) % n
+        if i not in out:
+            out.append(i)
+    return out
+
+
+def _check_positions(positions: Any) -> Tuple[List[int], bool]:
+    if _is_int(positions):
+        return [int(positions)], True
+    if isinstance(positions, (list, tuple, range)):
+        if len(positions) == 0:
+            raise ValueError("positions is empty; give an int (e.g. -1) or a non-empty list of ints")
+        bad = [p for p in positions if not _is_int(p)]
+        if bad:
+            raise ValueError(f"positions must be ints, got {bad[0]!r} ({type(bad[0]).__name__}) "
+                             f"in positions={list(positions)!r}")
+        return [int(p) for p in positions], False
+    raise ValueError(f"positions must be an int (e.g. -1) or a list of ints (e.g. [0, -1]), got "
+                     f"{type(positions).__name__} {positions!r}")
+
+
+def _check_not_empty(prompts: Any) -> None:
+    if isinstance(prompts, (list, tuple)) and len(prompts) == 0:
+        raise ValueError("prompts is empty; give a prompt or a non-empty list of prompts (or token ids)")
+    if isinstance(prompts, (mx.array, np.ndarray)) and prompts.size == 0:
+        raise ValueError(f"prompts is an empty array of shape {tuple(prompts.shape)}; give at least one token")
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _position_index(lengths: Sequence[int], positions: List[int]) -> np.ndarray:
+    """``(batch, n_positions)`` int32 column of each requested position in each row; negative positions
+    count from the row's own length. Raises ValueError for the first position outside a row."""
+    lengths_np = np.asarray(lengths, dtype=np.int64)[:, None]
+    pos = np.asarray(positions, dtype=np.int64)[None, :]
+    index = np.where(pos < 0, lengths_np + pos, pos)
+    bad = np.argwhere((index < 0) | (index >= lengths_np))
+    if len(bad):
+        row, col = (int(v) for v in bad[0])
+        n, p = int(lengths[row]), positions[col]
+        raise ValueError(f"position {p} is out of range for prompt {row}, which has {n} token"
+                         f"{'s' if n != 1 else ''}: valid positions are 0 to {n - 1} or -{n} to -1")
+    return index.astype(np.int32)
+
+
+def _gather(model: Any, tokens: mx.array, index: np.ndarray, layer_ids: List[int],
+            compile: Any) -> Dict[int, mx.array]:
+    """One traced forward that keeps only ``layers[i].output[row, index[row]]``: ``{i: (B, P, hidden)}``."""
+    idx = mx.array(index[:, :, None])
+    with model.trace(tokens, compile=compile, capture="saved") as tr:
+        keys = {}
+        for n, i in enumerate(layer_ids):
+            out = model.layers[i].output
+            if n == 0 and len(out.shape) != 3:
+                raise ValueError(f"layer {i}'s output has shape {tuple(out.shape)}; get_activations needs "
+                                 "(batch, seq, hidden) layer outputs (use collect_activations for others)")
+            saved = apply(mx.take_along_axis, out, idx, axis=1).save(f"layer_{i}")
+            keys[i] = saved._save_key
+    return {i: tr.saved_values[k] for i, k in keys.items()}
+
+
+def _token_rows(model: Any, prompts: Any) -> List[List[int]]:
+    """Unpadded token ids of each prompt (text is encoded once, ids are range-checked)."""
+    if isinstance(prompts, (list, tuple)) and all(isinstance(p, str) for p in prompts):
+        tokenizer = model.tokenizer
+        if tokenizer is None:
+            model._batch(list(prompts[:1]))  # raises the core's "needs a tokenizer" error
+        rows = []
+        for p in prompts:
+            ids = [int(t) for t in tokenizer.encode(p)]
+            if not ids:
+                raise ValueError(f"prompt {len(rows)} ({p[:40]!r}) encodes to no tokens; give a non-empty prompt")
+            rows.append(ids)
+    elif isinstance(prompts, (list, tuple)) and all(isinstance(p, (list, tuple)) for p in prompts):
+        rows = []
+        for k, p in enumerate(prompts):
+            if len(p) == 0:
+                raise ValueError(f"prompt {k} has no tokens; every prompt needs at least one token")
+            rows.append([int(t) for t in p])
+    else:  # one prompt, a list of ids, an array: the core normalises it
+        batch = model._batch(prompts)
+        data = np.array(batch.tokens)
+        return [data[k, :n].tolist() for k, n in enumerate(batch.lengths)]
+    vocab = model._vocab_rows()
+    if vocab is not None:
+        for k, r in enumerate(rows):
+            lo, hi = min(r), max(r)
+            if lo < 0 or hi >= vocab:
+                bad = hi if hi >= vocab else lo
+                raise ValueError(f"token id {bad} in prompt {k} is out of range: the model's embedding has "
+                                 f"{vocab} rows, so ids must be in [0, {vocab - 1}]")
+    return rows
+
+
+def _max_positions(model: Any) -> Optional[int]:
+    """The model's hard position limit (learned position embeddings), if its args declare one."""
+    args = getattr(model.model, "args", None)
+    for attr in ("n_positions", "n_ctx", "max_position_embeddings"):
+        value = getattr(args, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def _short_key(index: Any, path: str) -> str:
+    return index.short(path) if path else "model"
+
+
+def _path_of(index: Any, key: str) -> str:
+    try:
+        return index.resolve(key)
+    except ValueError:
+        return ""
