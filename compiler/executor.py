@@ -71,9 +71,10 @@ class Executor:
         compiled = mode == "compiled" or (mode == "auto" and entry.runs > 0)
         entry.runs += 1
         if compiled:
+            fresh = entry.compiled is None
             fn = entry.compiled or self._compile(entry)
             self.stats["compiled_runs"] += 1
-            output, saves, captures = fn(tokens, params)
+            output, saves, captures = self._call_compiled(entry, fn, tokens, params) if fresh else fn(tokens, params)
         else:
             self.stats["eager_runs"] += 1
             output, saves, captures = entry.forward(tokens, params)
@@ -111,6 +112,19 @@ class Executor:
         entry.compiled = mx.compile(traced, inputs=[self.model.state, mx.random.state], outputs=[mx.random.state])
         return entry.compiled
 
+    def _call_compiled(self, entry: CacheEntry, fn: Callable, tokens: mx.array, params: list) -> tuple:
+        # While mx.compile traces (the first call; the key fixes every shape), the arrays of its implicit
+        # inputs (the model's state) are swapped for placeholders; if tracing raises, MLX leaves them
+        # there. Put every array back, and drop the half-traced function so the next run traces afresh.
+        saved = _array_slots(self.model.state) + _array_slots(mx.random.state)
+        try:
+            return fn(tokens, params)
+        except BaseException:
+            for container, key, value in saved:
+                container[key] = value
+            entry.compiled = None
+            raise
+
     def clear(self) -> None:
         """Drop every cached program (statistics are kept)."""
         self._cache.clear()
@@ -118,3 +132,18 @@ class Executor:
     def cache_size(self) -> int:
         """Number of cached programs."""
         return len(self._cache)
+
+
+def _array_slots(tree: Any) -> list[tuple[Any, Any, mx.array]]:
+    """Every array in a tree of dicts/lists (modules are dicts) with the container and key holding it."""
+    slots: list[tuple[Any, Any, mx.array]] = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in items:
+            if isinstance(value, mx.array):
+                slots.append((node, key, value))
+            elif isinstance(value, (dict, list)):
+                stack.append(value)
+    return slots

@@ -19,7 +19,7 @@ def _fmt(value: Any) -> str:
     if value is Ellipsis:
         return "..."
     if isinstance(value, mx.array):
-        return f"array{tuple(value.shape)}:{value.dtype}"
+        return f"array{tuple(value.shape)}:{str(value.dtype).replace('mlx.core.', '')}"
     if isinstance(value, tuple):
         return "(" + ", ".join(_fmt(v) for v in value) + ("," if len(value) == 1 else "") + ")"
     if isinstance(value, list):

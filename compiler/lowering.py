@@ -15,6 +15,7 @@ import mlx.nn as nn
 from .errors import NodeExecutionError, TraceError
 from .hooks import hooks_installed
 from .ir import Graph, Node, Op, Ref, map_refs
+from .passes.lift import as_param
 from .passes.schedule import END, START, Schedule
 from .semantics import check_replacement, evaluate
 
@@ -39,7 +40,7 @@ class PatchedForward:
         self.on_run = on_run
         self._steps = {event: [_make_step(graph.node(i), event) for i in ids] for event, ids in plan.at_event.items()}
         self._replace_at = {event: node_id for event, node_id in _replacements(graph, plan)}
-        self._weak = {n.id for n in graph if n.op is Op.PARAM and n.meta.get("weak")}
+        self._weak = {n.id for n in graph if n.op in (Op.PARAM, Op.CONSTANT) and n.meta.get("weak")}
         self._capture_all = graph.captures == "all"
         self._captures = set() if self._capture_all else set(graph.captures)
         self._modules = self._modules_to_hook(model)
@@ -107,6 +108,11 @@ def _make_step(node: Node, event: tuple) -> Step:
     elif op is Op.PARAM:
         def step(run: _Run, current: Any) -> None:
             run.env[nid] = run.params[node.target]
+    elif op is Op.CONSTANT:  # only in graphs lowered without the lifting pass
+        value = as_param(node.meta["value"])
+
+        def step(run: _Run, current: Any) -> None:
+            run.env[nid] = value
     elif op is Op.SAVE:
         src = node.args[0].id
 

@@ -1,5 +1,178 @@
 """The analysis methods of InterpretableModel (get_token_predictions, logit_lens, activation_patching, ...)."""
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+PathLike = Union[str, Path]
+
 
 class AnalysisMixin:
     """Mixed into InterpretableModel; each method delegates to a function in ``mlxterp.analysis``."""
+
+    def get_token_predictions(self, hidden_state: Any, top_k: int = 10, return_scores: bool = False) -> List[Any]:
+        """Decode hidden states to token predictions with the model's output projection.
+
+        The hidden state goes through the output projection only (``lm_head``, or the input embedding
+        used transposed in weight-tied models, quantized ones included), **not** the final norm: pass a
+        normed state (or use :meth:`logit_lens`, which applies the norm) for calibrated predictions.
+
+        Args:
+            hidden_state: array of shape ``(hidden,)`` or ``(batch, hidden)``.
+            top_k: number of predictions per row (at most the vocabulary size).
+            return_scores: also return each token's score, its logit (float).
+
+        Returns:
+            For a ``(hidden,)`` input, a list of ``top_k`` token ids (or ``(token_id, logit)`` tuples),
+            best first; for a ``(batch, hidden)`` input, one such list per row.
+
+        Raises:
+            ValueError: wrong shape or dtype of ``hidden_state``, or ``top_k`` out of range.
+        """
+        from .lens import get_token_predictions
+
+        return get_token_predictions(self, hidden_state, top_k, return_scores)
+
+    def logit_lens(self, text: Any, top_k: int = 1, layers: Optional[List[int]] = None, plot: bool = False,
+                   max_display_tokens: int = 15, figsize: Tuple[float, float] = (16, 10), cmap: str = "viridis", *,
+                   save_path: Optional[PathLike] = None) -> Dict[int, List[List[Tuple[int, float, str]]]]:
+        """What each layer predicts at each position: its output through the final norm and unembedding.
+
+        One traced forward saves the requested layers' outputs; they are then stacked and projected in
+        one batched computation (final norm, output projection, float32 softmax, top-k in MLX).
+
+        Args:
+            text: the prompt (a str; token ids are accepted too).
+            top_k: predictions per position.
+            layers: layer indices (negative ones count from the end); ``None`` = all layers.
+            plot: draw a heatmap of the top-1 predictions (shown only if an interactive matplotlib
+                backend is active).
+            max_display_tokens: positions shown in the plot (the last ones).
+            figsize: plot size in inches.
+            cmap: plot colormap.
+            save_path: write the heatmap as a PNG here (drawn even if ``plot`` is False).
+
+        Returns:
+            ``{layer: [[(token_id, probability, token_str), ...] per position]}`` with ``top_k`` entries per
+            position, best first; the score is the softmax probability. The last layer's top-1 is the
+            model's own prediction.
+
+        Raises:
+            ValueError: bad ``layers`` (the valid range is listed), ``top_k`` or ``text``.
+        """
+        from .lens import logit_lens
+
+        return logit_lens(self, text, top_k, layers, plot, max_display_tokens, figsize, cmap, save_path=save_path)
+
+    def activation_patching(self, clean_text: Any, corrupted_text: Any, component: str = "mlp",
+                            layers: Optional[List[int]] = None, metric: str = "l2", plot: bool = False,
+                            figsize: Tuple[float, float] = (12, 8), cmap: str = "RdBu_r", *,
+                            batch_size: Optional[int] = None, progress: bool = False,
+                            save_path: Optional[PathLike] = None) -> Dict[int, float]:
+        """How much of the clean behaviour each layer's component restores in the corrupted run.
+
+        For each layer, the component's clean output replaces the corrupted run's at every position, and
+        ``recovery = (d(corrupted, clean) - d(patched, clean)) / d(corrupted, clean) * 100`` with ``d`` a
+        float32 distance between the last position's logits. The sweep is vectorised: a staircase batch
+        (see :mod:`mlxterp.analysis.sweep`) runs the clean prompt, the corrupted prompt and every patched
+        variant in ``ceil(len(layers) / batch_size)`` compiled forwards.
+
+        Args:
+            clean_text: the clean prompt.
+            corrupted_text: the corrupted prompt; it must have as many tokens as ``clean_text``.
+            component: ``"mlp"``, ``"self_attn"`` (alias ``"attn"``), ``"output"`` (the whole layer) or any
+                sub-module of a layer that runs once per forward (``"mlp.gate_proj"``,
+                ``"self_attn.o_proj"``, GPT-2's ``"mlp.c_fc"``, ...).
+            layers: layer indices; ``None`` = all.
+            metric: ``"l2"``, ``"cosine"`` or ``"mse"``.
+            plot: draw a bar chart (shown only with an interactive matplotlib backend).
+            figsize: plot size in inches.
+            cmap: diverging colormap.
+            batch_size: patched variants per forward (bounds memory); ``None`` picks one from the
+                activation size.
+            progress: show a progress bar.
+            save_path: write the bar chart as a PNG here.
+
+        Returns:
+            ``{layer: recovery percent}``.
+
+        Raises:
+            ValueError: prompts of different token lengths, identical clean/corrupted logits, or a bad
+                ``component`` / ``layers`` / ``metric`` / ``batch_size`` (the valid choices are listed).
+        """
+        from .patching import activation_patching
+
+        return activation_patching(self, clean_text, corrupted_text, component, layers, metric, plot, figsize,
+                                   cmap, batch_size=batch_size, progress=progress, save_path=save_path)
+
+    def patching_grid(self, clean_text: Any, corrupted_text: Any, component: str = "output",
+                      layers: Optional[List[int]] = None, positions: Optional[List[int]] = None, metric: str = "l2",
+                      plot: bool = False, figsize: Tuple[float, float] = (12, 8), cmap: str = "RdBu_r", *,
+                      batch_size: Optional[int] = None, progress: bool = False,
+                      save_path: Optional[PathLike] = None) -> Any:
+        """Layer x position activation patching (ROME-style causal tracing).
+
+        Cell ``(i, p)`` patches only position ``p`` of the component at layer ``i`` with its clean value
+        and reports the recovery (%) of the last position's logits, as in :meth:`activation_patching`.
+        All cells run as staircase batches of ``batch_size`` variants per compiled forward.
+
+        Args:
+            clean_text: the clean prompt.
+            corrupted_text: the corrupted prompt (same number of tokens).
+            component: the layer component to patch (default ``"output"``, the residual stream).
+            layers: layer indices; ``None`` = all.
+            positions: token positions (negative ones count from the end); ``None`` = all.
+            metric: ``"l2"``, ``"cosine"`` or ``"mse"``.
+            plot: draw a heatmap (shown only with an interactive matplotlib backend).
+            figsize: plot size in inches.
+            cmap: diverging colormap.
+            batch_size: patched variants per forward; ``None`` picks one from the activation size.
+            progress: show a progress bar.
+            save_path: write the heatmap as a PNG here.
+
+        Returns:
+            A :class:`mlxterp.analysis.patching.PatchingGrid` (``.grid`` numpy array, ``.layers``,
+            ``.positions``, ``.position_labels``, ``.metric``, ``.plot(save_path=None)``).
+
+        Raises:
+            ValueError: as :meth:`activation_patching`, and for bad ``positions``.
+        """
+        from .patching import patching_grid
+
+        return patching_grid(self, clean_text, corrupted_text, component, layers, positions, metric, plot, figsize,
+                             cmap, batch_size=batch_size, progress=progress, save_path=save_path)
+
+    def attribution_patching(self, clean_text: Any, corrupted_text: Any, component: str = "output",
+                             layers: Optional[List[int]] = None, positions: Optional[List[int]] = None,
+                             metric: str = "l2", plot: bool = False, figsize: Tuple[float, float] = (12, 8),
+                             cmap: str = "RdBu_r", *, save_path: Optional[PathLike] = None) -> Any:
+        """Gradient (linear) estimate of :meth:`patching_grid`.
+
+        Cell ``(i, p)`` is ``-100 / d(corrupted, clean) * sum_h (clean_act - corrupted_act) * dd/dact``
+        at layer ``i``, position ``p``: the first-order change of recovery when that activation is
+        patched. It costs one clean forward and one corrupted forward + backward (``mx.value_and_grad``
+        through the traced graph), whatever the number of cells.
+
+        Args:
+            clean_text: the clean prompt.
+            corrupted_text: the corrupted prompt (same number of tokens).
+            component: the layer component (default ``"output"``).
+            layers: layer indices; ``None`` = all.
+            positions: token positions; ``None`` = all.
+            metric: ``"l2"``, ``"cosine"`` or ``"mse"``.
+            plot: draw a heatmap (shown only with an interactive matplotlib backend).
+            figsize: plot size in inches.
+            cmap: diverging colormap.
+            save_path: write the heatmap as a PNG here.
+
+        Returns:
+            A :class:`mlxterp.analysis.patching.PatchingGrid` with ``method="attribution patching"``.
+
+        Raises:
+            ValueError: as :meth:`patching_grid`.
+        """
+        from .patching import attribution_patching
+
+        return attribution_patching(self, clean_text, corrupted_text, component, layers, positions, metric, plot,
+                                    figsize, cmap, save_path=save_path)

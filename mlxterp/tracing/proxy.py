@@ -104,6 +104,11 @@ class Proxy:
 
     # -- conversions (after the trace) -----------------------------------------------------------
     def __mlx_array__(self) -> mx.array:
+        if self._value is _UNSET and not self._trace.finished:
+            raise TypeError(
+                "an MLX function or operator received a traced value inside a trace; MLX cannot record it. "
+                "Use mlxterp.apply(fn, ...) (e.g. apply(mx.tanh, h)) and put the traced value on the left of "
+                f"operators with arrays (h + arr, not arr + h); {self._describe()}")
         return self._bound()
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:

@@ -1,0 +1,75 @@
+"""Patchable components of a transformer layer: ``output`` (the whole layer) and every sub-module that
+runs exactly once per forward (``mlp``, ``self_attn``, ``mlp.gate_proj``, ...; GPT-2: ``attn``,
+``mlp.c_fc``, ...). Names are relative to the layer; ``attn`` and ``self_attn`` are aliases."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, List
+
+import mlx.core as mx
+
+from ..names import ModuleNameError
+from .validate import OUTPUT
+
+
+@dataclasses.dataclass(frozen=True)
+class ComponentSite:
+    """Where a component lives in one layer, and the shape of what it outputs (for the probed input)."""
+
+    layer: int
+    layer_path: str
+    path: str  # canonical module path (the layer's own path for "output")
+    shape: tuple
+    dtype: Any
+
+
+def layer_components(model: Any, probe: Any, layer: int = 0) -> List[str]:
+    """Valid component names of ``layer``: ``"output"``, then its sub-modules called once per forward."""
+    base = model._index.layer_path(layer)
+    counts = probe.call_counts()
+    subs = [p[len(base) + 1:] for p in model._index.modules if p.startswith(base + ".") and counts.get(p) == 1]
+    return [OUTPUT] + sorted(subs)
+
+
+def resolve_sites(model: Any, component: Any, layers: List[int], tokens: mx.array) -> Dict[int, ComponentSite]:
+    """The component's site in each requested layer.
+
+    Raises:
+        ValueError: the component is not a str, does not exist in some layer, runs more or less than once
+            per forward, or does not output a ``(batch, seq, ...)`` array; the message lists the valid names.
+    """
+    probe = model._probe(tokens)
+
+    def choices(layer: int) -> str:
+        names = ", ".join(repr(c) for c in layer_components(model, probe, layer))
+        return names + " ('attn' and 'self_attn' are aliases)"
+
+    if not isinstance(component, str) or not component:
+        raise ValueError(f"component: expected a component name such as 'mlp' or 'output'; valid components are "
+                         f"{choices(layers[0])}; got {component!r}")
+    return {layer: _site(model, probe, component, layer, tokens, choices) for layer in layers}
+
+
+def _site(model: Any, probe: Any, component: str, layer: int, tokens: mx.array, choices: Any) -> ComponentSite:
+    index = model._index
+    base = index.layer_path(layer)
+    if component == OUTPUT:
+        path = base
+    else:
+        try:
+            path = index.resolve(f"{index.short(base)}.{component}")
+        except ModuleNameError:
+            path = None
+        if path is None or not path.startswith(base + "."):
+            raise ValueError(f"component: {component!r} is not a component of layer {layer} "
+                             f"({index.short(base)}); valid components are {choices(layer)}") from None
+    calls = probe.call_counts().get(path, 0)
+    if calls != 1:
+        raise ValueError(f"component: {component!r} of layer {layer} runs {calls} times per forward; patching needs "
+                         f"a module that runs once. Valid components are {choices(layer)}")
+    spec = probe.spec((path, 0, "output"))
+    if not isinstance(spec, tuple) or len(spec[0]) < 2 or tuple(spec[0][:2]) != tuple(tokens.shape):
+        raise ValueError(f"component: {component!r} of layer {layer} returns {spec!r}, not an array shaped "
+                         f"(batch, seq, ...) = {tuple(tokens.shape)} + (...); valid components are {choices(layer)}")
+    return ComponentSite(layer, base, path, tuple(spec[0]), spec[1])

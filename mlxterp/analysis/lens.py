@@ -1,0 +1,122 @@
+"""Reading hidden states as token predictions: ``get_token_predictions`` and the logit lens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import mlx.core as mx
+import numpy as np
+
+from .display import show_if_interactive
+from .unembed import find_unembedding
+from .validate import check_positive_int, resolve_layers, single_prompt, token_labels
+
+# Logit elements (layers x positions x vocab) projected at once by the logit lens.
+LENS_BUDGET = 1 << 24
+
+
+def top_k_sorted(scores: mx.array, k: int) -> Tuple[mx.array, mx.array]:
+    """Indices and values of the ``k`` largest entries along the last axis, largest first."""
+    vocab = scores.shape[-1]
+    if k >= vocab:
+        idx = mx.argsort(-scores, axis=-1)
+    else:
+        idx = mx.argpartition(-scores, kth=k - 1, axis=-1)[..., :k]
+        vals = mx.take_along_axis(scores, idx, axis=-1)
+        idx = mx.take_along_axis(idx, mx.argsort(-vals, axis=-1), axis=-1)
+    return idx, mx.take_along_axis(scores, idx, axis=-1)
+
+
+def _as_hidden(hidden_state: Any, hidden_size: int) -> Tuple[mx.array, bool]:
+    """``(batch, hidden)`` array and whether the input was a single vector."""
+    try:
+        h = hidden_state if isinstance(hidden_state, mx.array) else mx.array(hidden_state)
+    except Exception:
+        raise ValueError(f"hidden_state: expected an mx.array of shape (hidden,) or (batch, hidden), "
+                         f"got {type(hidden_state).__name__}") from None
+    if h.ndim not in (1, 2) or h.shape[-1] != hidden_size or not mx.issubdtype(h.dtype, mx.floating):
+        raise ValueError(f"hidden_state: expected a float array of shape ({hidden_size},) or (batch, {hidden_size}) "
+                         f"(the model's hidden size is {hidden_size}), got shape {tuple(h.shape)} dtype {h.dtype}")
+    return (h[None], True) if h.ndim == 1 else (h, False)
+
+
+def get_token_predictions(model: Any, hidden_state: Any, top_k: int = 10,
+                          return_scores: bool = False) -> Union[List[Any], List[List[Any]]]:
+    """Top-k tokens of hidden state(s) through the output projection only (no final norm); scores are logits.
+
+    See :meth:`mlxterp.analysis.methods.AnalysisMixin.get_token_predictions`.
+    """
+    unembed = find_unembedding(model)
+    h, single = _as_hidden(hidden_state, unembed.hidden_size)
+    logits = unembed.logits(h, apply_norm=False).astype(mx.float32)
+    top_k = check_positive_int(top_k, "top_k", upper=logits.shape[-1])
+    idx, vals = top_k_sorted(logits, top_k)
+    mx.eval(idx, vals)
+    ids, scores = idx.tolist(), vals.tolist()
+    rows = [list(zip(i, s)) if return_scores else i for i, s in zip(ids, scores)]
+    return rows[0] if single else rows
+
+
+def logit_lens(model: Any, text: Any, top_k: int = 1, layers: Optional[List[int]] = None, plot: bool = False,
+               max_display_tokens: int = 15, figsize: Tuple[float, float] = (16, 10), cmap: str = "viridis", *,
+               save_path: Optional[Union[str, Path]] = None) -> Dict[int, List[List[Tuple[int, float, str]]]]:
+    """Each layer's residual output, through the final norm and unembedding, at every position.
+
+    See :meth:`mlxterp.analysis.methods.AnalysisMixin.logit_lens`.
+    """
+    tokens = single_prompt(model, text, "text")
+    layer_ids = resolve_layers(layers, len(model.layers))
+    unembed = find_unembedding(model)
+    top_k = check_positive_int(top_k, "top_k")
+    with model.trace(tokens, capture="saved"):
+        handles = [model.layers[layer].output.save() for layer in layer_ids]
+    hidden = mx.stack([_layer_state(h, layer) for h, layer in zip(handles, layer_ids)])
+    ids, probs = _project(unembed, hidden, top_k)
+    strings = _strings(model, np.unique(ids))
+    results = {layer: [[(int(i), float(p), strings[int(i)]) for i, p in zip(pos_ids, pos_probs)]
+                       for pos_ids, pos_probs in zip(ids[n], probs[n])]
+               for n, layer in enumerate(layer_ids)}
+    if plot or save_path is not None:
+        _plot(model, results, tokens, max_display_tokens, figsize, cmap, save_path, plot)
+    return results
+
+
+def _layer_state(handle: Any, layer: int) -> mx.array:
+    value = handle if isinstance(handle, mx.array) else handle.value
+    if not isinstance(value, mx.array) or value.ndim != 3:
+        raise ValueError(f"layer {layer} returns {type(value).__name__}; the logit lens needs each layer to "
+                         "return its residual stream as a (batch, seq, hidden) array")
+    return value[0]
+
+
+def _project(unembed: Any, hidden: mx.array, top_k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Top-k token ids and softmax probabilities, ``(layers, seq, k)``, in chunks of layers."""
+    n_layers, seq = hidden.shape[0], hidden.shape[1]
+    vocab = int(unembed.logits(hidden[:1, :1]).shape[-1])
+    if top_k > vocab:
+        raise ValueError(f"top_k: expected a positive int at most the vocabulary size {vocab}, got {top_k}")
+    step = max(1, LENS_BUDGET // max(1, seq * vocab))
+    ids, probs = [], []
+    for start in range(0, n_layers, step):
+        logits = unembed.logits(hidden[start:start + step]).astype(mx.float32)
+        idx, p = top_k_sorted(mx.softmax(logits, axis=-1), top_k)
+        mx.eval(idx, p)
+        ids.append(np.array(idx))
+        probs.append(np.array(p))
+    return np.concatenate(ids), np.concatenate(probs)
+
+
+def _strings(model: Any, ids: np.ndarray) -> Dict[int, str]:
+    return dict(zip((int(i) for i in ids), token_labels(model, ids.tolist())))
+
+
+def _plot(model: Any, results: Dict, tokens: mx.array, max_display_tokens: int, figsize: Tuple[float, float],
+          cmap: str, save_path: Any, show: bool) -> None:
+    from ..plotting import plot_logit_lens
+
+    inputs = token_labels(model, tokens[0].tolist())
+    fig = plot_logit_lens(results, inputs, max_display_tokens=max_display_tokens, figsize=figsize, cmap=cmap,
+                          save_path=save_path)
+    if show:
+        show_if_interactive(fig)

@@ -1,0 +1,195 @@
+"""Activation patching: per layer (``activation_patching``), per layer x position (``patching_grid``,
+ROME-style causal tracing) and its gradient estimate (``attribution_patching``).
+
+Recovery of a patched run is ``(d(corrupted, clean) - d(patched, clean)) / d(corrupted, clean) * 100``
+with ``d`` a distance (``l2``, ``cosine``, ``mse``; float32) between the last position's logits. 100 %
+means patching restored the clean prediction; 0 % that it changed nothing; it may be negative or
+exceed 100.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import mlx.core as mx
+import numpy as np
+
+from .attribution import attribution_grid, _identical
+from .components import ComponentSite, resolve_sites
+from .display import show_if_interactive
+from .metrics import check_metric
+from .sweep import run_sweep
+from .unembed import UnembeddingError, find_unembedding
+from .validate import check_positive_int, prompt_pair, resolve_layers, resolve_positions, token_labels
+
+PathLike = Union[str, Path]
+
+
+@dataclasses.dataclass
+class PatchingGrid:
+    """A layers x positions grid of recovery percentages.
+
+    Attributes:
+        grid: ``(len(layers), len(positions))`` float array; cell ``(i, j)`` is the recovery (%) when only
+            position ``positions[j]`` of the component at layer ``layers[i]`` is patched (or its linear
+            estimate, for attribution patching).
+        layers: layer index of each row.
+        positions: token position of each column.
+        position_labels: the clean prompt's token at each column; ``*`` marks positions where the clean
+            and corrupted tokens differ.
+        metric: the distance used (``"l2"``, ``"cosine"`` or ``"mse"``).
+        component: the patched component (``"output"``, ``"mlp"``, ...).
+        method: ``"activation patching"`` or ``"attribution patching"``.
+        corrupted_distance: ``d(corrupted, clean)``, the normaliser of every cell.
+    """
+
+    grid: np.ndarray
+    layers: List[int]
+    positions: List[int]
+    position_labels: List[str]
+    metric: str
+    component: str
+    method: str
+    corrupted_distance: float
+
+    def plot(self, save_path: Optional[PathLike] = None, *, figsize: Tuple[float, float] = (12, 8),
+             cmap: str = "RdBu_r", title: Optional[str] = None) -> Any:
+        """Heatmap of the grid (layers as rows) with :func:`mlxterp.plotting.plot_patching_grid`.
+
+        Args:
+            save_path: if given, write a PNG there.
+            figsize: figure size in inches.
+            cmap: diverging colormap.
+            title: figure title (default names the method, component and metric).
+
+        Returns:
+            The matplotlib Figure (never shown here; see ``show_if_interactive``).
+        """
+        from ..plotting import plot_patching_grid
+
+        title = title or f"{self.method.capitalize()}: {self.component} (metric {self.metric})"
+        return plot_patching_grid(self.grid, layer_labels=self.layers, position_labels=self.position_labels,
+                                  figsize=figsize, cmap=cmap, title=title, save_path=save_path)
+
+    def to_dict(self) -> Dict[int, Dict[int, float]]:
+        """``{layer: {position: recovery}}``."""
+        return {layer: {pos: float(v) for pos, v in zip(self.positions, row)}
+                for layer, row in zip(self.layers, self.grid)}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    tokens: mx.array
+    layers: List[int]
+    sites: Dict[int, ComponentSite]
+    metric: str
+    norm_path: Optional[str]
+
+
+def _setup(model: Any, clean_text: Any, corrupted_text: Any, component: Any, layers: Any, metric: Any) -> _Setup:
+    metric = check_metric(metric)
+    tokens = prompt_pair(model, clean_text, corrupted_text)
+    layer_ids = resolve_layers(layers, len(model.layers))
+    sites = resolve_sites(model, component, layer_ids, tokens)
+    return _Setup(tokens, layer_ids, sites, metric, _sliceable_norm(model, tokens))
+
+
+def _sliceable_norm(model: Any, tokens: mx.array) -> Optional[str]:
+    """The final norm, if cutting its input to the last position is safe (called once, per position)."""
+    try:
+        norm_path = find_unembedding(model).norm_path
+    except UnembeddingError:
+        return None
+    probe = model._probe(tokens)
+    if norm_path is None or probe.call_counts().get(norm_path) != 1:
+        return None
+    spec_in, spec_out = probe.values.get((norm_path, 0, "input")), probe.values.get(("", 0, "output"))
+    ok = all(isinstance(s, tuple) and len(s[0]) == 3 and tuple(s[0][:2]) == tuple(tokens.shape)
+             for s in (spec_in, spec_out))
+    return norm_path if ok else None
+
+
+def _labels(model: Any, tokens: mx.array, positions: List[int]) -> List[str]:
+    clean, corrupted = tokens[0].tolist(), tokens[1].tolist()
+    labels = token_labels(model, [clean[p] for p in positions])
+    return [label + ("*" if clean[p] != corrupted[p] else "") for label, p in zip(labels, positions)]
+
+
+def activation_patching(model: Any, clean_text: Any, corrupted_text: Any, component: str = "mlp",
+                        layers: Optional[List[int]] = None, metric: str = "l2", plot: bool = False,
+                        figsize: Tuple[float, float] = (12, 8), cmap: str = "RdBu_r", *,
+                        batch_size: Optional[int] = None, progress: bool = False,
+                        save_path: Optional[PathLike] = None) -> Dict[int, float]:
+    """Recovery (%) per layer when the component's clean output replaces the corrupted one (all positions).
+
+    See :meth:`mlxterp.analysis.methods.AnalysisMixin.activation_patching` for the arguments.
+    """
+    batch_size = check_positive_int(batch_size, "batch_size", allow_none=True)
+    s = _setup(model, clean_text, corrupted_text, component, layers, metric)
+    cells = [(layer, None) for layer in s.layers]
+    result = run_sweep(model, s.tokens, s.sites, cells, s.metric, norm_path=s.norm_path,
+                       batch_size=batch_size, progress=progress, desc=f"patching {component}")
+    if result.corrupted == 0.0:
+        raise ValueError(_identical(s.metric))
+    rec = (result.corrupted - result.patched) / result.corrupted * 100.0
+    recovery = {layer: float(r) for layer, r in zip(s.layers, rec)}
+    if plot or save_path is not None:
+        from ..plotting import plot_patching_bars
+
+        fig = plot_patching_bars(recovery, component=component, figsize=figsize, cmap=cmap,
+                                 title=f"Activation patching recovery by layer ({component}, metric {s.metric})",
+                                 save_path=save_path)
+        if plot:
+            show_if_interactive(fig)
+    return recovery
+
+
+def patching_grid(model: Any, clean_text: Any, corrupted_text: Any, component: str = "output",
+                  layers: Optional[List[int]] = None, positions: Optional[List[int]] = None, metric: str = "l2",
+                  plot: bool = False, figsize: Tuple[float, float] = (12, 8), cmap: str = "RdBu_r", *,
+                  batch_size: Optional[int] = None, progress: bool = False,
+                  save_path: Optional[PathLike] = None) -> PatchingGrid:
+    """Recovery (%) for every (layer, position) cell, patching one position of one layer's component.
+
+    See :meth:`mlxterp.analysis.methods.AnalysisMixin.patching_grid` for the arguments.
+    """
+    batch_size = check_positive_int(batch_size, "batch_size", allow_none=True)
+    s = _setup(model, clean_text, corrupted_text, component, layers, metric)
+    cols = resolve_positions(positions, s.tokens.shape[1])
+    cells = [(layer, p) for layer in s.layers for p in cols]
+    result = run_sweep(model, s.tokens, s.sites, cells, s.metric, norm_path=s.norm_path,
+                       batch_size=batch_size, progress=progress, desc=f"patching {component} x positions")
+    if result.corrupted == 0.0:
+        raise ValueError(_identical(s.metric))
+    grid = ((result.corrupted - result.patched) / result.corrupted * 100.0).reshape(len(s.layers), len(cols))
+    out = PatchingGrid(grid, s.layers, cols, _labels(model, s.tokens, cols), s.metric, component,
+                       "activation patching", result.corrupted)
+    _maybe_plot(out, plot, save_path, figsize, cmap)
+    return out
+
+
+def attribution_patching(model: Any, clean_text: Any, corrupted_text: Any, component: str = "output",
+                         layers: Optional[List[int]] = None, positions: Optional[List[int]] = None,
+                         metric: str = "l2", plot: bool = False, figsize: Tuple[float, float] = (12, 8),
+                         cmap: str = "RdBu_r", *, save_path: Optional[PathLike] = None) -> PatchingGrid:
+    """Linear (gradient) estimate of :func:`patching_grid`, from one clean and one corrupted forward+backward.
+
+    See :meth:`mlxterp.analysis.methods.AnalysisMixin.attribution_patching` for the arguments.
+    """
+    s = _setup(model, clean_text, corrupted_text, component, layers, metric)
+    cols = resolve_positions(positions, s.tokens.shape[1])
+    grid, d0 = attribution_grid(model, s.tokens, s.sites, cols, s.metric, s.norm_path)
+    out = PatchingGrid(grid, s.layers, cols, _labels(model, s.tokens, cols), s.metric, component,
+                       "attribution patching", d0)
+    _maybe_plot(out, plot, save_path, figsize, cmap)
+    return out
+
+
+def _maybe_plot(result: PatchingGrid, plot: bool, save_path: Optional[PathLike], figsize: Tuple[float, float],
+                cmap: str) -> None:
+    if plot or save_path is not None:
+        fig = result.plot(save_path, figsize=figsize, cmap=cmap)
+        if plot:
+            show_if_interactive(fig)

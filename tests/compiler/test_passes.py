@@ -1,0 +1,111 @@
+"""Each pass leaves its input untouched, keeps the graph valid, and does its one job."""
+
+import copy
+
+import mlx.core as mx
+import pytest
+
+from compiler import (CausalityError, Graph, Op, Ref, eliminate_dead_code, fuse_elementwise, lift_constants,
+                      run_passes, schedule, verify)
+from compiler.passes.lift import param_values
+
+EVENTS = [("", 0, "input"), ("model.layers.0", 0, "input"), ("model.layers.0", 0, "output"),
+          ("model.layers.1", 0, "input"), ("model.layers.1", 0, "output"), ("", 0, "output")]
+
+
+def program() -> Graph:
+    g = Graph()
+    h1 = g.add(Op.MODULE_OUTPUT, ("model.layers.1", 0))
+    unused = g.add(Op.UNARY, "neg", (Ref(h1.id),))
+    h0 = g.add(Op.MODULE_OUTPUT, ("model.layers.0", 0))
+    c = g.add(Op.CONSTANT, meta={"value": 0.5, "weak": True})
+    a = g.add(Op.BINARY, "mul", (Ref(h0.id), Ref(c.id)))
+    v = g.add(Op.CONSTANT, meta={"value": mx.ones((4,))})
+    b = g.add(Op.BINARY, "add", (Ref(a.id), Ref(v.id)))
+    t = g.add(Op.CALL_FUNCTION, mx.tanh, (Ref(b.id),))
+    g.add(Op.REPLACE, ("model.layers.0", 0, "output"), (Ref(t.id),))
+    g.add(Op.SAVE, "h1", (Ref(h1.id),))
+    return g
+
+
+def frozen(g: Graph):
+    return [(n.id, n.op, n.target, n.args, dict(n.kwargs)) for n in g]
+
+
+@pytest.mark.parametrize("p", [eliminate_dead_code, lift_constants, fuse_elementwise])
+def test_pass_leaves_its_input_untouched_and_output_valid(p):
+    g = program()
+    before = frozen(g)
+    out, _ = p(g)
+    assert frozen(g) == before
+    verify(out)
+
+
+def test_dce_drops_unused_nodes_but_never_a_save_or_write():
+    out, changed = eliminate_dead_code(program())
+    ops = [n.op for n in out]
+    assert changed and Op.UNARY not in ops
+    assert ops.count(Op.SAVE) == 1 and ops.count(Op.REPLACE) == 1
+
+
+def test_dce_keeps_an_unused_save():
+    g = Graph()
+    h = g.add(Op.MODULE_OUTPUT, ("a", 0))
+    g.add(Op.SAVE, "never_read", (Ref(h.id),))
+    out, changed = eliminate_dead_code(g)
+    assert not changed and len(out) == 2
+
+
+def test_lifting_turns_constants_into_params_in_order():
+    g = program()
+    out, changed = lift_constants(g)
+    params = [n for n in out if n.op is Op.PARAM]
+    assert changed and [p.target for p in params] == [0, 1]
+    assert params[0].meta["weak"] is True
+    assert Op.CONSTANT not in {n.op for n in out}
+    values = param_values(g)
+    assert values[0].item() == 0.5 and values[1].shape == (4,)
+
+
+def test_fusion_merges_the_elementwise_chain_into_one_node():
+    g, _ = lift_constants(eliminate_dead_code(program())[0])
+    out, changed = fuse_elementwise(g)
+    fused = [n for n in out if n.op is Op.FUSED]
+    assert changed and len(fused) == 1
+    assert fused[0].meta["fused"] == ["binary[mul]", "binary[add]", "call_function[mx.tanh]"]
+    assert len(out) == len(g) - 2
+
+
+def test_fusion_keeps_a_saved_intermediate():
+    g = Graph()
+    h = g.add(Op.MODULE_OUTPUT, ("a", 0))
+    a = g.add(Op.UNARY, "neg", (Ref(h.id),))
+    b = g.add(Op.UNARY, "abs", (Ref(a.id),))
+    g.add(Op.SAVE, "a", (Ref(a.id),))
+    g.add(Op.SAVE, "b", (Ref(b.id),))
+    out, changed = fuse_elementwise(g)
+    assert not changed
+
+
+def test_scheduling_follows_execution_order_not_recording_order():
+    g = eliminate_dead_code(program())[0]
+    plan = schedule(g, EVENTS)
+    assert plan.at_event[("model.layers.0", 0, "output")][0] == 2  # h0 read at layer 0
+    assert 0 in plan.at_event[("model.layers.1", 0, "output")]  # h1 recorded first, runs later
+    assert plan.replacements[("model.layers.0", 0, "output")] == 7
+    assert plan.hooked_paths() == {"model.layers.0", "model.layers.1"}
+
+
+def test_scheduler_refuses_a_write_that_reads_the_future():
+    g = Graph()
+    h1 = g.add(Op.MODULE_OUTPUT, ("model.layers.1", 0), meta={"source": "u.py:1"})
+    g.add(Op.REPLACE, ("model.layers.0", 0, "output"), (Ref(h1.id),), meta={"source": "u.py:2"})
+    with pytest.raises(CausalityError, match=r"output of model.layers.0 \(traced at u.py:2\) depends on the output "
+                                             r"of model.layers.1, which the model computes later"):
+        schedule(g, EVENTS)
+
+
+def test_pipeline_records_before_after_and_changes():
+    result = run_passes(program(), EVENTS)
+    assert result.changed == ("eliminate_dead_code", "lift_constants", "fuse_elementwise")
+    assert len(result.before) == 10 and len(result.after) < 10
