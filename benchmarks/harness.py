@@ -108,11 +108,14 @@ class Row:
     candidate_s: float = math.nan
     note: str = ""
     skipped: str = ""
+    failures: list[str] = dataclasses.field(default_factory=list)  # extra checks that failed (e.g. retraces)
 
     @property
     def status(self) -> str:
         if self.skipped:
             return "SKIP"
+        if self.failures:
+            return "FAIL"
         if self.target is None:
             return "info"
         return "PASS" if self.target.check(self.value) else "FAIL"
@@ -152,7 +155,7 @@ COLUMNS = ("case", "model", "shape", "candidate vs baseline", "base ms", "cand m
 def format_table(rows: list[Row]) -> str:
     """A plain-text table (also valid Markdown) of all rows."""
     cells = [(r.case, r.model, r.shape, f"{r.candidate} vs {r.baseline}", _ms(r.baseline_s), _ms(r.candidate_s),
-              r.value_text(), str(r.target or ""), r.status, r.skipped or r.note) for r in rows]
+              r.value_text(), str(r.target or ""), r.status, r.skipped or "; ".join(r.failures + [r.note] if r.note else r.failures)) for r in rows]
     widths = [max(len(c) for c in col) for col in zip(COLUMNS, *cells)]
     line = lambda values: "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths)) + " |"  # noqa: E731
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"

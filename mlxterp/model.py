@@ -17,6 +17,7 @@ from .tokens import TokenizerMixin
 from .tracing.module_proxy import LayerListProxy, ModuleProxy
 from .tracing.trace import Trace
 
+TOKEN_EMBEDDING_NAMES = ("embed_tokens", "wte", "tok_embeddings", "word_embeddings", "embed_in", "embedding")
 CAPTURE_CHOICES = "'all' (every module output), 'saved' (only .save()-d values) or a list of module names"
 
 
@@ -67,10 +68,13 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin):
         return to_token_batch(inputs, self.tokenizer, self._vocab_rows(), self._pad_id())
 
     def _vocab_rows(self) -> Optional[int]:
-        for _, module in self.model.named_modules():
-            if isinstance(module, (nn.Embedding, nn.QuantizedEmbedding)):
-                return int(module.weight.shape[0])
-        return None
+        """Rows of the token embedding (to reject out-of-range ids), or ``None`` if there is none."""
+        found = [(p, m) for p, m in self._index.modules.items() if isinstance(m, (nn.Embedding, nn.QuantizedEmbedding))]
+        if not found:
+            return None
+        # Several embeddings (GPT-2's wte and wpe): the token one goes by a conventional name.
+        named = [m for p, m in found if p.rsplit(".", 1)[-1] in TOKEN_EMBEDDING_NAMES]
+        return int((named or [m for _, m in found])[0].weight.shape[0])
 
     def _capture_spec(self, capture: Any) -> Any:
         if capture == "all":

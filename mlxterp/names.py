@@ -2,7 +2,8 @@
 
 Accepted for ``model.layers.3.mlp`` (an mlx-lm llama): ``layers.3.mlp`` (relative to the layer
 container's parent), ``model.model.layers.3.mlp`` (the seed's prefixed form) and component aliases
-(``attn`` <-> ``self_attn``). Unknown names raise :class:`ModuleNameError` listing the closest valid ones.
+(``attn`` <-> ``self_attn``), and ``layers.N`` for the layer container whatever its attribute is called
+(``layers.3.attn`` is ``h.3.attn`` on GPT-2). Unknown names raise :class:`ModuleNameError` listing the closest valid ones.
 """
 
 from __future__ import annotations
@@ -74,8 +75,10 @@ class ModuleIndex:
         for base in list(bases):
             if self.prefix and not base.startswith(self.prefix):
                 bases.append(self.prefix + base)
-            if base.startswith(self.layer_attr + ".") and self.layer_attr != self._short_attr:
-                bases.append(self.container + base[len(self.layer_attr):])
+            for head in {self.layer_attr, "layers"} - {self._short_attr}:
+                # "layers.3.mlp" works on every model (GPT-2's "h.3.mlp" too), as does the layer_attr form.
+                if base.startswith(head + "."):
+                    bases.append(self.container + base[len(head):])
         for base in bases:
             yield from _alias_variants(base)
 

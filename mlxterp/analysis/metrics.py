@@ -43,8 +43,13 @@ def _unit(x: mx.array) -> mx.array:
 
 
 def cosine_distance(a: mx.array, b: mx.array) -> mx.array:
-    """``1 - cos(a, b)`` along the last axis (0 for identical directions, 2 for opposite)."""
-    return 1.0 - mx.sum(_unit(a) * _unit(b), axis=-1)
+    """``1 - cos(a, b)`` along the last axis (0 for identical directions, 2 for opposite).
+
+    Computed as ``||u_a - u_b||^2 / 2`` with unit vectors ``u``, which equals ``1 - cos`` without the
+    cancellation of ``1 - sum(u_a * u_b)`` for nearly parallel vectors.
+    """
+    diff = _unit(a) - _unit(b)
+    return 0.5 * mx.sum(diff * diff, axis=-1)
 
 
 DISTANCES: Dict[str, Callable[[mx.array, mx.array], mx.array]] = {

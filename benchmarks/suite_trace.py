@@ -1,0 +1,236 @@
+"""Tracer overhead and the compile cache: what a trace costs over the raw forward it patches.
+
+Cases (each row's candidate is timed against its baseline in the same run):
+
+``eager_overhead``     raw eager forward vs an eager trace with a save and a steering add at every layer.
+``compiled_overhead``  raw ``mx.compile(model)`` vs the same trace compiled.
+``steering_sweep``     N traces of one structure with a new steering vector each: compiled vs eager,
+                       and retraces after the first (must be 0).
+``zero_retrace``       1,000 traces of one structure with new values (an array and a Python float):
+                       retraces counted by ``compile_stats()`` (must be 0).
+``trace_overhead``     per-trace Python cost (graph building + cache lookup + binding) of a ~20-node
+                       program, on a model whose forward is nearly free: compiled trace minus raw compiled
+                       forward.
+``capture_all``        ``capture="all"`` vs ``capture="saved"`` (informational), eager and compiled.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+import mlx.core as mx
+
+from mlxterp import interventions as iv
+
+from .context import Context, shape_text
+from .harness import Row, Target, Timing, compare, ratio_row, timed
+
+SUITE = "trace"
+DESCRIPTION = "tracer overhead over a raw forward, compiled vs eager sweeps, retraces, per-trace Python cost"
+
+EAGER_TARGET = Target("<=", 1.3)
+COMPILED_TARGET = Target("<=", 1.05)
+SWEEP_TARGET = Target("<", 1.0)
+RETRACE_TARGET = Target("==", 0)
+OVERHEAD_TARGET = Target("<", 0.3)
+
+
+# -- programs ---------------------------------------------------------------------------------
+def steer_every_layer(im: Any, vector: mx.array) -> None:
+    """Inside a trace: save every layer's output and add ``vector`` to it."""
+    for i in range(len(im.layers)):
+        im.layers[i].output.save()
+        im.layers[i].output = im.layers[i].output + vector
+
+
+def scale_and_steer_every_layer(im: Any, vector: mx.array, factor: float) -> None:
+    """Inside a trace: save every layer's output, then ``output * factor + vector`` (a Python float)."""
+    for i in range(len(im.layers)):
+        im.layers[i].output.save()
+        im.layers[i].output = im.layers[i].output * factor + vector
+
+
+def run_trace(im: Any, tokens: mx.array, program: Callable[[], None], compile: Any = False,
+              capture: Any = "saved", interventions: dict | None = None) -> Any:
+    """One trace running ``program`` inside the block, with its output and saves evaluated."""
+    with im.trace(tokens, interventions=interventions, compile=compile, capture=capture) as tr:
+        program()
+    mx.eval(tr.output, tr.saved_values, dict(tr.activations))
+    return tr
+
+
+def _retraces(im: Any, before: dict) -> int:
+    return im.compile_stats()["traces"] - before["traces"]
+
+
+def _skip_rows(ctx: Context, case: str, baseline: str, candidate: str, names: Iterable[str]) -> Iterator[Row]:
+    """Rows saying why a model is unavailable (one per model), or nothing if it loads."""
+    for name in names:
+        try:
+            ctx.model(name)
+        except FileNotFoundError as e:
+            yield Row(SUITE, case, name, "", baseline, candidate, float("nan"), skipped=str(e))
+
+
+def _available(ctx: Context) -> list[str]:
+    ok = []
+    for name in ctx.settings.models:
+        try:
+            ctx.model(name)
+            ok.append(name)
+        except FileNotFoundError:
+            pass
+    return ok
+
+
+def _configs(ctx: Context) -> Iterator[tuple[str, int, int]]:
+    available = set(_available(ctx))
+    return ((n, b, s) for n, b, s in ctx.configs() if n in available)
+
+
+def _compare(ctx: Context, baseline: Callable, candidate: Callable) -> tuple[Timing, Timing]:
+    s = ctx.settings
+    return compare(baseline, candidate, repeats=s.repeats, warmup=s.warmup, min_time=s.min_time)
+
+
+# -- cases ------------------------------------------------------------------------------------
+def eager_overhead(ctx: Context) -> Iterator[Row]:
+    """Raw eager forward vs eager trace with a save and an intervention at every layer."""
+    yield from _skip_rows(ctx, "eager_overhead", "raw eager", "eager trace", ctx.settings.models)
+    for name, batch, seq in _configs(ctx):
+        m = ctx.model(name)
+        im, tokens, vector = m.wrap(), m.tokens(batch, seq), m.vectors(1)[0]
+        timings = _compare(ctx, lambda: mx.eval(m.module(tokens)),
+                           lambda: run_trace(im, tokens, lambda: steer_every_layer(im, vector), compile=False))
+        yield ratio_row(SUITE, "eager_overhead", name, shape_text(batch, seq), "raw eager",
+                        "eager trace (save+add every layer)", timings, EAGER_TARGET)
+
+
+def compiled_overhead(ctx: Context) -> Iterator[Row]:
+    """Raw ``mx.compile(model)`` forward vs compiled trace with a save and an intervention at every layer."""
+    yield from _skip_rows(ctx, "compiled_overhead", "raw mx.compile", "compiled trace", ctx.settings.models)
+    for name, batch, seq in _configs(ctx):
+        m = ctx.model(name)
+        im, tokens, vector = m.wrap(), m.tokens(batch, seq), m.vectors(1)[0]
+        raw = mx.compile(m.module)
+        timings = _compare(ctx, lambda: mx.eval(raw(tokens)),
+                           lambda: run_trace(im, tokens, lambda: steer_every_layer(im, vector), compile=True))
+        yield ratio_row(SUITE, "compiled_overhead", name, shape_text(batch, seq), "raw mx.compile",
+                        "compiled trace (save+add every layer)", timings, COMPILED_TARGET)
+
+
+def _sweep_step(im: Any, tokens: mx.array, layer: str, vector: mx.array, compile: bool) -> None:
+    run_trace(im, tokens, lambda: im.output.save(), compile=compile, interventions={layer: iv.add_vector(vector)})
+
+
+def steering_sweep(ctx: Context) -> Iterator[Row]:
+    """``sweep`` steering traces (a new vector each) eager vs compiled, interleaved in chunks of 10."""
+    yield from _skip_rows(ctx, "steering_sweep", "eager sweep", "compiled sweep", ctx.settings.models)
+    n = ctx.settings.sweep
+    for name, batch, seq in _configs(ctx):
+        m = ctx.model(name)
+        im, tokens, vectors = m.wrap(), m.tokens(batch, seq), m.vectors(n + 1)
+        layer = f"layers.{m.layers // 2}"
+        _sweep_step(im, tokens, layer, vectors[-1], False)  # lowers the program; the eager warm-up
+        first = timed(lambda: _sweep_step(im, tokens, layer, vectors[-1], True))  # traces and compiles
+        before = im.compile_stats()
+        eager, compiled = 0.0, 0.0
+        for start in range(0, n, 10):
+            chunk = vectors[start:min(n, start + 10)]
+            eager += sum(timed(lambda: _sweep_step(im, tokens, layer, v, False)) for v in chunk)
+            compiled += sum(timed(lambda: _sweep_step(im, tokens, layer, v, True)) for v in chunk)
+        retraces = _retraces(im, before)
+        row = ratio_row(SUITE, "steering_sweep", name, shape_text(batch, seq), "eager sweep",
+                        f"compiled sweep ({n} traces, add_vector at {layer})",
+                        (Timing([eager / n]), Timing([compiled / n])), SWEEP_TARGET,
+                        note=f"retraces after first: {retraces}; first compiled trace {first * 1e3:.0f} ms")
+        if retraces:
+            row.failures.append(f"{retraces} retraces")
+        yield row
+
+
+def zero_retrace(ctx: Context) -> Iterator[Row]:
+    """``retrace_sweep`` compiled traces of one structure, new array and Python-float values each time."""
+    yield from _skip_rows(ctx, "zero_retrace", "", "", ctx.settings.models)
+    n = ctx.settings.retrace_sweep
+    for name in _available(ctx):
+        m = ctx.model(name)
+        im, tokens = m.wrap(), m.tokens(1, 16)
+        vectors = m.vectors(n + 1)
+        factors = [1.0 + 0.001 * i for i in range(n + 1)]
+        program = lambda i: lambda: scale_and_steer_every_layer(im, vectors[i], factors[i])  # noqa: E731
+        run_trace(im, tokens, program(n), compile=True)  # first trace: compiles once
+        before = im.compile_stats()
+        start = time.perf_counter()
+        for i in range(n):
+            tr = run_trace(im, tokens, program(i), compile=True)
+        per_trace = (time.perf_counter() - start) / n
+        after = im.compile_stats()
+        nodes = sum(1 for _ in tr.graph)
+        yield Row(SUITE, "zero_retrace", name, shape_text(1, 16), "first trace",
+                  f"{n} traces, new vector + float each ({nodes} nodes)", after["traces"] - before["traces"],
+                  "retraces", RETRACE_TARGET,
+                  note=f"{per_trace * 1e3:.2f} ms/trace; cache hits +{after['hits'] - before['hits']}, "
+                       f"entries {after['cache_size']}")
+
+
+def _phase_timed(im: Any, tokens: mx.array, vector: mx.array, builds: list[float]) -> Callable[[], None]:
+    """A compiled-trace thunk that also records the time spent building the graph (until the block ends)."""
+    def run() -> None:
+        start = time.perf_counter()
+        with im.trace(tokens, compile=True, capture="saved") as tr:
+            steer_every_layer(im, vector)
+            builds.append(time.perf_counter() - start)
+        mx.eval(tr.output, tr.saved_values)
+    return run
+
+
+def trace_overhead(ctx: Context) -> Iterator[Row]:
+    """Per-trace Python overhead of a ~20-node program (compiled, cache hit) on a nearly free forward."""
+    m = ctx.model(ctx.settings.overhead_model)
+    im, tokens, vector = m.wrap(), m.tokens(1, 4), m.vectors(1)[0]
+    raw = mx.compile(m.module)
+    builds: list[float] = []
+    s = ctx.settings
+    base, cand = compare(lambda: mx.eval(raw(tokens)), _phase_timed(im, tokens, vector, builds),
+                         repeats=max(50, s.repeats), warmup=3, min_time=s.min_time)
+    nodes = sum(1 for _ in run_trace(im, tokens, lambda: steer_every_layer(im, vector), compile=True).graph)
+    overhead = cand.median - base.median
+    build = Timing(builds[3:]).median  # the first 3 were warm-up calls
+    yield Row(SUITE, "trace_overhead", m.name, shape_text(1, 4), "raw mx.compile",
+              f"compiled trace, {nodes} nodes (cache hit)", overhead * 1e3, "ms", OVERHEAD_TARGET,
+              base.median, cand.median,
+              note=f"graph building {build * 1e3:.3f} ms, exit (lookup+run+bind) {(cand.median - build) * 1e3:.3f} ms"
+                   f"; ratio {cand.median / base.median:.1f}x")
+    eager = compare(lambda: mx.eval(m.module(tokens)),
+                    lambda: run_trace(im, tokens, lambda: steer_every_layer(im, vector), compile=False),
+                    repeats=max(50, s.repeats), warmup=3, min_time=s.min_time)
+    yield Row(SUITE, "trace_overhead", m.name, shape_text(1, 4), "raw eager", f"eager trace, {nodes} nodes",
+              (eager[1].median - eager[0].median) * 1e3, "ms", None, eager[0].median, eager[1].median,
+              note=f"ratio {eager[1].median / eager[0].median:.1f}x (informational)")
+
+
+def capture_all(ctx: Context) -> Iterator[Row]:
+    """``capture="all"`` vs ``capture="saved"`` on the same program, eager and compiled (informational)."""
+    yield from _skip_rows(ctx, "capture_all", "capture=saved", "capture=all", ctx.settings.models)
+    for (name, batch, seq), compile in itertools.product(_configs(ctx), (False, True)):
+        m = ctx.model(name)
+        im, tokens, vector = m.wrap(), m.tokens(batch, seq), m.vectors(1)[0]
+        program = lambda: steer_every_layer(im, vector)  # noqa: E731
+        timings = _compare(ctx, lambda: run_trace(im, tokens, program, compile=compile, capture="saved"),
+                           lambda: run_trace(im, tokens, program, compile=compile, capture="all"))
+        mode = "compiled" if compile else "eager"
+        yield ratio_row(SUITE, "capture_all", name, shape_text(batch, seq), f"{mode} capture=saved",
+                        f"{mode} capture=all", timings)
+
+
+CASES: dict[str, Callable[[Context], Iterable[Row]]] = {
+    "eager_overhead": eager_overhead,
+    "compiled_overhead": compiled_overhead,
+    "steering_sweep": steering_sweep,
+    "zero_retrace": zero_retrace,
+    "trace_overhead": trace_overhead,
+    "capture_all": capture_all,
+}
