@@ -29,6 +29,10 @@ class Timing:
         return statistics.median(self.samples) if self.samples else math.nan
 
     @property
+    def min(self) -> float:
+        return min(self.samples) if self.samples else math.nan
+
+    @property
     def spread(self) -> float:
         """Interquartile range relative to the median (a noise indicator)."""
         if len(self.samples) < 4:
@@ -37,21 +41,23 @@ class Timing:
         return (q[2] - q[0]) / self.median
 
 
-def timed(fn: Thunk) -> float:
+def timed(fn: Thunk, clock: Callable[[], float] = time.perf_counter) -> float:
     """Seconds one call of ``fn`` takes (``fn`` must evaluate its own results)."""
-    start = time.perf_counter()
+    start = clock()
     fn()
-    return time.perf_counter() - start
+    return clock() - start
 
 
-def compare(baseline: Thunk, candidate: Thunk, *, repeats: int, warmup: int = 2,
-            min_time: float = 0.0, max_repeats: int = 400) -> tuple[Timing, Timing]:
+def compare(baseline: Thunk, candidate: Thunk, *, repeats: int, warmup: int = 2, min_time: float = 0.0,
+            max_repeats: int = 400, clock: Callable[[], float] = time.perf_counter) -> tuple[Timing, Timing]:
     """Interleaved timings of ``baseline`` and ``candidate``.
 
     Args:
         repeats: at least this many timed calls of each.
         warmup: untimed calls of each first.
         min_time: keep repeating (up to ``max_repeats``) until both sides together took this long.
+        clock: wall clock by default; ``time.thread_time`` counts only this thread's CPU time (Python work),
+            which waiting for other processes on a shared machine does not inflate.
     """
     for _ in range(warmup):
         baseline()
@@ -64,7 +70,7 @@ def compare(baseline: Thunk, candidate: Thunk, *, repeats: int, warmup: int = 2,
         while i < repeats or (spent < min_time and i < max_repeats):
             pair = ((baseline, base), (candidate, cand)) if i % 2 == 0 else ((candidate, cand), (baseline, base))
             for fn, samples in pair:
-                samples.append(timed(fn))
+                samples.append(timed(fn, clock))
                 spent += samples[-1]
             i += 1
     finally:
@@ -106,6 +112,7 @@ class Row:
     target: Optional[Target] = None
     baseline_s: float = math.nan
     candidate_s: float = math.nan
+    min_ratio: float = math.nan  # min(candidate) / min(baseline): the least noisy estimate on a busy machine
     note: str = ""
     skipped: str = ""
     failures: list[str] = dataclasses.field(default_factory=list)  # extra checks that failed (e.g. retraces)
@@ -141,21 +148,22 @@ def ratio_row(suite: str, case: str, model: str, shape: str, baseline: str, cand
     """A row whose value is median(candidate) / median(baseline)."""
     base, cand = timings
     return Row(suite, case, model, shape, baseline, candidate, cand.median / base.median, "x", target,
-               base.median, cand.median, note)
+               base.median, cand.median, cand.min / base.min, note)
 
 
 def _ms(seconds: float) -> str:
     return "" if math.isnan(seconds) else f"{seconds * 1e3:.2f}"
 
 
-COLUMNS = ("case", "model", "shape", "candidate vs baseline", "base ms", "cand ms", "value", "target", "status",
-           "notes")
+COLUMNS = ("case", "model", "shape", "candidate vs baseline", "base ms", "cand ms", "value", "min ratio", "target",
+           "status", "notes")
 
 
 def format_table(rows: list[Row]) -> str:
     """A plain-text table (also valid Markdown) of all rows."""
     cells = [(r.case, r.model, r.shape, f"{r.candidate} vs {r.baseline}", _ms(r.baseline_s), _ms(r.candidate_s),
-              r.value_text(), str(r.target or ""), r.status, r.skipped or "; ".join(r.failures + [r.note] if r.note else r.failures)) for r in rows]
+              r.value_text(), "" if math.isnan(r.min_ratio) else f"{r.min_ratio:.2f}x", str(r.target or ""), r.status,
+              r.skipped or "; ".join(r.failures + ([r.note] if r.note else []))) for r in rows]
     widths = [max(len(c) for c in col) for col in zip(COLUMNS, *cells)]
     line = lambda values: "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths)) + " |"  # noqa: E731
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"

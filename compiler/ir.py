@@ -23,9 +23,8 @@ source line. Ops:
 
 from __future__ import annotations
 
-import dataclasses
 from enum import Enum
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import networkx as nx
 
@@ -70,21 +69,25 @@ class Ref:
         return f"%{self.id}"
 
 
-@dataclasses.dataclass(frozen=True)
-class Node:
-    """One operation of a recorded program. Immutable: passes build new nodes."""
+class Node(NamedTuple):
+    """One operation of a recorded program. Immutable (a tuple): passes build new nodes.
+
+    ``meta["source"]`` is the user's line, as a ``"file:line"`` string or a ``(file, line)`` pair
+    (recorded cheaply, formatted on demand by :attr:`source`).
+    """
 
     id: int
     op: Op
     target: Any = None
     args: tuple = ()
-    kwargs: dict = dataclasses.field(default_factory=dict)
-    meta: dict = dataclasses.field(default_factory=dict, compare=False)
+    kwargs: dict = {}
+    meta: dict = {}
 
     @property
     def source(self) -> str:
         """The user's ``file:line`` where this node was recorded, or ``"<unknown>"``."""
-        return self.meta.get("source", "<unknown>")
+        src = self.meta.get("source", "<unknown>")
+        return f"{src[0]}:{src[1]}" if isinstance(src, tuple) else src
 
     def refs(self) -> list[int]:
         """Ids of the nodes this node reads, in argument order."""
@@ -94,11 +97,17 @@ class Node:
 
     def replace(self, **changes: Any) -> "Node":
         """A copy of this node with some fields changed."""
-        return dataclasses.replace(self, **changes)
+        return self._replace(**changes)
 
     def describe(self) -> str:
         """A short human-readable name: op and target."""
         return f"{self.op.value}[{target_name(self.target)}]" if self.target is not None else self.op.value
+
+    def __eq__(self, other: object) -> bool:  # identity of records, not tuple equality (meta is not structure)
+        return self is other
+
+    def __hash__(self) -> int:
+        return id(self)
 
 
 def target_name(target: Any) -> str:
@@ -146,7 +155,7 @@ class Graph:
     def add(self, op: Op, target: Any = None, args: tuple = (), kwargs: dict | None = None,
             meta: dict | None = None) -> Node:
         """Append a node with the next free id and return it."""
-        node = Node(self._next_id, Op(op), target, tuple(args), dict(kwargs or {}), dict(meta or {}))
+        node = Node(self._next_id, op if type(op) is Op else Op(op), target, tuple(args), kwargs or {}, meta or {})
         self._nodes[node.id] = node
         self._next_id += 1
         return node

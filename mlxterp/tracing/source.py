@@ -9,12 +9,17 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _INTERNAL = (_ROOT + os.sep, os.path.join(os.path.dirname(_ROOT), "compiler") + os.sep)
 
 
-def user_source() -> str:
-    """``file:line`` of the innermost frame outside mlxterp and the compiler."""
+def user_source() -> tuple[str, int] | str:
+    """``(file, line)`` of the innermost frame outside mlxterp and the compiler (formatted later)."""
     frame = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
         if not filename.startswith(_INTERNAL):
-            return f"{filename}:{frame.f_lineno}"
+            return (filename, frame.f_lineno)
         frame = frame.f_back
     return "<unknown>"
+
+
+def format_source(src: tuple[str, int] | str) -> str:
+    """``file:line`` text of a :func:`user_source` result."""
+    return f"{src[0]}:{src[1]}" if isinstance(src, tuple) else src

@@ -13,7 +13,7 @@ from compiler.semantics import evaluate
 from . import context
 from .proxy import Proxy, _unwrap, apply
 from .results import ActivationDict, rebind_in_frame
-from .source import user_source
+from .source import format_source, user_source
 
 COMPILE_CHOICES = {False: "eager", True: "compiled", "eager": "eager", "compiled": "compiled", "auto": "auto"}
 
@@ -141,7 +141,7 @@ class Trace:
         source_node = self.graph.node(proxy._node)
         if proxy._binding is None and source_node.op is Op.GETITEM:
             raise ValueError(
-                f"cannot assign into a view at {user_source()}: `a = out[...]; a[...] = v` does not change `out`. "
+                f"cannot assign into a view at {format_source(user_source())}: `a = out[...]; a[...] = v` does not change `out`. "
                 "Index the module value in one step instead, e.g. `model.layers[3].output[:, -1, :5] = v`"
             )
         where = self._owner._index.short(proxy._binding[0]) + f" {proxy._binding[2]}" if proxy._binding else None
