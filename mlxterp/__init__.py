@@ -5,6 +5,7 @@ Importing the package changes nothing global.
 
 from . import interventions
 from .activation_cache import ActivationCache
+from .activations import batch_get_activations, collect_activations, get_activations
 from .model import InterpretableModel
 from .names import ModuleNameError
 from .tracing.module_proxy import LayerListProxy, ModuleProxy
@@ -25,5 +26,8 @@ __all__ = [
     "Proxy",
     "Trace",
     "apply",
+    "batch_get_activations",
+    "collect_activations",
+    "get_activations",
     "interventions",
 ]

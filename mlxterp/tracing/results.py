@@ -36,6 +36,33 @@ class ActivationDict(dict):
         return dict.__contains__(self, self._key(name))
 
 
+class PendingActivations:
+    """``trace.activations`` while the block is open: reading a module's activation records a save
+    (the seed reads ``trace.activations["model.model.layers.6"]`` inside the block); the handle becomes
+    the array when the block exits."""
+
+    def __init__(self, trace: Any):
+        self._trace = trace
+
+    def __getitem__(self, name: str) -> Any:
+        return self._trace.pending_activation(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._trace.pending_activation(name)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._trace._owner._activation_key(name) is not None
+
+    def __len__(self) -> int:
+        return 0
+
+    def __iter__(self):
+        return iter(())
+
+    def __repr__(self) -> str:
+        return "<activations: available when the trace's block exits>"
+
+
 def rebind_in_frame(frame: types.FrameType | None, replacements: dict[int, Any]) -> None:
     """Replace variables of ``frame`` that hold one of the given objects (by id) with their values.
 

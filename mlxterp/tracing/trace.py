@@ -12,7 +12,7 @@ from compiler.semantics import evaluate
 
 from . import context
 from .proxy import Proxy, _unwrap, apply
-from .results import ActivationDict, rebind_in_frame
+from .results import ActivationDict, PendingActivations, rebind_in_frame
 from .source import format_source, user_source
 
 COMPILE_CHOICES = {False: "eager", True: "compiled", "eager": "eager", "compiled": "compiled", "auto": "auto"}
@@ -41,7 +41,7 @@ class Trace:
         self.finished = False
         self.output: Any = None
         self.saved_values: dict[str, Any] = {}
-        self.activations: ActivationDict = ActivationDict({}, owner._activation_key)
+        self.activations: Any = PendingActivations(self)
         self.mode: str | None = None
         self._result: Any = None
 
@@ -227,9 +227,18 @@ class Trace:
 
     def get_activation(self, name: str) -> Any:
         """A captured module output by module name (``"layers.3.attn"``, ``"model.layers.3.self_attn"``),
-        or ``None`` if that module was not captured. Unknown names raise, listing the closest ones."""
+        or ``None`` if that module was not captured. Unknown names raise, listing the closest ones.
+        Inside the block it returns a handle that becomes the array on exit."""
+        if not self.finished:
+            return self.pending_activation(name)
         path = self._owner._index.resolve(name)
         return self.activations.get(self._owner._activation_name(path))
+
+    def pending_activation(self, name: str) -> Proxy:
+        """Inside the block: a saved handle of module ``name``'s output (any accepted name form)."""
+        self._check_open()
+        path = self._owner._index.resolve(name)
+        return self.module_value(path, 0, "output").save()
 
     @property
     def optimized_graph(self) -> Graph:

@@ -168,3 +168,14 @@ def test_results_are_lazy_arrays_until_used(model, tokens):
     with model.trace(tokens, capture="saved") as tr:
         model.layers[0].output.save()
     assert isinstance(tr.saved_values["layers.0.output"], mx.array)
+
+
+def test_activations_read_inside_the_block_become_arrays(model, tokens):
+    # The seed's get_token_predictions example reads trace.activations inside the block.
+    with model.trace(tokens) as trace:
+        layer_2 = trace.activations["model.model.layers.2"]
+        attn = trace.get_activation("layers.1.attn")
+    assert type(layer_2) is mx.array and mx.array_equal(layer_2, trace.activations["model.model.layers.2"])
+    assert mx.array_equal(attn, trace.activations["layers.1.self_attn"])
+    last_token_hidden = layer_2[0, -1, :]
+    assert last_token_hidden.shape == (64,)
