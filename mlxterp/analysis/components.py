@@ -8,6 +8,7 @@ import dataclasses
 from typing import Any, Dict, List
 
 import mlx.core as mx
+import numpy as np
 
 from ..names import ModuleNameError
 from .validate import OUTPUT
@@ -22,6 +23,7 @@ class ComponentSite:
     path: str  # canonical module path (the layer's own path for "output")
     shape: tuple
     dtype: Any
+    width: int  # elements per position of the widest tensor patched or grown (component or residual)
 
 
 def layer_components(model: Any, probe: Any, layer: int = 0) -> List[str]:
@@ -69,7 +71,16 @@ def _site(model: Any, probe: Any, component: str, layer: int, tokens: mx.array, 
         raise ValueError(f"component: {component!r} of layer {layer} runs {calls} times per forward; patching needs "
                          f"a module that runs once. Valid components are {choices(layer)}")
     spec = probe.spec((path, 0, "output"))
-    if not isinstance(spec, tuple) or len(spec[0]) < 2 or tuple(spec[0][:2]) != tuple(tokens.shape):
+    if not _batch_seq_array(spec, tokens):
         raise ValueError(f"component: {component!r} of layer {layer} returns {spec!r}, not an array shaped "
                          f"(batch, seq, ...) = {tuple(tokens.shape)} + (...); valid components are {choices(layer)}")
-    return ComponentSite(layer, base, path, tuple(spec[0]), spec[1])
+    residual = probe.values.get((base, 0, "input"))
+    if not _batch_seq_array(residual, tokens):
+        raise ValueError(f"layers: layer {layer} ({index.short(base)}) receives {residual!r} as its first argument, "
+                         "not the (batch, seq, hidden) residual stream that patching sweeps grow along the batch")
+    width = max(int(np.prod(spec[0][2:])), int(np.prod(residual[0][2:])))
+    return ComponentSite(layer, base, path, tuple(spec[0]), spec[1], width)
+
+
+def _batch_seq_array(spec: Any, tokens: mx.array) -> bool:
+    return isinstance(spec, tuple) and len(spec[0]) >= 2 and tuple(spec[0][:2]) == tuple(tokens.shape)

@@ -74,3 +74,10 @@ def distance(a: mx.array, b: mx.array, metric: str) -> mx.array:
 def recovery(d_patched: mx.array, d_corrupted: mx.array) -> mx.array:
     """Recovery in percent: ``(d_corrupted - d_patched) / d_corrupted * 100``."""
     return (d_corrupted - d_patched) / d_corrupted * 100.0
+
+
+def identical_logits_message(metric: str) -> str:
+    """The error for ``d(corrupted, clean) == 0``, where recovery would divide by zero."""
+    return (f"the clean and corrupted prompts give the same last-position logits (distance 0 under "
+            f"metric={metric!r}), so recovery (divided by that distance) is undefined; use prompts whose "
+            "predictions differ")

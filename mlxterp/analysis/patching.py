@@ -16,10 +16,10 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import mlx.core as mx
 import numpy as np
 
-from .attribution import attribution_grid, _identical
+from .attribution import attribution_grid
 from .components import ComponentSite, resolve_sites
 from .display import show_if_interactive
-from .metrics import check_metric
+from .metrics import check_metric, identical_logits_message
 from .sweep import run_sweep
 from .unembed import UnembeddingError, find_unembedding
 from .validate import check_positive_int, prompt_pair, resolve_layers, resolve_positions, token_labels
@@ -132,7 +132,7 @@ def activation_patching(model: Any, clean_text: Any, corrupted_text: Any, compon
     result = run_sweep(model, s.tokens, s.sites, cells, s.metric, norm_path=s.norm_path,
                        batch_size=batch_size, progress=progress, desc=f"patching {component}")
     if result.corrupted == 0.0:
-        raise ValueError(_identical(s.metric))
+        raise ValueError(identical_logits_message(s.metric))
     rec = (result.corrupted - result.patched) / result.corrupted * 100.0
     recovery = {layer: float(r) for layer, r in zip(s.layers, rec)}
     if plot or save_path is not None:
@@ -162,7 +162,7 @@ def patching_grid(model: Any, clean_text: Any, corrupted_text: Any, component: s
     result = run_sweep(model, s.tokens, s.sites, cells, s.metric, norm_path=s.norm_path,
                        batch_size=batch_size, progress=progress, desc=f"patching {component} x positions")
     if result.corrupted == 0.0:
-        raise ValueError(_identical(s.metric))
+        raise ValueError(identical_logits_message(s.metric))
     grid = ((result.corrupted - result.patched) / result.corrupted * 100.0).reshape(len(s.layers), len(cols))
     out = PatchingGrid(grid, s.layers, cols, _labels(model, s.tokens, cols), s.metric, component,
                        "activation patching", result.corrupted)

@@ -39,7 +39,7 @@ class SweepResult:
 
     patched: np.ndarray
     corrupted: float
-    traces: int
+    forwards: int
 
 
 def grow_rows(x: mx.array, n: int) -> mx.array:
@@ -59,7 +59,7 @@ def last_position(x: mx.array) -> mx.array:
 
 def auto_batch_size(sites: Dict[int, ComponentSite], seq_len: int) -> int:
     """Rows per chunk keeping about :data:`AUTO_BUDGET` activation elements per tensor."""
-    width = max(int(np.prod(s.shape[2:])) for s in sites.values())
+    width = max(s.width for s in sites.values())
     return max(1, AUTO_BUDGET // max(1, seq_len * width))
 
 
@@ -124,10 +124,10 @@ def _chunk_logits(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite],
             norm = model.module(norm_path)
             norm.input = apply(last_position, norm.input)
         handle = model.output[:, -1, :].save()
-    return _value(handle)
+    return saved_value(handle)
 
 
-def _value(handle: Any) -> mx.array:
+def saved_value(handle: Any) -> mx.array:
     """The array behind a saved handle (a bound proxy, or the array itself once rebound)."""
     return handle if isinstance(handle, mx.array) else handle.value
 

@@ -76,7 +76,7 @@ def single_prompt(model: Any, text: Any, arg: str) -> mx.array:
                          f"got a list of {len(text)} strings")
     try:
         batch = model._batch(text)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ValueError(f"{arg}: {e}") from None
     if batch.tokens.shape[0] != 1:
         raise ValueError(f"{arg}: expected a single prompt, got a batch of {batch.tokens.shape[0]} rows")

@@ -93,10 +93,12 @@ class Trace:
     def _lift(self, value: Any, numbers: tuple) -> Any:
         """Proxies -> refs; arrays and Python numbers of the ``numbers`` types -> constant nodes."""
         if isinstance(value, Proxy):
+            if value._value is not _unset():  # a finished trace's saved value: plain data here
+                return self._constant(value._value, False)
             if value._trace is not self:
-                raise ValueError("a value from another trace was used here; each trace records its own values "
-                                 f"({value._describe()})")
-            return Ref(value._node) if value._value is _unset() else self._constant(value._value, False)
+                raise ValueError("a value from another trace was used here before that trace ran; each trace "
+                                 f"records its own values ({value._describe()})")
+            return Ref(value._node)
         if isinstance(value, mx.array):
             return self._constant(value, False)
         if isinstance(value, numbers) and not isinstance(value, bool):

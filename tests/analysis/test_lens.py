@@ -158,3 +158,11 @@ def test_lens_plot_saves_png(llama_model, tmp_path):
     path = tmp_path / "lens.png"
     results = llama_model.logit_lens(CLEAN, plot=True, save_path=path, max_display_tokens=4)
     assert path.read_bytes().startswith(b"\x89PNG") and len(results) == 4
+
+
+def test_predictions_accept_saved_handle(llama_model):
+    with llama_model.trace(CLEAN, capture="saved"):
+        handles = [llama_model.layers[2].output.save()]  # in a list: stays a bound proxy
+    hidden = value(handles[0])[0, -1]
+    assert llama_model.get_token_predictions(handles[0][0, -1], top_k=3) == \
+        llama_model.get_token_predictions(hidden, top_k=3)

@@ -117,3 +117,16 @@ def test_plot_saves_png(llama_model, tmp_path):
     path = tmp_path / "bars.png"
     got = llama_model.activation_patching(CLEAN, CORRUPTED, plot=True, save_path=path, progress=True)
     assert path.read_bytes().startswith(b"\x89PNG") and len(got) == 4
+
+
+def test_layers_negative_and_unsorted(llama_model):
+    got = llama_model.activation_patching(CLEAN, CORRUPTED, layers=[-1, 1])
+    _close(got, reference_patching(llama_model, CLEAN, CORRUPTED, "mlp", [1, 3]))
+
+
+@pytest.mark.parametrize("clean, match", [(3.5, r"clean_text: inputs has type float"),
+                                          (["a", "b"], r"clean_text: expected a single prompt"),
+                                          ([[1, 2], [3, 4]], r"clean_text: expected a single prompt")])
+def test_bad_prompts(llama_model, clean, match):
+    with pytest.raises(ValueError, match=match):
+        llama_model.activation_patching(clean, CORRUPTED)

@@ -115,3 +115,12 @@ def test_steering_from_a_saved_value_of_another_trace(model, tokens):
         out = model.output.save()
     ref = reference_llama_forward(model.model, tokens, {1: lambda h: h * 2})
     assert mx.allclose(out, ref, atol=1e-5)
+
+
+def test_a_saved_handle_kept_in_a_container_is_data_in_the_next_trace(model, tokens):
+    with model.trace(tokens, capture="saved"):
+        saved = [model.layers[1].output.save()]
+    with model.trace(tokens, capture="saved"):
+        model.layers[1].output = saved[0] * 2
+        out = model.output.save()
+    assert mx.allclose(out, reference_llama_forward(model.model, tokens, {1: lambda h: h * 2}), atol=1e-5)
