@@ -170,3 +170,84 @@ def test_traced_logits_equal_the_raw_forward(model):
             pass
         assert mx.array_equal(tr.output, model.model(tokens)) if not compile else mx.allclose(
             tr.output, model.model(tokens), atol=1e-5)
+
+
+def test_get_token_predictions_example(model):
+    with model.trace("The capital of France is") as trace:
+        layer_6 = trace.activations["model.model.layers.4"]  # the seed reads layer 6; stories260K has 5
+    last_token_hidden = layer_6[0, -1, :]
+    predictions = model.get_token_predictions(last_token_hidden, top_k=5)
+    assert len(predictions) == 5 and all(isinstance(model.token_to_str(t), str) for t in predictions)
+    predictions_with_scores = model.get_token_predictions(last_token_hidden, top_k=5, return_scores=True)
+    assert [t for t, _ in predictions_with_scores] == predictions
+    assert all(f"{model.token_to_str(t)}: {s:.2f}" for t, s in predictions_with_scores)
+
+
+def test_logit_lens_examples(model, tmp_path):
+    results = model.logit_lens("The capital of France is")
+    layer_4_predictions = results[4]
+    pos_3_top_pred = layer_4_predictions[3][0]
+    assert len(pos_3_top_pred) == 3 and isinstance(pos_3_top_pred[2], str)
+    results = model.logit_lens("The capital of France is", layers=[0, 2, 4])
+    assert sorted(results) == [0, 2, 4]
+    text = "The capital of France"
+    results = model.logit_lens(text, layers=[4])
+    tokens = model.encode(text)
+    assert len(results[4]) == len(tokens)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    results = model.logit_lens("The Eiffel Tower is located in the city of", plot=True, max_display_tokens=15,
+                               figsize=(16, 10))
+    assert len(results) == 5
+
+
+def test_activation_patching_examples(model):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    results = model.activation_patching(clean_text="Once upon a time there was a little girl",
+                                        corrupted_text="Once upon a time there was a little boy",
+                                        component="mlp", plot=True)
+    assert sorted(results) == [0, 1, 2, 3, 4]
+    sorted_results = sorted(results.items(), key=lambda x: x[1], reverse=True)
+    assert all(f"  Layer {layer_idx}: {recovery:.1f}% recovery" for layer_idx, recovery in sorted_results[:3])
+    results = model.activation_patching(clean_text="Once upon a time there was a little girl",
+                                        corrupted_text="Once upon a time there was a little boy",
+                                        component="self_attn", layers=[0, 2, 4], plot=False)
+    assert sorted(results) == [0, 2, 4]
+    results = model.activation_patching(clean_text="The cat sat on the mat", corrupted_text="The dog sat on the mat",
+                                        component="mlp.gate_proj", layers=[1, 3])
+    results = model.activation_patching(clean_text="Once upon a time there was a little girl",
+                                        corrupted_text="Once upon a time there was a little boy",
+                                        component="mlp", metric="mse", plot=False)
+    assert all(abs(v) < 1e4 for v in results.values())
+
+
+def test_utilities_examples(model):
+    from mlxterp import batch_get_activations, collect_activations, get_activations
+
+    acts = get_activations(model, "Hello world", layers=[1, 3])
+    assert acts["layer_3"].shape == (1, 64)
+    acts = get_activations(model, ["Hello", "World", "Test"], layers=[2], positions=-1)
+    assert acts["layer_2"].shape == (3, 64)
+    acts = get_activations(model, "Test prompt", layers=[3], positions=[0, -1])
+    assert acts["layer_3"].shape == (1, 2, 64)
+    large_dataset = [f"Prompt {i}" for i in range(100)]
+    acts = batch_get_activations(model, prompts=large_dataset, layers=[1, 3], batch_size=32)
+    assert acts["layer_3"].shape == (100, 64)
+    cache = collect_activations(model, "Test input", layers=["layers.3", "layers.4"])
+    act_3 = cache.get("layers.3")
+    assert act_3 is not None and len(cache) == 2 and "layers.3" in cache.keys()
+    cache = collect_activations(model, input)
+    assert "layers.3" in cache and len(list(cache.keys())) == 5
+
+
+def test_core_components_examples(model):
+    proxy = model.layers[3]
+    assert type(proxy).__name__ == "ModuleProxy"
+    with model.trace(input):
+        act = proxy.output.save()
+    assert act.shape[-1] == 64
+    layers = model.layers
+    assert len(layers) == 5 and all(str(layer).startswith("ModuleProxy") for layer in layers)
