@@ -313,7 +313,9 @@ def _gather(model: Any, tokens: mx.array, index: np.ndarray, layer_ids: List[int
                                  "(batch, seq, hidden) layer outputs (use collect_activations for others)")
             saved = apply(mx.take_along_axis, out, idx, axis=1).save(f"layer_{i}")
             keys[i] = saved._save_key
-    return {i: tr.saved_values[k] for i, k in keys.items()}
+    out = {i: tr.saved_values[k] for i, k in keys.items()}
+    return out
+
 
 
 def _token_rows(model: Any, prompts: Any) -> List[List[int]]:

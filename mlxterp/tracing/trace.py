@@ -65,6 +65,9 @@ class Trace:
                                            self.compile_mode)
         self._bind(result)
         rebind_in_frame(sys._getframe(1), {id(p): p._value for p in self._saved})
+        # Proxies point at their trace; the trace lets go of them (and of the shape stand-ins) so that a
+        # finished trace is freed as soon as it goes out of scope, without waiting for the cyclic GC.
+        self._saved, self._abstract = [], {}
         return False
 
     def _apply_intervention(self, path: str, fn: Callable) -> None:

