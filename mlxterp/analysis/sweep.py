@@ -132,20 +132,7 @@ def saved_value(handle: Any) -> mx.array:
     return handle if isinstance(handle, mx.array) else handle.value
 
 
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def __enter__(self) -> "_NoBar":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
 def _progress(total: int, enabled: bool, desc: str) -> Any:
-    if not enabled:
-        return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="variant")
+    return tqdm(total=total, desc=desc, unit="variant", disable=not enabled)
