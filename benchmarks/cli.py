@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from typing import Optional, Sequence
@@ -40,8 +41,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--retrace-sweep", type=int, help="traces in the zero-retrace check (default 1000)")
     p.add_argument("--json", metavar="PATH", help="also write environment and rows as JSON")
     p.add_argument("--list", action="store_true", help="list suites and cases, then exit")
-    p.add_argument("--profile", action="store_true",
-                   help="profile the per-trace Python overhead with cProfile instead of benchmarking")
+    p.add_argument("--profile", nargs="?", const="micro4", metavar="MODEL",
+                   help="instead of benchmarking, profile compiled traces (cache hits) with cProfile on MODEL "
+                        "(default micro4, whose forward is nearly free; b1 s4, or the first --shapes)")
     return p
 
 
@@ -70,6 +72,10 @@ def run_benchmarks(settings: Settings, only: Sequence[str] = (), verbose: bool =
     return rows
 
 
+def _load() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
 def _list() -> str:
     lines = []
     for name in registry.SUITES:
@@ -85,13 +91,14 @@ def report(info: dict, settings: Settings, rows: list[Row], seconds: float) -> s
     return "\n".join([
         env.format_env(info),
         f"settings: {'quick' if settings.quick else 'full'}; models {', '.join(settings.models)}; shapes {shapes}; "
-        f"repeats >= {settings.repeats} (median, interleaved with the baseline); sweep {settings.sweep}; "
+        f"repeats >= {settings.repeats} (interleaved with the baseline); sweep {settings.sweep}; "
         f"retrace sweep {settings.retrace_sweep}",
-        "value = candidate / baseline (median seconds beside it) unless a unit is given",
+        "value: median over back-to-back pairs of candidate time / baseline time (unless a unit is given); "
+        "base/cand ms: median times; min ratio: fastest candidate / fastest baseline",
         "",
         format_table(rows),
         "",
-        summary(rows) + f"; total {seconds:.0f} s",
+        summary(rows) + f"; total {seconds:.0f} s; load average {_load():.2f} at the end",
     ])
 
 
@@ -104,10 +111,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.profile:
         from .profile import profile_overhead
 
-        print(profile_overhead(settings))
+        if args.profile not in MODELS:
+            raise SystemExit(f"unknown model {args.profile!r} for --profile; choose from {', '.join(MODELS)}")
+        shape = args.shapes[0] if args.shapes else (1, 4)
+        print(profile_overhead(args.profile, shape))
         return 0
     info = env.describe()
-    print(env.format_env(info), file=sys.stderr, flush=True)
+    print(f"BLAS: {info['blas']['blas']} (the full report follows the run)", file=sys.stderr, flush=True)
     start = time.perf_counter()
     rows = run_benchmarks(settings, args.only)
     seconds = time.perf_counter() - start

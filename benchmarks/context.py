@@ -9,7 +9,7 @@ from typing import Iterator
 from .models import Loaded, load
 
 FULL_SHAPES = ((1, 16), (1, 128), (8, 16), (8, 128))
-QUICK_SHAPES = ((1, 16), (8, 128))
+QUICK_SHAPES = ((1, 16), (8, 16))
 
 
 @dataclasses.dataclass
@@ -53,9 +53,24 @@ class Context:
             self._models[name] = load(name)
         return self._models[name]
 
-    def configs(self) -> Iterator[tuple[str, int, int]]:
-        """Every (model, batch, seq) of the settings."""
+    def missing(self) -> dict[str, str]:
+        """``{model: why it is unavailable}`` for the settings' models that cannot be built."""
+        reasons = {}
         for name in self.settings.models:
+            try:
+                self.model(name)
+            except FileNotFoundError as e:
+                reasons[name] = str(e)
+        return reasons
+
+    def available(self) -> list[str]:
+        """The settings' models that can be built, in order."""
+        missing = self.missing()
+        return [name for name in self.settings.models if name not in missing]
+
+    def configs(self) -> Iterator[tuple[str, int, int]]:
+        """Every (model, batch, seq) of the settings, for the available models."""
+        for name in self.available():
             for batch, seq in self.settings.shapes:
                 yield name, batch, seq
 

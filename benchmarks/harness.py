@@ -3,7 +3,8 @@
 Every ratio compares a candidate with its baseline measured in the same run, interleaved (A B, B A, ...)
 so that drift and noise from other processes hit both sides alike. Each side gets warm-up calls first
 (the first compiled call traces and may run g++), and every timed call evaluates its results inside the
-timed region. Ratios are medians over the repeats.
+timed region. A ratio is the median over repeats of candidate / baseline of back-to-back pairs; the ratio
+of the two minimums is reported beside it as the least noisy estimate on a busy machine.
 """
 
 from __future__ import annotations
@@ -143,11 +144,19 @@ class Row:
         return out
 
 
+def paired_ratio(base: Timing, cand: Timing) -> float:
+    """Median over repeats of candidate / baseline, each pair timed back to back (so a slow phase of a busy
+    machine hits both sides of a pair); the ratio of medians when the samples are not paired."""
+    if len(base.samples) != len(cand.samples) or not base.samples:
+        return cand.median / base.median
+    return statistics.median(c / b for b, c in zip(base.samples, cand.samples))
+
+
 def ratio_row(suite: str, case: str, model: str, shape: str, baseline: str, candidate: str,
               timings: tuple[Timing, Timing], target: Optional[Target] = None, note: str = "") -> Row:
-    """A row whose value is median(candidate) / median(baseline)."""
+    """A row whose value is the median paired ratio candidate / baseline (see :func:`paired_ratio`)."""
     base, cand = timings
-    return Row(suite, case, model, shape, baseline, candidate, cand.median / base.median, "x", target,
+    return Row(suite, case, model, shape, baseline, candidate, paired_ratio(base, cand), "x", target,
                base.median, cand.median, cand.min / base.min, note)
 
 

@@ -11,17 +11,15 @@ import cProfile
 import io
 import pstats
 
-import mlx.core as mx
-
-from .context import Settings
 from .models import load
 from .suite_trace import run_trace, steer_every_layer
 
 
-def profile_overhead(settings: Settings, traces: int = 2000, top: int = 30) -> str:
-    """cProfile report (by own time, then cumulative) of ``traces`` compiled traces."""
-    m = load(settings.overhead_model)
-    im, tokens, vector = m.wrap(), m.tokens(1, 4), m.vectors(1)[0]
+def profile_overhead(model: str = "micro4", shape: tuple[int, int] = (1, 4), traces: int = 1000,
+                     top: int = 30) -> str:
+    """cProfile report (by own time, then cumulative) of ``traces`` compiled traces on ``model``."""
+    m = load(model)
+    im, tokens, vector = m.wrap(), m.tokens(*shape), m.vectors(1)[0]
     program = lambda: steer_every_layer(im, vector)  # noqa: E731
     for _ in range(3):
         run_trace(im, tokens, program, compile=True)
@@ -30,11 +28,10 @@ def profile_overhead(settings: Settings, traces: int = 2000, top: int = 30) -> s
     for _ in range(traces):
         run_trace(im, tokens, program, compile=True)
     profiler.disable()
-    mx.eval(mx.array(0))
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out)
-    out.write(f"{traces} compiled traces of a {len(list(im.layers))}-layer save+add program on "
-              f"{settings.overhead_model} (b1 s4); times include cProfile's own overhead\n")
+    out.write(f"{traces} compiled traces of a save+add program at each of {m.layers} layers on {model} "
+              f"(b{shape[0]} s{shape[1]}); times include cProfile's own overhead\n")
     stats.sort_stats("tottime").print_stats(top)
     stats.sort_stats("cumulative").print_stats(top)
     return out.getvalue()

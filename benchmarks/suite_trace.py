@@ -11,6 +11,7 @@ Cases (each row's candidate is timed against its baseline in the same run):
 ``trace_overhead``     per-trace Python cost (graph building + cache lookup + binding) of a ~20-node
                        program, on a model whose forward is nearly free: compiled trace minus raw compiled
                        forward.
+``cache_miss``         the first trace of a new structure (passes + lowering) vs a cache hit (informational).
 ``capture_all``        ``capture="all"`` vs ``capture="saved"`` (informational), eager and compiled.
 """
 
@@ -65,29 +66,10 @@ def _retraces(im: Any, before: dict) -> int:
     return im.compile_stats()["traces"] - before["traces"]
 
 
-def _skip_rows(ctx: Context, case: str, baseline: str, candidate: str, names: Iterable[str]) -> Iterator[Row]:
-    """Rows saying why a model is unavailable (one per model), or nothing if it loads."""
-    for name in names:
-        try:
-            ctx.model(name)
-        except FileNotFoundError as e:
-            yield Row(SUITE, case, name, "", baseline, candidate, float("nan"), skipped=str(e))
-
-
-def _available(ctx: Context) -> list[str]:
-    ok = []
-    for name in ctx.settings.models:
-        try:
-            ctx.model(name)
-            ok.append(name)
-        except FileNotFoundError:
-            pass
-    return ok
-
-
-def _configs(ctx: Context) -> Iterator[tuple[str, int, int]]:
-    available = set(_available(ctx))
-    return ((n, b, s) for n, b, s in ctx.configs() if n in available)
+def _skip_rows(ctx: Context, case: str, baseline: str, candidate: str) -> Iterator[Row]:
+    """One row per unavailable model, saying why."""
+    for name, reason in ctx.missing().items():
+        yield Row(SUITE, case, name, "", baseline, candidate, float("nan"), skipped=reason)
 
 
 def _compare(ctx: Context, baseline: Callable, candidate: Callable) -> tuple[Timing, Timing]:
@@ -95,30 +77,34 @@ def _compare(ctx: Context, baseline: Callable, candidate: Callable) -> tuple[Tim
     return compare(baseline, candidate, repeats=s.repeats, warmup=s.warmup, min_time=s.min_time)
 
 
+def _extra(timings: tuple[Timing, Timing]) -> str:
+    return f"{(timings[1].median - timings[0].median) * 1e3:+.2f} ms/trace"
+
+
 # -- cases ------------------------------------------------------------------------------------
 def eager_overhead(ctx: Context) -> Iterator[Row]:
     """Raw eager forward vs eager trace with a save and an intervention at every layer."""
-    yield from _skip_rows(ctx, "eager_overhead", "raw eager", "eager trace", ctx.settings.models)
-    for name, batch, seq in _configs(ctx):
+    yield from _skip_rows(ctx, "eager_overhead", "raw eager", "eager trace")
+    for name, batch, seq in ctx.configs():
         m = ctx.model(name)
         im, tokens, vector = m.wrap(), m.tokens(batch, seq), m.vectors(1)[0]
         timings = _compare(ctx, lambda: mx.eval(m.module(tokens)),
                            lambda: run_trace(im, tokens, lambda: steer_every_layer(im, vector), compile=False))
         yield ratio_row(SUITE, "eager_overhead", name, shape_text(batch, seq), "raw eager",
-                        "eager trace (save+add every layer)", timings, EAGER_TARGET)
+                        "eager trace (save+add every layer)", timings, EAGER_TARGET, note=_extra(timings))
 
 
 def compiled_overhead(ctx: Context) -> Iterator[Row]:
     """Raw ``mx.compile(model)`` forward vs compiled trace with a save and an intervention at every layer."""
-    yield from _skip_rows(ctx, "compiled_overhead", "raw mx.compile", "compiled trace", ctx.settings.models)
-    for name, batch, seq in _configs(ctx):
+    yield from _skip_rows(ctx, "compiled_overhead", "raw mx.compile", "compiled trace")
+    for name, batch, seq in ctx.configs():
         m = ctx.model(name)
         im, tokens, vector = m.wrap(), m.tokens(batch, seq), m.vectors(1)[0]
         raw = mx.compile(m.module)
         timings = _compare(ctx, lambda: mx.eval(raw(tokens)),
                            lambda: run_trace(im, tokens, lambda: steer_every_layer(im, vector), compile=True))
         yield ratio_row(SUITE, "compiled_overhead", name, shape_text(batch, seq), "raw mx.compile",
-                        "compiled trace (save+add every layer)", timings, COMPILED_TARGET)
+                        "compiled trace (save+add every layer)", timings, COMPILED_TARGET, note=_extra(timings))
 
 
 def _sweep_step(im: Any, tokens: mx.array, layer: str, vector: mx.array, compile: bool) -> None:
@@ -127,9 +113,9 @@ def _sweep_step(im: Any, tokens: mx.array, layer: str, vector: mx.array, compile
 
 def steering_sweep(ctx: Context) -> Iterator[Row]:
     """``sweep`` steering traces (a new vector each) eager vs compiled, interleaved in chunks of 10."""
-    yield from _skip_rows(ctx, "steering_sweep", "eager sweep", "compiled sweep", ctx.settings.models)
+    yield from _skip_rows(ctx, "steering_sweep", "eager sweep", "compiled sweep")
     n = ctx.settings.sweep
-    for name, batch, seq in _configs(ctx):
+    for name, batch, seq in ctx.configs():
         m = ctx.model(name)
         im, tokens, vectors = m.wrap(), m.tokens(batch, seq), m.vectors(n + 1)
         layer = f"layers.{m.layers // 2}"
@@ -153,9 +139,9 @@ def steering_sweep(ctx: Context) -> Iterator[Row]:
 
 def zero_retrace(ctx: Context) -> Iterator[Row]:
     """``retrace_sweep`` compiled traces of one structure, new array and Python-float values each time."""
-    yield from _skip_rows(ctx, "zero_retrace", "", "", ctx.settings.models)
+    yield from _skip_rows(ctx, "zero_retrace", "first trace", "same structure, new values")
     n = ctx.settings.retrace_sweep
-    for name in _available(ctx):
+    for name in ctx.available():
         m = ctx.model(name)
         im, tokens = m.wrap(), m.tokens(1, 16)
         vectors = m.vectors(n + 1)
@@ -219,10 +205,27 @@ def trace_overhead(ctx: Context) -> Iterator[Row]:
                         lambda: run_trace(im, tokens, program, compile=False), f"eager trace, {nodes} nodes", None)
 
 
+def cache_miss(ctx: Context) -> Iterator[Row]:
+    """First trace of a new structure (passes + lowering, eager) vs the same trace on a cache hit."""
+    yield from _skip_rows(ctx, "cache_miss", "eager trace (hit)", "eager trace (miss)")
+    for name in ctx.available():
+        m = ctx.model(name)
+        im, tokens, vector = m.wrap(), m.tokens(1, 16), m.vectors(1)[0]
+        program = lambda: steer_every_layer(im, vector)  # noqa: E731
+
+        def miss() -> None:
+            im.clear_compile_cache()
+            run_trace(im, tokens, program, compile=False)
+
+        timings = _compare(ctx, lambda: run_trace(im, tokens, program, compile=False), miss)
+        yield ratio_row(SUITE, "cache_miss", name, shape_text(1, 16), "eager trace (cache hit)",
+                        "eager trace (cache miss: passes+lowering)", timings, note=_extra(timings))
+
+
 def capture_all(ctx: Context) -> Iterator[Row]:
     """``capture="all"`` vs ``capture="saved"`` on the same program, eager and compiled (informational)."""
-    yield from _skip_rows(ctx, "capture_all", "capture=saved", "capture=all", ctx.settings.models)
-    for (name, batch, seq), compile in itertools.product(_configs(ctx), (False, True)):
+    yield from _skip_rows(ctx, "capture_all", "capture=saved", "capture=all")
+    for (name, batch, seq), compile in itertools.product(ctx.configs(), (False, True)):
         m = ctx.model(name)
         im, tokens, vector = m.wrap(), m.tokens(batch, seq), m.vectors(1)[0]
         program = lambda: steer_every_layer(im, vector)  # noqa: E731
@@ -239,5 +242,6 @@ CASES: dict[str, Callable[[Context], Iterable[Row]]] = {
     "steering_sweep": steering_sweep,
     "zero_retrace": zero_retrace,
     "trace_overhead": trace_overhead,
+    "cache_miss": cache_miss,
     "capture_all": capture_all,
 }

@@ -45,6 +45,7 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin):
         self._index = ModuleIndex(model, layer_attr)
         self._executor = Executor(model)
         self._probes: collections.OrderedDict[tuple, Probe] = collections.OrderedDict()
+        self._embedding_rows = self._vocab_rows()
         self.layers = LayerListProxy(self)
 
     # -- tracing -----------------------------------------------------------------------------
@@ -65,7 +66,7 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin):
         return Trace(self, self._batch(inputs), interventions, compile, capture)
 
     def _batch(self, inputs: Any) -> TokenBatch:
-        return to_token_batch(inputs, self.tokenizer, self._vocab_rows(), self._pad_id())
+        return to_token_batch(inputs, self.tokenizer, self._embedding_rows, self._pad_id())
 
     def _vocab_rows(self) -> Optional[int]:
         """Rows of the token embedding (to reject out-of-range ids), or ``None`` if there is none."""

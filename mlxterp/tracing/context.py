@@ -20,9 +20,10 @@ def pop(trace: Any) -> None:
         _OPEN.remove(trace)
 
 
-def current(what: str) -> Any:
-    """The innermost open trace; ``what`` names the caller for the error when there is none."""
+def current(module: Any, attr: str) -> Any:
+    """The innermost open trace; ``module.attr`` names what was asked for in the error when there is none."""
     if not _OPEN:
+        what = f"{getattr(module, 'name', None) or 'model'}.{attr}"
         raise RuntimeError(
             f"{what} is only available inside a trace: use `with model.trace(inputs):` and read it in the block"
         )

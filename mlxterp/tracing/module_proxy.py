@@ -49,19 +49,19 @@ class ModuleProxy:
 
     @property
     def output(self) -> Any:
-        return context.current(f"{self.name or 'model'}.output").module_value(self._path, self._call, "output")
+        return context.current(self, "output").module_value(self._path, self._call, "output")
 
     @output.setter
     def output(self, value: Any) -> None:
-        context.current(f"{self.name or 'model'}.output").write(self._path, self._call, "output", value)
+        context.current(self, "output").write(self._path, self._call, "output", value)
 
     @property
     def input(self) -> Any:
-        return context.current(f"{self.name or 'model'}.input").module_value(self._path, self._call, "input")
+        return context.current(self, "input").module_value(self._path, self._call, "input")
 
     @input.setter
     def input(self, value: Any) -> None:
-        context.current(f"{self.name or 'model'}.input").write(self._path, self._call, "input", value)
+        context.current(self, "input").write(self._path, self._call, "input", value)
 
     def __getattr__(self, attr: str) -> Any:
         if attr.startswith("__"):

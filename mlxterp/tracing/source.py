@@ -7,6 +7,7 @@ import sys
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _INTERNAL = (_ROOT + os.sep, os.path.join(os.path.dirname(_ROOT), "compiler") + os.sep)
+_IS_INTERNAL: dict[str, bool] = {}
 
 
 def user_source() -> tuple[str, int] | str:
@@ -14,7 +15,10 @@ def user_source() -> tuple[str, int] | str:
     frame = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not filename.startswith(_INTERNAL):
+        internal = _IS_INTERNAL.get(filename)
+        if internal is None:
+            internal = _IS_INTERNAL[filename] = filename.startswith(_INTERNAL)
+        if not internal:
             return (filename, frame.f_lineno)
         frame = frame.f_back
     return "<unknown>"

@@ -11,7 +11,7 @@ from compiler import Graph, Op, Ref, to_dot, to_json, to_text
 from compiler.semantics import evaluate
 
 from . import context
-from .proxy import Proxy, _unwrap, apply
+from .proxy import _UNSET, Proxy, apply
 from .results import ActivationDict, PendingActivations, rebind_in_frame
 from .source import format_source, user_source
 
@@ -38,6 +38,7 @@ class Trace:
         self._versions: dict[tuple, int] = {}
         self._abstract: dict[int, Any] = {}
         self._saved: list[Proxy] = []
+        self._save_keys: set[str] = set()
         self.finished = False
         self.output: Any = None
         self.saved_values: dict[str, Any] = {}
@@ -96,7 +97,7 @@ class Trace:
     def _lift(self, value: Any, numbers: tuple) -> Any:
         """Proxies -> refs; arrays and Python numbers of the ``numbers`` types -> constant nodes."""
         if isinstance(value, Proxy):
-            if value._value is not _unset():  # a finished trace's saved value: plain data here
+            if value._value is not _UNSET:  # a finished trace's saved value: plain data here
                 return self._constant(value._value, False)
             if value._trace is not self:
                 raise ValueError("a value from another trace was used here before that trace ran; each trace "
@@ -138,7 +139,7 @@ class Trace:
         if not isinstance(ref, Ref):
             ref = self._constant(value, isinstance(value, (int, float)))
         node = self.graph.add(Op.REPLACE, (path, call_idx, phase), (ref,),
-                              meta={"source": user_source(), "module": self._owner._index.short(path) or "<model>"})
+                              meta={"source": user_source()})
         self._versions[(path, call_idx, phase)] = node.id
 
     def setitem(self, proxy: Proxy, index: Any, value: Any) -> None:
@@ -163,10 +164,10 @@ class Trace:
         """Add a save node for ``proxy`` under ``name`` (default: ``layers.3.output`` style)."""
         self._check_open()
         key = name or self._default_key(proxy)
-        taken = {n.target for n in self.graph if n.op is Op.SAVE}
         base, i = key, 1
-        while key in taken:
+        while key in self._save_keys:
             key, i = f"{base}_{i}", i + 1
+        self._save_keys.add(key)
         self.graph.add(Op.SAVE, key, (Ref(proxy._node),), meta={"source": user_source()})
         proxy._save_key = key
         self._saved.append(proxy)
@@ -265,10 +266,4 @@ class Trace:
         return to_json(self.optimized_graph if optimized else self.graph)
 
 
-def _unset() -> Any:
-    from .proxy import _UNSET
-
-    return _UNSET
-
-
-__all__ = ["Trace", "_unwrap"]
+__all__ = ["Trace"]

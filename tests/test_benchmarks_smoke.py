@@ -1,0 +1,87 @@
+"""Smoke test of the benchmark harness: its quickest mode on tiny models runs, and reports every row.
+
+Timings are not tests: only the table's shape and the finiteness of its numbers are checked here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from benchmarks import Settings, main, registry, run_benchmarks
+from benchmarks.harness import Row, Target, format_table, summary
+
+TINY_ARGS = ["--models", "tiny", "--shapes", "1x8", "--repeats", "2", "--warmup", "1", "--min-time", "0",
+             "--sweep", "3", "--retrace-sweep", "5"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "out.json"
+    assert main(TINY_ARGS + ["--json", str(path)]) == 0
+    return json.loads(path.read_text())
+
+
+def test_every_registered_case_reports_a_row(smoke_run):
+    reported = {row["case"] for row in smoke_run["rows"]}
+    assert reported == {case for _, case, _ in registry.all_cases()}
+
+
+@pytest.mark.parametrize("case,count", [("eager_overhead", 1), ("compiled_overhead", 1), ("steering_sweep", 1),
+                                        ("zero_retrace", 1), ("trace_overhead", 2), ("cache_miss", 1),
+                                        ("capture_all", 2)])
+def test_row_counts_per_case_on_one_model_and_shape(smoke_run, case, count):
+    assert sum(row["case"] == case for row in smoke_run["rows"]) == count
+
+
+def test_ratios_and_values_are_finite(smoke_run):
+    for row in smoke_run["rows"]:
+        assert row["status"] in ("PASS", "FAIL", "info"), row
+        assert math.isfinite(row["value"]), row
+        if row["unit"] == "x":
+            assert row["value"] > 0 and math.isfinite(row["baseline_s"]) and math.isfinite(row["candidate_s"]), row
+
+
+def test_retrace_count_is_an_integer_and_targets_are_stated(smoke_run):
+    retrace = next(r for r in smoke_run["rows"] if r["case"] == "zero_retrace")
+    assert retrace["unit"] == "retraces" and retrace["value"] == int(retrace["value"])
+    judged = {r["case"] for r in smoke_run["rows"] if r["target"]}
+    assert {"eager_overhead", "compiled_overhead", "steering_sweep", "zero_retrace", "trace_overhead"} <= judged
+
+
+def test_report_names_blas_versions_and_machine(smoke_run):
+    env = smoke_run["env"]
+    assert env["blas"]["blas"] and env["blas"]["sgemm_512_gflops"] > 0
+    assert {"python", "mlx", "mlx-lm", "mlxterp"} <= set(env["versions"])
+    assert env["machine"]["cpu"] and env["machine"]["cores"] >= 1
+
+
+def test_table_marks_targets_pass_fail_and_info():
+    rows = [Row("s", "a", "m", "b1 s8", "base", "cand", 1.2, target=Target("<=", 1.3), baseline_s=1e-3,
+                candidate_s=1.2e-3),
+            Row("s", "b", "m", "b1 s8", "base", "cand", 2.0, target=Target("<=", 1.3)),
+            Row("s", "c", "m", "b1 s8", "base", "cand", 0.5),
+            Row("s", "d", "m", "", "base", "cand", math.nan, skipped="model absent")]
+    assert [r.status for r in rows] == ["PASS", "FAIL", "info", "SKIP"]
+    table = format_table(rows)
+    assert "1.20x" in table and "<= 1.3" in table and "model absent" in table
+    assert summary(rows).startswith("2 targets: 1 PASS, 1 FAIL")
+
+
+def test_missing_model_gives_a_skip_row_with_the_reason(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLXTERP_STORIES260K", str(tmp_path / "absent"))
+    rows = run_benchmarks(Settings(models=("stories260K",)), only=["eager_overhead"], verbose=False)
+    assert [r.status for r in rows] == ["SKIP"] and "absent" in rows[0].skipped
+
+
+def test_unknown_case_names_the_choices():
+    with pytest.raises(ValueError, match="eager_overhead"):
+        registry.select(["no_such_case"])
+
+
+def test_list_prints_suites_and_cases(capsys):
+    assert main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert "trace:" in out and "steering_sweep" in out
