@@ -19,6 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .activation_cache import ActivationCache
+from .analysis.validate import resolve_layers
 from .tracing.proxy import apply
 
 __all__ = ["get_activations", "batch_get_activations", "collect_activations", "cache_resolver", "bucket_length"]
@@ -236,27 +237,7 @@ def _check_model(model: Any) -> None:
 
 
 def _check_layers(model: Any, layers: Any) -> List[int]:
-    n = len(model._index)
-    valid = f"the model has {n} layers (valid indices 0 to {n - 1}, or -{n} to -1 from the end)"
-    if layers is None:
-        return list(range(n))
-    if _is_int(layers):
-        layers = [layers]
-    if not isinstance(layers, (list, tuple, range)):
-        raise ValueError(f"layers must be a list of layer indices (int) or None; got {type(layers).__name__} "
-                         f"{layers!r}; {valid}")
-    if len(layers) == 0:
-        raise ValueError(f"layers is empty; give at least one layer index or None for all layers; {valid}")
-    out: List[int] = []
-    for layer in layers:
-        if not _is_int(layer):
-            raise ValueError(f"layer {layer!r} is not an int ({type(layer).__name__}); {valid}")
-        if not -n <= int(layer) < n:
-            raise ValueError(f"layer index {int(layer)} is out of range: {valid}")
-        i = int(layer) % n
-        if i not in out:
-            out.append(i)
-    return out
+    return resolve_layers(layers, len(model._index), sort=False)
 
 
 def _check_positions(positions: Any) -> Tuple[List[int], bool]:

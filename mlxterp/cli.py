@@ -86,15 +86,9 @@ def check_layers(layers: Optional[Sequence[int]], n_layers: int) -> Optional[Lis
     """Normalise layer indices (negative from the end) against the model; UsageError when out of range."""
     if layers is None:
         return None
-    bad = [i for i in layers if not -n_layers <= i < n_layers]
-    if bad:
-        raise UsageError(f"argument --layers: layer {bad[0]} does not exist; the model has {n_layers} layers "
-                         f"(valid: 0-{n_layers - 1}, or -{n_layers} to -1 from the end)")
-    out: List[int] = []
-    for i in layers:
-        if i % n_layers not in out:
-            out.append(i % n_layers)
-    return out
+    from .analysis.validate import resolve_layers
+
+    return call(resolve_layers, list(layers), n_layers, arg="argument --layers", sort=False, usage=True)
 
 
 def check_output_path(path: Optional[str], option: str) -> Optional[Path]:

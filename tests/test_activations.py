@@ -273,7 +273,7 @@ def test_layer_validation(model, fn):
     for bad in ([1.5], ["layers.1"], [True], "x"):
         with pytest.raises(ValueError, match=r"valid indices 0 to 3"):
             fn(model, ["hi"], layers=bad)
-    with pytest.raises(ValueError, match=r"layers is empty"):
+    with pytest.raises(ValueError, match=r"layers: expected at least one layer index \(or None for all\), got an empty list"):
         fn(model, ["hi"], layers=[])
 
 

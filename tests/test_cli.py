@@ -188,7 +188,7 @@ def test_logit_lens_end_to_end(capsys, tmp_path):
 def test_logit_lens_bad_layer_and_position(capsys):
     code, _, err = run(capsys, "logit-lens", "--model", str(STORIES), GIRL, "--layers", "0,9")
     assert code == 2
-    assert_one_line_error(err, "layer 9", "0-4")
+    assert_one_line_error(err, "layer index 9 is out of range", "valid indices 0 to 4")
     code, _, err = run(capsys, "logit-lens", "--model", str(STORIES), "Once upon", "--position", "7")
     assert code == 2
     assert_one_line_error(err, "--position", "7")

@@ -15,47 +15,48 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
-def resolve_layers(layers: Any, n_layers: int, arg: str = "layers") -> List[int]:
-    """Sorted, de-duplicated layer indices (negative ones count from the end).
+def resolve_indices(values: Any, size: int, *, arg: str, unit: str, valid: str, sort: bool) -> List[int]:
+    """De-duplicated indices into ``range(size)`` (negative ones count from the end).
+
+    Args:
+        values: ``None`` (every index), an int, or a list/tuple/range/array of ints.
+        size: how many there are.
+        arg: the argument's name, for messages.
+        unit: what one index is ("layer", "position"), for messages.
+        valid: the phrase describing the valid range, for messages.
+        sort: sort the result (else keep the given order).
 
     Raises:
-        ValueError: for a non-int, an out-of-range index or an empty selection.
+        ValueError: for a non-int, an out-of-range index or an empty selection, naming ``arg``.
     """
-    valid = f"ints from 0 to {n_layers - 1} (or -{n_layers} to -1); the model has {n_layers} layers"
-    if layers is None:
-        return list(range(n_layers))
-    items = [layers] if _is_int(layers) else layers
+    if values is None:
+        return list(range(size))
+    items = [values] if _is_int(values) else values
     if isinstance(items, (str, bytes)) or not isinstance(items, (list, tuple, range, np.ndarray)):
-        raise ValueError(f"{arg}: expected None, an int or a list of {valid}; got {layers!r}")
+        raise ValueError(f"{arg}: expected None, an int or a list of {unit} indices; got {values!r}; {valid}")
     if len(items) == 0:
-        raise ValueError(f"{arg}: expected at least one layer ({valid}); got an empty list")
-    out = []
+        raise ValueError(f"{arg}: expected at least one {unit} index (or None for all), got an empty list; {valid}")
+    out: List[int] = []
     for x in items:
         if not _is_int(x):
-            raise ValueError(f"{arg}: expected {valid}; got {x!r} ({type(x).__name__}) in {layers!r}")
-        if not -n_layers <= int(x) < n_layers:
-            raise ValueError(f"{arg}: layer {int(x)} is out of range; expected {valid}")
-        out.append(int(x) % n_layers)
-    return sorted(set(out))
+            raise ValueError(f"{arg}: {unit} {x!r} is not an int ({type(x).__name__}); {valid}")
+        if not -size <= int(x) < size:
+            raise ValueError(f"{arg}: {unit} index {int(x)} is out of range: {valid}")
+        if int(x) % size not in out:
+            out.append(int(x) % size)
+    return sorted(out) if sort else out
+
+
+def resolve_layers(layers: Any, n_layers: int, arg: str = "layers", sort: bool = True) -> List[int]:
+    """Layer indices, de-duplicated, sorted unless ``sort=False`` (see :func:`resolve_indices`)."""
+    valid = f"the model has {n_layers} layers (valid indices 0 to {n_layers - 1}, or -{n_layers} to -1 from the end)"
+    return resolve_indices(layers, n_layers, arg=arg, unit="layer", valid=valid, sort=sort)
 
 
 def resolve_positions(positions: Any, seq_len: int, arg: str = "positions") -> List[int]:
-    """Position indices in the given order, de-duplicated (negative ones count from the end)."""
-    valid = f"ints from 0 to {seq_len - 1} (or -{seq_len} to -1); the prompts have {seq_len} tokens"
-    if positions is None:
-        return list(range(seq_len))
-    items = [positions] if _is_int(positions) else positions
-    if isinstance(items, (str, bytes)) or not isinstance(items, (list, tuple, range, np.ndarray)):
-        raise ValueError(f"{arg}: expected None, an int or a list of {valid}; got {positions!r}")
-    if len(items) == 0:
-        raise ValueError(f"{arg}: expected at least one position ({valid}); got an empty list")
-    out: list[int] = []
-    for x in items:
-        if not _is_int(x) or not -seq_len <= int(x) < seq_len:
-            raise ValueError(f"{arg}: expected {valid}; got {x!r}")
-        if int(x) % seq_len not in out:
-            out.append(int(x) % seq_len)
-    return out
+    """Position indices in the given order, de-duplicated (see :func:`resolve_indices`)."""
+    valid = f"the prompts have {seq_len} tokens (valid positions 0 to {seq_len - 1}, or -{seq_len} to -1)"
+    return resolve_indices(positions, seq_len, arg=arg, unit="position", valid=valid, sort=False)
 
 
 def check_positive_int(value: Any, arg: str, allow_none: bool = False, upper: Optional[int] = None) -> Any:

@@ -52,7 +52,7 @@ def test_grid_structure(llama_model):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(positions=[8]), r"positions: expected ints from 0 to 7"),
+    (dict(positions=[8]), r"positions: position index 8 is out of range: the prompts have 8 tokens \(valid positions 0 to 7"),
     (dict(positions="last"), r"positions: expected None, an int or a list"),
     (dict(component="mlp.w1"), r"component: 'mlp.w1'.*valid components are 'output'"),
 ])

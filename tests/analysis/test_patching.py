@@ -103,8 +103,8 @@ def test_bad_component_lists_choices(llama_model, gpt2_model):
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(metric="kl"), r"metric: expected one of 'l2', 'cosine', 'mse'"),
-    (dict(layers=[0, 7]), r"layers: layer 7 is out of range; expected ints from 0 to 3"),
-    (dict(layers=["0"]), r"layers: expected ints from 0 to 3"),
+    (dict(layers=[0, 7]), r"layers: layer index 7 is out of range: the model has 4 layers \(valid indices 0 to 3"),
+    (dict(layers=["0"]), r"layers: layer '0' is not an int \(str\); the model has 4 layers \(valid indices 0 to 3"),
     (dict(batch_size=0), r"batch_size: expected a positive int"),
 ])
 def test_bad_arguments(llama_model, kwargs, match):
