@@ -167,12 +167,17 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_logit_lens(args: argparse.Namespace) -> int:
+def load_for(args: argparse.Namespace) -> tuple[Any, Optional[List[int]], Optional[Path]]:
+    """The common start of a subcommand: check --plot, load --model (timed), check --layers."""
     plot = check_output_path(args.plot, "--plot")
     t0 = time.perf_counter()
     model = load(args.model)
     print(f"loaded {args.model} ({len(model.layers)} layers) in {seconds(t0)}")
-    layers = check_layers(args.layers, len(model.layers))
+    return model, check_layers(args.layers, len(model.layers)), plot
+
+
+def cmd_logit_lens(args: argparse.Namespace) -> int:
+    model, layers, plot = load_for(args)
     n_tokens = len(call(model.encode, args.text, usage=True))
     if not -n_tokens <= args.position < n_tokens:
         raise UsageError(f"argument --position: {args.position} is outside the prompt, which has {n_tokens} tokens "
@@ -194,11 +199,7 @@ def cmd_logit_lens(args: argparse.Namespace) -> int:
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
-    plot = check_output_path(args.plot, "--plot")
-    t0 = time.perf_counter()
-    model = load(args.model)
-    print(f"loaded {args.model} ({len(model.layers)} layers) in {seconds(t0)}")
-    layers = check_layers(args.layers, len(model.layers))
+    model, layers, plot = load_for(args)
     _precheck_patch(model, args.clean, args.corrupted, args.component, layers)
     t1 = time.perf_counter()
     recovery = call(model.activation_patching, args.clean, args.corrupted, component=args.component, layers=layers,
@@ -213,11 +214,9 @@ def cmd_patch(args: argparse.Namespace) -> int:
 
 def _precheck_patch(model: Any, clean: str, corrupted: str, component: str, layers: Optional[List[int]]) -> None:
     """Report bad prompts / components as usage errors before the sweep (the library would say the same)."""
-    try:
-        from .analysis.components import resolve_sites
-        from .analysis.validate import prompt_pair
-    except ImportError:  # library reorganised: the sweep itself will report these (exit 1)
-        return
+    from .analysis.components import resolve_sites
+    from .analysis.validate import prompt_pair
+
     tokens = call(prompt_pair, model, clean, corrupted, usage=True)
     call(resolve_sites, model, component, layers if layers is not None else list(range(len(model.layers))),
          tokens, usage=True)
