@@ -32,7 +32,7 @@ def _as_hidden(hidden_state: Any, hidden_size: int) -> Tuple[mx.array, bool]:
     """``(batch, hidden)`` array and whether the input was a single vector."""
     try:
         h = hidden_state if isinstance(hidden_state, mx.array) else mx.array(hidden_state)
-    except Exception:
+    except (TypeError, ValueError, RuntimeError):
         raise ValueError(f"hidden_state: expected an mx.array of shape (hidden,) or (batch, hidden), "
                          f"got {type(hidden_state).__name__}") from None
     if h.ndim not in (1, 2) or h.shape[-1] != hidden_size or not mx.issubdtype(h.dtype, mx.floating):
