@@ -39,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-time", type=float, help="seconds each comparison runs at least (repeats grow)")
     p.add_argument("--sweep", type=int, help="traces in the steering sweep (default 100)")
     p.add_argument("--retrace-sweep", type=int, help="traces in the zero-retrace check (default 1000)")
+    p.add_argument("--analysis-seq", type=int, help="tokens per prompt in the analysis suite (default 32)")
+    p.add_argument("--prompts", type=int, help="prompts in the batch_get_activations case (default 1000)")
     p.add_argument("--json", metavar="PATH", help="also write environment and rows as JSON")
     p.add_argument("--list", action="store_true", help="list suites and cases, then exit")
     p.add_argument("--profile", nargs="?", const="micro4", metavar="MODEL",
@@ -51,7 +53,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     """The preset (quick or full) with the command line's overrides."""
     s = Settings.quick_preset() if args.quick else Settings.full()
     overrides = {"models": args.models, "shapes": args.shapes, "repeats": args.repeats, "warmup": args.warmup,
-                 "min_time": args.min_time, "sweep": args.sweep, "retrace_sweep": args.retrace_sweep}
+                 "min_time": args.min_time, "sweep": args.sweep, "retrace_sweep": args.retrace_sweep,
+                 "analysis_seq": args.analysis_seq, "prompts": args.prompts}
     unknown = [m for m in (args.models or ()) if m not in MODELS]
     if unknown:
         raise SystemExit(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
@@ -92,7 +95,8 @@ def report(info: dict, settings: Settings, rows: list[Row], seconds: float) -> s
         env.format_env(info),
         f"settings: {'quick' if settings.quick else 'full'}; models {', '.join(settings.models)}; shapes {shapes}; "
         f"repeats >= {settings.repeats} (interleaved with the baseline); sweep {settings.sweep}; "
-        f"retrace sweep {settings.retrace_sweep}",
+        f"retrace sweep {settings.retrace_sweep}; analysis prompts {settings.analysis_seq} tokens; "
+        f"{settings.prompts} prompts for batch_get_activations",
         "value: median over back-to-back pairs of candidate time / baseline time (unless a unit is given); "
         "base/cand ms: median times; min ratio: fastest candidate / fastest baseline",
         "",

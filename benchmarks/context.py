@@ -24,6 +24,8 @@ class Settings:
     sweep: int = 100          # traces in the steering sweep (eager vs compiled)
     retrace_sweep: int = 1000  # traces in the zero-retrace check
     overhead_model: str = "micro4"
+    analysis_seq: int = 32    # tokens of the clean/corrupted prompts in the analysis suite
+    prompts: int = 1000       # prompts in the batch_get_activations throughput case
     quick: bool = False
 
     @classmethod
@@ -32,7 +34,8 @@ class Settings:
 
     @classmethod
     def quick_preset(cls) -> "Settings":
-        return cls(shapes=QUICK_SHAPES, repeats=3, warmup=1, min_time=0.15, sweep=20, retrace_sweep=100, quick=True)
+        return cls(shapes=QUICK_SHAPES, repeats=3, warmup=1, min_time=0.15, sweep=20, retrace_sweep=100,
+                   prompts=200, quick=True)
 
 
 def shape_text(batch: int, seq: int) -> str:

@@ -81,7 +81,8 @@ def compare(baseline: Thunk, candidate: Thunk, *, repeats: int, warmup: int = 2,
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    """A goal for a row's value, e.g. ``Target("<=", 1.3)``; ``None`` rows are informational."""
+    """A goal for a row's value, e.g. ``Target("<=", 1.3)`` or ``Target(">=", 0.9)`` (a throughput ratio);
+    ``None`` rows are informational."""
 
     op: str
     bound: float
@@ -89,7 +90,8 @@ class Target:
     def check(self, value: float) -> bool:
         if math.isnan(value):
             return False
-        return {"<=": value <= self.bound, "<": value < self.bound, "==": value == self.bound}[self.op]
+        return {"<=": value <= self.bound, "<": value < self.bound, "==": value == self.bound,
+                ">=": value >= self.bound, ">": value > self.bound}[self.op]
 
     def __str__(self) -> str:
         return f"{self.op} {self.bound:g}"
@@ -135,6 +137,10 @@ class Row:
             return f"{self.value:.2f}x"
         if self.unit == "ms":
             return f"{self.value:.3f} ms"
+        if self.unit.startswith("x "):  # a ratio read another way: "x faster", "x throughput"
+            return f"{self.value:.2f}{self.unit}"
+        if not float(self.value).is_integer():
+            return f"{self.value:.2f} {self.unit}"
         return f"{self.value:g} {self.unit}"
 
     def as_dict(self) -> dict[str, Any]:

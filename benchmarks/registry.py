@@ -12,7 +12,7 @@ from typing import Callable, Iterable
 
 SUITES: dict[str, str] = {
     "trace": "benchmarks.suite_trace",
-    # "patching": "benchmarks.suite_patching",  (activation patching vs a loop of forwards; to come)
+    "analysis": "benchmarks.suite_analysis",
 }
 
 Case = Callable[..., Iterable]

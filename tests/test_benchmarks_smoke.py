@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 
@@ -14,7 +15,7 @@ from benchmarks import Settings, main, registry, run_benchmarks
 from benchmarks.harness import Row, Target, format_table, summary
 
 TINY_ARGS = ["--models", "tiny", "--shapes", "1x8", "--repeats", "2", "--warmup", "1", "--min-time", "0",
-             "--sweep", "3", "--retrace-sweep", "5"]
+             "--sweep", "3", "--retrace-sweep", "5", "--analysis-seq", "8", "--prompts", "12"]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,8 @@ def test_every_registered_case_reports_a_row(smoke_run):
 
 @pytest.mark.parametrize("case,count", [("eager_overhead", 1), ("compiled_overhead", 1), ("steering_sweep", 1),
                                         ("zero_retrace", 1), ("trace_overhead", 2), ("cache_miss", 1),
-                                        ("capture_all", 2)])
+                                        ("capture_all", 2), ("activation_patching", 1), ("patching_grid", 1),
+                                        ("batch_get_activations", 2), ("attribution_patching", 1)])
 def test_row_counts_per_case_on_one_model_and_shape(smoke_run, case, count):
     assert sum(row["case"] == case for row in smoke_run["rows"]) == count
 
@@ -49,6 +51,21 @@ def test_retrace_count_is_an_integer_and_targets_are_stated(smoke_run):
     assert retrace["unit"] == "retraces" and retrace["value"] == int(retrace["value"])
     judged = {r["case"] for r in smoke_run["rows"] if r["target"]}
     assert {"eager_overhead", "compiled_overhead", "steering_sweep", "zero_retrace", "trace_overhead"} <= judged
+
+
+def test_analysis_suite_quick_mode_gives_finite_ratios(tmp_path):
+    path = tmp_path / "analysis.json"
+    start = time.perf_counter()
+    assert main(["--quick", "--only", "analysis", "--models", "tiny", "--json", str(path)]) == 0
+    assert time.perf_counter() - start < 15
+    rows = json.loads(path.read_text())["rows"]
+    assert {r["case"] for r in rows} == set(registry.suite("analysis").CASES)
+    for row in rows:
+        assert row["status"] in ("PASS", "FAIL", "info"), row
+        assert math.isfinite(row["value"]) and row["value"] > 0, row
+        assert math.isfinite(row["baseline_s"]) and math.isfinite(row["candidate_s"]), row
+    patching = [r for r in rows if r["case"] in ("activation_patching", "patching_grid")]
+    assert all("recoveries differ" not in "; ".join(r["failures"]) for r in patching)  # same numbers as the loop
 
 
 def test_report_names_blas_versions_and_machine(smoke_run):

@@ -42,6 +42,7 @@ def resolve_sites(model: Any, component: Any, layers: List[int], tokens: mx.arra
             per forward, or does not output a ``(batch, seq, ...)`` array; the message lists the valid names.
     """
     probe = model._probe(tokens)
+    counts = probe.call_counts()  # computed once: it walks every event of the probe
 
     def choices(layer: int) -> str:
         names = ", ".join(repr(c) for c in layer_components(model, probe, layer))
@@ -50,10 +51,11 @@ def resolve_sites(model: Any, component: Any, layers: List[int], tokens: mx.arra
     if not isinstance(component, str) or not component:
         raise ValueError(f"component: expected a component name such as 'mlp' or 'output'; valid components are "
                          f"{choices(layers[0])}; got {component!r}")
-    return {layer: _site(model, probe, component, layer, tokens, choices) for layer in layers}
+    return {layer: _site(model, probe, counts, component, layer, tokens, choices) for layer in layers}
 
 
-def _site(model: Any, probe: Any, component: str, layer: int, tokens: mx.array, choices: Any) -> ComponentSite:
+def _site(model: Any, probe: Any, counts: Dict[str, int], component: str, layer: int, tokens: mx.array,
+          choices: Any) -> ComponentSite:
     index = model._index
     base = index.layer_path(layer)
     if component == OUTPUT:
@@ -66,7 +68,7 @@ def _site(model: Any, probe: Any, component: str, layer: int, tokens: mx.array, 
         if path is None or not path.startswith(base + "."):
             raise ValueError(f"component: {component!r} is not a component of layer {layer} "
                              f"({index.short(base)}); valid components are {choices(layer)}") from None
-    calls = probe.call_counts().get(path, 0)
+    calls = counts.get(path, 0)
     if calls != 1:
         raise ValueError(f"component: {component!r} of layer {layer} runs {calls} times per forward; patching needs "
                          f"a module that runs once. Valid components are {choices(layer)}")

@@ -115,7 +115,9 @@ class AnalysisMixin:
 
         Cell ``(i, p)`` patches only position ``p`` of the component at layer ``i`` with its clean value
         and reports the recovery (%) of the last position's logits, as in :meth:`activation_patching`.
-        All cells run as staircase batches of ``batch_size`` variants per compiled forward.
+        All cells run as staircase batches of ``batch_size`` variants per compiled forward. Cells before the
+        first position where the prompts differ are 0 (the activations there are identical in a causal
+        model; the trace checks it) and are not run.
 
         Args:
             clean_text: the clean prompt.
@@ -152,7 +154,8 @@ class AnalysisMixin:
         Cell ``(i, p)`` is ``-100 / d(corrupted, clean) * sum_h (clean_act - corrupted_act) * dd/dact``
         at layer ``i``, position ``p``: the first-order change of recovery when that activation is
         patched. It costs one clean forward and one corrupted forward + backward (``mx.value_and_grad``
-        through the traced graph), whatever the number of cells.
+        through the traced graph), whatever the number of cells; the whole computation is compiled once
+        per (component, layers, prompt length, metric) and reused by later calls.
 
         Args:
             clean_text: the clean prompt.

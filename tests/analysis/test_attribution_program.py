@@ -1,0 +1,73 @@
+"""attribution_patching's compiled program: it follows new prompts and weight edits, and falls back to the
+eager computation when the token embedding cannot be identified."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlxterp import InterpretableModel
+from mlxterp.analysis import attribution
+from mlxterp.analysis.patching import _setup
+
+from .conftest import CLEAN, CORRUPTED, make_llama
+
+OTHER_CLEAN = [2, 6, 10, 14, 18, 22, 26, 30]
+OTHER_CORRUPTED = [2, 6, 10, 14, 50, 22, 26, 30]
+
+
+def eager_grid(model, clean, corrupted, component="output", metric="l2"):
+    """The same estimate computed eagerly (no compiled program)."""
+    s = _setup(model, clean, corrupted, component, None, metric)
+    grid, d0 = attribution._grid(model, s.tokens[0:1], s.tokens[1:2], s.sites, metric, s.norm_path)
+    return np.array(grid, dtype=np.float64) * (-100.0 / d0.item())
+
+
+def test_program_is_compiled_once_and_follows_new_prompts():
+    model = InterpretableModel(make_llama(seed=11))
+    first = model.attribution_patching(CLEAN, CORRUPTED, component="mlp")
+    second = model.attribution_patching(OTHER_CLEAN, OTHER_CORRUPTED, component="mlp")
+    programs = model._attribution_programs
+    assert len(programs) == 1 and next(iter(programs.values())) is not None
+    np.testing.assert_allclose(first.grid, eager_grid(model, CLEAN, CORRUPTED, "mlp"), atol=1e-4)
+    np.testing.assert_allclose(second.grid, eager_grid(model, OTHER_CLEAN, OTHER_CORRUPTED, "mlp"), atol=1e-4)
+    assert not np.allclose(first.grid, second.grid)
+
+
+def test_program_sees_weight_edits():
+    model = InterpretableModel(make_llama(seed=12))
+    before = model.attribution_patching(CLEAN, CORRUPTED).grid
+    layer = model.model.model.layers[2].mlp.down_proj
+    layer.weight = layer.weight * 3.0
+    after = model.attribution_patching(CLEAN, CORRUPTED).grid
+    assert len(model._attribution_programs) == 1
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, eager_grid(model, CLEAN, CORRUPTED), atol=1e-4)
+
+
+def test_no_identifiable_embedding_falls_back_to_eager(monkeypatch):
+    model = InterpretableModel(make_llama(seed=13))
+    monkeypatch.setattr(attribution, "_token_embedding", lambda model, seq: None)
+    got = model.attribution_patching(CLEAN, CORRUPTED)
+    assert list(model._attribution_programs.values()) == [None]
+    np.testing.assert_allclose(got.grid, eager_grid(model, CLEAN, CORRUPTED), atol=1e-5)
+
+
+def test_failed_compile_restores_the_weights(monkeypatch):
+    model = InterpretableModel(make_llama(seed=14))
+    weights = dict(model.model.parameters()["model"]["layers"][0]["mlp"])
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(attribution, "distance", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        model.attribution_patching(CLEAN, CORRUPTED)
+    restored = model.model.parameters()["model"]["layers"][0]["mlp"]
+    for name, sub in weights.items():
+        assert restored[name]["weight"] is sub["weight"]
+    monkeypatch.undo()
+    mx.eval(model.model(mx.array([CLEAN])))  # the model still runs on real weights
+    got = model.attribution_patching(CLEAN, CORRUPTED)  # and the program traces afresh
+    np.testing.assert_allclose(got.grid, eager_grid(model, CLEAN, CORRUPTED), atol=1e-4)
