@@ -18,6 +18,7 @@ from .ir import Graph, Node, Op, Ref
 from .lowering import PatchedForward
 from .passes import eliminate_dead_code, fuse_elementwise, lift_constants, run_passes, schedule
 from .probe import Probe, probe
+from .state_compile import StateCompiled
 from .structure import structure_key
 from .verify import verify
 
@@ -25,5 +26,5 @@ __all__ = [
     "CausalityError", "GraphError", "ModuleNotCalledError", "NodeExecutionError", "ShapeMismatchError",
     "TraceError", "MODES", "Executor", "RunResult", "to_dot", "to_json", "to_text", "hooks_installed",
     "is_hooked", "Graph", "Node", "Op", "Ref", "PatchedForward", "eliminate_dead_code", "fuse_elementwise",
-    "lift_constants", "run_passes", "schedule", "Probe", "probe", "structure_key", "verify",
+    "lift_constants", "run_passes", "schedule", "Probe", "probe", "StateCompiled", "structure_key", "verify",
 ]

@@ -20,6 +20,7 @@ from .lowering import PatchedForward, default_call
 from .passes import PassResult, run_passes
 from .passes.lift import param_values
 from .probe import Probe
+from .state_compile import StateCompiled
 from .structure import structure_key
 
 MODES = ("eager", "compiled", "auto")
@@ -71,10 +72,9 @@ class Executor:
         compiled = mode == "compiled" or (mode == "auto" and entry.runs > 0)
         entry.runs += 1
         if compiled:
-            fresh = entry.compiled is None
             fn = entry.compiled or self._compile(entry)
             self.stats["compiled_runs"] += 1
-            output, saves, captures = self._call_compiled(entry, fn, tokens, params) if fresh else fn(tokens, params)
+            output, saves, captures = fn(tokens, params)
         else:
             self.stats["eager_runs"] += 1
             output, saves, captures = entry.forward(tokens, params)
@@ -107,23 +107,8 @@ class Executor:
             self.stats["traces"] += 1
             return forward(tokens, params)
 
-        # The model's state and the random state are implicit inputs: weight edits and fresh noise are
-        # seen on every call instead of being baked in as constants.
-        entry.compiled = mx.compile(traced, inputs=[self.model.state, mx.random.state], outputs=[mx.random.state])
+        entry.compiled = StateCompiled(traced, self.model)
         return entry.compiled
-
-    def _call_compiled(self, entry: CacheEntry, fn: Callable, tokens: mx.array, params: list) -> tuple:
-        # While mx.compile traces (the first call; the key fixes every shape), the arrays of its implicit
-        # inputs (the model's state) are swapped for placeholders; if tracing raises, MLX leaves them
-        # there. Put every array back, and drop the half-traced function so the next run traces afresh.
-        saved = _array_slots(self.model.state) + _array_slots(mx.random.state)
-        try:
-            return fn(tokens, params)
-        except BaseException:
-            for container, key, value in saved:
-                container[key] = value
-            entry.compiled = None
-            raise
 
     def clear(self) -> None:
         """Drop every cached program (statistics are kept)."""
@@ -133,17 +118,3 @@ class Executor:
         """Number of cached programs."""
         return len(self._cache)
 
-
-def _array_slots(tree: Any) -> list[tuple[Any, Any, mx.array]]:
-    """Every array in a tree of dicts/lists (modules are dicts) with the container and key holding it."""
-    slots: list[tuple[Any, Any, mx.array]] = []
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-        for key, value in items:
-            if isinstance(value, mx.array):
-                slots.append((node, key, value))
-            elif isinstance(value, (dict, list)):
-                stack.append(value)
-    return slots

@@ -17,7 +17,6 @@ from .tokens import TokenizerMixin
 from .tracing.module_proxy import LayerListProxy, ModuleProxy
 from .tracing.trace import Trace
 
-TOKEN_EMBEDDING_NAMES = ("embed_tokens", "wte", "tok_embeddings", "word_embeddings", "embed_in", "embedding")
 CAPTURE_CHOICES = "'all' (every module output), 'saved' (only .save()-d values) or a list of module names"
 
 
@@ -46,6 +45,9 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin):
         self._executor = Executor(model)
         self._probes: collections.OrderedDict[tuple, Probe] = collections.OrderedDict()
         self._embedding_rows = self._vocab_rows()
+        # Compiled programs built by analysis helpers beside the executor's (e.g. attribution patching),
+        # by kind; clear_compile_cache() empties them too.
+        self._program_caches: dict[str, collections.OrderedDict] = {}
         self.layers = LayerListProxy(self)
 
     # -- tracing -----------------------------------------------------------------------------
@@ -70,12 +72,8 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin):
 
     def _vocab_rows(self) -> Optional[int]:
         """Rows of the token embedding (to reject out-of-range ids), or ``None`` if there is none."""
-        found = [(p, m) for p, m in self._index.modules.items() if isinstance(m, (nn.Embedding, nn.QuantizedEmbedding))]
-        if not found:
-            return None
-        # Several embeddings (GPT-2's wte and wpe): the token one goes by a conventional name.
-        named = [m for p, m in found if p.rsplit(".", 1)[-1] in TOKEN_EMBEDDING_NAMES]
-        return int((named or [m for _, m in found])[0].weight.shape[0])
+        path = self._index.token_embedding()
+        return None if path is None else int(self._index.modules[path].weight.shape[0])
 
     def _capture_spec(self, capture: Any) -> Any:
         if capture == "all":
@@ -153,15 +151,23 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin):
     # -- compile cache -----------------------------------------------------------------------
     def compile_stats(self) -> dict:
         """Counters: ``traces`` (mx.compile traces), ``hits``, ``misses``, ``eager_runs``,
-        ``compiled_runs``, ``evictions``, ``cache_size``."""
+        ``compiled_runs``, ``evictions``, ``cache_size``, and ``analysis_programs`` (compiled programs
+        kept by analysis helpers such as attribution patching)."""
         stats = {k: int(self._executor.stats.get(k, 0))
                  for k in ("traces", "hits", "misses", "eager_runs", "compiled_runs", "evictions")}
         stats["cache_size"] = self._executor.cache_size()
+        stats["analysis_programs"] = sum(len(c) for c in self._program_caches.values())
         return stats
 
     def clear_compile_cache(self) -> None:
-        """Drop every compiled program (statistics are kept)."""
+        """Drop every compiled program, the analysis helpers' too (statistics are kept)."""
         self._executor.clear()
+        for cache in self._program_caches.values():
+            cache.clear()
+
+    def _program_cache(self, kind: str) -> collections.OrderedDict:
+        """The (LRU-ordered) cache where an analysis helper keeps its compiled programs of ``kind``."""
+        return self._program_caches.setdefault(kind, collections.OrderedDict())
 
     def __repr__(self) -> str:
         return (f"InterpretableModel({type(self.model).__name__}, {len(self.layers)} layers, "

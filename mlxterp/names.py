@@ -13,6 +13,7 @@ from typing import Iterator
 
 import mlx.nn as nn
 
+TOKEN_EMBEDDING_NAMES = ("embed_tokens", "wte", "tok_embeddings", "word_embeddings", "embed_in", "embedding")
 ALIASES = {"attn": ("self_attn", "attention"), "self_attn": ("attn", "attention"), "attention": ("self_attn", "attn")}
 
 
@@ -126,6 +127,14 @@ class ModuleIndex:
             if prefix + variant in self.modules:
                 return prefix + variant
         return None
+
+    def token_embedding(self) -> str | None:
+        """Path of the token embedding: the only embedding module, or the one named like one
+        (GPT-2 has ``wte`` and ``wpe``); ``None`` if there is no embedding or the choice is ambiguous."""
+        found = [p for p, m in self.modules.items() if isinstance(m, (nn.Embedding, nn.QuantizedEmbedding))]
+        named = [p for p in found if p.rsplit(".", 1)[-1] in TOKEN_EMBEDDING_NAMES]
+        candidates = named or found
+        return candidates[0] if len(candidates) == 1 else None
 
     def short_names(self) -> list[str]:
         """Every module's short name, for error messages."""

@@ -29,9 +29,10 @@ def tiny_llama_module(seed: int = 0, layers: int = 4, hidden: int = 64, vocab: i
     return model
 
 
-def tiny_gpt2_module(seed: int = 0) -> nn.Module:
+def tiny_gpt2_module(seed: int = 0, layers: int = 3) -> nn.Module:
+    """A small random mlx-lm GPT-2 (use ``layer_attr="h"``)."""
     mx.random.seed(seed)
-    args = gpt2.ModelArgs(model_type="gpt2", n_ctx=64, n_embd=64, n_head=4, n_layer=3, n_positions=64,
+    args = gpt2.ModelArgs(model_type="gpt2", n_ctx=64, n_embd=64, n_head=4, n_layer=layers, n_positions=64,
                           layer_norm_epsilon=1e-5, vocab_size=128)
     model = gpt2.Model(args)
     mx.eval(model.parameters())

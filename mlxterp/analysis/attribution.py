@@ -23,19 +23,19 @@ called once, mapping ``(batch, seq)`` ids to ``(batch, seq, hidden)``) run the s
 
 from __future__ import annotations
 
-import collections
 from typing import Any, Dict, List, Optional, Tuple
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from compiler import StateCompiled
+
 from ..tracing.proxy import apply
 from .components import ComponentSite
 from .metrics import distance, identical_logits_message
 from .sweep import last_position, saved_value
 
-TOKEN_EMBEDDING_NAMES = ("embed_tokens", "wte", "tok_embeddings", "word_embeddings", "embed_in", "embedding")
 MAX_PROGRAMS = 16  # compiled attribution programs kept per model (least recently used dropped)
 
 
@@ -138,23 +138,11 @@ class _Program:
         def run(embeddings: mx.array) -> Tuple[mx.array, mx.array]:
             return _grid(model, placeholder, placeholder, sites, metric, norm_path, (embed_path, embeddings))
 
-        # The model's weights (and the random state) are implicit inputs: weight edits are seen on every call
-        # instead of being baked in as constants, as in the executor's compiled traces.
-        self._compile = lambda: mx.compile(run, inputs=[raw.state, mx.random.state], outputs=[mx.random.state])
-        self.compiled = self._compile()
+        # The model's weights are implicit inputs (weight edits are seen), as in the executor's compiled traces.
+        self.compiled = StateCompiled(run, raw)
 
     def __call__(self, tokens: mx.array) -> Tuple[mx.array, mx.array]:
-        embeddings = self.embedding(tokens)
-        saved = _array_slots(self.model.model.state) + _array_slots(mx.random.state)
-        try:
-            return self.compiled(embeddings)
-        except BaseException:
-            # While mx.compile traces, the implicit inputs' arrays are swapped for placeholders; if tracing
-            # raises, MLX leaves them there. Put every array back.
-            for container, key, value in saved:
-                container[key] = value
-            self.compiled = self._compile()  # drop the half-traced function: the next call traces afresh
-            raise
+        return self.compiled(self.embedding(tokens))
 
 
 def _program(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], metric: str,
@@ -162,7 +150,7 @@ def _program(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], metr
     """The cached compiled program for this call, or ``None`` when the token embedding is not identifiable."""
     seq = int(tokens.shape[1])
     key = (tuple((s.layer, s.path) for s in sites.values()), seq, metric, norm_path)
-    programs = model.__dict__.setdefault("_attribution_programs", collections.OrderedDict())
+    programs = model._program_cache("attribution")
     if key in programs:
         programs.move_to_end(key)
         return programs[key]
@@ -175,15 +163,11 @@ def _program(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], metr
 
 
 def _token_embedding(model: Any, seq: int) -> Optional[str]:
-    """Path of the token embedding if it is unambiguous: one ``nn.Embedding`` (or quantized) module named
-    like a token embedding (or the only embedding), called once per forward, ``(1, seq)`` ids in and
-    ``(1, seq, hidden)`` out."""
-    found = [p for p, m in model._index.modules.items() if isinstance(m, (nn.Embedding, nn.QuantizedEmbedding))]
-    named = [p for p in found if p.rsplit(".", 1)[-1] in TOKEN_EMBEDDING_NAMES]
-    candidates = named if named else found
-    if len(candidates) != 1:
+    """Path of the token embedding if it is unambiguous and called once per forward, ``(1, seq)`` ids in and
+    ``(1, seq, hidden)`` out; else ``None``."""
+    path = model._index.token_embedding()
+    if path is None:
         return None
-    path = candidates[0]
     probe = model._probe(mx.zeros((1, seq), dtype=mx.int32))
     if probe.call_counts().get(path) != 1:
         return None
@@ -191,18 +175,3 @@ def _token_embedding(model: Any, seq: int) -> Optional[str]:
     ok = (isinstance(spec_in, tuple) and tuple(spec_in[0]) == (1, seq)
           and isinstance(spec_out, tuple) and len(spec_out[0]) == 3 and tuple(spec_out[0][:2]) == (1, seq))
     return path if ok else None
-
-
-def _array_slots(tree: Any) -> list:
-    """Every array in a tree of dicts/lists (modules are dicts) with the container and key holding it."""
-    slots: list = []
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-        for key, value in items:
-            if isinstance(value, mx.array):
-                slots.append((node, key, value))
-            elif isinstance(value, (dict, list)):
-                stack.append(value)
-    return slots

@@ -11,7 +11,6 @@ import numpy as np
 
 from compiler import Op, Ref
 
-from . import context
 
 _UNSET = object()
 _ATTRGETTERS: dict[str, Callable] = {}

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
-from mlx_lm.models import gpt2, llama
 
 from mlxterp import InterpretableModel
+from tests.models import STORIES, tiny_gpt2_module, tiny_llama_module
 
-STORIES = Path(__file__).resolve().parents[2] / ".." / "shared" / "models" / "stories260K"
 
 # Equal-length token prompts that differ at position 3.
 CLEAN = [1, 5, 9, 13, 17, 21, 25, 3]
@@ -23,22 +21,11 @@ STORY_CORRUPTED = "The dog sat on the mat. The dog"
 
 
 def make_llama(tied: bool = False, layers: int = 4, hidden: int = 64, vocab: int = 128, seed: int = 0) -> nn.Module:
-    mx.random.seed(seed)
-    args = llama.ModelArgs(model_type="llama", hidden_size=hidden, num_hidden_layers=layers,
-                           intermediate_size=2 * hidden, num_attention_heads=4, num_key_value_heads=2,
-                           rms_norm_eps=1e-5, vocab_size=vocab, tie_word_embeddings=tied)
-    model = llama.Model(args)
-    mx.eval(model.parameters())
-    return model
+    return tiny_llama_module(seed=seed, layers=layers, hidden=hidden, vocab=vocab, tied=tied)
 
 
 def make_gpt2(layers: int = 3, seed: int = 1) -> nn.Module:
-    mx.random.seed(seed)
-    args = gpt2.ModelArgs(model_type="gpt2", n_ctx=64, n_embd=64, n_head=4, n_layer=layers, n_positions=64,
-                          layer_norm_epsilon=1e-5, vocab_size=128)
-    model = gpt2.Model(args)
-    mx.eval(model.parameters())
-    return model
+    return tiny_gpt2_module(seed=seed, layers=layers)
 
 
 def quantized(module: nn.Module) -> nn.Module:

@@ -28,7 +28,7 @@ def test_program_is_compiled_once_and_follows_new_prompts():
     model = InterpretableModel(make_llama(seed=11))
     first = model.attribution_patching(CLEAN, CORRUPTED, component="mlp")
     second = model.attribution_patching(OTHER_CLEAN, OTHER_CORRUPTED, component="mlp")
-    programs = model._attribution_programs
+    programs = model._program_cache("attribution")
     assert len(programs) == 1 and next(iter(programs.values())) is not None
     np.testing.assert_allclose(first.grid, eager_grid(model, CLEAN, CORRUPTED, "mlp"), atol=1e-4)
     np.testing.assert_allclose(second.grid, eager_grid(model, OTHER_CLEAN, OTHER_CORRUPTED, "mlp"), atol=1e-4)
@@ -41,7 +41,7 @@ def test_program_sees_weight_edits():
     layer = model.model.model.layers[2].mlp.down_proj
     layer.weight = layer.weight * 3.0
     after = model.attribution_patching(CLEAN, CORRUPTED).grid
-    assert len(model._attribution_programs) == 1
+    assert len(model._program_cache("attribution")) == 1
     assert not np.allclose(before, after)
     np.testing.assert_allclose(after, eager_grid(model, CLEAN, CORRUPTED), atol=1e-4)
 
@@ -50,7 +50,7 @@ def test_no_identifiable_embedding_falls_back_to_eager(monkeypatch):
     model = InterpretableModel(make_llama(seed=13))
     monkeypatch.setattr(attribution, "_token_embedding", lambda model, seq: None)
     got = model.attribution_patching(CLEAN, CORRUPTED)
-    assert list(model._attribution_programs.values()) == [None]
+    assert list(model._program_cache("attribution").values()) == [None]
     np.testing.assert_allclose(got.grid, eager_grid(model, CLEAN, CORRUPTED), atol=1e-5)
 
 
@@ -71,3 +71,11 @@ def test_failed_compile_restores_the_weights(monkeypatch):
     mx.eval(model.model(mx.array([CLEAN])))  # the model still runs on real weights
     got = model.attribution_patching(CLEAN, CORRUPTED)  # and the program traces afresh
     np.testing.assert_allclose(got.grid, eager_grid(model, CLEAN, CORRUPTED), atol=1e-4)
+
+
+def test_clear_compile_cache_drops_attribution_programs_and_stats_count_them():
+    model = InterpretableModel(make_llama(seed=15))
+    model.attribution_patching(CLEAN, CORRUPTED)
+    assert model.compile_stats()["analysis_programs"] == 1
+    model.clear_compile_cache()
+    assert model.compile_stats()["analysis_programs"] == 0

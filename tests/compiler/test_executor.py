@@ -1,7 +1,6 @@
 """Eager vs compiled execution, the structural cache, retrace counting, weight edits."""
 
 import mlx.core as mx
-import pytest
 
 from mlxterp import apply
 from mlxterp import interventions as iv

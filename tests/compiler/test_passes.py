@@ -1,6 +1,5 @@
 """Each pass leaves its input untouched, keeps the graph valid, and does its one job."""
 
-import copy
 
 import mlx.core as mx
 import pytest
@@ -16,7 +15,7 @@ EVENTS = [("", 0, "input"), ("model.layers.0", 0, "input"), ("model.layers.0", 0
 def program() -> Graph:
     g = Graph()
     h1 = g.add(Op.MODULE_OUTPUT, ("model.layers.1", 0))
-    unused = g.add(Op.UNARY, "neg", (Ref(h1.id),))
+    g.add(Op.UNARY, "neg", (Ref(h1.id),))  # dead: nothing reads it
     h0 = g.add(Op.MODULE_OUTPUT, ("model.layers.0", 0))
     c = g.add(Op.CONSTANT, meta={"value": 0.5, "weak": True})
     a = g.add(Op.BINARY, "mul", (Ref(h0.id), Ref(c.id)))

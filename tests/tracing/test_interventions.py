@@ -45,7 +45,7 @@ def test_interventions_work_on_plain_arrays():
 def test_noise_has_the_requested_spread_and_changes_each_run(model, tokens):
     outs = []
     for _ in range(2):
-        with model.trace(tokens, capture="saved") as tr:
+        with model.trace(tokens, capture="saved"):
             base = model.layers[1].output.save()
             noisy = iv.noise(std=0.2)(model.layers[1].output).save()
         outs.append(noisy - base)
