@@ -26,22 +26,13 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Tuple
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
-
-from compiler import StateCompiled
 
 from ..tracing.proxy import apply
 from .components import ComponentSite
 from .metrics import distance, identical_logits_message
+from .programs import cached_program, use_embeddings
 from .sweep import last_position, saved_value
-
-MAX_PROGRAMS = 16  # compiled attribution programs kept per model (least recently used dropped)
-
-
-def replace_with(_: mx.array, value: mx.array) -> mx.array:
-    """The replacement written over a module output (module-level so the graph structure is stable)."""
-    return value
 
 
 def _traced_run(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], norm_path: Optional[str],
@@ -53,9 +44,7 @@ def _traced_run(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], n
     placeholders that only give the shape).
     """
     with model.trace(tokens, compile=False, capture="saved"):
-        if embed is not None:
-            module = model.module(embed[0])
-            module.output = apply(replace_with, module.output, embed[1])
+        use_embeddings(model, embed)
         handles = []
         for k, site in enumerate(sites.values()):
             component = model.module(site.path)
@@ -111,7 +100,9 @@ def attribution_grid(model: Any, tokens: mx.array, sites: Dict[int, ComponentSit
     Raises:
         ValueError: if the clean and corrupted logits coincide (recovery undefined).
     """
-    program = _program(model, tokens, sites, metric, norm_path)
+    key = (tuple((s.layer, s.path) for s in sites.values()), int(tokens.shape[1]), metric, norm_path)
+    program = cached_program(model, "attribution", key, (1, int(tokens.shape[1])),
+                             lambda ids, embed: _grid(model, ids, ids, sites, metric, norm_path, embed))
     if program is None:
         grid, d0 = _grid(model, tokens[0:1], tokens[1:2], sites, metric, norm_path)
     else:
@@ -121,57 +112,3 @@ def attribution_grid(model: Any, tokens: mx.array, sites: Dict[int, ComponentSit
     if d_corrupted == 0.0:
         raise ValueError(identical_logits_message(metric))
     return np.array(grid, dtype=np.float64)[:, positions] * (-100.0 / d_corrupted), d_corrupted
-
-
-# -- the compiled program ------------------------------------------------------------------------------------
-class _Program:
-    """``tokens (2, seq) -> (grid sums, d0)`` compiled once for one (components, seq, metric, norm) key."""
-
-    def __init__(self, model: Any, seq: int, sites: Dict[int, ComponentSite], metric: str,
-                 norm_path: Optional[str], embed_path: str):
-        self.model, self.embed_path = model, embed_path
-        self.embedding: nn.Module = model._index.modules[embed_path]
-        placeholder = mx.zeros((1, seq), dtype=mx.int32)  # ids in range for any vocabulary, never read
-        mx.eval(placeholder)
-        raw = model.model
-
-        def run(embeddings: mx.array) -> Tuple[mx.array, mx.array]:
-            return _grid(model, placeholder, placeholder, sites, metric, norm_path, (embed_path, embeddings))
-
-        # The model's weights are implicit inputs (weight edits are seen), as in the executor's compiled traces.
-        self.compiled = StateCompiled(run, raw)
-
-    def __call__(self, tokens: mx.array) -> Tuple[mx.array, mx.array]:
-        return self.compiled(self.embedding(tokens))
-
-
-def _program(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], metric: str,
-             norm_path: Optional[str]) -> Optional[_Program]:
-    """The cached compiled program for this call, or ``None`` when the token embedding is not identifiable."""
-    seq = int(tokens.shape[1])
-    key = (tuple((s.layer, s.path) for s in sites.values()), seq, metric, norm_path)
-    programs = model._program_cache("attribution")
-    if key in programs:
-        programs.move_to_end(key)
-        return programs[key]
-    embed_path = _token_embedding(model, seq)
-    program = None if embed_path is None else _Program(model, seq, sites, metric, norm_path, embed_path)
-    programs[key] = program
-    while len(programs) > MAX_PROGRAMS:
-        programs.popitem(last=False)
-    return program
-
-
-def _token_embedding(model: Any, seq: int) -> Optional[str]:
-    """Path of the token embedding if it is unambiguous and called once per forward, ``(1, seq)`` ids in and
-    ``(1, seq, hidden)`` out; else ``None``."""
-    path = model._index.token_embedding()
-    if path is None:
-        return None
-    probe = model._probe(mx.zeros((1, seq), dtype=mx.int32))
-    if probe.call_counts().get(path) != 1:
-        return None
-    spec_in, spec_out = probe.values.get((path, 0, "input")), probe.values.get((path, 0, "output"))
-    ok = (isinstance(spec_in, tuple) and tuple(spec_in[0]) == (1, seq)
-          and isinstance(spec_out, tuple) and len(spec_out[0]) == 3 and tuple(spec_out[0][:2]) == (1, seq))
-    return path if ok else None

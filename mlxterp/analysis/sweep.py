@@ -1,29 +1,48 @@
-"""Vectorised patching sweeps: many patched variants of one forward, as a few batched compiled traces.
+"""Vectorised patching sweeps: many patched variants of one forward, as a few batched compiled programs.
 
 The batch is a *staircase*. Row 0 runs the clean prompt, row 1 the corrupted one, unpatched. A variant
 that patches layer ``i`` computes exactly the corrupted run below layer ``i``, so instead of running it
 from the start it is born at layer ``i``: the layer's input grows by copies of row 1
 (``model.layers[i].input = apply(grow_rows, x, n)``), and the component's output in each new row takes
-the clean row's value at the variant's positions (``apply(mx.where, mask, clean, out)``, with the mask a
-lifted parameter). Clean activations come from row 0 of the same forward, and the last position's
-logits of rows 0 and 1 are the clean and corrupted references, so one trace gives all of them. ``L``
-variants then cost about ``L / 2`` single-row forwards of compute instead of ``2 + 2L`` forwards.
+the clean row's value at the variant's positions (``apply(mx.where, mask, clean, out)``). Clean
+activations come from row 0 of the same forward, and the last position's logits of rows 0 and 1 are the
+clean and corrupted references, so one trace gives all of them. ``L`` variants then cost about ``L / 2``
+single-row forwards of compute instead of ``2 + 2L`` forwards. Births later than that (``Birth``):
 
-When the patched component is the whole layer (``"output"``), a variant does not need to run its own
-layer: its rows are born at the *next* layer's input (or, after the last layer, at the final norm's
-input) as copies of the corrupted row with the clean row's values at the variant's positions
-(``apply(grow_patched, next.input, mask)``). That equals patching the layer's output as long as what runs
-between the two is the identity, which each trace checks (``array_equal`` of the layer's output and the
-next input, evaluated with the distances); a chunk where it fails is run again the general way.
+- **Whole layer** (``"output"``): a variant does not run its own layer; its rows are born at the *next*
+  layer's input (or, after the last layer, at the final norm's input) as copies of the corrupted row with
+  the clean row's values at the variant's positions (``apply(grow_patched, next.input, mask)``). That
+  equals patching the layer's output as long as what runs between the two is the identity, which each
+  trace checks (``array_equal`` of the layer's output and the next input).
+- **Last addend of the residual stream** (the ``mlp`` of llama, qwen2 or GPT-2 layers, or a sub-module
+  returning its output, such as ``mlp.down_proj``): such a layer computes ``out = (x + attn) + mlp``
+  (``x`` its input, ``attn`` its attention's output), so the patched run's layer output is the corrupted
+  ``x + attn`` plus the clean ``mlp`` at the variant's positions and the corrupted output elsewhere, and
+  the variant's rows are born at the next input as that (``apply(grow_residual, ...)``: the layer's
+  additions in its order, hence the same bits). Each trace checks the identity on the clean and corrupted
+  rows (``array_equal`` of the layer's output with ``(x + attn) + mlp`` and with the next input). Only
+  components after which nothing else of the layer returns are tried (not Gemma's MLP, followed by a
+  norm). When the last layer's variants are born at the final norm, only the last position of that
+  layer's output reaches the logits, so the component's input there is cut to the last position, as the
+  final norm's is: this one assumes the component is position-wise, as an MLP is (it runs on one
+  position at a time when a model decodes), and the identity check still holds (the layer broadcasts the
+  one-position output over the sequence in its add).
+
+A layer whose identity check fails (evaluated with the distances) is run again the general way. Patching
+any other sub-module (the attention, ``self_attn.o_proj``, ...) changes what the rest of its layer reads
+(the MLP reads ``x + attn``), so the variant runs its own layer.
 
 Cells at a position before the first token where the prompts differ are not run: in a causal model the
 clean and corrupted activations there are identical, so patching them changes nothing (recovery exactly
 0). The first chunk's trace checks that identity for the skipped layers (rows 0 and 1 of the component
 output over that prefix, evaluated with the distances); cells of a layer where it fails are run.
 
-Variants (cells) are ordered by layer and split into chunks of ``batch_size`` rows, one compiled trace
-each (``compile=True``: a repeated sweep reuses the programs; masks are parameters). When the model has
-a final norm, its input is cut to the last position, so the vocabulary projection runs on one position.
+Variants (cells) are ordered by layer and split into chunks of ``batch_size`` rows. Each chunk's
+structure (``Plan``: layers, rows per layer, births) is one ``mx.compile``-d program of the token
+embeddings and the masks, cached on the model (see :mod:`.programs`), so a repeated sweep runs no Python
+tracing; where the token embedding is not identifiable, a compiled trace (``compile=True``, masks lifted
+as parameters). When the model has a final norm, its input is cut to the last position, so the
+vocabulary projection runs on one position.
 """
 
 from __future__ import annotations
@@ -36,8 +55,9 @@ import mlx.core as mx
 import numpy as np
 
 from ..tracing.proxy import apply
-from .components import ComponentSite
+from .components import ComponentSite, call_counts
 from .metrics import distance
+from .programs import cached_program, use_embeddings
 
 # Activation elements (rows x seq x width) one chunk may hold when batch_size is not given.
 AUTO_BUDGET = 1 << 25
@@ -52,6 +72,19 @@ class SweepResult:
     patched: np.ndarray
     corrupted: float
     forwards: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Birth:
+    """Where a layer's variants are born instead of running their layer: at the input of ``at``, the next
+    layer or the final norm (see the module docstring). ``attn`` is None for whole-layer sites; for a
+    component added last into the residual stream it is the layer's attention, whose output added to the
+    layer's input is the residual before that add. ``cut``: the component's input is cut to the last
+    position (the last layer's residual-stream component, born at the final norm)."""
+
+    at: str
+    attn: Optional[str] = None
+    cut: bool = False
 
 
 def grow_rows(x: mx.array, n: int) -> mx.array:
@@ -69,6 +102,22 @@ def grow_patched(x: mx.array, mask: mx.array) -> mx.array:
     (clean) values where ``mask`` (its last rows: the new ones) is true."""
     new = mask.shape[0] - x.shape[0]
     return mx.concatenate([x, mx.where(mask[-new:], x[0:1], x[1:2])], axis=0)
+
+
+def grow_residual(nxt: mx.array, x: mx.array, attn: mx.array, component: mx.array, mask: mx.array) -> mx.array:
+    """``nxt`` (the next module's input) with ``len(mask) - len(nxt)`` new rows appended: copies of row 1
+    (the corrupted layer output) taking the corrupted ``x + attn`` plus the clean row's ``component``
+    where ``mask`` (its last rows: the new ones) is true."""
+    new = mask.shape[0] - nxt.shape[0]
+    patched = (x[1:2] + attn[1:2]) + component[0:1]
+    return mx.concatenate([nxt, mx.where(mask[-new:], patched, nxt[1:2])], axis=0)
+
+
+def residual_identity(out: mx.array, nxt: mx.array, x: mx.array, attn: mx.array, component: mx.array) -> mx.array:
+    """Whether the layer output equals the next input and, on the clean and corrupted rows,
+    ``(x + attn) + component`` (a scalar bool array)."""
+    summed = (x[0:2] + attn[0:2]) + component[0:2]  # the layer's additions, in its order
+    return mx.logical_and(mx.array_equal(out, nxt), mx.array_equal(out[0:2], summed))
 
 
 def same_values(a: mx.array, b: mx.array) -> mx.array:
@@ -133,7 +182,7 @@ def run_sweep(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], cel
     todo = [c for c in cells if not (c[1] is not None and c[1] < prefix)]
     queue = [todo[i:i + size] for i in range(0, len(todo), size)] or [[]]  # one chunk at least: d(corrupted)
     checked = sorted({layer for layer, _ in skipped})
-    births = _next_inputs(model, tokens, sites, norm_path)
+    births = _births(model, tokens, sites, norm_path)
     found: Dict[Cell, float] = {}
     corrupted, forwards = None, 0
     with _progress(len(cells), progress, desc) as bar:
@@ -157,78 +206,170 @@ def run_sweep(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], cel
 
 
 def _run_chunk(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], chunk: List[Cell], metric: str,
-               norm_path: Optional[str], births: Dict[int, str], prefix_check: Optional[Tuple[List[int], int]],
-               ) -> Tuple[np.ndarray, Dict[int, str], List[bool]]:
+               norm_path: Optional[str], births: Dict[int, Birth], prefix_check: Optional[Tuple[List[int], int]],
+               ) -> Tuple[np.ndarray, Dict[int, Birth], List[bool]]:
     """Distances of one chunk's rows (clean, corrupted, variants), the births to use from now on, and the
     prefix checks' results."""
-    logits, checks, prefix_ok = _chunk_logits(model, tokens, sites, chunk, norm_path, births, prefix_check)
-    d = distance(logits, logits[0:1], metric)
-    mx.eval(d, checks, prefix_ok)
-    if not all(bool(c.item()) for c in checks):  # something runs between two layers: the general way
-        births = {}
-        logits, _, _ = _chunk_logits(model, tokens, sites, chunk, norm_path, births, None)
-        d = distance(logits, logits[0:1], metric)
+    d, checks, prefix_ok = _chunk_distances(model, tokens, sites, chunk, metric, norm_path, births, prefix_check)
+    mx.eval(d, list(checks.values()), prefix_ok)
+    failed = {layer for layer, ok in checks.items() if not bool(ok.item())}
+    if failed:  # the shortcut is not exact for these layers: run the chunk again, those layers the general way
+        births = {layer: b for layer, b in births.items() if layer not in failed}
+        d, _, _ = _chunk_distances(model, tokens, sites, chunk, metric, norm_path, births, None)
         mx.eval(d)
     return np.array(d, dtype=np.float64), births, [bool(ok.item()) for ok in prefix_ok]
 
 
-def _next_inputs(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite],
-                 norm_path: Optional[str]) -> Dict[int, str]:
-    """``{layer: module}`` for the whole-layer sites whose variants can be born at the next module's input:
-    the next layer (or the final norm after the last layer), called once, whose input has the layer
-    output's shape and dtype."""
+def _births(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite],
+            norm_path: Optional[str]) -> Dict[int, Birth]:
+    """``{layer: Birth}`` for the sites whose variants may be born at the next module's input (the next
+    layer, or the final norm after the last layer, called once and receiving the layer output's shape and
+    dtype): whole-layer sites, and components that may be the last addend of the residual stream (see
+    :func:`_residual_sibling`). The identities they rest on are checked in each trace."""
     probe = model._probe(tokens)
-    counts = probe.call_counts()
+    counts = call_counts(probe)
+    last = len(model._index) - 1
     out = {}
     for layer, site in sites.items():
-        if site.path != site.layer_path:
-            continue
-        nxt = model._index.layer_path(layer + 1) if layer + 1 < len(model._index) else norm_path
+        nxt = model._index.layer_path(layer + 1) if layer < last else norm_path
         if nxt is None or counts.get(nxt) != 1:
             continue
         spec_out, spec_in = probe.values.get((site.layer_path, 0, "output")), probe.values.get((nxt, 0, "input"))
-        if isinstance(spec_out, tuple) and spec_out == spec_in:
-            out[layer] = nxt
+        if not (isinstance(spec_out, tuple) and spec_out == spec_in):
+            continue
+        if site.path == site.layer_path:
+            out[layer] = Birth(nxt)
+            continue
+        attn = _residual_sibling(model, probe, counts, site)
+        if attn is not None:
+            out[layer] = Birth(nxt, attn, cut=layer == last and nxt == norm_path)
     return out
 
 
-def _chunk_logits(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], chunk: List[Cell],
-                  norm_path: Optional[str], births: Dict[int, str],
-                  prefix_check: Optional[Tuple[List[int], int]] = None,
-                  ) -> Tuple[mx.array, List[mx.array], List[mx.array]]:
-    """One staircase trace: last-position logits ``(2 + len(chunk), vocab)``, the identity checks of the
-    variants born at a next module's input, and the prefix checks of ``prefix_check = (layers, prefix)``
-    (see the module docstring)."""
-    seq_len, rows = tokens.shape[1], 2
+def _residual_sibling(model: Any, probe: Any, counts: Dict[str, int], site: ComponentSite) -> Optional[str]:
+    """The layer's attention, if ``site``'s component may be added last into the residual stream after it
+    (``out = (x + attn) + component``): the component, the attention and the layer's input all have the
+    layer output's shape and dtype, the attention (``attn``/``self_attn``/``attention``, called once) is not
+    the component or one of its ancestors or descendants, and nothing of the layer but the component's
+    ancestors returns after the component does. None otherwise."""
+    base = site.layer_path
+    spec = probe.values.get((base, 0, "output"))
+    attn = model._index.child(base, "attn")
+    if attn is None or counts.get(attn) != 1 or attn == site.path:
+        return None
+    if site.path.startswith(attn + ".") or attn.startswith(site.path + "."):
+        return None
+    if not (probe.values.get((base, 0, "input")) == probe.values.get((site.path, 0, "output"))
+            == probe.values.get((attn, 0, "output")) == spec):
+        return None
+    events = probe.events
+    try:
+        after = events.index((site.path, 0, "output"))
+        end = events.index((base, 0, "output"))
+    except ValueError:
+        return None
+    ancestors = {site.path.rsplit(".", k)[0] for k in range(1, site.path.count(".") + 1)}
+    for path, _, phase in events[after + 1:end]:
+        if phase == "output" and path.startswith(base + ".") and path not in ancestors:
+            return None
+    return attn
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The structure of one staircase trace (the cells' positions come in as masks): ``groups``, ``(layer,
+    layer path, component path, new rows, birth or None)`` per layer in order; ``prefix``, ``(layer,
+    component path)`` of the prefix checks."""
+
+    groups: Tuple[Tuple[int, str, str, int, Optional[Birth]], ...]
+    prefix: Tuple[Tuple[int, str], ...]
+    norm_path: Optional[str]
+    metric: str
+
+
+def _plan(sites: Dict[int, ComponentSite], chunk: List[Cell], metric: str, norm_path: Optional[str],
+          births: Dict[int, Birth], prefix_check: Optional[Tuple[List[int], int]]) -> Tuple[Plan, List[mx.array]]:
+    """The chunk's trace structure and its masks (the prefix checks', then one per group)."""
+    groups, masks, rows = [], [], 2
+    prefix = tuple((layer, sites[layer].path) for layer in (prefix_check[0] if prefix_check else ()))
+    for layer, _ in prefix:
+        shape = sites[layer].shape
+        mask = np.zeros((1, shape[1]) + (1,) * (len(shape) - 2), dtype=np.bool_)
+        mask[:, :prefix_check[1]] = True
+        masks.append(mx.array(mask))
+    for layer, group in itertools.groupby(chunk, key=lambda c: c[0]):
+        group = list(group)
+        site = sites[layer]
+        rows += len(group)
+        masks.append(cell_mask(rows, site.shape[1], len(site.shape), group))
+        birth = births.get(layer)
+        if birth is not None and birth.cut and layer in dict(prefix):  # the prefix check reads every position
+            birth = dataclasses.replace(birth, cut=False)
+        groups.append((layer, site.layer_path, site.path, len(group), birth))
+    return Plan(tuple(groups), prefix, norm_path, metric), masks
+
+
+def _chunk_distances(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], chunk: List[Cell], metric: str,
+                     norm_path: Optional[str], births: Dict[int, Birth],
+                     prefix_check: Optional[Tuple[List[int], int]],
+                     ) -> Tuple[mx.array, Dict[int, mx.array], List[mx.array]]:
+    """One staircase trace (lazy): distances of its rows from row 0, ``{layer: identity check}`` of the
+    layers born at a next module's input, and the prefix checks. Runs the chunk's compiled program (cached
+    on the model, see :mod:`.programs`), or a compiled trace where the token embedding is not identifiable."""
+    plan, masks = _plan(sites, chunk, metric, norm_path, births, prefix_check)
+    born = [layer for layer, _, _, _, birth in plan.groups if birth is not None]
+    program = cached_program(model, "sweep", (plan, tuple(tokens.shape)), tuple(tokens.shape),
+                             lambda ids, embed, masks: _flat(_staircase(model, ids, plan, masks, embed)))
+    if program is None:
+        d, checks, prefix_ok = _staircase(model, tokens, plan, masks)
+    else:
+        out = program(tokens, masks)
+        d, checks, prefix_ok = out[0], out[1:1 + len(born)], out[1 + len(born):]
+    return d, dict(zip(born, checks)), prefix_ok
+
+
+def _flat(result: Tuple[mx.array, List[mx.array], List[mx.array]]) -> List[mx.array]:
+    """A staircase's outputs as one list (a compiled program returns arrays, not nested tuples)."""
+    d, checks, prefix_ok = result
+    return [d] + checks + prefix_ok
+
+
+def _staircase(model: Any, tokens: mx.array, plan: Plan, masks: List[mx.array],
+               embed: Optional[Tuple[str, mx.array]] = None) -> Tuple[mx.array, List[mx.array], List[mx.array]]:
+    """One staircase trace: distances of the last-position logits ``(2 + variants,)`` from row 0's, the
+    identity checks of the groups born at a next module's input, and the prefix checks (see the module
+    docstring). ``embed = (path, value)``: an eager trace (inside a compiled program) whose token embedding
+    outputs ``value`` (``tokens`` then only give the shape); else a compiled trace of ``tokens``."""
+    masks = iter(masks)
     checks, prefix_ok = [], []
-    with model.trace(tokens, compile=True, capture="saved"):
-        if prefix_check is not None:
-            layers, prefix = prefix_check
-            for layer in layers:
-                site = sites[layer]
-                mask = np.zeros((1, seq_len) + (1,) * (len(site.shape) - 2), dtype=np.bool_)
-                mask[:, :prefix] = True
-                out = model.module(site.path).output
-                prefix_ok.append(apply(same_prefix, out, mx.array(mask)).save())
-        for layer, group in itertools.groupby(chunk, key=lambda c: c[0]):
-            group = list(group)
-            site = sites[layer]
-            block = model.module(site.layer_path)
-            rows += len(group)
-            mask = cell_mask(rows, seq_len, len(site.shape), group)
-            if layer in births:
-                nxt = model.module(births[layer])
+    with model.trace(tokens, compile=embed is None, capture="saved"):
+        use_embeddings(model, embed)
+        for _, path in plan.prefix:
+            prefix_ok.append(apply(same_prefix, model.module(path).output, next(masks)).save())
+        for _, layer_path, path, n, birth in plan.groups:
+            mask = next(masks)
+            block, component = model.module(layer_path), model.module(path)
+            if birth is None:
+                block.input = apply(grow_rows, block.input, n)
+                component.output = apply(patch_rows, component.output, mask)
+                continue
+            nxt = model.module(birth.at)
+            if birth.attn is None:
                 checks.append(apply(same_values, block.output, nxt.input).save())
                 nxt.input = apply(grow_patched, nxt.input, mask)
                 continue
-            block.input = apply(grow_rows, block.input, len(group))
-            component = model.module(site.path)
-            component.output = apply(patch_rows, component.output, mask)
-        if norm_path is not None:
-            norm = model.module(norm_path)
+            if birth.cut:
+                component.input = apply(last_position, component.input)
+            parts = (block.input, model.module(birth.attn).output, component.output)
+            checks.append(apply(residual_identity, block.output, nxt.input, *parts).save())
+            nxt.input = apply(grow_residual, nxt.input, *parts, mask)
+        if plan.norm_path is not None:
+            norm = model.module(plan.norm_path)
             norm.input = apply(last_position, norm.input)
         handle = model.output[:, -1, :].save()
-    return saved_value(handle), [saved_value(c) for c in checks], [saved_value(c) for c in prefix_ok]
+    logits = saved_value(handle)
+    d = distance(logits, logits[0:1], plan.metric)
+    return d, [saved_value(c) for c in checks], [saved_value(c) for c in prefix_ok]
 
 
 def saved_value(handle: Any) -> mx.array:

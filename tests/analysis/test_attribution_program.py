@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mlxterp import InterpretableModel
-from mlxterp.analysis import attribution
+from mlxterp.analysis import attribution, programs
 from mlxterp.analysis.patching import _setup
 
 from .conftest import CLEAN, CORRUPTED, make_llama
@@ -48,7 +48,7 @@ def test_program_sees_weight_edits():
 
 def test_no_identifiable_embedding_falls_back_to_eager(monkeypatch):
     model = InterpretableModel(make_llama(seed=13))
-    monkeypatch.setattr(attribution, "_token_embedding", lambda model, seq: None)
+    monkeypatch.setattr(programs, "token_embedding", lambda model, seq: None)
     got = model.attribution_patching(CLEAN, CORRUPTED)
     assert list(model._program_cache("attribution").values()) == [None]
     np.testing.assert_allclose(got.grid, eager_grid(model, CLEAN, CORRUPTED), atol=1e-5)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from compiler import is_hooked
+from mlxterp.analysis import sweep
 
 from .conftest import CLEAN, CORRUPTED, STORY_CLEAN, STORY_CORRUPTED, forward_count, reference_patching
 
@@ -58,12 +59,18 @@ def test_whole_layer_output_fully_recovers(llama_model):
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 3])
-def test_batched_forwards_are_bounded(llama_model, batch_size):
+def test_batched_forwards_are_bounded(llama_model, batch_size, monkeypatch):
     llama_model.activation_patching(CLEAN, CORRUPTED, batch_size=batch_size)  # compile once
     before, traces = forward_count(llama_model), llama_model.compile_stats()["traces"]
+    programs = dict(llama_model._program_cache("sweep"))
+    chunks = []
+    original = sweep._chunk_distances
+    monkeypatch.setattr(sweep, "_chunk_distances", lambda *a, **k: chunks.append(1) or original(*a, **k))
     got = llama_model.activation_patching(CLEAN, CORRUPTED, batch_size=batch_size)
-    assert forward_count(llama_model) - before <= math.ceil(4 / batch_size) + 1
-    assert llama_model.compile_stats()["traces"] == traces  # repeated sweep: compiled programs reused
+    assert len(chunks) == math.ceil(4 / batch_size)  # one batched forward per chunk
+    # repeated sweep: its compiled programs are reused, nothing is traced
+    assert forward_count(llama_model) == before and llama_model.compile_stats()["traces"] == traces
+    assert dict(llama_model._program_cache("sweep")) == programs
     _close(got, llama_model.activation_patching(CLEAN, CORRUPTED))
 
 
