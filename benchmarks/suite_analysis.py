@@ -175,15 +175,19 @@ def inverse_row(case: str, model: str, shape: str, baseline: str, candidate: str
                base.min / cand.min, note)
 
 
+def _patching_setup(ctx: Context, name: str, seq: int) -> tuple:
+    """Model, fresh wrapper, raw reference forward and a prompt pair for a patching comparison."""
+    m = ctx.model(name)
+    return (m, m.wrap(), RawLlama(m.module)) + tuple(prompt_pair(m, seq))
+
+
 # -- cases -----------------------------------------------------------------------------------------------------
 def activation_patching(ctx: Context) -> Iterator[Row]:
     """``activation_patching`` (all layers, mlp) vs the reference's ``2 + 2L`` forwards."""
     yield from _skip_rows(ctx, "activation_patching", "loop", "activation_patching")
     seq = ctx.settings.analysis_seq
     for name in ctx.available():
-        m = ctx.model(name)
-        im, raw = m.wrap(), RawLlama(m.module)
-        clean, corrupted = prompt_pair(m, seq)
+        m, im, raw, clean, corrupted = _patching_setup(ctx, name, seq)
         last: Dict[str, Any] = {}
         timings = _compare(ctx, lambda: last.update(want=loop_patching(raw, clean, corrupted, "mlp")),
                            lambda: last.update(got=im.activation_patching(clean, corrupted, component="mlp")))
@@ -202,9 +206,7 @@ def patching_grid(ctx: Context) -> Iterator[Row]:
     yield from _skip_rows(ctx, "patching_grid", "loop", "patching_grid")
     seq = ctx.settings.analysis_seq
     for name in ctx.available():
-        m = ctx.model(name)
-        im, raw = m.wrap(), RawLlama(m.module)
-        clean, corrupted = prompt_pair(m, seq)
+        m, im, raw, clean, corrupted = _patching_setup(ctx, name, seq)
         last: Dict[str, Any] = {}
         timings = _compare(ctx, lambda: last.update(want=loop_grid(raw, clean, corrupted)),
                            lambda: last.update(got=im.patching_grid(clean, corrupted, component="output")),
