@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .activation_cache import ActivationCache
 from .analysis.validate import resolve_layers
+from .inputs import is_int
 from .tracing.proxy import apply
 
 __all__ = ["get_activations", "batch_get_activations", "collect_activations", "cache_resolver", "bucket_length"]
@@ -241,12 +242,12 @@ def _check_layers(model: Any, layers: Any) -> List[int]:
 
 
 def _check_positions(positions: Any) -> Tuple[List[int], bool]:
-    if _is_int(positions):
+    if is_int(positions):
         return [int(positions)], True
     if isinstance(positions, (list, tuple, range)):
         if len(positions) == 0:
             raise ValueError("positions is empty; give an int (e.g. -1) or a non-empty list of ints")
-        bad = [p for p in positions if not _is_int(p)]
+        bad = [p for p in positions if not is_int(p)]
         if bad:
             raise ValueError(f"positions must be ints, got {bad[0]!r} ({type(bad[0]).__name__}) "
                              f"in positions={list(positions)!r}")
@@ -260,10 +261,6 @@ def _check_not_empty(prompts: Any) -> None:
         raise ValueError("prompts is empty; give a prompt or a non-empty list of prompts (or token ids)")
     if isinstance(prompts, (mx.array, np.ndarray)) and prompts.size == 0:
         raise ValueError(f"prompts is an empty array of shape {tuple(prompts.shape)}; give at least one token")
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 def _position_index(lengths: Sequence[int], positions: List[int]) -> np.ndarray:

@@ -48,15 +48,16 @@ def _rows_from_sequence(inputs: Sequence, tokenizer: Any) -> list[list[int]]:
         raise ValueError(f"inputs is empty; expected {INPUT_KINDS}")
     if all(isinstance(x, str) for x in inputs):
         return [_encode(tokenizer, x) for x in inputs]
-    if all(_is_int(x) for x in inputs):
+    if all(is_int(x) for x in inputs):
         return [[int(x) for x in inputs]]
-    if all(isinstance(x, (list, tuple)) and all(_is_int(t) for t in x) for x in inputs):
+    if all(isinstance(x, (list, tuple)) and all(is_int(t) for t in x) for x in inputs):
         return [[int(t) for t in x] for x in inputs]
     kinds = sorted({type(x).__name__ for x in inputs})
     raise TypeError(f"inputs is a list mixing {', '.join(kinds)}; expected {INPUT_KINDS}")
 
 
-def _is_int(x: Any) -> bool:
+def is_int(x: Any) -> bool:
+    """A Python or numpy integer, not a bool."""
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 

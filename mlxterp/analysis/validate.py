@@ -8,11 +8,9 @@ from typing import Any, List, Optional, Sequence
 import mlx.core as mx
 import numpy as np
 
+from ..inputs import is_int
+
 OUTPUT = "output"  # the component name for a whole layer's output
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 def resolve_indices(values: Any, size: int, *, arg: str, unit: str, valid: str, sort: bool) -> List[int]:
@@ -31,14 +29,14 @@ def resolve_indices(values: Any, size: int, *, arg: str, unit: str, valid: str, 
     """
     if values is None:
         return list(range(size))
-    items = [values] if _is_int(values) else values
+    items = [values] if is_int(values) else values
     if isinstance(items, (str, bytes)) or not isinstance(items, (list, tuple, range, np.ndarray)):
         raise ValueError(f"{arg}: expected None, an int or a list of {unit} indices; got {values!r}; {valid}")
     if len(items) == 0:
         raise ValueError(f"{arg}: expected at least one {unit} index (or None for all), got an empty list; {valid}")
     out: List[int] = []
     for x in items:
-        if not _is_int(x):
+        if not is_int(x):
             raise ValueError(f"{arg}: {unit} {x!r} is not an int ({type(x).__name__}); {valid}")
         if not -size <= int(x) < size:
             raise ValueError(f"{arg}: {unit} index {int(x)} is out of range: {valid}")
@@ -63,7 +61,7 @@ def check_positive_int(value: Any, arg: str, allow_none: bool = False, upper: Op
     """``value`` if it is a positive int (or None when allowed), else a ValueError naming ``arg``."""
     if value is None and allow_none:
         return None
-    if not _is_int(value) or int(value) < 1 or (upper is not None and int(value) > upper):
+    if not is_int(value) or int(value) < 1 or (upper is not None and int(value) > upper):
         bound = f" at most {upper}" if upper is not None else ""
         none = " or None" if allow_none else ""
         raise ValueError(f"{arg}: expected a positive int{bound}{none}, got {value!r}")

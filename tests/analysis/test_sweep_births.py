@@ -164,7 +164,8 @@ def test_last_layer_output_cells(llama_model):
     assert abs(grid[-1] - 100.0) < 1e-4
 
 
-def test_cells_before_the_first_difference_are_not_run(llama_model, monkeypatch):
+def record_chunks(monkeypatch) -> list:
+    """A list that collects the cells of every chunk the sweep runs."""
     ran = []
     original = sweep._chunk_distances
 
@@ -173,6 +174,11 @@ def test_cells_before_the_first_difference_are_not_run(llama_model, monkeypatch)
         return original(model, tokens, sites, chunk, *args, **kwargs)
 
     monkeypatch.setattr(sweep, "_chunk_distances", spy)
+    return ran
+
+
+def test_cells_before_the_first_difference_are_not_run(llama_model, monkeypatch):
+    ran = record_chunks(monkeypatch)
     got = llama_model.patching_grid(CLEAN, CORRUPTED, component="mlp", positions=[0, 2, 3, 7])
     assert sorted({p for _, p in ran}) == [3, 7]  # CLEAN and CORRUPTED first differ at position 3
     assert np.all(got.grid[:, :2] == 0.0)
@@ -184,14 +190,7 @@ def test_cells_before_the_first_difference_are_not_run(llama_model, monkeypatch)
 
 
 def test_failed_prefix_check_runs_the_cells(llama_model, monkeypatch):
-    ran = []
-    original = sweep._chunk_distances
-
-    def spy(model, tokens, sites, chunk, *args, **kwargs):
-        ran.extend(chunk)
-        return original(model, tokens, sites, chunk, *args, **kwargs)
-
-    monkeypatch.setattr(sweep, "_chunk_distances", spy)
+    ran = record_chunks(monkeypatch)
     monkeypatch.setattr(sweep, "same_prefix", lambda out, mask: mx.array(False))
     llama_model.clear_compile_cache()
     got = llama_model.patching_grid(CLEAN, CORRUPTED, component="mlp", positions=[1, 2, 5], batch_size=3)
