@@ -5,6 +5,7 @@ graph construction only; callers cache it per input shape."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import mlx.core as mx
@@ -24,13 +25,17 @@ class Probe:
         """The ``(shape, dtype)`` recorded at ``event`` (KeyError if it never happened)."""
         return self.values[event]
 
-    def call_counts(self) -> dict[str, int]:
-        """How many times each module path was called."""
+    @functools.cached_property
+    def _counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for path, idx, phase in self.events:
             if phase == "output":
                 counts[path] = max(counts.get(path, 0), idx + 1)
         return counts
+
+    def call_counts(self) -> dict[str, int]:
+        """How many times each module path was called (computed once: a probe is immutable)."""
+        return self._counts
 
 
 class _Recorder:

@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  mlxterp logit-lens --model smollm2-135m 'The capital of France is' --layers 20-29 --top-k 3\n"
             "  mlxterp logit-lens --model path/to/mlx-model 'Once upon a time' --position 2 --plot lens.png")
     p.add_argument("text", metavar="TEXT", help="the prompt")
-    p.add_argument("--model", "-m", required=True, help=f"registered name (see 'mlxterp models'), .gguf file, "
+    p.add_argument("--model", "-m", required=True, help="registered name (see 'mlxterp models'), .gguf file, "
                                                         "mlx-lm folder or Hugging Face id")
     p.add_argument("--layers", type=_layers_arg, help=f"layers to show ({LAYER_SPEC_HELP}); default: all")
     p.add_argument("--top-k", type=_positive_int, default=1, help="predictions per layer (default 1)")

@@ -5,7 +5,7 @@ runs exactly once per forward (``mlp``, ``self_attn``, ``mlp.gate_proj``, ...; G
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List
 
 import mlx.core as mx
 import numpy as np
@@ -26,26 +26,12 @@ class ComponentSite:
     width: int  # elements per position of the widest tensor patched or grown (component or residual)
 
 
-_COUNTS: List[Tuple[Any, Dict[str, int]]] = []  # (probe, its call counts), the most recent first
-_COUNTS_KEPT = 4
-
-
-def call_counts(probe: Any) -> Dict[str, int]:
-    """``probe.call_counts()``, remembered for the last few probes (a probe is immutable; the counts walk
-    every event of it, and a patching call needs them several times)."""
-    for known, counts in _COUNTS:
-        if known is probe:
-            return counts
-    counts = probe.call_counts()
-    _COUNTS.insert(0, (probe, counts))
-    del _COUNTS[_COUNTS_KEPT:]
-    return counts
 
 
 def layer_components(model: Any, probe: Any, layer: int = 0) -> List[str]:
     """Valid component names of ``layer``: ``"output"``, then its sub-modules called once per forward."""
     base = model._index.layer_path(layer)
-    counts = call_counts(probe)
+    counts = probe.call_counts()
     subs = [p[len(base) + 1:] for p in model._index.modules if p.startswith(base + ".") and counts.get(p) == 1]
     return [OUTPUT] + sorted(subs)
 
@@ -58,7 +44,7 @@ def resolve_sites(model: Any, component: Any, layers: List[int], tokens: mx.arra
             per forward, or does not output a ``(batch, seq, ...)`` array; the message lists the valid names.
     """
     probe = model._probe(tokens)
-    counts = call_counts(probe)
+    counts = probe.call_counts()
 
     def choices(layer: int) -> str:
         names = ", ".join(repr(c) for c in layer_components(model, probe, layer))

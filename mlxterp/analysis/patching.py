@@ -17,7 +17,7 @@ import mlx.core as mx
 import numpy as np
 
 from .attribution import attribution_grid
-from .components import ComponentSite, call_counts, resolve_sites
+from .components import ComponentSite, resolve_sites
 from .display import show_if_interactive
 from .metrics import check_metric, identical_logits_message
 from .sweep import run_sweep
@@ -103,7 +103,7 @@ def _sliceable_norm(model: Any, tokens: mx.array) -> Optional[str]:
     except UnembeddingError:
         return None
     probe = model._probe(tokens)
-    if norm_path is None or call_counts(probe).get(norm_path) != 1:
+    if norm_path is None or probe.call_counts().get(norm_path) != 1:
         return None
     spec_in, spec_out = probe.values.get((norm_path, 0, "input")), probe.values.get(("", 0, "output"))
     ok = all(isinstance(s, tuple) and len(s[0]) == 3 and tuple(s[0][:2]) == tuple(tokens.shape)

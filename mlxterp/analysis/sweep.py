@@ -55,7 +55,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..tracing.proxy import apply
-from .components import ComponentSite, call_counts
+from .components import ComponentSite
 from .metrics import distance
 from .programs import cached_program, use_embeddings
 
@@ -227,7 +227,7 @@ def _births(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite],
     dtype): whole-layer sites, and components that may be the last addend of the residual stream (see
     :func:`_residual_sibling`). The identities they rest on are checked in each trace."""
     probe = model._probe(tokens)
-    counts = call_counts(probe)
+    counts = probe.call_counts()
     last = len(model._index) - 1
     out = {}
     for layer, site in sites.items():

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import mlx.core as mx
 
 from compiler import Graph, Op, Ref, to_dot, to_json, to_text
+from compiler.ir import map_refs
 from compiler.semantics import evaluate
 
 from . import context
@@ -201,8 +202,6 @@ class Trace:
             return node.meta["value"]
         if node.op is Op.REPLACE:
             return self.abstract(node.args[0].id)
-        from compiler.ir import map_refs
-
         args = map_refs(node.args, lambda r: self.abstract(r.id))
         kwargs = map_refs(node.kwargs, lambda r: self.abstract(r.id))
         return evaluate(node, args, kwargs)
