@@ -4,8 +4,13 @@ Cases (each row's candidate is timed against its baseline in the same run):
 
 ``eager_overhead``     raw eager forward vs an eager trace with a save and a steering add at every layer.
 ``compiled_overhead``  raw ``mx.compile(model)`` vs the same trace compiled.
+``compiled_floor``     raw ``mx.compile(model)`` vs a hand-written compiled forward doing the same saves and adds
+                       with no mlxterp at all (informational): the floor for ``compiled_overhead``, the cost
+                       of the intervention itself with zero Python tracing.
 ``steering_sweep``     N traces of one structure with a new steering vector each: compiled vs eager,
                        and retraces after the first (must be 0).
+``compile_vs_eager``   raw eager forward vs raw ``mx.compile(model)`` (informational): where MLX's own compile
+                       is slower than eager on this machine (context for ``steering_sweep``).
 ``zero_retrace``       1,000 traces of one structure with new values (an array and a Python float):
                        retraces counted by ``compile_stats()`` (must be 0).
 ``trace_overhead``     per-trace Python cost (graph building + cache lookup + binding) of a ~20-node
@@ -22,6 +27,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator
 
 import mlx.core as mx
+from mlx_lm.models.base import create_attention_mask
 
 from mlxterp import interventions as iv
 
@@ -107,6 +113,55 @@ def compiled_overhead(ctx: Context) -> Iterator[Row]:
                         "compiled trace (save+add every layer)", timings, COMPILED_TARGET, note=_extra(timings))
 
 
+def hand_compiled_patch(model: Any) -> Callable[[mx.array, mx.array], tuple[mx.array, list[mx.array]]]:
+    """A hand-written, ``mx.compile``-d mlx_lm llama forward that saves every layer's output and adds
+    ``vector`` to it, with no mlxterp: ``fn(tokens, vector) -> (logits, saves)``.
+
+    Compiled with ``inputs=[model.state]`` (as mlxterp compiles), so the weights are inputs, not constants.
+    """
+    inner = model.model
+
+    def forward(tokens: mx.array, vector: mx.array) -> tuple[mx.array, list[mx.array]]:
+        h = inner.embed_tokens(tokens)
+        mask = create_attention_mask(h, None)
+        saves = []
+        for layer in inner.layers:
+            h = layer(h, mask, None)
+            saves.append(h)
+            h = h + vector
+        h = inner.norm(h)
+        logits = inner.embed_tokens.as_linear(h) if model.args.tie_word_embeddings else model.lm_head(h)
+        return logits, saves
+
+    return mx.compile(forward, inputs=[model.state])
+
+
+def _floor_row(ctx: Context, name: str, batch: int, seq: int) -> Row:
+    m = ctx.model(name)
+    tokens, vector = m.tokens(batch, seq), m.vectors(1)[0]
+    raw, patched = mx.compile(m.module), hand_compiled_patch(m.module)
+    logits, _ = patched(tokens, mx.zeros_like(vector))
+    diff = mx.max(mx.abs(logits - m.module(tokens))).item()
+    if not diff < 1e-4:
+        raise AssertionError(f"{name}: hand-written forward differs from the model's logits by {diff:.3g}")
+
+    def candidate() -> None:
+        logits, saves = patched(tokens, vector)
+        mx.eval(logits, saves)
+
+    timings = _compare(ctx, lambda: mx.eval(raw(tokens)), candidate)
+    return ratio_row(SUITE, "compiled_floor", name, shape_text(batch, seq), "raw mx.compile",
+                     "hand-written mx.compile patch (save+add every layer, no tracer)", timings,
+                     note=_extra(timings) + f"; zero-vector logits max abs diff {diff:.1e}")
+
+
+def compiled_floor(ctx: Context) -> Iterator[Row]:
+    """Raw ``mx.compile(model)`` forward vs a hand-written compiled patch (save + add every layer, no tracer)."""
+    yield from _skip_rows(ctx, "compiled_floor", "raw mx.compile", "hand-written mx.compile patch")
+    for name, batch, seq in ctx.configs():
+        yield _floor_row(ctx, name, batch, seq)
+
+
 def _sweep_step(im: Any, tokens: mx.array, layer: str, vector: mx.array, compile: bool) -> None:
     run_trace(im, tokens, lambda: im.output.save(), compile=compile, interventions={layer: iv.add_vector(vector)})
 
@@ -135,6 +190,28 @@ def steering_sweep(ctx: Context) -> Iterator[Row]:
         if retraces:
             row.failures.append(f"{retraces} retraces")
         yield row
+
+
+def _compile_vs_eager_row(ctx: Context, name: str, batch: int, seq: int) -> Row:
+    m = ctx.model(name)
+    tokens, eager, raw = m.tokens(batch, seq), m.module, mx.compile(m.module)
+    timings = _compare(ctx, lambda: mx.eval(eager(tokens)), lambda: mx.eval(raw(tokens)))
+    return ratio_row(SUITE, "compile_vs_eager", name, shape_text(batch, seq), "raw eager",
+                     "raw mx.compile forward", timings, note=_extra(timings))
+
+
+def compile_vs_eager(ctx: Context) -> Iterator[Row]:
+    """Raw eager forward vs raw ``mx.compile(model)``: where MLX's compile is slower than eager (informational).
+
+    Context for ``steering_sweep`` at b8 s128: on this CPU, fused compiled kernels for broadcasting elementwise
+    ops (such as the RMSNorm fallback) are ~2.5x slower than eager's (``mx.fast.rms_norm`` on (8, 128, 256):
+    0.34 ms eager vs 0.86 ms compiled), so a compiled sweep can lose to an eager one at large shapes for
+    reasons that are MLX's, not the tracer's.
+    """
+    yield from _skip_rows(ctx, "compile_vs_eager", "raw eager", "raw mx.compile")
+    for name, batch, seq in ctx.configs():
+        yield _compile_vs_eager_row(ctx, name, batch, seq)
+
 
 
 def zero_retrace(ctx: Context) -> Iterator[Row]:
@@ -239,7 +316,9 @@ def capture_all(ctx: Context) -> Iterator[Row]:
 CASES: dict[str, Callable[[Context], Iterable[Row]]] = {
     "eager_overhead": eager_overhead,
     "compiled_overhead": compiled_overhead,
+    "compiled_floor": compiled_floor,
     "steering_sweep": steering_sweep,
+    "compile_vs_eager": compile_vs_eager,
     "zero_retrace": zero_retrace,
     "trace_overhead": trace_overhead,
     "cache_miss": cache_miss,

@@ -138,6 +138,9 @@ def map_refs(value: Any, fn: Callable[[Ref], Any]) -> Any:
     return value
 
 
+_new_tuple = tuple.__new__
+
+
 class Graph:
     """An ordered collection of nodes; insertion order is a valid topological order.
 
@@ -151,13 +154,25 @@ class Graph:
         for node in nodes or []:
             self._nodes[node.id] = node
         self._next_id = max(self._nodes) + 1 if self._nodes else 0
+        # Structural keys supplied by whoever built a node (see structure.node_key), by node id; a recorder
+        # that already knows a node's structure saves recomputing it on every trace.
+        self.known_keys: dict[int, Any] = {}
 
     def add(self, op: Op, target: Any = None, args: tuple = (), kwargs: dict | None = None,
-            meta: dict | None = None) -> Node:
-        """Append a node with the next free id and return it."""
-        node = Node(self._next_id, op if type(op) is Op else Op(op), target, tuple(args), kwargs or {}, meta or {})
-        self._nodes[node.id] = node
-        self._next_id += 1
+            meta: dict | None = None, key: Any = None) -> Node:
+        """Append a node with the next free id and return it.
+
+        ``key``, when given, must equal what :func:`compiler.structure.node_key` computes for the node
+        (recorders pass it to keep per-trace cache lookups cheap; tests check the two agree).
+        """
+        node_id = self._next_id
+        # tuple.__new__ directly: a NamedTuple's generated __new__ is a Python-level call (this is per node)
+        node = _new_tuple(Node, (node_id, op if type(op) is Op else Op(op), target,
+                                 args if type(args) is tuple else tuple(args), kwargs or {}, meta or {}))
+        self._nodes[node_id] = node
+        self._next_id = node_id + 1
+        if key is not None:
+            self.known_keys[node_id] = key
         return node
 
     def __iter__(self) -> Iterator[Node]:

@@ -6,13 +6,13 @@ from typing import Any, Hashable
 
 import mlx.core as mx
 
-from .ir import Graph, Op, Ref
+from .ir import Graph, Node, Op, Ref
 
 
 def constant_signature(value: Any) -> tuple:
     """What of a constant is structure (kind, shape, dtype), never its value."""
     if isinstance(value, mx.array):
-        return ("array", tuple(value.shape), str(value.dtype))
+        return ("array", tuple(value.shape), value.dtype)  # the Dtype itself: hashable, and str() is slow
     if isinstance(value, bool):
         return ("bool",)
     if isinstance(value, (int, float)):
@@ -34,7 +34,7 @@ def _freeze(value: Any) -> Hashable:
     if kind is slice:
         return ("slice", _freeze(value.start), _freeze(value.stop), _freeze(value.step))
     if kind is mx.array:
-        return ("array", tuple(value.shape), str(value.dtype))
+        return ("array", tuple(value.shape), value.dtype)  # the Dtype itself: hashable, and str() is slow
     if kind is mx.Dtype:
         return ("dtype", str(value))
     try:
@@ -47,13 +47,22 @@ def _freeze(value: Any) -> Hashable:
 _ATOMS = frozenset({int, float, str, bool, type(None), type(Ellipsis)})
 
 
+def node_key(node: Node) -> Hashable:
+    """Hashable structure of one node: op, target, wiring and constant signatures (never values).
+
+    The op appears as its string value (``Op`` members hash through a Python-level ``Enum.__hash__``,
+    and keys are hashed on every cache lookup).
+    """
+    if node.op is Op.CONSTANT:
+        return ("constant", constant_signature(node.meta["value"]), node.meta.get("weak", False))
+    return (node.op._value_, _freeze(node.target), _freeze(node.args), _freeze(node.kwargs) if node.kwargs else ())
+
+
 def structure_key(graph: Graph) -> Hashable:
-    """Hashable key of a graph's structure: ops, targets, wiring and constant signatures."""
-    parts: list[Hashable] = [("captures", _freeze(graph.captures))]
-    constant = Op.CONSTANT
-    for node in graph:
-        if node.op is constant:
-            parts.append((constant, constant_signature(node.meta["value"]), node.meta.get("weak", False)))
-        else:
-            parts.append((node.op, _freeze(node.target), _freeze(node.args), _freeze(node.kwargs) if node.kwargs else ()))
-    return tuple(parts)
+    """Hashable key of a graph's structure: its captures and every node's :func:`node_key`
+    (taken from ``graph.known_keys`` where the recorder supplied it)."""
+    known = graph.known_keys
+    head = (("captures", _freeze(graph.captures)),)
+    if len(known) == len(graph):  # a recorder supplied every key, in node order
+        return head + tuple(known.values())
+    return head + tuple(known.get(node.id) or node_key(node) for node in graph)

@@ -44,6 +44,7 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin):
         self._index = ModuleIndex(model, layer_attr)
         self._executor = Executor(model)
         self._probes: collections.OrderedDict[tuple, Probe] = collections.OrderedDict()
+        self._save_names: dict[tuple, str] = {}  # default save keys by (path, call, phase)
         self._embedding_rows = self._vocab_rows()
         # Compiled programs built by analysis helpers beside the executor's (e.g. attribution patching),
         # by kind; clear_compile_cache() empties them too.

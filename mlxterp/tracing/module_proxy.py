@@ -114,15 +114,22 @@ class ModuleProxy:
 class LayerListProxy:
     """Indexed access to the model's transformer layers: ``model.layers[3]``, ``len``, iteration."""
 
-    __slots__ = ("_owner",)
+    __slots__ = ("_owner", "_proxies")
 
     def __init__(self, owner: Any):
         self._owner = owner
+        self._proxies: dict[int, ModuleProxy] = {}  # module proxies are immutable: one per index serves
 
     def __getitem__(self, idx: int | slice) -> Any:
+        found = self._proxies.get(idx) if type(idx) is int else None
+        if found is not None:
+            return found
         if isinstance(idx, slice):
             return [self[i] for i in range(*idx.indices(len(self)))]
-        return ModuleProxy(self._owner, self._owner._index.layer_path(idx))
+        proxy = ModuleProxy(self._owner, self._owner._index.layer_path(idx))
+        if type(idx) is int:
+            self._proxies[idx] = proxy
+        return proxy
 
     def __len__(self) -> int:
         return len(self._owner._index)

@@ -144,8 +144,7 @@ def _make_binary(name: str, reflected: bool) -> Callable:
         if self._value is not _UNSET:
             a, b = (_unwrap(other), self._value) if reflected else (self._value, _unwrap(other))
             return fn(a, b)
-        args = (other, self) if reflected else (self, other)
-        return self._record(Op.BINARY, name, args)
+        return self._trace.binary(name, other, self) if reflected else self._trace.binary(name, self, other)
 
     return method
 

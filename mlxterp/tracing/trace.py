@@ -10,11 +10,18 @@ import mlx.core as mx
 from compiler import Graph, Op, Ref, to_dot, to_json, to_text
 from compiler.ir import map_refs
 from compiler.semantics import evaluate
+from compiler.structure import constant_signature
 
 from . import context
 from .proxy import _UNSET, Proxy, apply
 from .results import ActivationDict, PendingActivations, rebind_in_frame
 from .source import format_source, user_source
+
+# Which Python numbers are data (lifted to params) and which are structure (axes, shapes): operands of
+# arithmetic are data; for function calls only floats are; method arguments stay literal.
+_DATA_NUMBERS = {Op.BINARY: (int, float), Op.CALL_FUNCTION: (float,)}
+_ARITH_NUMBERS = _DATA_NUMBERS[Op.BINARY]
+_REF_KEYED = frozenset({Op.BINARY, Op.UNARY})
 
 COMPILE_CHOICES = {False: "eager", True: "compiled", "eager": "eager", "compiled": "compiled", "auto": "auto"}
 
@@ -86,73 +93,117 @@ class Trace:
 
     def record(self, op: Op, target: Any, args: tuple, kwargs: dict | None = None, meta: dict | None = None) -> Proxy:
         """Append a node (proxies and constants in the arguments become references) and return its proxy."""
-        self._check_open()
-        # Which Python numbers are data (lifted to params) and which are structure (axes, shapes):
-        # operands of arithmetic are data; for function calls only floats are; method args stay literal.
-        numbers = {Op.BINARY: (int, float), Op.CALL_FUNCTION: (float,)}.get(op, ())
-        args = self._lift(args, numbers)
-        kwargs = self._lift(kwargs or {}, numbers)
-        node = self.graph.add(op, target, args, kwargs, dict(meta or {}, source=user_source()))
+        if self.finished:
+            self._check_open()
+        src = user_source()
+        numbers = _DATA_NUMBERS.get(op, ())
+        args = self._lift(args, numbers, src)
+        kwargs = self._lift(kwargs, numbers, src) if kwargs else {}
+        key = None
+        if not kwargs and op in _REF_KEYED and all(type(a) is Ref for a in args):
+            # the common arithmetic node: its structural key is cheap to build here (see node_key)
+            key = (op._value_, target, ("tuple",) + tuple(("ref", a.id) for a in args), ())
+        node = self.graph.add(op, target, args, kwargs, {"source": src} if meta is None else dict(meta, source=src),
+                              key)
         return Proxy(self, node.id)
 
-    def _lift(self, value: Any, numbers: tuple) -> Any:
+    def binary(self, name: str, a: Any, b: Any) -> Proxy:
+        """``a <name> b`` (an operator such as ``"add"``) with at least one operand a proxy of this trace."""
+        if self.finished:
+            self._check_open()
+        if not (self._simple_operand(a) and self._simple_operand(b)):
+            return self.record(Op.BINARY, name, (a, b))
+        # The sweep-critical case (proxy op proxy/array/number) without the general lifting machinery.
+        src = user_source()
+        ra, rb = self._lift(a, _ARITH_NUMBERS, src), self._lift(b, _ARITH_NUMBERS, src)
+        node = self.graph.add(Op.BINARY, name, (ra, rb), None, {"source": src},
+                              ("binary", name, ("tuple", ("ref", ra.id), ("ref", rb.id)), ()))
+        return Proxy(self, node.id)
+
+    def _simple_operand(self, value: Any) -> bool:
+        kind = type(value)
+        if kind is Proxy:
+            return value._trace is self and value._value is _UNSET
+        return kind is mx.array or kind is float or kind is int
+
+    def _lift(self, value: Any, numbers: tuple, src: Any) -> Any:
         """Proxies -> refs; arrays and Python numbers of the ``numbers`` types -> constant nodes."""
-        if isinstance(value, Proxy):
+        kind = type(value)
+        if kind is Proxy:
             if value._value is not _UNSET:  # a finished trace's saved value: plain data here
-                return self._constant(value._value, False)
+                return self._constant(value._value, False, src)
             if value._trace is not self:
                 raise ValueError("a value from another trace was used here before that trace ran; each trace "
                                  f"records its own values ({value._describe()})")
             return Ref(value._node)
+        if kind is mx.array:
+            return self._constant(value, False, src)
+        if kind is tuple:
+            return tuple(self._lift(v, numbers, src) for v in value)
+        if isinstance(value, numbers) and kind is not bool:
+            return self._constant(value, True, src)
+        if kind is list:
+            return [self._lift(v, numbers, src) for v in value]
+        if kind is dict:
+            return {k: self._lift(v, numbers, src) for k, v in value.items()}
+        if kind is slice:
+            return slice(self._lift(value.start, (), src), self._lift(value.stop, (), src),
+                         self._lift(value.step, (), src))
+        # subclasses (named tuples, OrderedDict, ...) take the general path
         if isinstance(value, mx.array):
-            return self._constant(value, False)
-        if isinstance(value, numbers) and not isinstance(value, bool):
-            return self._constant(value, True)
+            return self._constant(value, False, src)
         if isinstance(value, tuple):
-            return tuple(self._lift(v, numbers) for v in value)
+            return tuple(self._lift(v, numbers, src) for v in value)
         if isinstance(value, list):
-            return [self._lift(v, numbers) for v in value]
+            return [self._lift(v, numbers, src) for v in value]
         if isinstance(value, dict):
-            return {k: self._lift(v, numbers) for k, v in value.items()}
-        if isinstance(value, slice):
-            return slice(self._lift(value.start, ()), self._lift(value.stop, ()), self._lift(value.step, ()))
+            return {k: self._lift(v, numbers, src) for k, v in value.items()}
         return value
 
-    def _constant(self, value: Any, weak: bool) -> Ref:
-        node = self.graph.add(Op.CONSTANT, None, (), None, {"value": value, "weak": weak, "source": user_source()})
+    def _constant(self, value: Any, weak: bool, src: Any = None) -> Ref:
+        node = self.graph.add(Op.CONSTANT, None, (), None,
+                              {"value": value, "weak": weak, "source": src or user_source()},
+                              ("constant", constant_signature(value), weak))
         return Ref(node.id)
 
     def module_value(self, path: str, call_idx: int, phase: str) -> Proxy:
         """Proxy of a module call's current output or input (after any writes made so far)."""
-        self._check_open()
-        key = (path, call_idx, phase)
-        node_id = self._versions.get(key)
+        if self.finished:
+            self._check_open()
+        binding = (path, call_idx, phase)
+        node_id = self._versions.get(binding)
         if node_id is None:
             op = Op.MODULE_OUTPUT if phase == "output" else Op.MODULE_INPUT
-            node_id = self.graph.add(op, (path, call_idx), meta={"source": user_source()}).id
-            self._versions[key] = node_id
-        return Proxy(self, node_id, binding=key)
+            node_id = self.graph.add(op, (path, call_idx), (), None, {"source": user_source()},
+                                     (op._value_, ("tuple", path, call_idx), ("tuple",), ())).id
+            self._versions[binding] = node_id
+        return Proxy(self, node_id, binding)
 
     def write(self, path: str, call_idx: int, phase: str, value: Any) -> None:
         """Replace a module call's output (or input) with ``value``."""
-        self._check_open()
-        ref = self._lift(value, (int, float))
-        if not isinstance(ref, Ref):
-            ref = self._constant(value, isinstance(value, (int, float)))
-        node = self.graph.add(Op.REPLACE, (path, call_idx, phase), (ref,),
-                              meta={"source": user_source()})
-        self._versions[(path, call_idx, phase)] = node.id
+        if self.finished:
+            self._check_open()
+        src = user_source()
+        ref = self._lift(value, (int, float), src)
+        if type(ref) is not Ref:
+            ref = self._constant(value, isinstance(value, (int, float)), src)
+        target = (path, call_idx, phase)
+        node = self.graph.add(Op.REPLACE, target, (ref,), None, {"source": src},
+                              ("replace", ("tuple", path, call_idx, phase), ("tuple", ("ref", ref.id)), ()))
+        self._versions[target] = node.id
 
     def setitem(self, proxy: Proxy, index: Any, value: Any) -> None:
         """``proxy[index] = value``: functional update; a module's output/input is written through."""
         source_node = self.graph.node(proxy._node)
         if proxy._binding is None and source_node.op is Op.GETITEM:
             raise ValueError(
-                f"cannot assign into a view at {format_source(user_source())}: `a = out[...]; a[...] = v` does not change `out`. "
+                f"cannot assign into a view at {format_source(user_source())}: "
+                "`a = out[...]; a[...] = v` does not change `out`. "
                 "Index the module value in one step instead, e.g. `model.layers[3].output[:, -1, :5] = v`"
             )
         where = self._owner._index.short(proxy._binding[0]) + f" {proxy._binding[2]}" if proxy._binding else None
-        value = self._lift(value, (int, float))  # the assigned value is data (lifted); the index is structure
+        # the assigned value is data (lifted); the index is structure
+        value = self._lift(value, (int, float), user_source())
         new = self.record(Op.SETITEM, None, (proxy, index, value), meta={"module": where or "a traced value"})
         if proxy._binding is not None:
             path, idx, phase = proxy._binding
@@ -163,22 +214,28 @@ class Trace:
 
     def save(self, proxy: Proxy, name: str | None) -> None:
         """Add a save node for ``proxy`` under ``name`` (default: ``layers.3.output`` style)."""
-        self._check_open()
+        if self.finished:
+            self._check_open()
         key = name or self._default_key(proxy)
         base, i = key, 1
         while key in self._save_keys:
             key, i = f"{base}_{i}", i + 1
         self._save_keys.add(key)
-        self.graph.add(Op.SAVE, key, (Ref(proxy._node),), meta={"source": user_source()})
+        self.graph.add(Op.SAVE, key, (Ref(proxy._node),), None, {"source": user_source()},
+                       ("save", key, ("tuple", ("ref", proxy._node)), ()))
         proxy._save_key = key
         self._saved.append(proxy)
 
     def _default_key(self, proxy: Proxy) -> str:
         if proxy._binding is not None:
-            path, idx, phase = proxy._binding
-            short = self._owner._index.short(path)
-            head = f"{short}.{phase}" if short else phase
-            return head if idx == 0 else f"{head}#{idx}"
+            names = self._owner._save_names  # per model: the same bindings recur in every trace of a sweep
+            key = names.get(proxy._binding)
+            if key is None:
+                path, idx, phase = proxy._binding
+                short = self._owner._index.short(path)
+                head = f"{short}.{phase}" if short else phase
+                key = names[proxy._binding] = head if idx == 0 else f"{head}#{idx}"
+            return key
         node = self.graph.node(proxy._node)
         return f"{node.op.value}_{node.id}"
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compiler import PatchedForward, run_passes
+from compiler import Graph, PatchedForward, run_passes, structure_key
 from mlxterp import InterpretableModel, apply
 from mlxterp import interventions as iv
 from tests.models import tiny_llama_module
@@ -90,3 +90,15 @@ def test_graph_before_passes_equals_after(pmodel, steps):
     _, saves, _ = raw(TOKENS, [])
     for key, value in tr.saved_values.items():
         assert_close(value, saves[key])
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(step, min_size=1, max_size=6))
+def test_recorded_keys_equal_recomputed_keys(pmodel, steps):
+    # The recorder supplies structural keys for its hot paths (graph.known_keys) instead of recomputing
+    # them per trace; each must be exactly what structure.node_key computes, or cache hits could be wrong.
+    tr = run(pmodel, steps, False)
+    assert tr.graph.known_keys, "the recorder supplied no keys"
+    fresh = Graph(tr.graph.nodes, captures=tr.graph.captures)
+    assert not fresh.known_keys
+    assert structure_key(tr.graph) == structure_key(fresh)

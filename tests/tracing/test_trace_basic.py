@@ -179,3 +179,18 @@ def test_activations_read_inside_the_block_become_arrays(model, tokens):
     assert mx.array_equal(attn, trace.activations["layers.1.self_attn"])
     last_token_hidden = layer_2[0, -1, :]
     assert last_token_hidden.shape == (64,)
+
+
+def test_steering_program_keys_are_all_supplied_by_the_recorder():
+    # A sweep's per-trace cost depends on the recorder knowing every node's key (no recomputation).
+    from compiler import Graph, structure_key
+    from tests.models import tiny_llama_module
+
+    model = InterpretableModel(tiny_llama_module(seed=0))
+    vector = mx.ones((model.model.args.hidden_size,))
+    with model.trace(mx.array([[1, 2, 3]]), capture="saved") as tr:
+        for i in range(len(model.layers)):
+            model.layers[i].output.save()
+            model.layers[i].output = model.layers[i].output * 0.5 + vector
+    assert len(tr.graph.known_keys) == len(tr.graph)
+    assert structure_key(tr.graph) == structure_key(Graph(tr.graph.nodes, captures=tr.graph.captures))
