@@ -60,7 +60,7 @@ class Executor:
 
     def key(self, graph: Graph, tokens: mx.array) -> Hashable:
         """Cache key: the graph's structure and the input's shape and dtype."""
-        return (structure_key(graph), tuple(tokens.shape), str(tokens.dtype))
+        return (structure_key(graph), tuple(tokens.shape), tokens.dtype)
 
     def run(self, graph: Graph, tokens: mx.array, probe: Callable[[], Probe], mode: str = "auto") -> RunResult:
         """Execute ``graph`` on ``tokens``; ``probe()`` gives the execution order on a cache miss."""
