@@ -68,6 +68,20 @@ class Ref:
     def __repr__(self) -> str:
         return f"%{self.id}"
 
+    @staticmethod
+    def of(node_id: int) -> "Ref":
+        """The shared ``Ref`` to ``node_id`` (refs are immutable; recorders reuse them across graphs)."""
+        try:
+            return _REFS[node_id]
+        except IndexError:
+            _REFS.extend(Ref(i) for i in range(len(_REFS), node_id + 64))
+            return _REFS[node_id]
+        except TypeError:  # not an int index: no sharing
+            return Ref(node_id)
+
+
+_REFS: list[Ref] = []
+
 
 class Node(NamedTuple):
     """One operation of a recorded program. Immutable (a tuple): passes build new nodes.

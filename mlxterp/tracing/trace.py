@@ -23,6 +23,31 @@ _DATA_NUMBERS = {Op.BINARY: (int, float), Op.CALL_FUNCTION: (float,)}
 _ARITH_NUMBERS = _DATA_NUMBERS[Op.BINARY]
 _REF_KEYED = frozenset({Op.BINARY, Op.UNARY})
 
+# Nodes a sweep records again and again share what does not change between traces: the meta of a source
+# line and the structural key of a reference (both immutable). Fewer objects retained per node keeps the
+# recording cheap when the forward that ran just before has pushed the interpreter's memory out of cache.
+_METAS: dict[Any, dict] = {}
+_REF_KEYS: dict[int, tuple] = {}
+
+
+def _meta(src: Any) -> dict:
+    """The shared ``{"source": src}`` meta of a non-constant node (node metas are never mutated)."""
+    meta = _METAS.get(src)
+    if meta is None:
+        if len(_METAS) > 100_000:  # generated code with endless distinct lines: stay bounded
+            _METAS.clear()
+        meta = _METAS[src] = {"source": src}
+    return meta
+
+
+def _ref_key(node_id: int) -> tuple:
+    """``("ref", id)``, as :func:`compiler.structure.node_key` writes a reference."""
+    key = _REF_KEYS.get(node_id)
+    if key is None:
+        key = _REF_KEYS[node_id] = ("ref", node_id)
+    return key
+
+
 COMPILE_CHOICES = {False: "eager", True: "compiled", "eager": "eager", "compiled": "compiled", "auto": "auto"}
 
 
@@ -102,9 +127,8 @@ class Trace:
         key = None
         if not kwargs and op in _REF_KEYED and all(type(a) is Ref for a in args):
             # the common arithmetic node: its structural key is cheap to build here (see node_key)
-            key = (op._value_, target, ("tuple",) + tuple(("ref", a.id) for a in args), ())
-        node = self.graph.add(op, target, args, kwargs, {"source": src} if meta is None else dict(meta, source=src),
-                              key)
+            key = (op._value_, target, ("tuple",) + tuple(_ref_key(a.id) for a in args), ())
+        node = self.graph.add(op, target, args, kwargs, _meta(src) if meta is None else dict(meta, source=src), key)
         return Proxy(self, node.id)
 
     def binary(self, name: str, a: Any, b: Any) -> Proxy:
@@ -116,8 +140,8 @@ class Trace:
         # The sweep-critical case (proxy op proxy/array/number) without the general lifting machinery.
         src = user_source()
         ra, rb = self._lift(a, _ARITH_NUMBERS, src), self._lift(b, _ARITH_NUMBERS, src)
-        node = self.graph.add(Op.BINARY, name, (ra, rb), None, {"source": src},
-                              ("binary", name, ("tuple", ("ref", ra.id), ("ref", rb.id)), ()))
+        node = self.graph.add(Op.BINARY, name, (ra, rb), None, _meta(src),
+                              ("binary", name, ("tuple", _ref_key(ra.id), _ref_key(rb.id)), ()))
         return Proxy(self, node.id)
 
     def _simple_operand(self, value: Any) -> bool:
@@ -135,7 +159,7 @@ class Trace:
             if value._trace is not self:
                 raise ValueError("a value from another trace was used here before that trace ran; each trace "
                                  f"records its own values ({value._describe()})")
-            return Ref(value._node)
+            return Ref.of(value._node)
         if kind is mx.array:
             return self._constant(value, False, src)
         if kind is tuple:
@@ -164,7 +188,7 @@ class Trace:
         node = self.graph.add(Op.CONSTANT, None, (), None,
                               {"value": value, "weak": weak, "source": src or user_source()},
                               ("constant", constant_signature(value), weak))
-        return Ref(node.id)
+        return Ref.of(node.id)
 
     def module_value(self, path: str, call_idx: int, phase: str) -> Proxy:
         """Proxy of a module call's current output or input (after any writes made so far)."""
@@ -174,7 +198,7 @@ class Trace:
         node_id = self._versions.get(binding)
         if node_id is None:
             op = Op.MODULE_OUTPUT if phase == "output" else Op.MODULE_INPUT
-            node_id = self.graph.add(op, (path, call_idx), (), None, {"source": user_source()},
+            node_id = self.graph.add(op, (path, call_idx), (), None, _meta(user_source()),
                                      (op._value_, ("tuple", path, call_idx), ("tuple",), ())).id
             self._versions[binding] = node_id
         return Proxy(self, node_id, binding)
@@ -188,8 +212,8 @@ class Trace:
         if type(ref) is not Ref:
             ref = self._constant(value, isinstance(value, (int, float)), src)
         target = (path, call_idx, phase)
-        node = self.graph.add(Op.REPLACE, target, (ref,), None, {"source": src},
-                              ("replace", ("tuple", path, call_idx, phase), ("tuple", ("ref", ref.id)), ()))
+        node = self.graph.add(Op.REPLACE, target, (ref,), None, _meta(src),
+                              ("replace", ("tuple", path, call_idx, phase), ("tuple", _ref_key(ref.id)), ()))
         self._versions[target] = node.id
 
     def setitem(self, proxy: Proxy, index: Any, value: Any) -> None:
@@ -221,8 +245,8 @@ class Trace:
         while key in self._save_keys:
             key, i = f"{base}_{i}", i + 1
         self._save_keys.add(key)
-        self.graph.add(Op.SAVE, key, (Ref(proxy._node),), None, {"source": user_source()},
-                       ("save", key, ("tuple", ("ref", proxy._node)), ()))
+        self.graph.add(Op.SAVE, key, (Ref.of(proxy._node),), None, _meta(user_source()),
+                       ("save", key, ("tuple", _ref_key(proxy._node)), ()))
         proxy._save_key = key
         self._saved.append(proxy)
 
