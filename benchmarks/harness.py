@@ -133,8 +133,8 @@ class Row:
     def value_text(self) -> str:
         if self.skipped:
             return "-"
-        if self.unit == "x":
-            return f"{self.value:.2f}x"
+        if self.unit == "x":  # three decimals: a judged 1.052x must not print as a failing "1.05x"
+            return f"{self.value:.3f}x"
         if self.unit == "ms":
             return f"{self.value:.3f} ms"
         if self.unit.startswith("x "):  # a ratio read another way: "x faster", "x throughput"

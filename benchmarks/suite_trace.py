@@ -177,16 +177,19 @@ def steering_sweep(ctx: Context) -> Iterator[Row]:
         _sweep_step(im, tokens, layer, vectors[-1], False)  # lowers the program; the eager warm-up
         first = timed(lambda: _sweep_step(im, tokens, layer, vectors[-1], True))  # traces and compiles
         before = im.compile_stats()
-        eager, compiled = 0.0, 0.0
-        for start in range(0, n, 10):
+        eager, compiled = [], []  # per-chunk mean seconds per trace, chunks paired back to back
+        for c, start in enumerate(range(0, n, 10)):
             chunk = vectors[start:min(n, start + 10)]
-            eager += sum(timed(lambda: _sweep_step(im, tokens, layer, v, False)) for v in chunk)
-            compiled += sum(timed(lambda: _sweep_step(im, tokens, layer, v, True)) for v in chunk)
+            sides = [(eager, False), (compiled, True)]
+            for samples, compile in sides if c % 2 == 0 else sides[::-1]:  # alternate who goes first
+                samples.append(sum(timed(lambda: _sweep_step(im, tokens, layer, v, compile)) for v in chunk)
+                               / len(chunk))
         retraces = _retraces(im, before)
         row = ratio_row(SUITE, "steering_sweep", name, shape_text(batch, seq), "eager sweep",
                         f"compiled sweep ({n} traces, add_vector at {layer})",
-                        (Timing([eager / n]), Timing([compiled / n])), SWEEP_TARGET,
-                        note=f"retraces after first: {retraces}; first compiled trace {first * 1e3:.0f} ms")
+                        (Timing(eager), Timing(compiled)), SWEEP_TARGET,
+                        note=f"retraces after first: {retraces}; first compiled trace {first * 1e3:.0f} ms; "
+                             f"ratio of totals {sum(compiled) / sum(eager):.3f}x")
         if retraces:
             row.failures.append(f"{retraces} retraces")
         yield row

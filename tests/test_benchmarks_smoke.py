@@ -84,7 +84,7 @@ def test_table_marks_targets_pass_fail_and_info():
             Row("s", "d", "m", "", "base", "cand", math.nan, skipped="model absent")]
     assert [r.status for r in rows] == ["PASS", "FAIL", "info", "SKIP"]
     table = format_table(rows)
-    assert "1.20x" in table and "<= 1.3" in table and "model absent" in table
+    assert "1.200x" in table and "<= 1.3" in table and "model absent" in table
     assert summary(rows).startswith("2 targets: 1 PASS, 1 FAIL")
 
 
