@@ -52,6 +52,17 @@ def test_out_of_range_token_id_is_a_clear_error(model):
         model.trace([1, 500, 2])
 
 
+def test_token_array_written_in_place_after_a_trace_is_checked_again(model):
+    # A sweep reuses one token array; an in-place write between traces must not slip past the range check
+    # (MLX's gather reads out of bounds on such an id: a crash, not an error).
+    tokens = mx.array([[1, 2, 3]])
+    with model.trace(tokens, compile=True, capture="saved"):
+        model.output.save()
+    tokens[0, 1] = 500
+    with pytest.raises(ValueError, match=r"token id 500 at position \(0, 1\) is out of range"):
+        model.trace(tokens, compile=True)
+
+
 def test_negative_token_id_is_a_clear_error(model):
     with pytest.raises(ValueError, match=r"token id -3 .* out of range"):
         model.trace(mx.array([[1, -3]]))
