@@ -216,7 +216,6 @@ def compile_vs_eager(ctx: Context) -> Iterator[Row]:
         yield _compile_vs_eager_row(ctx, name, batch, seq)
 
 
-
 def zero_retrace(ctx: Context) -> Iterator[Row]:
     """``retrace_sweep`` compiled traces of one structure, new array and Python-float values each time."""
     yield from _skip_rows(ctx, "zero_retrace", "first trace", "same structure, new values")
