@@ -12,7 +12,8 @@ from typing import Any, Sequence
 import mlx.core as mx
 import numpy as np
 
-INPUT_KINDS = "str, list of str, list of int, list of lists of int, or an integer mx.array of shape (seq,) or (batch, seq)"
+INPUT_KINDS = ("str, list of str, list of int, list of lists of int, or an integer mx.array of shape (seq,) "
+               "or (batch, seq)")
 
 
 @dataclasses.dataclass(frozen=True)

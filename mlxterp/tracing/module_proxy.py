@@ -79,7 +79,8 @@ class ModuleProxy:
             ) from None
 
     def __getitem__(self, idx: int) -> "ModuleProxy":
-        child = self._owner._index.child(self._path, str(idx % len(self) if isinstance(idx, int) and len(self) else idx))
+        key = idx % len(self) if isinstance(idx, int) and len(self) else idx
+        child = self._owner._index.child(self._path, str(key))
         if child is None:
             raise IndexError(f"module {self.name!r} has no item {idx!r}; it has {len(self)} items")
         return ModuleProxy(self._owner, child)
