@@ -181,6 +181,16 @@ def _patching_setup(ctx: Context, name: str, seq: int) -> tuple:
     return (m, m.wrap(), RawLlama(m.module)) + tuple(prompt_pair(m, seq))
 
 
+def _patching_row(case: str, name: str, seq: int, forwards: int, candidate: str, timings: tuple, diff: float,
+                  note: str = "") -> Row:
+    """A speedup row against the loop of ``forwards`` raw forwards; it fails if the recoveries differ."""
+    row = inverse_row(case, name, shape_text(1, seq), f"loop of {forwards} raw forwards", candidate, timings,
+                      "x faster", SPEEDUP_TARGET, note=f"max |recovery diff| {diff:.1e} pp{note}")
+    if not diff <= SAME_NUMBERS_PP:
+        row.failures.append(f"recoveries differ by {diff:.1e} pp (> {SAME_NUMBERS_PP:g})")
+    return row
+
+
 # -- cases -----------------------------------------------------------------------------------------------------
 def activation_patching(ctx: Context) -> Iterator[Row]:
     """``activation_patching`` (all layers, mlp) vs the reference's ``2 + 2L`` forwards."""
@@ -193,12 +203,8 @@ def activation_patching(ctx: Context) -> Iterator[Row]:
                            lambda: last.update(got=im.activation_patching(clean, corrupted, component="mlp")))
         want, got = last["want"], last["got"]
         diff = max(abs(got[k] - want[k]) for k in want)
-        row = inverse_row("activation_patching", name, shape_text(1, seq), f"loop of {2 + 2 * m.layers} raw forwards",
-                          f"activation_patching (mlp, {m.layers} layers)", timings, "x faster", SPEEDUP_TARGET,
-                          note=f"max |recovery diff| {diff:.1e} pp")
-        if not diff <= SAME_NUMBERS_PP:
-            row.failures.append(f"recoveries differ by {diff:.1e} pp (> {SAME_NUMBERS_PP:g})")
-        yield row
+        yield _patching_row("activation_patching", name, seq, 2 + 2 * m.layers,
+                            f"activation_patching (mlp, {m.layers} layers)", timings, diff)
 
 
 def patching_grid(ctx: Context) -> Iterator[Row]:
@@ -213,13 +219,9 @@ def patching_grid(ctx: Context) -> Iterator[Row]:
                            heavy=True)
         diff = float(np.max(np.abs(last["got"].grid - last["want"])))
         prefix = shared_prefix(mx.concatenate([clean, corrupted]))
-        row = inverse_row("patching_grid", name, shape_text(1, seq), f"loop of {2 + m.layers * seq} raw forwards",
-                          f"patching_grid (output, {m.layers}x{seq} cells)", timings, "x faster", SPEEDUP_TARGET,
-                          note=f"max |recovery diff| {diff:.1e} pp; cells before the first difference (position "
-                               f"{prefix}) not run")
-        if not diff <= SAME_NUMBERS_PP:
-            row.failures.append(f"recoveries differ by {diff:.1e} pp (> {SAME_NUMBERS_PP:g})")
-        yield row
+        yield _patching_row("patching_grid", name, seq, 2 + m.layers * seq,
+                            f"patching_grid (output, {m.layers}x{seq} cells)", timings, diff,
+                            f"; cells before the first difference (position {prefix}) not run")
 
 
 def _prompts(m: Loaded, n: int, max_len: int) -> List[List[int]]:
