@@ -71,13 +71,11 @@ class Ref:
     @staticmethod
     def of(node_id: int) -> "Ref":
         """The shared ``Ref`` to ``node_id`` (refs are immutable; recorders reuse them across graphs)."""
-        try:
-            return _REFS[node_id]
-        except IndexError:
-            _REFS.extend(Ref(i) for i in range(len(_REFS), node_id + 64))
-            return _REFS[node_id]
-        except TypeError:  # not an int index: no sharing
+        if type(node_id) is not int or node_id < 0:  # not a recorder's id: no sharing
             return Ref(node_id)
+        if node_id >= len(_REFS):
+            _REFS.extend(Ref(i) for i in range(len(_REFS), node_id + 64))
+        return _REFS[node_id]
 
 
 _REFS: list[Ref] = []
