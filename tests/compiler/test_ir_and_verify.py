@@ -89,3 +89,11 @@ def test_array_constants_render_by_shape():
     g = Graph()
     g.add(Op.CONSTANT, meta={"value": mx.zeros((2, 3))})
     assert "array(2, 3):float32" in to_text(g)
+
+
+def test_shared_refs_point_at_their_own_node():
+    from compiler.ir import Ref
+
+    assert Ref.of(5) is Ref.of(5) and Ref.of(5).id == 5
+    assert Ref.of(300).id == 300 and Ref.of(5) == Ref(5)
+    assert Ref.of(-1).id == -1 and Ref.of(-1) is not Ref.of(-1)  # not a recorder id: a fresh ref
