@@ -331,7 +331,7 @@ class Trace:
         """The graph after the passes (dead code removed, constants lifted, chains fused)."""
         if self._result is None:
             raise RuntimeError("the optimized graph exists once the trace has run (after its `with` block)")
-        return self._result.entry.passes.after
+        return self._result.entry.optimized
 
     def dump(self, optimized: bool = False) -> str:
         """A readable listing of the recorded graph (or the optimized one)."""

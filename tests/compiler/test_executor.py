@@ -107,3 +107,20 @@ def test_stats_count_eager_and_compiled_runs(model, tokens):
         steer(model, tokens, mx.zeros((64,)))
     stats = model.compile_stats()
     assert stats["eager_runs"] == 1 and stats["compiled_runs"] == 2
+
+
+def test_cached_programs_keep_no_constant_of_the_trace_that_built_them(model, tokens):
+    # A sweep's first trace lowers the program; the cache must not keep that trace's arrays (say, a large
+    # patch) alive once the trace is gone.
+    import gc
+    import weakref
+
+    model.clear_compile_cache()
+    vector = mx.full((64,), 2.0)
+    tr, out = steer(model, tokens, vector, compile=True)
+    mx.eval(out)
+    alive = weakref.ref(vector)
+    del tr, out, vector
+    gc.collect()
+    assert alive() is None
+    assert model.compile_stats()["cache_size"] == 1
