@@ -28,12 +28,11 @@ MODES = ("eager", "compiled", "auto")
 
 @dataclasses.dataclass
 class CacheEntry:
-    """One lowered program: the graph after the passes (which hold no constant values: they became params,
-    so a cached program keeps no arrays of the trace that built it alive), the passes that changed it, the
-    eager function and (once needed) the compiled one."""
+    """One lowered program: the graph after the passes (which holds no constant values: they became params,
+    so a cached program keeps no arrays of the trace that built it alive), the eager function and (once
+    needed) the compiled one."""
 
     optimized: Graph
-    changed: tuple[str, ...]
     forward: PatchedForward
     compiled: Callable | None = None
     runs: int = 0
@@ -86,8 +85,7 @@ class Executor:
     def lower(self, graph: Graph, probe: Probe) -> CacheEntry:
         """Run the passes on ``graph`` and lower it (no caching)."""
         result: PassResult = run_passes(graph, probe.events)
-        return CacheEntry(result.after, result.changed,
-                          PatchedForward(self.model, result.after, result.schedule, call=self.call))
+        return CacheEntry(result.after, PatchedForward(self.model, result.after, result.schedule, call=self.call))
 
     def _lookup(self, key: Hashable, graph: Graph, probe: Callable[[], Probe]) -> CacheEntry:
         entry = self._cache.get(key)

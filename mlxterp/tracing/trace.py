@@ -166,14 +166,10 @@ class Trace:
             return tuple(self._lift(v, numbers, src) for v in value)
         if isinstance(value, numbers) and kind is not bool:
             return self._constant(value, True, src)
-        if kind is list:
-            return [self._lift(v, numbers, src) for v in value]
-        if kind is dict:
-            return {k: self._lift(v, numbers, src) for k, v in value.items()}
         if kind is slice:
             return slice(self._lift(value.start, (), src), self._lift(value.stop, (), src),
                          self._lift(value.step, (), src))
-        # subclasses (named tuples, OrderedDict, ...) take the general path
+        # lists, dicts and subclasses (named tuples, OrderedDict, ...)
         if isinstance(value, mx.array):
             return self._constant(value, False, src)
         if isinstance(value, tuple):
