@@ -24,9 +24,10 @@ source line. Ops:
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
 
-import networkx as nx
+if TYPE_CHECKING:
+    import networkx as nx
 
 
 class Op(str, Enum):
@@ -220,8 +221,10 @@ class Graph:
                 users.setdefault(ref, []).append(node.id)
         return users
 
-    def to_networkx(self) -> nx.DiGraph:
+    def to_networkx(self) -> "nx.DiGraph":
         """The data-flow graph as a ``networkx.DiGraph`` (edge ``a -> b`` when ``b`` reads ``a``)."""
+        import networkx as nx  # only graph exports need it: importing mlxterp stays light
+
         g = nx.DiGraph()
         for node in self:
             g.add_node(node.id, op=node.op.value, target=target_name(node.target), source=node.source)

@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 import mlx.core as mx
 import mlx.nn as nn
 
-from compiler import Executor, Probe, probe
+from mlxterp.compiler import Executor, Probe, probe
 
 from .analysis.methods import AnalysisMixin
 from .inputs import TokenBatch, to_token_batch

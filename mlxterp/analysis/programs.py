@@ -13,7 +13,7 @@ from typing import Any, Callable, Hashable, Optional, Tuple
 
 import mlx.core as mx
 
-from compiler import StateCompiled
+from mlxterp.compiler import StateCompiled
 
 from ..tracing.proxy import apply
 

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import mlx.core as mx
 import numpy as np
 
-from compiler import Op, Ref
+from mlxterp.compiler import Op, Ref
 
 
 _UNSET = object()

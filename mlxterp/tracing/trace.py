@@ -7,10 +7,10 @@ from typing import Any, Callable
 
 import mlx.core as mx
 
-from compiler import Graph, Op, Ref, to_dot, to_json, to_text
-from compiler.ir import map_refs
-from compiler.semantics import evaluate
-from compiler.structure import constant_signature
+from mlxterp.compiler import Graph, Op, Ref, to_dot, to_json, to_text
+from mlxterp.compiler.ir import map_refs
+from mlxterp.compiler.semantics import evaluate
+from mlxterp.compiler.structure import constant_signature
 
 from . import context
 from .proxy import _UNSET, Proxy, apply

@@ -8,7 +8,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from compiler import is_hooked
+from mlxterp.compiler import is_hooked
 from mlxterp.analysis import sweep
 
 from .conftest import CLEAN, CORRUPTED, STORY_CLEAN, STORY_CORRUPTED, forward_count, reference_patching

@@ -3,7 +3,7 @@
 import mlx.core as mx
 import pytest
 
-from compiler import Graph, GraphError, Op, Ref, to_dot, to_json, to_text, verify
+from mlxterp.compiler import Graph, GraphError, Op, Ref, to_dot, to_json, to_text, verify
 
 
 def small_graph() -> Graph:
@@ -92,7 +92,7 @@ def test_array_constants_render_by_shape():
 
 
 def test_shared_refs_point_at_their_own_node():
-    from compiler.ir import Ref
+    from mlxterp.compiler.ir import Ref
 
     assert Ref.of(5) is Ref.of(5) and Ref.of(5).id == 5
     assert Ref.of(300).id == 300 and Ref.of(5) == Ref(5)

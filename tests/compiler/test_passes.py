@@ -4,9 +4,9 @@
 import mlx.core as mx
 import pytest
 
-from compiler import (CausalityError, Graph, Op, Ref, eliminate_dead_code, fuse_elementwise, lift_constants,
+from mlxterp.compiler import (CausalityError, Graph, Op, Ref, eliminate_dead_code, fuse_elementwise, lift_constants,
                       run_passes, schedule, verify)
-from compiler.passes.lift import param_values
+from mlxterp.compiler.passes.lift import param_values
 
 EVENTS = [("", 0, "input"), ("model.layers.0", 0, "input"), ("model.layers.0", 0, "output"),
           ("model.layers.1", 0, "input"), ("model.layers.1", 0, "output"), ("", 0, "output")]

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compiler import Graph, PatchedForward, run_passes, structure_key
+from mlxterp.compiler import Graph, PatchedForward, run_passes, structure_key
 from mlxterp import InterpretableModel, apply
 from mlxterp import interventions as iv
 from tests.models import tiny_llama_module

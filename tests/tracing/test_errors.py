@@ -3,7 +3,7 @@
 import mlx.core as mx
 import pytest
 
-from compiler import CausalityError, ModuleNotCalledError, NodeExecutionError, ShapeMismatchError
+from mlxterp.compiler import CausalityError, ModuleNotCalledError, NodeExecutionError, ShapeMismatchError
 from mlxterp import interventions as iv
 
 

@@ -4,7 +4,7 @@ import mlx.core as mx
 import pytest
 from mlx.utils import tree_flatten
 
-from compiler import NodeExecutionError, ShapeMismatchError, is_hooked
+from mlxterp.compiler import NodeExecutionError, ShapeMismatchError, is_hooked
 from mlxterp import interventions as iv
 
 

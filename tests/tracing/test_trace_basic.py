@@ -183,7 +183,7 @@ def test_activations_read_inside_the_block_become_arrays(model, tokens):
 
 def test_steering_program_keys_are_all_supplied_by_the_recorder():
     # A sweep's per-trace cost depends on the recorder knowing every node's key (no recomputation).
-    from compiler import Graph, structure_key
+    from mlxterp.compiler import Graph, structure_key
     from tests.models import tiny_llama_module
 
     model = InterpretableModel(tiny_llama_module(seed=0))

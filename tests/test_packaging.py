@@ -1,0 +1,47 @@
+"""The installed package: a unique import name for the compiler, and a light ``import mlxterp``."""
+
+import subprocess
+import sys
+import textwrap
+
+
+def _run(code: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_import_works_from_a_folder_holding_a_compiler_package(tmp_path):
+    # A user's project with its own `compiler` package must not shadow mlxterp's compiler.
+    (tmp_path / "compiler").mkdir()
+    (tmp_path / "compiler" / "__init__.py").write_text("raise ImportError('the user compiler package')\n")
+    done = _run("""
+        import mlxterp
+        from mlxterp.compiler import Graph, Op
+        print(Op.SAVE.value)
+    """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "save"
+
+
+def test_import_does_not_load_networkx(tmp_path):
+    done = _run("""
+        import sys
+        import mlxterp
+        print('networkx' in sys.modules)
+    """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_graph_export_still_reaches_networkx():
+    from mlxterp.compiler import Graph, Op, Ref
+
+    g = Graph()
+    a = g.add(Op.MODULE_OUTPUT, ("layers.0", 0))
+    g.add(Op.SAVE, "x", (Ref(a.id),))
+    assert g.to_networkx().number_of_nodes() == 2
+
+
+def test_benchmarks_are_not_installed(tmp_path):
+    done = _run("import importlib.util; print(importlib.util.find_spec('benchmarks') is None)", tmp_path)
+    assert done.stdout.strip() == "True", done.stderr
