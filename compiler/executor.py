@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 from typing import Any, Callable, Hashable
 
 import mlx.core as mx
@@ -18,7 +19,7 @@ import mlx.nn as nn
 from .ir import Graph
 from .lowering import PatchedForward, default_call
 from .passes import PassResult, run_passes
-from .passes.lift import param_values
+from .passes.lift import param_ids, param_values
 from .probe import Probe
 from .state_compile import StateCompiled
 from .structure import structure_key
@@ -36,6 +37,11 @@ class CacheEntry:
     forward: PatchedForward
     compiled: Callable | None = None
     runs: int = 0
+
+    @functools.cached_property
+    def param_ids(self) -> tuple[int, ...]:
+        """Ids of the recorded constants the params list is read from, in param order."""
+        return param_ids(self.optimized)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +76,7 @@ class Executor:
             raise ValueError(f"compile mode {mode!r} is not one of {MODES} (True = 'compiled', False = 'eager')")
         key = self.key(graph, tokens)
         entry = self._lookup(key, graph, probe)
-        params = param_values(graph)
+        params = param_values(graph, entry.param_ids)
         compiled = mode == "compiled" or (mode == "auto" and entry.runs > 0)
         entry.runs += 1
         if compiled:

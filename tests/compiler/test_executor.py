@@ -124,3 +124,14 @@ def test_cached_programs_keep_no_constant_of_the_trace_that_built_them(model, to
     gc.collect()
     assert alive() is None
     assert model.compile_stats()["cache_size"] == 1
+
+
+def test_a_dead_constant_does_not_shift_the_params(model, tokens):
+    # The unused `* 100.0` is dropped before lifting: params are bound by constant id, not by position.
+    for compile in (False, True):
+        with model.trace(tokens, compile=compile, capture="saved"):
+            _unused = model.layers[0].output * 100.0
+            model.layers[1].output = model.layers[1].output + 0.5
+            out = model.output.save()
+        expected = reference_llama_forward(model.model, tokens, {1: lambda h: h + 0.5})
+        assert mx.allclose(out, expected, atol=1e-5)
