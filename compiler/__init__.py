@@ -16,7 +16,7 @@ from .export import to_dot, to_json, to_text
 from .hooks import hooks_installed, is_hooked
 from .ir import Graph, Node, Op, Ref
 from .lowering import PatchedForward
-from .passes import eliminate_dead_code, fuse_elementwise, lift_constants, run_passes, schedule
+from .passes import eliminate_dead_code, lift_constants, run_passes, schedule
 from .probe import Probe, probe
 from .state_compile import StateCompiled
 from .structure import structure_key
@@ -25,6 +25,6 @@ from .verify import verify
 __all__ = [
     "CausalityError", "GraphError", "ModuleNotCalledError", "NodeExecutionError", "ShapeMismatchError",
     "TraceError", "MODES", "Executor", "RunResult", "to_dot", "to_json", "to_text", "hooks_installed",
-    "is_hooked", "Graph", "Node", "Op", "Ref", "PatchedForward", "eliminate_dead_code", "fuse_elementwise",
+    "is_hooked", "Graph", "Node", "Op", "Ref", "PatchedForward", "eliminate_dead_code",
     "lift_constants", "run_passes", "schedule", "Probe", "probe", "StateCompiled", "structure_key", "verify",
 ]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 from typing import Any, Callable, Hashable
 
 import mlx.core as mx
@@ -19,7 +18,7 @@ import mlx.nn as nn
 from .ir import Graph
 from .lowering import PatchedForward, default_call
 from .passes import PassResult, run_passes
-from .passes.lift import param_ids, param_values
+from .passes.lift import param_sources, param_values
 from .probe import Probe
 from .state_compile import StateCompiled
 from .structure import structure_key
@@ -37,11 +36,8 @@ class CacheEntry:
     forward: PatchedForward
     compiled: Callable | None = None
     runs: int = 0
-
-    @functools.cached_property
-    def param_ids(self) -> tuple[int, ...]:
-        """Ids of the recorded constants the params list is read from, in param order."""
-        return param_ids(self.optimized)
+    # Ids of the recorded constants whose values the params take, in param order (see passes.lift).
+    sources: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +72,7 @@ class Executor:
             raise ValueError(f"compile mode {mode!r} is not one of {MODES} (True = 'compiled', False = 'eager')")
         key = self.key(graph, tokens)
         entry = self._lookup(key, graph, probe)
-        params = param_values(graph, entry.param_ids)
+        params = param_values(graph, entry.sources)
         compiled = mode == "compiled" or (mode == "auto" and entry.runs > 0)
         entry.runs += 1
         if compiled:
@@ -91,7 +87,8 @@ class Executor:
     def lower(self, graph: Graph, probe: Probe) -> CacheEntry:
         """Run the passes on ``graph`` and lower it (no caching)."""
         result: PassResult = run_passes(graph, probe.events)
-        return CacheEntry(result.after, PatchedForward(self.model, result.after, result.schedule, call=self.call))
+        return CacheEntry(result.after, PatchedForward(self.model, result.after, result.schedule, call=self.call),
+                          sources=param_sources(result.after))
 
     def _lookup(self, key: Hashable, graph: Graph, probe: Callable[[], Probe]) -> CacheEntry:
         entry = self._cache.get(key)

@@ -35,8 +35,6 @@ def node_line(node: Node) -> str:
     """One line for a node: ``%3 = binary[mul](%1, %2)    # file.py:12``."""
     if node.op is Op.CONSTANT:
         body = f"constant({_fmt(node.meta.get('value'))})"
-    elif node.op is Op.FUSED:
-        body = f"fused[{' -> '.join(node.meta.get('fused', []))}]({', '.join(_fmt(a) for a in node.args)})"
     else:
         args = [_fmt(a) for a in node.args] + [f"{k}={_fmt(v)}" for k, v in node.kwargs.items()]
         body = f"{node.describe()}({', '.join(args)})"

@@ -15,7 +15,6 @@ source line. Ops:
 ``call_method``    target ``name``: ``args[0].name(*args[1:], **kwargs)``.
 ``binary``         target an operator name (``"add"``, ``"mul"``, ...): ``op(args[0], args[1])``.
 ``unary``          target an operator name (``"neg"``, ``"abs"``, ...): ``op(args[0])``.
-``fused``          target a tuple of micro-steps (built by the fusion pass): one elementwise function.
 ``replace``        target ``(path, call_idx, phase)`` with phase ``"output"`` or ``"input"``: a write; the
                    module's output (or input) becomes ``args[0]``. Side effect: never dropped.
 ``save``           target a key: ``args[0]`` is returned to the user under that key. Side effect.
@@ -43,7 +42,6 @@ class Op(str, Enum):
     CALL_METHOD = "call_method"
     BINARY = "binary"
     UNARY = "unary"
-    FUSED = "fused"
     REPLACE = "replace"
     SAVE = "save"
 

@@ -37,28 +37,6 @@ UNARY_OPS: dict[str, Callable[[Any], Any]] = {
     "invert": operator.invert,
 }
 
-# Binary ops and mx functions that act elementwise (with broadcasting): the fusion pass may merge them.
-ELEMENTWISE_BINARY = frozenset({"add", "sub", "mul", "truediv", "pow", "lt", "le", "gt", "ge", "eq", "ne"})
-ELEMENTWISE_FUNCTIONS = frozenset(
-    {
-        mx.abs, mx.add, mx.subtract, mx.multiply, mx.divide, mx.maximum, mx.minimum, mx.clip, mx.tanh,
-        mx.exp, mx.log, mx.sigmoid, mx.sqrt, mx.square, mx.negative, mx.where, mx.zeros_like,
-        mx.ones_like, mx.sin, mx.cos, mx.sign, mx.rsqrt, mx.logical_not,
-    }
-)
-
-
-def is_elementwise(node: Node) -> bool:
-    """Whether a node computes elementwise from its inputs (so a chain of them can fuse)."""
-    if node.op is Op.BINARY:
-        return node.target in ELEMENTWISE_BINARY
-    if node.op is Op.UNARY:
-        return node.target in ("neg", "pos", "abs")
-    if node.op is Op.CALL_FUNCTION:
-        return node.target in ELEMENTWISE_FUNCTIONS or getattr(node.target, "__mlxterp_elementwise__", False)
-    return node.op is Op.FUSED
-
-
 def evaluate(node: Node, args: tuple, kwargs: dict) -> Any:
     """Compute a pure node's value from its resolved arguments."""
     op = node.op
@@ -74,8 +52,6 @@ def evaluate(node: Node, args: tuple, kwargs: dict) -> Any:
         return node.target(*args, **kwargs)
     if op is Op.CALL_METHOD:
         return getattr(args[0], node.target)(*args[1:], **kwargs)
-    if op is Op.FUSED:
-        return run_fused(node.target, args)
     raise ValueError(f"op {op.value!r} is not a pure computation; it is handled by the runtime")
 
 
@@ -117,29 +93,6 @@ def check_replacement(node: Node, original: Any, value: Any) -> Any:
     if value.shape != original.shape:
         value = mx.broadcast_to(value, original.shape)
     return value
-
-
-def run_fused(steps: tuple, inputs: tuple) -> Any:
-    """Run a fused micro-program: each step is ``(op, target, args)`` with ``("in", i)`` / ``("v", j)`` refs."""
-    values: list[Any] = []
-
-    def resolve(a: Any) -> Any:
-        if isinstance(a, tuple) and len(a) == 2 and a[0] in ("in", "v") and isinstance(a[1], int):
-            return inputs[a[1]] if a[0] == "in" else values[a[1]]
-        if isinstance(a, tuple) and a and a[0] == "lit":
-            return a[1]
-        return a
-
-    for op, target, args, kwargs in steps:
-        resolved = tuple(resolve(a) for a in args)
-        kw = {k: resolve(v) for k, v in kwargs}
-        if op == Op.BINARY.value:
-            values.append(BINARY_OPS[target](*resolved))
-        elif op == Op.UNARY.value:
-            values.append(UNARY_OPS[target](*resolved))
-        else:
-            values.append(target(*resolved, **kw))
-    return values[-1]
 
 
 def _fmt_index(index: Any) -> str:

@@ -18,8 +18,12 @@ _TARGET_KINDS = {
 }
 
 
-def verify(graph: Graph) -> None:
-    """Raise :class:`GraphError` if the graph is malformed; return ``None`` if it is sound."""
+def verify(graph: Graph, origin: Graph | None = None) -> None:
+    """Raise :class:`GraphError` if the graph is malformed; return ``None`` if it is sound.
+
+    ``origin``: the recorded graph a pass result came from; each param must then name one of its
+    constants (the value a run binds to the param is read from there by that id).
+    """
     seen: set[int] = set()
     save_keys: dict[str, Node] = {}
     for node in graph:
@@ -39,6 +43,28 @@ def verify(graph: Graph) -> None:
             save_keys[node.target] = node
         seen.add(node.id)
     # Every node reads only nodes defined before it (checked above), so the graph is acyclic.
+    _check_params(graph, origin)
+
+
+def _check_params(graph: Graph, origin: Graph | None) -> None:
+    """Params are numbered exactly ``0..n-1``, each once, and each names its source constant."""
+    params = [n for n in graph if n.op is Op.PARAM]
+    indices = sorted(n.target for n in params)
+    if indices != list(range(len(params))):
+        raise GraphError(f"the graph's params are numbered {indices}; they must be exactly 0..{len(params) - 1}, "
+                         "each once (a pass renumbered or duplicated a param)")
+    sources: dict[int, Node] = {}
+    for node in params:
+        source = node.meta.get("constant_id")
+        if not isinstance(source, int):
+            raise GraphError(f"{_where(node)} does not name the constant it came from (meta['constant_id']); "
+                             "params must be made by the constant-lifting pass")
+        if source in sources:
+            raise GraphError(f"{_where(node)} and {_where(sources[source])} both read constant %{source}")
+        sources[source] = node
+        if origin is not None and (source not in origin or origin.node(source).op is not Op.CONSTANT):
+            raise GraphError(f"{_where(node)} names constant %{source}, which is not a constant of the "
+                             "recorded graph: its value could not be bound")
 
 
 def _check_target(node: Node) -> None:

@@ -1,14 +1,12 @@
 """Graph passes. Each is a function ``Graph -> (Graph, changed)`` that leaves its input untouched."""
 
 from .dce import eliminate_dead_code
-from .fuse import fuse_elementwise
 from .lift import lift_constants
 from .pipeline import PassResult, run_passes
 from .schedule import Event, Schedule, schedule
 
 __all__ = [
     "eliminate_dead_code",
-    "fuse_elementwise",
     "lift_constants",
     "run_passes",
     "PassResult",

@@ -1,10 +1,10 @@
 """Constant lifting: constants become ``param`` nodes read from a params list at run time.
 
-Needs: a verified graph. Guarantees: no ``constant`` node remains; param ``i`` is the i-th remaining
-constant in graph order and keeps that constant's id in ``meta["constant_id"]``, so graphs that differ only
-in values lower to the same function and share one compilation. Params are read from a recorded graph by
-those ids (:func:`param_ids`, :func:`param_values`): an earlier pass may have dropped constants, so a
-position in the recorded graph is not a param index.
+Needs: a verified graph. Guarantees: no ``constant`` node remains; the params are numbered ``0..n-1`` in
+graph order and each carries the id of the constant it came from (``meta["constant_id"]``), so the values
+for a run are read off a recorded graph by id (:func:`param_values`), never by position: a pass that
+drops constants (dead-code elimination) cannot shift a value onto another param. Graphs that differ only
+in values lower to the same function and share one compilation.
 """
 
 from __future__ import annotations
@@ -30,18 +30,16 @@ def lift_constants(graph: Graph) -> tuple[Graph, bool]:
     return graph.with_nodes(nodes), index > 0
 
 
-def param_ids(lowered: Graph) -> tuple[int, ...]:
-    """The recorded constant ids of a lifted graph's params, in param order."""
-    params = sorted((n.target, n.meta["constant_id"]) for n in lowered if n.op is Op.PARAM)
-    return tuple(constant_id for _, constant_id in params)
+def param_sources(graph: Graph) -> tuple[int, ...]:
+    """Ids of the constants a lifted graph's params come from, in param order."""
+    params = sorted((n for n in graph if n.op is Op.PARAM), key=lambda n: n.target)
+    return tuple(n.meta["constant_id"] for n in params)
 
 
-def param_values(graph: Graph, ids: tuple[int, ...] | None = None) -> list[mx.array]:
-    """The params list for a recorded graph: the values of the constants ``ids`` (see :func:`param_ids`),
-    or of every constant in graph order when ``ids`` is None (a graph lifted without dead code removed)."""
-    if ids is None:
-        return [as_param(n.meta["value"]) for n in graph if n.op is Op.CONSTANT]
-    return [as_param(graph.node(i).meta["value"]) for i in ids]
+def param_values(recorded: Graph, sources: tuple[int, ...]) -> list[mx.array]:
+    """The params list for a run: the values of the constants ``sources`` names, read off ``recorded``
+    (any graph with the structure the lifted graph was built from)."""
+    return [as_param(recorded.node(i).meta["value"]) for i in sources]
 
 
 def as_param(value: Any) -> mx.array:

@@ -8,14 +8,12 @@ from typing import Callable, Sequence
 from ..ir import Graph
 from ..verify import verify
 from .dce import eliminate_dead_code
-from .fuse import fuse_elementwise
 from .lift import lift_constants
 from .schedule import Event, Schedule, schedule
 
 DEFAULT_PASSES: tuple[Callable[[Graph], tuple[Graph, bool]], ...] = (
     eliminate_dead_code,
     lift_constants,
-    fuse_elementwise,
 )
 
 
@@ -36,7 +34,7 @@ def run_passes(graph: Graph, event_order: Sequence[Event],
     current, changed = graph, []
     for p in passes:
         current, did_change = p(current)
-        verify(current)
+        verify(current, origin=graph)
         if did_change:
             changed.append(p.__name__)
     return PassResult(graph, current, tuple(changed), schedule(current, event_order))
