@@ -6,6 +6,7 @@ and the original class is restored in ``finally``, whatever happens.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import mlx.nn as nn
@@ -64,6 +65,45 @@ def hooks_installed(modules: Iterable[tuple[str, nn.Module]], runtime: Runtime) 
         for module, cls in reversed(swapped):
             module.__class__ = cls
             _ACTIVE.pop(id(module), None)
+
+
+_FIRST_PARAMETER: dict[Callable, str | None] = {}
+
+
+def first_parameter(fn: Callable) -> str | None:
+    """Name of the first parameter after ``self`` of a module's ``__call__`` (cached per function)."""
+    try:
+        return _FIRST_PARAMETER[fn]
+    except KeyError:
+        pass
+    try:
+        params = list(inspect.signature(fn).parameters.values())[1:]
+    except (TypeError, ValueError):  # a builtin without a signature
+        params = []
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    name = params[0].name if params and params[0].kind in kinds else None
+    _FIRST_PARAMETER[fn] = name
+    return name
+
+
+def primary_input(original: Callable, args: tuple, kwargs: dict) -> Any:
+    """What a module call receives as its input: its first positional argument, or, when the caller passed
+    it by name (GPT-J calls ``block(inputs=h, mask=mask)``), the keyword argument for the first parameter
+    of ``original``'s signature. ``None`` if the call has neither."""
+    if args:
+        return args[0]
+    if kwargs:
+        name = first_parameter(original)
+        if name is not None:
+            return kwargs.get(name)
+    return None
+
+
+def with_primary_input(original: Callable, args: tuple, kwargs: dict, value: Any) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` with the input (see :func:`primary_input`) replaced by ``value``."""
+    if args:
+        return (value,) + tuple(args[1:]), kwargs
+    return args, {**kwargs, first_parameter(original): value}
 
 
 def is_hooked(module: nn.Module) -> bool:

@@ -6,7 +6,8 @@ node's value. ``meta`` holds facts that are not part of the program's structure,
 source line. Ops:
 
 ``module_output``  target ``(path, call_idx)``: what the module returned on its ``call_idx``-th call.
-``module_input``   target ``(path, call_idx)``: the first positional argument of that call.
+``module_input``   target ``(path, call_idx)``: the input of that call: its first positional argument, or
+                   the first parameter of the module's ``__call__`` when the caller passed it by name.
 ``constant``       a value given while tracing (an ``mx.array`` or a Python number), in ``meta["value"]``.
 ``param``          target ``index``: a lifted constant, read from the ``params`` list at run time.
 ``getitem``        args ``(x, index)``: ``x[index]``.

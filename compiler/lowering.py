@@ -13,7 +13,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .errors import NodeExecutionError, TraceError
-from .hooks import hooks_installed
+from .hooks import hooks_installed, primary_input, with_primary_input
 from .ir import Graph, Node, Op, Ref, map_refs
 from .passes.lift import as_param
 from .passes.schedule import END, START, Schedule
@@ -81,8 +81,10 @@ class _Run:
     def call(self, path: str, module: nn.Module, original: Callable, args: tuple, kwargs: dict) -> Any:
         idx = self.counts.get(path, 0)
         self.counts[path] = idx + 1
-        if args and (path, idx, "input") in self.f._steps:
-            args = (self.fire((path, idx, "input"), args[0]),) + tuple(args[1:])
+        if (path, idx, "input") in self.f._steps:
+            current = primary_input(original, args, kwargs)
+            if current is not None:
+                args, kwargs = with_primary_input(original, args, kwargs, self.fire((path, idx, "input"), current))
         out = original(module, *args, **kwargs)
         if (path, idx, "output") in self.f._steps:
             out = self.fire((path, idx, "output"), out)

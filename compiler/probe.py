@@ -11,7 +11,7 @@ from typing import Any, Callable
 import mlx.core as mx
 import mlx.nn as nn
 
-from .hooks import hooks_installed
+from .hooks import hooks_installed, primary_input
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +51,7 @@ class _Recorder:
     def call(self, path: str, module: nn.Module, original: Callable, args: tuple, kwargs: dict) -> Any:
         idx = self.counts.get(path, 0)
         self.counts[path] = idx + 1
-        self._record((path, idx, "input"), args[0] if args else None)
+        self._record((path, idx, "input"), primary_input(original, args, kwargs))
         out = original(module, *args, **kwargs)
         self._record((path, idx, "output"), out)
         return out

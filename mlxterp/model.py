@@ -10,6 +10,7 @@ import mlx.nn as nn
 
 from mlxterp.compiler import Executor, Probe, probe
 
+from .adapters import Architecture, architecture_for
 from .analysis.methods import AnalysisMixin
 from .inputs import TokenBatch, to_token_batch
 from .names import ModuleIndex, ModuleNameError
@@ -28,6 +29,9 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin):
             or a registered name such as ``"smollm2-135m"``).
         tokenizer: tokenizer for text inputs (loaded automatically with a model name).
         layer_attr: attribute holding the transformer layers (``"layers"``, ``"h"``, ``"transformer.h"``).
+            Families with an adapter (``mlxterp.adapters.registered()``, keyed by ``model_type``) find theirs
+            and give canonical names (``layers.N.attn``, ``layers.N.mlp``, ``resid_mid``, ...); other
+            models have their parts guessed from their names.
     """
 
     def __init__(self, model: Union[nn.Module, str], tokenizer: Optional[Any] = None, layer_attr: str = "layers"):
@@ -41,7 +45,7 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin):
         self.model = model
         self.tokenizer = tokenizer
         self.layer_attr = layer_attr
-        self._index = ModuleIndex(model, layer_attr)
+        self._index = ModuleIndex(model, layer_attr, architecture_for(model))
         self._executor = Executor(model)
         self._probes: collections.OrderedDict[tuple, Probe] = collections.OrderedDict()
         self._save_names: dict[tuple, str] = {}  # default save keys by (path, call, phase)
@@ -121,6 +125,13 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin):
             return None
 
     # -- modules -----------------------------------------------------------------------------
+    @property
+    def architecture(self) -> Optional[Architecture]:
+        """The family adapter in use (:class:`mlxterp.adapters.Architecture`: where the embedding, layers,
+        attention, MLP, norms and output projection are, and the residual form), or ``None`` when the
+        model's ``model_type`` has none and module roles are guessed from their names."""
+        return self._index.arch
+
     def named_modules(self) -> Iterator[Tuple[str, nn.Module]]:
         """``(name, module)`` for every module of the wrapped model (canonical paths)."""
         return iter(self._index.modules.items())

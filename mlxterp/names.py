@@ -4,14 +4,21 @@ Accepted for ``model.layers.3.mlp`` (an mlx-lm llama): ``layers.3.mlp`` (relativ
 container's parent), ``model.model.layers.3.mlp`` (the seed's prefixed form) and component aliases
 (``attn`` <-> ``self_attn``), and ``layers.N`` for the layer container whatever its attribute is called
 (``layers.3.attn`` is ``h.3.attn`` on GPT-2). Unknown names raise :class:`ModuleNameError` listing the closest valid ones.
+
+When the model's family has an adapter (:mod:`mlxterp.adapters`), the canonical names come from it and
+are tried first: ``layers.N.attn``, ``layers.N.mlp`` (Mixtral's ``block_sparse_moe``, InternLM2's
+``feed_forward``), ``layers.N.ln1`` / ``ln2`` (the norms before them), and ``embed``, ``final_norm``,
+``unembed`` at the top. Without an adapter, the layer list and the aliases are guessed from names.
 """
 
 from __future__ import annotations
 
 import difflib
-from typing import Iterator
+from typing import Iterator, Optional
 
 import mlx.nn as nn
+
+from .adapters import LAYER_MODULES, MODEL_MODULES, RESIDUAL_VALUES, Architecture
 
 TOKEN_EMBEDDING_NAMES = ("embed_tokens", "wte", "tok_embeddings", "word_embeddings", "embed_in", "embedding")
 ALIASES = {"attn": ("self_attn", "attention"), "self_attn": ("attn", "attention"), "attention": ("self_attn", "attn")}
@@ -22,15 +29,26 @@ class ModuleNameError(ValueError):
 
 
 class ModuleIndex:
-    """Resolves user-written module names to canonical paths of one model."""
+    """Resolves user-written module names to canonical paths of one model.
 
-    def __init__(self, model: nn.Module, layer_attr: str = "layers"):
+    Args:
+        model: the raw model.
+        layer_attr: attribute holding the layer list (ignored in favour of the adapter's when it is the
+            default ``"layers"`` and ``arch`` is given).
+        arch: the family's :class:`~mlxterp.adapters.Architecture`, or ``None`` to guess from names.
+    """
+
+    def __init__(self, model: nn.Module, layer_attr: str = "layers", arch: Optional[Architecture] = None):
         self.modules: dict[str, nn.Module] = {}
         for path, module in model.named_modules():
             self.modules.setdefault(path, module)
         self.layer_attr = layer_attr
-        self.layers = _find_layers(model, layer_attr)
+        use_arch = arch is not None and layer_attr == "layers"
+        self.layers = _find_layers(model, arch.layers if use_arch else layer_attr)
         self.container = self._path_of_layers()
+        # An adapter describes its own layer list; a user who points layer_attr elsewhere gets name guessing.
+        self.arch = arch if arch is not None and self.container == arch.layers else None
+        self._layer_paths = {f"{self.container}.{i}" for i in range(len(self.layers))}
         # Paths are shortened relative to the container's parent: "model.layers.3" -> "layers.3".
         self.prefix = self.container.rsplit(".", 1)[0] + "." if "." in self.container else ""
         self._short_attr = self.container[len(self.prefix):]
@@ -80,8 +98,31 @@ class ModuleIndex:
                 # "layers.3.mlp" works on every model (GPT-2's "h.3.mlp" too), as does the layer_attr form.
                 if base.startswith(head + "."):
                     bases.append(self.container + base[len(head):])
+        if self.arch is not None:
+            for base in bases:
+                found = self._canonical(base)
+                if found is not None:
+                    yield found
         for base in bases:
             yield from _alias_variants(base)
+
+    def _canonical(self, name: str) -> Optional[str]:
+        """The adapter's path for a name using a canonical part (``model.layers.3.mlp`` -> ``...block_sparse_moe``)."""
+        head, _, rest = name.partition(".")
+        if head in MODEL_MODULES:
+            target = self._model_module(head)
+            return None if target is None else target + (f".{rest}" if rest else "")
+        if not name.startswith(self.container + "."):
+            return None
+        parts = name[len(self.container) + 1:].split(".")
+        if len(parts) < 2 or not parts[0].isdigit() or parts[1] not in LAYER_MODULES:
+            return None
+        target = self.arch.layer_module(parts[1])
+        return None if target is None else ".".join([self.container, parts[0], target] + parts[2:])
+
+    def _model_module(self, name: str) -> Optional[str]:
+        arch = self.arch
+        return {"embed": arch.embed, "final_norm": arch.final_norm, "unembed": arch.head}.get(name)
 
     def _explain(self, name: str) -> str:
         parts = name.split(".")
@@ -108,10 +149,44 @@ class ModuleIndex:
             children = self.children(path)
             match = next((c for c in _alias_variants(part) if f"{path}.{c}" in self.modules), None)
             if match is None:
-                return (f"{name!r}: module {self.short(path)!r} has no component {part!r}; "
+                return (f"{name!r}: module {self.short(path)!r} has no component {part!r}{self.why_missing(path, part)}; "
                         f"its components are: {', '.join(children) or '(none)'}")
             path = f"{path}.{match}"
         return f"unknown module name {name!r}"
+
+    def why_missing(self, path: str, part: str) -> str:
+        """`` (why)`` when layer ``path`` lacks canonical component ``part`` and the adapter says why, else ``""``."""
+        arch = self.arch
+        if arch is None or path not in self._layer_paths or part not in LAYER_MODULES + RESIDUAL_VALUES:
+            return ""
+        return f" ({arch.lacks})" if arch.lacks else f" (this {arch.family} layer has no {part})"
+
+    def is_layer(self, path: str) -> bool:
+        """Whether ``path`` is one of the transformer layers."""
+        return path in self._layer_paths
+
+    def residual_site(self, layer_path: str, name: str) -> tuple[str, str]:
+        """``(module path, phase)`` of a residual value of a layer: ``resid_pre`` is the layer's input,
+        ``resid_post`` its output, ``resid_mid`` (adapter families whose layers add their attention before
+        their MLP) the input of the MLP half's first module.
+
+        Raises:
+            AttributeError: ``resid_mid`` of a model without an adapter or of a layer without one.
+        """
+        if name == "resid_pre":
+            return layer_path, "input"
+        if name == "resid_post":
+            return layer_path, "output"
+        arch = self.arch
+        mid = arch.mid_module() if arch is not None else None
+        if mid is None:
+            why = (f"a {arch.family} layer has a {arch.residual.form} residual (attention and MLP read the same "
+                   "residual), so there is no residual between them" if arch is not None else
+                   "this model's family has no adapter (mlxterp.adapters.registered()), so where its attention "
+                   "half ends is unknown")
+            raise AttributeError(f"{self.short(layer_path)}.resid_mid does not exist: {why}; "
+                                 "resid_pre (the layer input) and resid_post (its output) do")
+        return f"{layer_path}.{mid}", "input"
 
     def children(self, path: str) -> list[str]:
         """Names of the direct sub-modules of ``path``."""
@@ -121,7 +196,16 @@ class ModuleIndex:
                        if p.startswith(prefix) and p != path and p.count(".") >= depth})
 
     def child(self, path: str, attr: str) -> str | None:
-        """Canonical path of sub-module ``attr`` of ``path`` (aliases allowed), or ``None``."""
+        """Canonical path of sub-module ``attr`` of ``path`` (canonical names and aliases allowed), or ``None``."""
+        if self.arch is not None:
+            target = None
+            if attr in LAYER_MODULES and path in self._layer_paths:
+                target = self.arch.layer_module(attr)
+                target = target and f"{path}.{target}"
+            elif attr in MODEL_MODULES and path in ("", self.prefix.rstrip(".")):
+                target = self._model_module(attr)
+            if target is not None and target in self.modules:
+                return target
         prefix = path + "." if path else ""
         for variant in _alias_variants(attr):
             if prefix + variant in self.modules:
@@ -129,8 +213,10 @@ class ModuleIndex:
         return None
 
     def token_embedding(self) -> str | None:
-        """Path of the token embedding: the only embedding module, or the one named like one
-        (GPT-2 has ``wte`` and ``wpe``); ``None`` if there is no embedding or the choice is ambiguous."""
+        """Path of the token embedding: the adapter's, else the only embedding module or the one named like
+        one (GPT-2 has ``wte`` and ``wpe``); ``None`` if there is no embedding or the choice is ambiguous."""
+        if self.arch is not None:
+            return self.arch.embed
         found = [p for p, m in self.modules.items() if isinstance(m, (nn.Embedding, nn.QuantizedEmbedding))]
         named = [p for p in found if p.rsplit(".", 1)[-1] in TOKEN_EMBEDDING_NAMES]
         candidates = named or found

@@ -69,7 +69,8 @@ def _site(model: Any, probe: Any, counts: Dict[str, int], component: str, layer:
             path = None
         if path is None or not path.startswith(base + "."):
             raise ValueError(f"component: {component!r} is not a component of layer {layer} "
-                             f"({index.short(base)}); valid components are {choices(layer)}") from None
+                             f"({index.short(base)}){index.why_missing(base, component)}; "
+                             f"valid components are {choices(layer)}") from None
     calls = counts.get(path, 0)
     if calls != 1:
         raise ValueError(f"component: {component!r} of layer {layer} runs {calls} times per forward; patching needs "

@@ -251,8 +251,12 @@ def _residual_sibling(model: Any, probe: Any, counts: Dict[str, int], site: Comp
     (``out = (x + attn) + component``): the component, the attention and the layer's input all have the
     layer output's shape and dtype, the attention (``attn``/``self_attn``/``attention``, called once) is not
     the component or one of its ancestors or descendants, and nothing of the layer but the component's
-    ancestors returns after the component does. None otherwise."""
+    ancestors returns after the component does; with an adapter, its residual form adds the halves' outputs
+    as they are (not parallel, no norm after a half, no multiplier). None otherwise."""
     base = site.layer_path
+    arch = model._index.arch
+    if arch is not None and not arch.residual.adds_outputs:  # the identity cannot hold: do not try it
+        return None
     spec = probe.values.get((base, 0, "output"))
     attn = model._index.child(base, "attn")
     if attn is None or counts.get(attn) != 1 or attn == site.path:

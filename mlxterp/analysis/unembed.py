@@ -1,6 +1,9 @@
 """Finding a model's final norm and output projection (unembedding), and applying them.
 
-mlx-lm models end with ``norm(h)`` followed by either an ``lm_head`` linear layer or, when the
+A model whose family has an adapter (:mod:`mlxterp.adapters`) gets both from it, with what the family does
+after the projection (Gemma 2's soft-capping, Cohere's ``logit_scale``, Granite's ``logits_scaling``, ...),
+so the last layer through :meth:`Unembedding.logits` gives exactly the model's logits. Otherwise they are
+found by name: mlx-lm models end with ``norm(h)`` followed by either an ``lm_head`` linear layer or, when the
 input and output embeddings are tied, ``embed_tokens.as_linear(h)`` (GPT-2: ``ln_f`` and
 ``wte.as_linear``). Quantized heads and embeddings are used as they are: ``QuantizedLinear`` runs a
 quantized matmul, and ``QuantizedEmbedding.as_linear`` calls ``mx.quantized_matmul`` on the packed
@@ -10,6 +13,7 @@ weight, so no dequantized copy of the vocabulary matrix is ever made.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Optional
 
 import mlx.core as mx
@@ -33,7 +37,8 @@ class Unembedding:
     Attributes:
         norm: the final norm module, or ``None``.
         norm_path: its canonical path (``"model.norm"``), or ``None``.
-        head: ``hidden -> logits`` (``lm_head.__call__`` or ``embedding.as_linear``).
+        head: ``hidden -> logits`` (``lm_head.__call__`` or ``embedding.as_linear``, with the family's
+            scaling or soft-capping of the logits when its adapter has one).
         head_path: canonical path of the module providing ``head``.
         tied: whether ``head`` is the input embedding used transposed.
         hidden_size: width of the hidden states the head accepts.
@@ -66,6 +71,8 @@ def find_unembedding(model: Any) -> Unembedding:
         UnembeddingError: if no output projection is found (names tried are listed).
     """
     raw, modules = model.model, model._index.modules
+    if model._index.arch is not None:
+        return _from_architecture(raw, modules, model._index.arch)
     parent = model._index.container.rsplit(".", 1)[0] if "." in model._index.container else ""
     norm_path = _first_child(modules, parent, NORM_NAMES)
     head_path, tied = _find_head(raw, modules, parent)
@@ -73,6 +80,17 @@ def find_unembedding(model: Any) -> Unembedding:
     head = head_module.as_linear if tied else head_module
     return Unembedding(modules[norm_path] if norm_path else None, norm_path, head, head_path, tied,
                        _hidden_size(head_module, modules.get(norm_path) if norm_path else None))
+
+
+def _from_architecture(raw: nn.Module, modules: dict, arch: Any) -> Unembedding:
+    """The adapter's final norm and head (the tied embedding when ``arch.head`` is None)."""
+    tied = arch.head is None
+    head_path = arch.embed if tied else arch.head
+    module = modules[head_path]
+    projection = module.as_linear if tied else module
+    head = functools.partial(arch.logits, raw, projection)
+    norm = modules[arch.final_norm] if arch.final_norm else None
+    return Unembedding(norm, arch.final_norm, head, head_path, tied, _hidden_size(module, norm))
 
 
 def _first_child(modules: dict, parent: str, names: tuple) -> Optional[str]:

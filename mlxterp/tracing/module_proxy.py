@@ -7,6 +7,7 @@ from typing import Any, Iterator
 
 import mlx.nn as nn
 
+from ..adapters import RESIDUAL_VALUES
 from . import context
 
 
@@ -14,9 +15,13 @@ class ModuleProxy:
     """A module of the wrapped model, by canonical path (nnsight's envoy).
 
     Inside a trace: ``.output`` / ``.input`` give proxies of what the module returns / receives
-    (its first positional argument); assigning ``module.output = value`` replaces it. ``.call(i)``
+    (its first argument, positional or passed by name); assigning ``module.output = value`` replaces it. ``.call(i)``
     selects the ``i``-th call of a module that runs several times per forward (RoPE, shared modules).
     Other attributes reach the sub-modules (as proxies) or the module itself (weights, config).
+
+    A layer also has the residual stream's values, readable and writable: ``resid_pre`` (its input),
+    ``resid_post`` (its output) and, where the family's adapter knows the layer adds its attention before
+    its MLP, ``resid_mid`` (the residual between them).
     """
 
     __slots__ = ("_owner", "_path", "_call")
@@ -66,6 +71,8 @@ class ModuleProxy:
     def __getattr__(self, attr: str) -> Any:
         if attr.startswith("__"):
             raise AttributeError(attr)
+        if attr in RESIDUAL_VALUES and self._owner._index.is_layer(self._path):
+            return context.current(self, attr).module_value(*self._residual(attr))
         child = self._owner._index.child(self._path, attr)
         if child is not None:
             return ModuleProxy(self._owner, child)
@@ -88,9 +95,19 @@ class ModuleProxy:
     def __len__(self) -> int:
         return sum(1 for c in self._owner._index.children(self._path) if c.isdigit())
 
+    def _residual(self, name: str) -> tuple[str, int, str]:
+        """``(path, call, phase)`` of a layer's residual value ``name`` (see :data:`RESIDUAL_VALUES`)."""
+        path, phase = self._owner._index.residual_site(self._path, name)  # raises for a missing resid_mid
+        if name == "resid_mid":
+            return self._path, self._call, "resid_mid"
+        return path, self._call, phase
+
     def __setattr__(self, attr: str, value: Any) -> None:
         if attr in ("output", "input"):
             object.__setattr__(self, attr, value)
+            return
+        if attr in RESIDUAL_VALUES and self._owner._index.is_layer(self._path):
+            context.current(self, attr).write(*self._residual(attr), value)
             return
         raise AttributeError(
             f"cannot set {attr!r} on module proxy {self.name!r}; inside a trace assign "

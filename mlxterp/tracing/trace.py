@@ -48,6 +48,14 @@ def _ref_key(node_id: int) -> tuple:
     return key
 
 
+RESID_MID = "resid_mid"  # the pseudo-phase of a layer's residual between its attention and MLP halves
+
+
+def shift_residual(out: mx.array, new: mx.array, old: mx.array) -> mx.array:
+    """A layer output ``h + f(h)`` moved to a new residual: ``out + (new - old)``."""
+    return out + (new - old)
+
+
 COMPILE_CHOICES = {False: "eager", True: "compiled", "eager": "eager", "compiled": "compiled", "auto": "auto"}
 
 
@@ -187,9 +195,15 @@ class Trace:
         return Ref.of(node.id)
 
     def module_value(self, path: str, call_idx: int, phase: str) -> Proxy:
-        """Proxy of a module call's current output or input (after any writes made so far)."""
+        """Proxy of a module call's current output or input (after any writes made so far); phase
+        ``"resid_mid"`` reads layer ``path``'s residual between its attention and MLP halves."""
         if self.finished:
             self._check_open()
+        if phase == RESID_MID:
+            mid, mid_phase = self._owner._index.residual_site(path, RESID_MID)
+            proxy = self.module_value(mid, call_idx, mid_phase)
+            proxy._binding = (path, call_idx, phase)  # writes through it go to write_resid_mid
+            return proxy
         binding = (path, call_idx, phase)
         node_id = self._versions.get(binding)
         if node_id is None:
@@ -200,9 +214,13 @@ class Trace:
         return Proxy(self, node_id, binding)
 
     def write(self, path: str, call_idx: int, phase: str, value: Any) -> None:
-        """Replace a module call's output (or input) with ``value``."""
+        """Replace a module call's output (or input) with ``value`` (phase ``"resid_mid"``: see
+        :meth:`write_resid_mid`)."""
         if self.finished:
             self._check_open()
+        if phase == RESID_MID:
+            self.write_resid_mid(path, call_idx, value)
+            return
         src = user_source()
         ref = self._lift(value, (int, float), src)
         if type(ref) is not Ref:
@@ -211,6 +229,18 @@ class Trace:
         node = self.graph.add(Op.REPLACE, target, (ref,), None, _meta(src),
                               ("replace", ("tuple", path, call_idx, phase), ("tuple", _ref_key(ref.id)), ()))
         self._versions[target] = node.id
+
+    def write_resid_mid(self, layer_path: str, call_idx: int, value: Any) -> None:
+        """Make ``value`` the residual between layer ``layer_path``'s attention and MLP halves: the MLP half's
+        first module reads it, and the layer output, ``h + mlp_half(h)``, gets ``value - h`` added (equal to
+        ``value + mlp_half(value)`` up to float rounding)."""
+        mid, mid_phase = self._owner._index.residual_site(layer_path, RESID_MID)
+        before = self.module_value(mid, call_idx, mid_phase)
+        self.write(mid, call_idx, mid_phase, value)
+        after = self.module_value(mid, call_idx, mid_phase)
+        out = self.module_value(layer_path, call_idx, "output")
+        self.write(layer_path, call_idx, "output", apply(shift_residual, out, after, before))
+        self._versions[(layer_path, call_idx, RESID_MID)] = self._versions[(mid, call_idx, mid_phase)]
 
     def setitem(self, proxy: Proxy, index: Any, value: Any) -> None:
         """``proxy[index] = value``: functional update; a module's output/input is written through."""
