@@ -5,7 +5,7 @@ GPT-2 and GPTBigCode (learned absolute positions ``wpe``: no position past its r
 
 from __future__ import annotations
 
-from .base import learned, rotary
+from .base import learned
 from .llama import family
 
 _GPT2 = dict(attn="attn", mlp="mlp", ln1="ln_1", ln2="ln_2")
