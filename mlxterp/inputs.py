@@ -95,31 +95,38 @@ def pad_rows(rows: list[list[int]], pad_id: int) -> TokenBatch:
     return TokenBatch(mx.array(data), tuple(len(r) for r in rows))
 
 
-# The token arrays checked last, each with a copy of its bytes. A sweep passes one array again and again;
-# comparing its bytes with the copy (a memcmp) costs far less than a min/max reduction right after a forward
-# (~40 us against ~100 us measured), and a write into the array in place (`tokens[0, 1] = 10**6`) changes the
-# bytes, so it is checked again: an out-of-range id would make MLX's gather read out of bounds.
-_CHECKED: list[tuple[mx.array, bytes]] = []
+# The token arrays checked last, each with a copy of its bytes and its smallest and largest id. A sweep passes
+# one array again and again; comparing its bytes with the copy (a memcmp) costs far less than a min/max
+# reduction right after a forward (~40 us against ~100 us measured), and a write into the array in place
+# (`tokens[0, 1] = 10**6`) changes the bytes, so it is checked again. The memo keeps the ids' bounds, not a
+# verdict: an array checked for a 100,000-row embedding is checked again for a 128-row one. An out-of-range
+# id would make MLX's gather read out of bounds (garbage or a crash).
+_CHECKED: tuple[tuple[mx.array, bytes, int, int], ...] = ()
 
 
 def _check_array_range(inputs: mx.array, batch: TokenBatch, vocab_rows: int | None) -> TokenBatch:
     """:func:`_check_range` for a user's token array, skipping arrays checked before and unchanged since."""
+    global _CHECKED
     if vocab_rows is None:
         return batch
     data = memoryview(inputs).tobytes()  # evaluates the array if a write left it lazy
-    for seen, snapshot in _CHECKED:
+    for seen, snapshot, lo, hi in _CHECKED:  # a tuple: other threads replace it, never change it
         if seen is inputs and snapshot == data:
-            return batch
-    _check_range(batch, vocab_rows)
-    _CHECKED[:] = [(inputs, data)] + [entry for entry in _CHECKED if entry[0] is not inputs][:7]
-    return batch
+            return batch if 0 <= lo and hi < vocab_rows else _check_range(batch, vocab_rows)
+    lo, hi = _id_bounds(np.asarray(batch.tokens))
+    _CHECKED = ((inputs, data, lo, hi),) + tuple(entry for entry in _CHECKED if entry[0] is not inputs)[:7]
+    return _check_range(batch, vocab_rows, (lo, hi))
 
 
-def _check_range(batch: TokenBatch, vocab_rows: int | None) -> TokenBatch:
+def _id_bounds(ids: np.ndarray) -> tuple[int, int]:
+    return int(ids.min()), int(ids.max())
+
+
+def _check_range(batch: TokenBatch, vocab_rows: int | None, bounds: tuple[int, int] | None = None) -> TokenBatch:
     if vocab_rows is None:
         return batch
     ids = np.asarray(batch.tokens)
-    lo, hi = int(ids.min()), int(ids.max())
+    lo, hi = bounds if bounds is not None else _id_bounds(ids)
     if lo < 0 or hi >= vocab_rows:
         bad = hi if hi >= vocab_rows else lo
         where = np.argwhere(ids == bad)[0].tolist()

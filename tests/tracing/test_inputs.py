@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from mlxterp import InterpretableModel
+from tests.models import tiny_llama_module
 
 
 @pytest.mark.parametrize("inputs", ["abc", ["abc"], [1, 99, 100, 101], mx.array([1, 99, 100, 101]),
@@ -92,3 +93,17 @@ def test_tokenizer_methods_without_tokenizer_raise_value_error(llama_module):
         with pytest.raises(ValueError, match="needs a tokenizer"):
             call()
     assert m.vocab_size is None
+
+
+def test_array_checked_by_a_large_vocabulary_is_checked_again_for_a_small_one(llama_module):
+    # The range-check memo skips an unchanged array seen before; it must not skip it for a model whose
+    # embedding has fewer rows (MLX's gather would read out of bounds: garbage or a crash).
+    large = InterpretableModel(tiny_llama_module(vocab=1024, layers=1))
+    small = InterpretableModel(llama_module)  # 128 rows
+    tokens = mx.array([[1, 700, 2]])
+    with large.trace(tokens, capture="saved"):
+        large.output.save()
+    with pytest.raises(ValueError, match=r"token id 700 at position \(0, 1\) is out of range.*128 rows"):
+        small.trace(tokens)
+    with large.trace(tokens, capture="saved"):  # still valid for the large model
+        large.output.save()
