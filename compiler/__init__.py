@@ -10,6 +10,7 @@ from .errors import (
     NodeExecutionError,
     ShapeMismatchError,
     TraceError,
+    WriteTypeError,
 )
 from .executor import MODES, Executor, RunResult
 from .export import to_dot, to_json, to_text
@@ -24,7 +25,7 @@ from .verify import verify
 
 __all__ = [
     "CausalityError", "GraphError", "ModuleNotCalledError", "NodeExecutionError", "ShapeMismatchError",
-    "TraceError", "MODES", "Executor", "RunResult", "to_dot", "to_json", "to_text", "hooks_installed",
-    "is_hooked", "Graph", "Node", "Op", "Ref", "PatchedForward", "eliminate_dead_code",
+    "TraceError", "WriteTypeError", "MODES", "Executor", "RunResult", "to_dot", "to_json", "to_text",
+    "hooks_installed", "is_hooked", "Graph", "Node", "Op", "Ref", "PatchedForward", "eliminate_dead_code",
     "lift_constants", "run_passes", "schedule", "Probe", "probe", "StateCompiled", "structure_key", "verify",
 ]

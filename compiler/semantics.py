@@ -6,8 +6,9 @@ import operator
 from typing import Any, Callable
 
 import mlx.core as mx
+import numpy as np
 
-from .errors import ShapeMismatchError
+from .errors import ShapeMismatchError, WriteTypeError, bad_write_message, describe_value
 from .ir import Node, Op
 
 BINARY_OPS: dict[str, Callable[[Any, Any], Any]] = {
@@ -66,7 +67,7 @@ def functional_setitem(node: Node, x: mx.array, index: Any, value: Any) -> mx.ar
     except ValueError:
         where = node.meta.get("module") or "a traced value"
         raise ShapeMismatchError(
-            f"shape mismatch assigning into {where}: the indexed region {_fmt_index(index)} has shape "
+            f"shape mismatch assigning into {where}: the indexed region {format_index(index)} has shape "
             f"{tuple(region.shape)} (of {tuple(x.shape)}), the value has shape {value_shape}; "
             f"traced at {node.source}"
         ) from None
@@ -76,11 +77,23 @@ def functional_setitem(node: Node, x: mx.array, index: Any, value: Any) -> mx.ar
 
 
 def check_replacement(node: Node, original: Any, value: Any) -> Any:
-    """Validate a whole-output replacement and broadcast it to the original shape and dtype."""
+    """Validate a write and give the value that flows on.
+
+    A Python number (the recorder marks it ``meta["fill"]``) fills the original's shape *and dtype*. Any
+    other value must be an array: an output replacement broadcasts to the original's shape; an input may
+    change shape (e.g. cutting a norm's input to the last position).
+    """
     path, _, phase = node.target
-    if not isinstance(original, mx.array) or phase == "input":
+    if not isinstance(original, mx.array):
         return value
-    value = value if isinstance(value, mx.array) else mx.array(value, dtype=original.dtype)
+    if node.meta.get("fill"):
+        return mx.broadcast_to(mx.array(value).astype(original.dtype), original.shape)
+    if isinstance(value, np.ndarray):
+        value = mx.array(value, dtype=original.dtype)
+    if not isinstance(value, mx.array):
+        raise WriteTypeError(_non_array_message(node, original, value))
+    if phase == "input":
+        return value
     try:
         shape = mx.broadcast_shapes(tuple(value.shape), tuple(original.shape))
     except ValueError:
@@ -95,7 +108,15 @@ def check_replacement(node: Node, original: Any, value: Any) -> Any:
     return value
 
 
-def _fmt_index(index: Any) -> str:
+def _non_array_message(node: Node, original: mx.array, value: Any) -> str:
+    path, _, phase = node.target
+    origin = node.meta.get("origin")  # the intervention function the value came from, if any
+    given, returned = (f"the result of {origin}", describe_value(value)) if origin else (describe_value(value), "")
+    shape = f" {tuple(original.shape)} (dtype {original.dtype})"
+    return bad_write_message(f"the {phase} of {path or '<model>'}", given, node.source, shape, returned)
+
+
+def format_index(index: Any) -> str:
     """Render an index like the user wrote it: ``[:, -1]``."""
     parts = index if isinstance(index, tuple) else (index,)
 

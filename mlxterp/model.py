@@ -89,7 +89,7 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin):
             return tuple((self._index.resolve(c), 0) for c in capture)
         raise ValueError(f"capture={capture!r} is not valid; choose {CAPTURE_CHOICES}")
 
-    def _check_interventions(self, interventions: Optional[Dict[str, Callable]]) -> list[tuple[str, Callable]]:
+    def _check_interventions(self, interventions: Optional[Dict[str, Callable]]) -> list[tuple[str, Callable, str]]:
         if interventions is None:
             return []
         if not isinstance(interventions, dict):
@@ -99,7 +99,7 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin):
             if not callable(fn):
                 raise TypeError(f"interventions[{name!r}] is a {type(fn).__name__}; expected a callable "
                                 "activation -> activation such as iv.scale(0.5)")
-            checked.append((self._index.resolve(name), fn))
+            checked.append((self._index.resolve(name), fn, name))
         return checked
 
     def _probe(self, tokens: mx.array) -> Probe:

@@ -79,7 +79,7 @@ class Proxy:
     def __getitem__(self, index: Any) -> Any:
         if self._value is not _UNSET:
             return self._value[_unwrap(index)]
-        return self._record(Op.GETITEM, None, (self, index))
+        return self._trace.getitem(self, index)
 
     def __setitem__(self, index: Any, value: Any) -> None:
         if self._value is not _UNSET:

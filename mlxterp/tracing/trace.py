@@ -9,10 +9,10 @@ import mlx.core as mx
 
 from mlxterp.compiler import Graph, Op, Ref, to_dot, to_json, to_text
 from mlxterp.compiler.ir import map_refs
-from mlxterp.compiler.semantics import evaluate
+from mlxterp.compiler.semantics import evaluate, format_index
 from mlxterp.compiler.structure import constant_signature
 
-from . import context
+from . import context, guards
 from .proxy import _UNSET, Proxy, apply
 from .results import ActivationDict, PendingActivations, rebind_in_frame
 from .source import format_source, user_source
@@ -91,8 +91,8 @@ class Trace:
     def __enter__(self) -> "Trace":
         context.push(self)
         try:
-            for path, fn in self._interventions:
-                self._apply_intervention(path, fn)
+            for path, fn, name in self._interventions:
+                self._apply_intervention(path, fn, name)
         except BaseException:
             context.pop(self)
             raise
@@ -112,12 +112,12 @@ class Trace:
         self._saved, self._abstract = [], {}
         return False
 
-    def _apply_intervention(self, path: str, fn: Callable) -> None:
+    def _apply_intervention(self, path: str, fn: Callable, name: str) -> None:
         from ..interventions import Intervention
 
         current = self.module_value(path, 0, "output")
         value = fn(current) if isinstance(fn, Intervention) else apply(fn, current)
-        self.write(path, 0, "output", value)
+        self.write(path, 0, "output", value, guards.intervention_origin(name, fn))
 
     # -- recording ---------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -213,20 +213,21 @@ class Trace:
             self._versions[binding] = node_id
         return Proxy(self, node_id, binding)
 
-    def write(self, path: str, call_idx: int, phase: str, value: Any) -> None:
+    def write(self, path: str, call_idx: int, phase: str, value: Any, origin: str | None = None) -> None:
         """Replace a module call's output (or input) with ``value`` (phase ``"resid_mid"``: see
-        :meth:`write_resid_mid`)."""
+        :meth:`write_resid_mid`; ``origin``: the intervention the value came from)."""
         if self.finished:
             self._check_open()
         if phase == RESID_MID:
             self.write_resid_mid(path, call_idx, value)
             return
         src = user_source()
+        value, extra = guards.written_value(value, f"the {phase} of {path or '<model>'}", src, origin)
         ref = self._lift(value, (int, float), src)
         if type(ref) is not Ref:
             ref = self._constant(value, isinstance(value, (int, float)), src)
         target = (path, call_idx, phase)
-        node = self.graph.add(Op.REPLACE, target, (ref,), None, _meta(src),
+        node = self.graph.add(Op.REPLACE, target, (ref,), None, _meta(src) if extra is None else dict(extra, source=src),
                               ("replace", ("tuple", path, call_idx, phase), ("tuple", _ref_key(ref.id)), ()))
         self._versions[target] = node.id
 
@@ -242,6 +243,11 @@ class Trace:
         self.write(layer_path, call_idx, "output", apply(shift_residual, out, after, before))
         self._versions[(layer_path, call_idx, RESID_MID)] = self._versions[(mid, call_idx, mid_phase)]
 
+    def getitem(self, proxy: Proxy, index: Any) -> Proxy:
+        """``proxy[index]``; integer indices are checked against the value's known shape."""
+        guards.check_index(proxy, index)
+        return self.record(Op.GETITEM, None, (proxy, index))
+
     def setitem(self, proxy: Proxy, index: Any, value: Any) -> None:
         """``proxy[index] = value``: functional update; a module's output/input is written through."""
         source_node = self.graph.node(proxy._node)
@@ -252,8 +258,11 @@ class Trace:
                 "Index the module value in one step instead, e.g. `model.layers[3].output[:, -1, :5] = v`"
             )
         where = self._owner._index.short(proxy._binding[0]) + f" {proxy._binding[2]}" if proxy._binding else None
+        guards.check_index(proxy, index)
+        src = user_source()
+        guards.check_item_value(value, f"{where or 'a traced value'}{format_index(index)}", src)
         # the assigned value is data (lifted); the index is structure
-        value = self._lift(value, (int, float), user_source())
+        value = self._lift(value, (int, float), src)
         new = self.record(Op.SETITEM, None, (proxy, index, value), meta={"module": where or "a traced value"})
         if proxy._binding is not None:
             path, idx, phase = proxy._binding
