@@ -95,10 +95,11 @@ def batch_get_activations(model: Any, prompts: Any, layers: Optional[Sequence[in
     rows = _token_rows(model, prompts)
     lengths = [len(r) for r in rows]
     index = _position_index(lengths, pos_list)  # validates every prompt before any forward runs
+    model._check_length(lengths)
     n = len(rows)
     order = np.argsort(np.asarray(lengths), kind="stable")
     pad_id = model._pad_id()
-    limit = _max_positions(model)
+    limit = model._positions.max_positions
 
     chunks: Dict[int, List[mx.array]] = {i: [] for i in layer_ids}
     with tqdm(total=n, disable=not progress, unit="prompt", desc="activations", leave=True) as bar:
@@ -327,16 +328,6 @@ def _token_rows(model: Any, prompts: Any) -> List[List[int]]:
                 raise ValueError(f"token id {bad} in prompt {k} is out of range: the model's embedding has "
                                  f"{vocab} rows, so ids must be in [0, {vocab - 1}]")
     return rows
-
-
-def _max_positions(model: Any) -> Optional[int]:
-    """The model's hard position limit (learned position embeddings), if its args declare one."""
-    args = getattr(model.model, "args", None)
-    for attr in ("n_positions", "n_ctx", "max_position_embeddings"):
-        value = getattr(args, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def _next_pow2(n: int) -> int:

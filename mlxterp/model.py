@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -14,6 +14,7 @@ from .adapters import Architecture, architecture_for
 from .analysis.methods import AnalysisMixin
 from .inputs import TokenBatch, to_token_batch
 from .names import ModuleIndex, ModuleNameError
+from .positions import PositionGuard, position_limit
 from .tokens import TokenizerMixin
 from .tracing.module_proxy import LayerListProxy, ModuleProxy
 from .tracing.trace import Trace
@@ -50,6 +51,8 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin):
         self._probes: collections.OrderedDict[tuple, Probe] = collections.OrderedDict()
         self._save_names: dict[tuple, str] = {}  # default save keys by (path, call, phase)
         self._embedding_rows = self._vocab_rows()
+        # What positions the model handles (read from its modules/args; a family adapter may supply it).
+        self._positions = PositionGuard(position_limit(model))
         # Compiled programs built by analysis helpers beside the executor's (e.g. attribution patching),
         # by kind; clear_compile_cache() empties them too.
         self._program_caches: dict[str, collections.OrderedDict] = {}
@@ -73,7 +76,14 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin):
         return Trace(self, self._batch(inputs), interventions, compile, capture)
 
     def _batch(self, inputs: Any) -> TokenBatch:
-        return to_token_batch(inputs, self.tokenizer, self._embedding_rows, self._pad_id())
+        batch = to_token_batch(inputs, self.tokenizer, self._embedding_rows, self._pad_id())
+        self._check_length(batch.lengths)
+        return batch
+
+    def _check_length(self, lengths: Sequence[int]) -> None:
+        """Refuse prompts past learned positions, warn (once) past a rotary model's context."""
+        longest = max(range(len(lengths)), key=lengths.__getitem__)
+        self._positions.check(lengths[longest], "the input" if len(lengths) == 1 else f"prompt {longest}")
 
     def _vocab_rows(self) -> Optional[int]:
         """Rows of the token embedding (to reject out-of-range ids), or ``None`` if there is none."""

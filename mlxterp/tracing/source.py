@@ -24,6 +24,15 @@ def user_source() -> tuple[str, int] | str:
     return "<unknown>"
 
 
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes ``warnings.warn``, called by the caller of this function, point at the
+    innermost frame outside mlxterp and the compiler (the user's line)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def format_source(src: tuple[str, int] | str) -> str:
     """``file:line`` text of a :func:`user_source` result."""
     return f"{src[0]}:{src[1]}" if isinstance(src, tuple) else src
