@@ -16,6 +16,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .ir import Graph
+from .locks import serialised
 from .lowering import PatchedForward, default_call
 from .passes import PassResult, run_passes
 from .passes.lift import param_sources, param_values
@@ -66,6 +67,7 @@ class Executor:
         """Cache key: the graph's structure and the input's shape and dtype."""
         return (structure_key(graph), tuple(tokens.shape), tokens.dtype)
 
+    @serialised(lambda executor: executor.model)  # one forward of a model at a time; cache and stats too
     def run(self, graph: Graph, tokens: mx.array, probe: Callable[[], Probe], mode: str = "auto") -> RunResult:
         """Execute ``graph`` on ``tokens``; ``probe()`` gives the execution order on a cache miss."""
         if mode not in MODES:
@@ -115,6 +117,7 @@ class Executor:
         entry.compiled = StateCompiled(traced, self.model)
         return entry.compiled
 
+    @serialised(lambda executor: executor.model)
     def clear(self) -> None:
         """Drop every cached program (statistics are kept)."""
         self._cache.clear()

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from threading import get_ident
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import mlx.nn as nn
 
 _HOOKED_CLASSES: dict[type, type] = {}
-# id(module) -> (path, runtime). Kept outside the module: nn.Module is a dict and would store it as state.
-_ACTIVE: dict[int, tuple[str, "Runtime"]] = {}
+# id(module) -> (path, runtime, id of the thread running it). Kept outside the module: nn.Module is a dict
+# and would store it as state. A hooked module called from another thread (a plain forward while a trace
+# runs) behaves normally: the runtime belongs to the thread that installed it.
+_ACTIVE: dict[int, tuple[str, "Runtime", int]] = {}
 
 
 class Runtime(Protocol):
@@ -31,10 +34,9 @@ def hooked_class(cls: type) -> type:
 
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
             entry = _ACTIVE.get(id(self))
-            if entry is None:  # a hooked instance outside any runtime (a leaked reference): behave normally
+            if entry is None or entry[2] != get_ident():  # outside any runtime, or another thread's: behave normally
                 return original(self, *args, **kwargs)
-            path, runtime = entry
-            return runtime.call(path, self, original, args, kwargs)
+            return entry[1].call(entry[0], self, original, args, kwargs)
 
         sub = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
                                           "__qualname__": cls.__qualname__, "__mlxterp_hooked__": True})
@@ -46,6 +48,7 @@ def hooked_class(cls: type) -> type:
 def hooks_installed(modules: Iterable[tuple[str, nn.Module]], runtime: Runtime) -> Iterator[None]:
     """Hook each ``(path, module)`` for the duration of the block; restore classes in ``finally``."""
     swapped: list[tuple[nn.Module, type]] = []
+    thread = get_ident()
     try:
         for path, module in modules:
             active = _ACTIVE.get(id(module))
@@ -57,7 +60,7 @@ def hooks_installed(modules: Iterable[tuple[str, nn.Module]], runtime: Runtime) 
                     "traces of one model cannot be nested or run concurrently"
                 )
             cls = type(module)
-            _ACTIVE[id(module)] = (path, runtime)
+            _ACTIVE[id(module)] = (path, runtime, thread)
             module.__class__ = hooked_class(cls)
             swapped.append((module, cls))
         yield

@@ -12,6 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .hooks import hooks_installed, primary_input
+from .locks import model_lock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,6 @@ class _Recorder:
 def probe(model: nn.Module, run: Callable[[], Any]) -> Probe:
     """Hook every module of ``model``, call ``run()`` (which calls the model) and record the events."""
     recorder = _Recorder()
-    with hooks_installed(model.named_modules(), recorder):
+    with model_lock(model), hooks_installed(model.named_modules(), recorder):
         run()
     return Probe(tuple(recorder.events), recorder.values)

@@ -9,6 +9,7 @@ import mlx.core as mx
 import numpy as np
 
 from .display import show_if_interactive
+from .serial import holds_model_lock
 from .unembed import find_unembedding
 from .validate import check_positive_int, resolve_layers, single_prompt, token_labels
 
@@ -41,6 +42,7 @@ def _as_hidden(hidden_state: Any, hidden_size: int) -> Tuple[mx.array, bool]:
     return (h[None], True) if h.ndim == 1 else (h, False)
 
 
+@holds_model_lock
 def get_token_predictions(model: Any, hidden_state: Any, top_k: int = 10,
                           return_scores: bool = False) -> Union[List[Any], List[List[Any]]]:
     """Top-k tokens of hidden state(s) through the output projection only (no final norm); scores are logits.
@@ -58,6 +60,7 @@ def get_token_predictions(model: Any, hidden_state: Any, top_k: int = 10,
     return rows[0] if single else rows
 
 
+@holds_model_lock
 def logit_lens(model: Any, text: Any, top_k: int = 1, layers: Optional[List[int]] = None, plot: bool = False,
                max_display_tokens: int = 15, figsize: Tuple[float, float] = (16, 10), cmap: str = "viridis", *,
                save_path: Optional[Union[str, Path]] = None) -> Dict[int, List[List[Tuple[int, float, str]]]]:

@@ -19,6 +19,7 @@ import numpy as np
 from .attribution import attribution_grid
 from .components import ComponentSite, resolve_sites
 from .display import show_if_interactive
+from .serial import holds_model_lock
 from .metrics import check_metric, identical_logits_message
 from .sweep import run_sweep
 from .unembed import UnembeddingError, find_unembedding
@@ -117,6 +118,7 @@ def _labels(model: Any, tokens: mx.array, positions: List[int]) -> List[str]:
     return [label + ("*" if clean[p] != corrupted[p] else "") for label, p in zip(labels, positions)]
 
 
+@holds_model_lock
 def activation_patching(model: Any, clean_text: Any, corrupted_text: Any, component: str = "mlp",
                         layers: Optional[List[int]] = None, metric: str = "l2", plot: bool = False,
                         figsize: Tuple[float, float] = (12, 8), cmap: str = "RdBu_r", *,
@@ -146,6 +148,7 @@ def activation_patching(model: Any, clean_text: Any, corrupted_text: Any, compon
     return recovery
 
 
+@holds_model_lock
 def patching_grid(model: Any, clean_text: Any, corrupted_text: Any, component: str = "output",
                   layers: Optional[List[int]] = None, positions: Optional[List[int]] = None, metric: str = "l2",
                   plot: bool = False, figsize: Tuple[float, float] = (12, 8), cmap: str = "RdBu_r", *,
@@ -170,6 +173,7 @@ def patching_grid(model: Any, clean_text: Any, corrupted_text: Any, component: s
     return out
 
 
+@holds_model_lock
 def attribution_patching(model: Any, clean_text: Any, corrupted_text: Any, component: str = "output",
                          layers: Optional[List[int]] = None, positions: Optional[List[int]] = None,
                          metric: str = "l2", plot: bool = False, figsize: Tuple[float, float] = (12, 8),

@@ -14,6 +14,7 @@ from typing import Any, Callable, Hashable, Optional, Tuple
 import mlx.core as mx
 
 from mlxterp.compiler import StateCompiled
+from mlxterp.compiler.locks import model_lock
 
 from ..tracing.proxy import apply
 
@@ -50,7 +51,8 @@ class EmbeddingProgram:
         self.compiled = StateCompiled(run, model.model)
 
     def __call__(self, tokens: mx.array, *args: Any) -> Any:
-        return self.compiled(self.embedding(tokens), *args)
+        with model_lock(self.compiled.module):  # the embedding reads weights another thread may be tracing
+            return self.compiled(self.embedding(tokens), *args)
 
 
 def cached_program(model: Any, kind: str, key: Hashable, ids_shape: Tuple[int, ...],
