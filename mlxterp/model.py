@@ -114,7 +114,7 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin):
 
     def _probe(self, tokens: mx.array) -> Probe:
         """Execution order and shapes for inputs of this shape (one lazy forward, cached)."""
-        key = (tuple(tokens.shape), str(tokens.dtype))
+        key = (tuple(tokens.shape), tokens.dtype)  # the Dtype itself: hashable, and str() is slow
         found = self._probes.get(key)
         if found is None:
             found = probe(self.model, lambda: self.model(tokens))

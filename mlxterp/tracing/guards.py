@@ -88,9 +88,7 @@ def check_index(proxy: Proxy, index: Any) -> None:
     end is valid and empty). Values whose shape is not known for sure are not checked.
     """
     parts = index if type(index) is tuple else (index,)
-    if not any(_is_int(p) for p in parts) or any(isinstance(p, (bool, np.bool_)) for p in parts):
-        return
-    if sum(p is Ellipsis for p in parts) > 1:
+    if not _has_checkable_int(parts):
         return
     shape = known_shape(proxy)
     if shape is None:
@@ -107,6 +105,25 @@ def check_index(proxy: Proxy, index: Any) -> None:
             if _is_int(part) and not -shape[axis] <= int(part) < shape[axis]:
                 raise IndexError(_out_of_range(proxy, int(part), axis, shape))
             axis += 1
+
+
+def _has_checkable_int(parts: tuple) -> bool:
+    """Whether the index has an integer to check (and no bool mask, at most one ``...``): one fast pass, as
+    every ``output[:, -1]`` of a sweep comes here."""
+    found, ellipses = False, 0
+    for part in parts:
+        kind = type(part)
+        if kind is int:
+            found = True
+        elif kind is slice or part is None:
+            continue
+        elif part is Ellipsis:
+            ellipses += 1
+        elif kind is bool or isinstance(part, np.bool_):
+            return False
+        elif isinstance(part, np.integer):
+            found = True
+    return found and ellipses <= 1
 
 
 def _is_int(value: Any) -> bool:
@@ -157,9 +174,10 @@ def _probe_shape(trace: Any, event: tuple) -> tuple | None:
 
 
 def _input_rewritten(trace: Any) -> bool:
-    graph = trace.graph
-    return any(binding[2] == "input" and graph.node(node_id).op is Op.REPLACE
-               for binding, node_id in trace._versions.items())
+    for binding, node_id in trace._versions.items():
+        if binding[2] == "input" and trace.graph.node(node_id).op is Op.REPLACE:
+            return True
+    return False
 
 
 def _shape_is_safe(trace: Any, node_id: int) -> bool:
