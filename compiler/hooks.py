@@ -56,8 +56,9 @@ def hooks_installed(modules: Iterable[tuple[str, nn.Module]], runtime: Runtime) 
                 continue  # one module reachable at two paths: the first path names it
             if active is not None:
                 raise RuntimeError(
-                    f"module {path or '<model>'} is already hooked by another running trace; "
-                    "traces of one model cannot be nested or run concurrently"
+                    f"module {path or '<model>'} is already hooked by another running forward: a trace of a "
+                    "model cannot run while that model's forward runs (e.g. from inside one of its interventions), "
+                    "nor can two models that share this module run at once"
                 )
             cls = type(module)
             _ACTIVE[id(module)] = (path, runtime, thread)

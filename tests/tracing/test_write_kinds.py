@@ -34,13 +34,21 @@ def filled(value):
     return lambda h: mx.full(h.shape, value, dtype=h.dtype)
 
 
+def write_and_run(model, tokens, compile, module: str, value):
+    """Write ``value`` to ``module`` (``"output"`` or ``"input"`` of layers[k]); the written value and logits."""
+    layer, phase = module.split(".")
+    target = model.layers[int(layer)]
+    with model.trace(tokens, compile=compile, capture="saved"):
+        setattr(target, phase, value)
+        written = getattr(target, phase).save()
+        out = model.output.save()
+    return written, out
+
+
 @MODES
 @pytest.mark.parametrize("value", [0, 0.5, -3], ids=["int0", "float", "int"])
 def test_scalar_output_write_takes_the_activation_shape_and_dtype(bf16, tokens, value, compile):
-    with bf16.trace(tokens, compile=compile, capture="saved"):
-        bf16.layers[1].output = value
-        written = bf16.layers[1].output.save()
-        out = bf16.output.save()
+    written, out = write_and_run(bf16, tokens, compile, "1.output", value)
     assert written.dtype == mx.bfloat16 and written.shape == (1, 7, 64)
     assert mx.array_equal(written, mx.full((1, 7, 64), value, dtype=mx.bfloat16))
     expected = reference_llama_forward(bf16.model, tokens, {1: filled(value)})
@@ -49,10 +57,7 @@ def test_scalar_output_write_takes_the_activation_shape_and_dtype(bf16, tokens, 
 
 @MODES
 def test_scalar_write_of_a_float32_model_stays_float32(model, tokens, compile):
-    with model.trace(tokens, compile=compile, capture="saved"):
-        model.layers[1].output = 0
-        written = model.layers[1].output.save()
-        out = model.output.save()
+    written, out = write_and_run(model, tokens, compile, "1.output", 0)
     assert written.dtype == mx.float32
     assert mx.allclose(out, reference_llama_forward(model.model, tokens, {1: filled(0)}), atol=1e-5)
 
@@ -60,10 +65,7 @@ def test_scalar_write_of_a_float32_model_stays_float32(model, tokens, compile):
 @MODES
 def test_scalar_input_write_takes_the_input_shape_and_dtype(bf16, tokens, compile):
     # layer 2 receives layer 1's output: writing its input equals filling layer 1's output
-    with bf16.trace(tokens, compile=compile, capture="saved"):
-        bf16.layers[2].input = 0.25
-        written = bf16.layers[2].input.save()
-        out = bf16.output.save()
+    written, out = write_and_run(bf16, tokens, compile, "2.input", 0.25)
     assert written.dtype == mx.bfloat16 and written.shape == (1, 7, 64)
     assert mx.array_equal(out, reference_llama_forward(bf16.model, tokens, {1: filled(0.25)}))
 
