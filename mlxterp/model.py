@@ -51,8 +51,8 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin):
         self._probes: collections.OrderedDict[tuple, Probe] = collections.OrderedDict()
         self._save_names: dict[tuple, str] = {}  # default save keys by (path, call, phase)
         self._embedding_rows = self._vocab_rows()
-        # What positions the model handles (read from its modules/args; a family adapter may supply it).
-        self._positions = PositionGuard(position_limit(model))
+        # What positions the model handles (its family adapter's, else read from its modules/args).
+        self._positions = PositionGuard(position_limit(model, self._index.arch))
         # Compiled programs built by analysis helpers beside the executor's (e.g. attribution patching),
         # by kind; clear_compile_cache() empties them too.
         self._program_caches: dict[str, collections.OrderedDict] = {}

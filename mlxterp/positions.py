@@ -6,50 +6,31 @@ That is an error. A rotary model runs past its configured context (``args.max_po
 never trained there: a warning, once per model.
 
 :func:`position_limit` reads the limit from the model's modules and args. A family adapter (keyed by
-``model_type``) may supply its own :class:`PositionLimit` instead; :class:`PositionGuard` checks either.
+``model_type``, :mod:`mlxterp.adapters`) supplies its own :class:`PositionLimit` instead; :class:`PositionGuard`
+checks either.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from typing import Optional
 
 import mlx.nn as nn
 
+from .adapters.base import Architecture, PositionLimit
 from .tracing.source import user_stacklevel
 
-KINDS = ("learned", "rotary", "none")
 # Module names of learned absolute position embeddings in mlx-lm's families (GPT-2, GPTBigCode: ``wpe``).
 LEARNED_NAMES = ("wpe", "embed_positions", "position_embeddings")
 # ``args`` fields that give a model's configured context, in the order they are read.
 CONTEXT_ARGS = ("max_position_embeddings", "n_positions", "n_ctx")
 
 
-@dataclasses.dataclass(frozen=True)
-class PositionLimit:
-    """The longest input a model handles as trained.
-
-    Attributes:
-        kind: ``"learned"`` (absolute position embeddings: no position past ``limit`` exists),
-            ``"rotary"`` (rotary or no position encoding: longer inputs run, untrained past ``limit``)
-            or ``"none"`` (no limit known).
-        limit: the number of positions, or ``None``.
-        source: where the limit was read (``"model.wpe rows"``, ``"args.max_position_embeddings"``).
-    """
-
-    kind: str
-    limit: Optional[int]
-    source: str = ""
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"position limit kind {self.kind!r} is not one of {KINDS}")
-
-
-def position_limit(model: nn.Module) -> PositionLimit:
-    """The :class:`PositionLimit` of ``model``, read from its modules (a learned position embedding's rows)
-    or else its ``args`` (:data:`CONTEXT_ARGS`)."""
+def position_limit(model: nn.Module, arch: Optional[Architecture] = None) -> PositionLimit:
+    """The :class:`PositionLimit` of ``model``: its family adapter's, where ``arch`` says, else read from its
+    modules (a learned position embedding's rows) or its ``args`` (:data:`CONTEXT_ARGS`)."""
+    if arch is not None and arch.positions is not None:
+        return arch.position_limit(model)
     for path, module in model.named_modules():
         if path.rsplit(".", 1)[-1] in LEARNED_NAMES and _rows(module) is not None:
             return PositionLimit("learned", _rows(module), f"{path} rows")

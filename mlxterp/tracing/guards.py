@@ -21,8 +21,6 @@ from mlxterp.compiler.semantics import format_index
 from .proxy import Proxy
 from .source import format_source, user_source
 
-RESID_MID = "resid_mid"  # trace.RESID_MID (not imported: trace.py imports this module)
-
 # -- writes ------------------------------------------------------------------------------------------
 
 
@@ -167,8 +165,8 @@ def known_shape(proxy: Proxy) -> tuple | None:
 
 def _probe_shape(trace: Any, event: tuple) -> tuple | None:
     path, idx, phase = event
-    if phase == RESID_MID:  # a layer's residual between its halves: the MLP half's first module's input
-        path, phase = trace._owner._index.residual_site(path, RESID_MID)
+    if phase not in ("output", "input"):  # a residual value (resid_mid): read at a module's input
+        path, phase = trace._owner._index.residual_site(path, phase)
     spec = trace._owner._probe(trace.tokens).values.get((path, idx, phase))
     return tuple(spec[0]) if isinstance(spec, tuple) else None
 

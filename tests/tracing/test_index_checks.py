@@ -130,3 +130,12 @@ def test_padded_batch_is_checked_against_the_padded_width(model):
     with pytest.raises(IndexError, match="which has length 5"):
         with model.trace(["ab", "abcd"]):
             model.layers[0].output[:, 5].save()
+
+
+def test_residual_values_are_checked(model, prompt):
+    with pytest.raises(IndexError, match=r"index 6 is out of range for axis 1 of layers.1 resid_mid, which has length 6"):
+        with model.trace(prompt):
+            model.layers[1].resid_mid[:, 6].save()
+    with model.trace(prompt, capture="saved"):
+        last = model.layers[1].resid_mid[:, 5].save()
+    assert last.shape == (1, 64)
