@@ -13,6 +13,7 @@ from typing import Callable, Iterable
 SUITES: dict[str, str] = {
     "trace": "benchmarks.suite_trace",
     "analysis": "benchmarks.suite_analysis",
+    "attention": "benchmarks.suite_attention",
 }
 
 Case = Callable[..., Iterable]

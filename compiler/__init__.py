@@ -17,6 +17,7 @@ from .export import to_dot, to_json, to_text
 from .hooks import hooks_installed, is_hooked
 from .ir import Graph, Node, Op, Ref
 from .lowering import PatchedForward
+from .points import Points, Runner
 from .passes import eliminate_dead_code, lift_constants, run_passes, schedule
 from .probe import Probe, probe
 from .state_compile import StateCompiled
@@ -26,6 +27,6 @@ from .verify import verify
 __all__ = [
     "CausalityError", "GraphError", "ModuleNotCalledError", "NodeExecutionError", "ShapeMismatchError",
     "TraceError", "WriteTypeError", "MODES", "Executor", "RunResult", "to_dot", "to_json", "to_text",
-    "hooks_installed", "is_hooked", "Graph", "Node", "Op", "Ref", "PatchedForward", "eliminate_dead_code",
-    "lift_constants", "run_passes", "schedule", "Probe", "probe", "StateCompiled", "structure_key", "verify",
+    "hooks_installed", "is_hooked", "Graph", "Node", "Op", "Ref", "PatchedForward", "Points", "Runner",
+    "eliminate_dead_code", "lift_constants", "run_passes", "schedule", "Probe", "probe", "StateCompiled", "structure_key", "verify",
 ]

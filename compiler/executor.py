@@ -20,6 +20,7 @@ from .locks import serialised
 from .lowering import PatchedForward, default_call
 from .passes import PassResult, run_passes
 from .passes.lift import param_sources, param_values
+from .points import Points
 from .probe import Probe
 from .state_compile import StateCompiled
 from .structure import structure_key
@@ -56,9 +57,10 @@ class Executor:
     """Runs graphs against one model; owns the compile cache and its statistics."""
 
     def __init__(self, model: nn.Module, *, call: Callable[[nn.Module, mx.array], Any] = default_call,
-                 max_entries: int = 256):
+                 max_entries: int = 256, points: Points | None = None):
         self.model = model
         self.call = call
+        self.points = points
         self.max_entries = max_entries
         self._cache: collections.OrderedDict[Hashable, CacheEntry] = collections.OrderedDict()
         self.stats: collections.Counter = collections.Counter()
@@ -89,8 +91,8 @@ class Executor:
     def lower(self, graph: Graph, probe: Probe) -> CacheEntry:
         """Run the passes on ``graph`` and lower it (no caching)."""
         result: PassResult = run_passes(graph, probe.events)
-        return CacheEntry(result.after, PatchedForward(self.model, result.after, result.schedule, call=self.call),
-                          sources=param_sources(result.after))
+        forward = PatchedForward(self.model, result.after, result.schedule, call=self.call, points=self.points)
+        return CacheEntry(result.after, forward, sources=param_sources(result.after))
 
     def _lookup(self, key: Hashable, graph: Graph, probe: Callable[[], Probe]) -> CacheEntry:
         entry = self._cache.get(key)

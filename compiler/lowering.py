@@ -17,6 +17,7 @@ from .hooks import hooks_installed, primary_input, with_primary_input
 from .ir import Graph, Node, Op, Ref, map_refs
 from .passes.lift import as_param
 from .passes.schedule import END, START, Schedule
+from .points import Points, point_path
 from .semantics import check_replacement, evaluate
 
 Step = Callable[[dict, list, Any], None]
@@ -32,7 +33,7 @@ class PatchedForward:
 
     def __init__(self, model: nn.Module, graph: Graph, plan: Schedule, *,
                  call: Callable[[nn.Module, mx.array], Any] = default_call,
-                 on_run: Callable[[], None] | None = None):
+                 on_run: Callable[[], None] | None = None, points: Points | None = None):
         self.model = model
         self.graph = graph
         self.plan = plan
@@ -43,10 +44,18 @@ class PatchedForward:
         self._weak = {n.id for n in graph if n.op in (Op.PARAM, Op.CONSTANT) and n.meta.get("weak")}
         self._capture_all = graph.captures == "all"
         self._captures = set() if self._capture_all else set(graph.captures)
-        self._modules = self._modules_to_hook(model)
+        self._runners: dict[str, Any] = {}
+        self._modules = self._modules_to_hook(model, points)
 
-    def _modules_to_hook(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+    def _modules_to_hook(self, model: nn.Module, points: Points | None) -> list[tuple[str, nn.Module]]:
         needed = self.plan.hooked_paths() | {p for p, _ in self._captures}
+        if points is not None:  # a module whose points are read or written runs through its runner
+            for path in needed:
+                owner = points.owner(path)
+                runner = points.runner(owner) if owner is not None else None
+                if runner is not None:
+                    self._runners[owner] = runner
+            needed |= set(self._runners)
         return [(p, m) for p, m in model.named_modules() if self._capture_all or p in needed]
 
     def __call__(self, tokens: mx.array, params: list) -> tuple[Any, dict, dict]:
@@ -85,12 +94,32 @@ class _Run:
             current = primary_input(original, args, kwargs)
             if current is not None:
                 args, kwargs = with_primary_input(original, args, kwargs, self.fire((path, idx, "input"), current))
-        out = original(module, *args, **kwargs)
+        runner = self.f._runners.get(path)
+        if runner is None:
+            out = original(module, *args, **kwargs)
+        else:
+            out = runner(module, original, args, kwargs, lambda name, value: self.point(path, name, value))
         if (path, idx, "output") in self.f._steps:
             out = self.fire((path, idx, "output"), out)
         if isinstance(out, mx.array) and (self.f._capture_all or (path, idx) in self.f._captures):
             self.captures[path if idx == 0 else f"{path}#{idx}"] = out
         return out
+
+    def point(self, owner: str, name: str, value: Any) -> Any:
+        """A runner reached point ``name`` of module ``owner`` (see :mod:`compiler.points`): fire its events
+        and return the value to continue with. Captured only when named in the captures (``"all"`` means
+        every module)."""
+        path = point_path(owner, name)
+        idx = self.counts.get(path, 0)
+        self.counts[path] = idx + 1
+        steps = self.f._steps
+        if (path, idx, "input") in steps:
+            value = self.fire((path, idx, "input"), value)
+        if (path, idx, "output") in steps:
+            value = self.fire((path, idx, "output"), value)
+        if (path, idx) in self.f._captures:
+            self.captures[path if idx == 0 else f"{path}#{idx}"] = value
+        return value
 
 
 def _replacements(graph: Graph, plan: Schedule) -> Iterable[tuple[tuple, int]]:

@@ -13,6 +13,7 @@ import mlx.nn as nn
 
 from .hooks import hooks_installed, primary_input
 from .locks import model_lock
+from .points import Points, identity_call, point_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,10 +41,11 @@ class Probe:
 
 
 class _Recorder:
-    def __init__(self) -> None:
+    def __init__(self, points: Points | None) -> None:
         self.events: list[tuple] = []
         self.values: dict[tuple, Any] = {}
         self.counts: dict[str, int] = {}
+        self.points = points
 
     def _record(self, event: tuple, value: Any) -> None:
         self.events.append(event)
@@ -53,14 +55,22 @@ class _Recorder:
         idx = self.counts.get(path, 0)
         self.counts[path] = idx + 1
         self._record((path, idx, "input"), primary_input(original, args, kwargs))
-        out = original(module, *args, **kwargs)
+        runner = self.points.runner(path) if self.points is not None else None
+        if runner is None:
+            out = original(module, *args, **kwargs)
+        else:
+            out = runner(module, original, args, kwargs, lambda name, value: self.point(path, name, value))
         self._record((path, idx, "output"), out)
         return out
 
+    def point(self, owner: str, name: str, value: Any) -> Any:
+        return self.call(point_path(owner, name), None, identity_call, (value,), {})
 
-def probe(model: nn.Module, run: Callable[[], Any]) -> Probe:
-    """Hook every module of ``model``, call ``run()`` (which calls the model) and record the events."""
-    recorder = _Recorder()
+
+def probe(model: nn.Module, run: Callable[[], Any], points: Points | None = None) -> Probe:
+    """Hook every module of ``model``, call ``run()`` (which calls the model) and record the events. Every
+    module with a runner in ``points`` runs through it, so the probe records all points."""
+    recorder = _Recorder(points)
     with model_lock(model), hooks_installed(model.named_modules(), recorder):
         run()
     return Probe(tuple(recorder.events), recorder.values)

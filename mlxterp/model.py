@@ -11,6 +11,7 @@ import mlx.nn as nn
 from mlxterp.compiler import Executor, Probe, probe
 
 from .adapters import Architecture, architecture_for
+from .adapters.attention import AttentionPoints
 from .analysis.methods import AnalysisMixin
 from .inputs import TokenBatch, to_token_batch
 from .names import ModuleIndex, ModuleNameError
@@ -47,7 +48,8 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin):
         self.tokenizer = tokenizer
         self.layer_attr = layer_attr
         self._index = ModuleIndex(model, layer_attr, architecture_for(model))
-        self._executor = Executor(model)
+        self._points = AttentionPoints(self._index.attention)  # attention internals, computed where asked
+        self._executor = Executor(model, points=self._points)
         self._probes: collections.OrderedDict[tuple, Probe] = collections.OrderedDict()
         self._save_names: dict[tuple, str] = {}  # default save keys by (path, call, phase)
         self._embedding_rows = self._vocab_rows()
@@ -117,7 +119,7 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin):
         key = (tuple(tokens.shape), tokens.dtype)  # the Dtype itself: hashable, and str() is slow
         found = self._probes.get(key)
         if found is None:
-            found = probe(self.model, lambda: self.model(tokens))
+            found = probe(self.model, lambda: self.model(tokens), points=self._points)
             self._probes[key] = found
             if len(self._probes) > 64:
                 self._probes.popitem(last=False)

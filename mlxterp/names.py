@@ -19,6 +19,7 @@ from typing import Iterator, Optional
 import mlx.nn as nn
 
 from .adapters import LAYER_MODULES, MODEL_MODULES, RESIDUAL_VALUES, Architecture
+from .adapters.attention import POINTS
 
 TOKEN_EMBEDDING_NAMES = ("embed_tokens", "wte", "tok_embeddings", "word_embeddings", "embed_in", "embedding")
 ALIASES = {"attn": ("self_attn", "attention"), "self_attn": ("attn", "attention"), "attention": ("self_attn", "attn")}
@@ -49,6 +50,7 @@ class ModuleIndex:
         # An adapter describes its own layer list; a user who points layer_attr elsewhere gets name guessing.
         self.arch = arch if arch is not None and self.container == arch.layers else None
         self._layer_paths = {f"{self.container}.{i}" for i in range(len(self.layers))}
+        self.attention = self._attention_modules()
         # Paths are shortened relative to the container's parent: "model.layers.3" -> "layers.3".
         self.prefix = self.container.rsplit(".", 1)[0] + "." if "." in self.container else ""
         self._short_attr = self.container[len(self.prefix):]
@@ -85,7 +87,41 @@ class ModuleIndex:
         for candidate in self._candidates(name):
             if candidate in self.modules:
                 return candidate
+        point = self._point(name)
+        if point is not None:
+            return point
         raise ModuleNameError(self._explain(name))
+
+    def _attention_modules(self) -> dict[str, str]:
+        """``{attention module path: how its internals are computed}`` (see :mod:`mlxterp.adapters.attention`):
+        the adapter's attention of every layer, else each layer's child named like an attention."""
+        order = [f"{self.container}.{i}" for i in range(len(self.layers))]
+        if self.arch is not None:
+            if self.arch.attn is None or self.arch.attention is None:
+                return {}
+            return {f"{layer}.{self.arch.attn}": self.arch.attention for layer in order}
+        found = {}
+        for layer in order:
+            attn = self.child(layer, "attn")
+            if attn is not None:
+                found[attn] = "sdpa"
+        return found
+
+    def _point(self, name: str) -> Optional[str]:
+        """The path of an attention internal (``layers.3.attn.pattern``), or ``None``."""
+        head, _, last = name.rpartition(".")
+        if last not in POINTS or not head:
+            return None
+        try:
+            owner = self.resolve(head)
+        except ModuleNameError:
+            return None
+        return f"{owner}.{last}" if owner in self.attention else None
+
+    def point_owner(self, path: str) -> Optional[str]:
+        """The attention module whose internal ``path`` is (``...self_attn`` for ``...self_attn.pattern``)."""
+        head, _, last = path.rpartition(".")
+        return head if last in POINTS and head in self.attention else None
 
     def _candidates(self, name: str) -> Iterator[str]:
         bases = [name]
@@ -149,8 +185,9 @@ class ModuleIndex:
             children = self.children(path)
             match = next((c for c in _alias_variants(part) if f"{path}.{c}" in self.modules), None)
             if match is None:
+                inside = f"; its attention internals are: {', '.join(POINTS)}" if path in self.attention else ""
                 return (f"{name!r}: module {self.short(path)!r} has no component {part!r}{self.why_missing(path, part)}; "
-                        f"its components are: {', '.join(children) or '(none)'}")
+                        f"its components are: {', '.join(children) or '(none)'}{inside}")
             path = f"{path}.{match}"
         return f"unknown module name {name!r}"
 

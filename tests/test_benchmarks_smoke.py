@@ -34,7 +34,8 @@ def test_every_registered_case_reports_a_row(smoke_run):
                                         ("steering_sweep", 1), ("compile_vs_eager", 1), ("zero_retrace", 1),
                                         ("trace_overhead", 2), ("cache_miss", 1), ("capture_all", 2),
                                         ("activation_patching", 1), ("patching_grid", 1),
-                                        ("batch_get_activations", 2), ("attribution_patching", 1)])
+                                        ("batch_get_activations", 2), ("attribution_patching", 1),
+                                        ("pattern_one_layer", 2), ("pattern_all_layers", 2)])
 def test_row_counts_per_case_on_one_model_and_shape(smoke_run, case, count):
     assert sum(row["case"] == case for row in smoke_run["rows"]) == count
 

@@ -8,6 +8,7 @@ from typing import Any, Iterator
 import mlx.nn as nn
 
 from ..adapters import RESIDUAL_VALUES
+from ..adapters.attention import POINTS
 from . import context
 
 
@@ -21,7 +22,9 @@ class ModuleProxy:
 
     A layer also has the residual stream's values, readable and writable: ``resid_pre`` (its input),
     ``resid_post`` (its output) and, where the family's adapter knows the layer adds its attention before
-    its MLP, ``resid_mid`` (the residual between them).
+    its MLP, ``resid_mid`` (the residual between them). An attention module has its internals, readable
+    and writable: ``q``, ``k``, ``v``, ``scores``, ``pattern``, ``heads`` (see
+    :mod:`mlxterp.adapters.attention`); a layer asked for them computes its attention explicitly.
     """
 
     __slots__ = ("_owner", "_path", "_call")
@@ -44,7 +47,12 @@ class ModuleProxy:
     @property
     def module(self) -> nn.Module:
         """The wrapped ``nn.Module``."""
-        return self._owner._index.modules[self._path]
+        found = self._owner._index.modules.get(self._path)
+        if found is None:
+            raise AttributeError(f"{self.name!r} is a value inside the attention module "
+                                 f"{self._owner._index.short(self._owner._index.point_owner(self._path))!r}, "
+                                 "not a module; read it with .output inside a trace")
+        return found
 
     def call(self, idx: int) -> "ModuleProxy":
         """The same module at its ``idx``-th call within one forward (0-based)."""
@@ -73,6 +81,9 @@ class ModuleProxy:
             raise AttributeError(attr)
         if attr in RESIDUAL_VALUES and self._owner._index.is_layer(self._path):
             return context.current(self, attr).module_value(*self._residual(attr))
+        if attr in POINTS and self._path in self._owner._index.attention:
+            trace = context.current(self, attr)
+            return trace.module_value(self._point(trace, attr), self._call, "output")
         child = self._owner._index.child(self._path, attr)
         if child is not None:
             return ModuleProxy(self._owner, child)
@@ -95,6 +106,16 @@ class ModuleProxy:
     def __len__(self) -> int:
         return sum(1 for c in self._owner._index.children(self._path) if c.isdigit())
 
+    def _point(self, trace: Any, name: str) -> str:
+        """Path of attention internal ``name`` of this module, checked to exist in this trace's forward."""
+        path = f"{self._path}.{name}"
+        if (path, self._call, "output") not in trace._owner._probe(trace.tokens).values:
+            raise AttributeError(
+                f"{self.name}.{name}: this attention ({type(self.module).__name__}) exposes no internals: its "
+                "__call__ never calls mlx-lm's scaled_dot_product_attention, which mlxterp replaces by an explicit "
+                "computation to expose q, k, v, scores, pattern and heads (register an adapter for the family)")
+        return path
+
     def _residual(self, name: str) -> tuple[str, int, str]:
         """``(path, call, phase)`` of a layer's residual value ``name`` (see :data:`RESIDUAL_VALUES`)."""
         path, phase = self._owner._index.residual_site(self._path, name)  # raises for a missing resid_mid
@@ -108,6 +129,10 @@ class ModuleProxy:
             return
         if attr in RESIDUAL_VALUES and self._owner._index.is_layer(self._path):
             context.current(self, attr).write(*self._residual(attr), value)
+            return
+        if attr in POINTS and self._path in self._owner._index.attention:
+            trace = context.current(self, attr)
+            trace.write(self._point(trace, attr), self._call, "output", value)
             return
         raise AttributeError(
             f"cannot set {attr!r} on module proxy {self.name!r}; inside a trace assign "

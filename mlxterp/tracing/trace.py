@@ -293,6 +293,8 @@ class Trace:
                 path, idx, phase = proxy._binding
                 short = self._owner._index.short(path)
                 head = f"{short}.{phase}" if short else phase
+                if self._owner._index.point_owner(path) is not None:  # an attention internal: no phase
+                    head = short
                 key = names[proxy._binding] = head if idx == 0 else f"{head}#{idx}"
             return key
         node = self.graph.node(proxy._node)
@@ -337,6 +339,9 @@ class Trace:
         """A saved value by key (``"layers.3.output"``; other name forms resolve too), or ``None``."""
         if name in self.saved_values:
             return self.saved_values[name]
+        point = self._owner._index._point(name)
+        if point is not None:
+            return self.saved_values.get(self._owner._index.short(point))
         for phase in ("output", "input"):
             if name.endswith("." + phase) or name == phase:
                 module = name[: -len(phase) - 1] if name != phase else ""
