@@ -8,6 +8,7 @@ from .activation_cache import ActivationCache
 from .activations import batch_get_activations, collect_activations, get_activations
 from .model import InterpretableModel
 from .names import ModuleNameError
+from .store import ActivationStore
 from .tracing.module_proxy import LayerListProxy, ModuleProxy
 from .tracing.proxy import Proxy, apply
 from .tracing.trace import Trace
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivationCache",
+    "ActivationStore",
     "InterpretableModel",
     "LayerListProxy",
     "ModuleNameError",

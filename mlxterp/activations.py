@@ -12,7 +12,9 @@ every real position is exact; a negative position counts from each prompt's own 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+import os
+
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import mlx.core as mx
 import numpy as np
@@ -26,6 +28,7 @@ from .tracing.proxy import apply
 __all__ = ["get_activations", "batch_get_activations", "collect_activations", "cache_resolver", "bucket_length"]
 
 Positions = Union[int, Sequence[int]]
+PathLike = Union[str, "os.PathLike[str]"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -66,7 +69,9 @@ def get_activations(model: Any, prompts: Any, layers: Optional[Sequence[int]] = 
 
 def batch_get_activations(model: Any, prompts: Any, layers: Optional[Sequence[int]] = None,
                           positions: Positions = -1, batch_size: int = 8,
-                          progress: bool = True) -> Dict[str, mx.array]:
+                          progress: bool = True, *, out: Optional[PathLike] = None, dtype: Any = None,
+                          shard_size: Optional[int] = None, resume: bool = True,
+                          metadata: Optional[dict] = None) -> Union[Dict[str, mx.array], Any]:
     """:func:`get_activations` over many prompts, ``batch_size`` at a time, in constant extra memory.
 
     Prompts are sorted by length into chunks (results come back in the original order), each chunk is
@@ -80,47 +85,99 @@ def batch_get_activations(model: Any, prompts: Any, layers: Optional[Sequence[in
         layers: layer indices (``None`` = every layer).
         positions: as in :func:`get_activations`.
         batch_size: prompts per forward (``>= 1``).
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar (rate and ETA).
+        out: a folder: stream the rows to an activation store there instead of returning them, and
+            return an :class:`~mlxterp.ActivationStore` of it. Memory then holds one shard at a time. The
+            store is resumable: rerun the same call after an interruption (even ``kill -9``) and it
+            continues, every prompt stored once; a rerun with another model, other layers, positions,
+            dtype or prompts is refused (:class:`~mlxterp.store.StoreMismatchError` names what differs).
+        dtype: stored (or returned) dtype: ``"float16"``, ``"bfloat16"`` or ``"float32"`` (None keeps the
+            model's).
+        shard_size: with ``out=``: prompts per shard (None: about 64 MiB of activations per shard).
+        resume: with ``out=``: continue a store already in ``out`` (False: an existing store is an error).
+        metadata: with ``out=``: a JSON-serialisable dict kept in the manifest (not compared on resume).
 
     Returns:
-        ``{"layer_{i}": array}`` with ``len(prompts)`` rows, in the order of ``prompts``.
+        ``{"layer_{i}": array}`` with ``len(prompts)`` rows, in the order of ``prompts``; with ``out=``, an
+        ``ActivationStore`` with the same keys and rows.
     """
     _check_model(model)
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    batch_size = int(batch_size)
+    batch_size = _check_batch_size(batch_size)
     layer_ids = _check_layers(model, layers)
     pos_list, single = _check_positions(positions)
     _check_not_empty(prompts)
-    rows = _token_rows(model, prompts)
-    lengths = [len(r) for r in rows]
-    index = _position_index(lengths, pos_list)  # validates every prompt before any forward runs
-    model._check_length(lengths)
-    n = len(rows)
-    order = np.argsort(np.asarray(lengths), kind="stable")
-    pad_id = model._pad_id()
-    limit = model._positions.max_positions
+    if out is not None:
+        from .store.collect import positions_collection
 
+        collection = positions_collection(model, layer_ids, pos_list, single, dtype, batch_size)
+        return _write_store(collection, prompts, out, batch_size, shard_size, resume, progress, metadata)
+    rows = _token_rows(model, prompts)
+    index = _position_index([len(r) for r in rows], pos_list)  # validates every prompt before any forward runs
+    model._check_length([len(r) for r in rows])
+    with tqdm(total=len(rows), disable=not progress, unit="prompt", desc="activations", leave=True) as bar:
+        acts = gather_rows(model, rows, index, layer_ids, single, batch_size, bar)
+    if dtype is not None:
+        from .store.collect import storage_dtype
+
+        cast = storage_dtype(dtype, None)
+        acts = {k: v.astype(cast) for k, v in acts.items()}
+    return acts
+
+
+def _write_store(collection: Any, prompts: Any, out: PathLike, batch_size: int, shard_size: Optional[int],
+                 resume: bool, progress: bool, metadata: Optional[dict]) -> Any:
+    """Stream a collection into the store folder ``out``; returns an ActivationStore of it."""
+    from .store.reader import ActivationStore
+    from .store.writer import write_store
+
+    if shard_size is not None:
+        shard_size = _check_batch_size(shard_size, "shard_size")
+    if not isinstance(resume, bool):
+        raise ValueError(f"resume must be True or False, got {resume!r}")
+    folder = write_store(collection, _prompt_list(prompts), out, batch_size=batch_size, shard_size=shard_size,
+                         resume=resume, progress=progress, group=None, metadata=metadata)
+    return ActivationStore(folder)
+
+
+def _prompt_list(prompts: Any) -> Sequence[Any]:
+    """Prompts as a sequence of single prompts (text or token-id lists) for the store."""
+    if isinstance(prompts, str):
+        return [prompts]
+    if isinstance(prompts, (mx.array, np.ndarray)):
+        data = np.array(prompts)
+        return [data.tolist()] if data.ndim == 1 else data.tolist()
+    if isinstance(prompts, (list, tuple)) and prompts and all(is_int(t) for t in prompts):
+        return [list(prompts)]
+    return prompts
+
+
+def _check_batch_size(value: Any, name: str = "batch_size") -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return int(value)
+
+
+def gather_rows(model: Any, rows: List[List[int]], index: np.ndarray, layer_ids: List[int], single: bool,
+                batch_size: int, bar: Any = None) -> Dict[str, mx.array]:
+    """The core of :func:`batch_get_activations` on checked token rows: ``{"layer_{i}": array}`` with
+    ``len(rows)`` rows in their order, ``index[row]`` the positions gathered from each (``bar`` is updated by
+    the prompts done)."""
+    n = len(rows)
     chunks: Dict[int, List[mx.array]] = {i: [] for i in layer_ids}
-    with tqdm(total=n, disable=not progress, unit="prompt", desc="activations", leave=True) as bar:
-        for start in range(0, n, batch_size):
-            ids = order[start:start + batch_size]
-            real = len(ids)
-            width = bucket_length(max(lengths[j] for j in ids), limit)
-            height = min(batch_size, _next_pow2(real))
-            tokens = np.full((height, width), pad_id, dtype=np.int32)
-            chunk_index = np.zeros((height, len(pos_list)), dtype=np.int32)
-            for r, j in enumerate(ids):
-                tokens[r, :lengths[j]] = rows[j]
-                chunk_index[r] = index[j]
-            gathered = _gather(model, mx.array(tokens), chunk_index, layer_ids, compile=True)
-            kept = [gathered[i][:real] if height != real else gathered[i] for i in layer_ids]
-            mx.eval(kept)
-            for i, a in zip(layer_ids, kept):
-                chunks[i].append(a)
-            del gathered, kept
+    done = []
+    for ids, tokens, chunk_index in padded_batches(model, rows, batch_size, index):
+        done.append(ids)
+        gathered = _gather(model, mx.array(tokens), chunk_index, layer_ids, compile=True)
+        real = len(ids)
+        kept = [gathered[i][:real] if tokens.shape[0] != real else gathered[i] for i in layer_ids]
+        mx.eval(kept)
+        for i, a in zip(layer_ids, kept):
+            chunks[i].append(a)
+        del gathered, kept
+        if bar is not None:
             bar.update(real)
 
+    order = np.concatenate(done)
     inverse = np.empty(n, dtype=np.int32)
     inverse[order] = np.arange(n, dtype=np.int32)
     inverse_mx = mx.array(inverse)
@@ -139,54 +196,73 @@ def batch_get_activations(model: Any, prompts: Any, layers: Optional[Sequence[in
     return out
 
 
-def collect_activations(model: Any, inputs: Any, layers: Optional[Sequence[Union[str, int]]] = None
-                        ) -> ActivationCache:
-    """Full outputs of chosen modules for ``inputs``, in an :class:`~mlxterp.ActivationCache`.
+def padded_batches(model: Any, rows: List[List[int]], batch_size: int, index: Optional[np.ndarray] = None
+                   ) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Prompts sorted by length in chunks of ``batch_size``: ``(row ids, right-padded int32 tokens,
+    their rows of index)`` per chunk. Widths are bucketed (:func:`bucket_length`) and batch heights rounded
+    up to a power of two (at most ``batch_size``), so a handful of compiled programs serve a whole run;
+    the padding rows are not in ``row ids``."""
+    lengths = np.asarray([len(r) for r in rows])
+    order = np.argsort(lengths, kind="stable")
+    pad_id = model._pad_id()
+    limit = model._positions.max_positions
+    cols = 0 if index is None else index.shape[1]
+    for start in range(0, len(rows), batch_size):
+        ids = order[start:start + batch_size]
+        width = bucket_length(int(lengths[ids].max()), limit)
+        height = min(batch_size, _next_pow2(len(ids)))
+        tokens = np.full((height, width), pad_id, dtype=np.int32)
+        chunk_index = np.zeros((height, cols), dtype=np.int32)
+        for r, j in enumerate(ids):
+            tokens[r, :lengths[j]] = rows[j]
+            if index is not None:
+                chunk_index[r] = index[j]
+        yield ids, tokens, chunk_index
+
+
+def collect_activations(model: Any, inputs: Any, layers: Optional[Sequence[Union[str, int]]] = None, *,
+                        out: Optional[PathLike] = None, batch_size: int = 8, dtype: Any = None,
+                        shard_size: Optional[int] = None, resume: bool = True, progress: bool = True,
+                        metadata: Optional[dict] = None) -> Union[ActivationCache, Any]:
+    """Full outputs of chosen modules for ``inputs``, in an :class:`~mlxterp.ActivationCache` or, with
+    ``out=``, streamed to an activation store folder (every real token of every prompt).
 
     Args:
         model: an :class:`~mlxterp.InterpretableModel`.
         inputs: anything ``model.trace`` accepts (lists of prompts are right-padded; rows past
-            ``metadata["lengths"]`` are padding).
+            ``metadata["lengths"]`` are padding). With ``out=``: a prompt, a list of prompts or of
+            token-id lists, or any sequence of them (e.g. :class:`mlxterp.store.PromptFile`).
         layers: module names in any accepted form (``"layers.3"``, ``"layers.3.attn"``,
             ``"model.model.layers.3.mlp"``) or layer indices; ``None`` = every layer's output.
+        out: a folder: write the outputs there, shard by shard, one row per real token (padding dropped),
+            and return an :class:`~mlxterp.ActivationStore` of it. A rerun with the same arguments
+            continues an interrupted collection (see :func:`batch_get_activations`).
+        batch_size: with ``out=``: prompts per forward.
+        dtype: with ``out=``: stored dtype (``"float16"``, ``"bfloat16"``, ``"float32"``; None keeps the
+            model's).
+        shard_size: with ``out=``: prompts per shard (None: about 64 MiB of activations per shard).
+        resume: with ``out=``: continue a store already in ``out`` (False: an existing store is an error).
+        progress: with ``out=``: show a progress bar (rate and ETA).
+        metadata: with ``out=``: a JSON-serialisable dict kept in the manifest (not compared on resume).
 
     Returns:
         An ``ActivationCache`` keyed by short names (``"layers.3"``, ``"layers.3.self_attn"``) whose
         ``resolve`` also finds the other name forms, with ``metadata`` = ``{"model_class", "input_shape",
-        "lengths", "layers"}``.
+        "lengths", "layers"}``; with ``out=``, an ``ActivationStore`` with the same keys.
     """
     _check_model(model)
     index = model._index
-    if layers is None:
-        paths = [index.layer_path(i) for i in range(len(index))]
-    else:
-        if isinstance(layers, (str, int)) and not isinstance(layers, bool):
-            layers = [layers]
-        if not isinstance(layers, (list, tuple)) or not layers:
-            raise ValueError(f"layers must be a non-empty list of module names such as 'layers.3' or "
-                             f"'layers.3.mlp' (or None for every layer), got {layers!r}")
-        paths = []
-        n = len(index)
-        for name in layers:
-            if isinstance(name, (int, np.integer)) and not isinstance(name, bool):
-                if not -n <= int(name) < n:
-                    raise ValueError(f"layer index {int(name)} is out of range: the model has {n} layers "
-                                     f"(valid indices 0 to {n - 1})")
-                paths.append(index.layer_path(int(name)))
-            elif isinstance(name, str):
-                paths.append(index.resolve(name))  # ModuleNameError (a ValueError) lists close names
-            else:
-                raise ValueError(f"layers must contain module names (str) such as 'layers.3' or layer "
-                                 f"indices (int), got {type(name).__name__} {name!r}")
-    keys: List[str] = []
-    seen_paths = []
-    for p in paths:
-        if p not in seen_paths:
-            seen_paths.append(p)
-            keys.append(_short_key(index, p))
+    paths = _module_paths(index, layers)
+    keys = [_short_key(index, p) for p in paths]
     _check_not_empty(inputs)
+    if out is not None:
+        from .store.collect import tokens_collection
+
+        batch_size = _check_batch_size(batch_size)
+        return _write_store(tokens_collection(model, paths, keys, dtype, batch_size), inputs, out, batch_size,
+                            shard_size, resume, progress, metadata)
     with model.trace(inputs, compile="auto", capture="saved") as tr:
-        for path, key in zip(seen_paths, keys):
+        for path, key in zip(paths, keys):
             target = model.module(path) if path else model
             target.output.save(key)
     values = {key: tr.saved_values[key] for key in keys}
@@ -202,6 +278,33 @@ def collect_activations(model: Any, inputs: Any, layers: Optional[Sequence[Union
         "layers": keys,
     }
     return ActivationCache(values, metadata=metadata, resolve=cache_resolver(model))
+
+
+def _module_paths(index: Any, layers: Any) -> List[str]:
+    """Canonical module paths of ``collect_activations``' ``layers`` (de-duplicated, in order)."""
+    if layers is None:
+        return [index.layer_path(i) for i in range(len(index))]
+    if isinstance(layers, (str, int)) and not isinstance(layers, bool):
+        layers = [layers]
+    if not isinstance(layers, (list, tuple)) or not layers:
+        raise ValueError(f"layers must be a non-empty list of module names such as 'layers.3' or "
+                         f"'layers.3.mlp' (or None for every layer), got {layers!r}")
+    paths: List[str] = []
+    n = len(index)
+    for name in layers:
+        if isinstance(name, (int, np.integer)) and not isinstance(name, bool):
+            if not -n <= int(name) < n:
+                raise ValueError(f"layer index {int(name)} is out of range: the model has {n} layers "
+                                 f"(valid indices 0 to {n - 1})")
+            path = index.layer_path(int(name))
+        elif isinstance(name, str):
+            path = index.resolve(name)  # ModuleNameError (a ValueError) lists close names
+        else:
+            raise ValueError(f"layers must contain module names (str) such as 'layers.3' or layer "
+                             f"indices (int), got {type(name).__name__} {name!r}")
+        if path not in paths:
+            paths.append(path)
+    return paths
 
 
 def cache_resolver(model: Any) -> Callable[[str], str]:
@@ -264,9 +367,10 @@ def _check_not_empty(prompts: Any) -> None:
         raise ValueError(f"prompts is an empty array of shape {tuple(prompts.shape)}; give at least one token")
 
 
-def _position_index(lengths: Sequence[int], positions: List[int]) -> np.ndarray:
+def _position_index(lengths: Sequence[int], positions: List[int], offset: int = 0) -> np.ndarray:
     """``(batch, n_positions)`` int32 column of each requested position in each row; negative positions
-    count from the row's own length. Raises ValueError for the first position outside a row."""
+    count from the row's own length. Raises ValueError for the first position outside a row (numbered from
+    ``offset``)."""
     lengths_np = np.asarray(lengths, dtype=np.int64)[:, None]
     pos = np.asarray(positions, dtype=np.int64)[None, :]
     index = np.where(pos < 0, lengths_np + pos, pos)
@@ -274,7 +378,7 @@ def _position_index(lengths: Sequence[int], positions: List[int]) -> np.ndarray:
     if len(bad):
         row, col = (int(v) for v in bad[0])
         n, p = int(lengths[row]), positions[col]
-        raise ValueError(f"position {p} is out of range for prompt {row}, which has {n} token"
+        raise ValueError(f"position {p} is out of range for prompt {row + offset}, which has {n} token"
                          f"{'s' if n != 1 else ''}: valid positions are 0 to {n - 1} or -{n} to -1")
     return index.astype(np.int32)
 
@@ -297,24 +401,11 @@ def _gather(model: Any, tokens: mx.array, index: np.ndarray, layer_ids: List[int
 
 
 
-def _token_rows(model: Any, prompts: Any) -> List[List[int]]:
-    """Unpadded token ids of each prompt (text is encoded once, ids are range-checked)."""
-    if isinstance(prompts, (list, tuple)) and all(isinstance(p, str) for p in prompts):
-        tokenizer = model.tokenizer
-        if tokenizer is None:
-            model._batch(list(prompts[:1]))  # raises the core's "needs a tokenizer" error
-        rows = []
-        for p in prompts:
-            ids = [int(t) for t in tokenizer.encode(p)]
-            if not ids:
-                raise ValueError(f"prompt {len(rows)} ({p[:40]!r}) encodes to no tokens; give a non-empty prompt")
-            rows.append(ids)
-    elif isinstance(prompts, (list, tuple)) and all(isinstance(p, (list, tuple)) for p in prompts):
-        rows = []
-        for k, p in enumerate(prompts):
-            if len(p) == 0:
-                raise ValueError(f"prompt {k} has no tokens; every prompt needs at least one token")
-            rows.append([int(t) for t in p])
+def _token_rows(model: Any, prompts: Any, offset: int = 0) -> List[List[int]]:
+    """Unpadded token ids of each prompt (text is encoded once, ids are range-checked); errors number the
+    prompts from ``offset``."""
+    if isinstance(prompts, (list, tuple)) and prompts and all(isinstance(p, (str, list, tuple)) for p in prompts):
+        rows = [_prompt_ids(model, p, k + offset) for k, p in enumerate(prompts)]  # text and id lists may mix
     else:  # one prompt, a list of ids, an array: the core normalises it
         batch = model._batch(prompts)
         data = np.array(batch.tokens)
@@ -325,9 +416,23 @@ def _token_rows(model: Any, prompts: Any) -> List[List[int]]:
             lo, hi = min(r), max(r)
             if lo < 0 or hi >= vocab:
                 bad = hi if hi >= vocab else lo
-                raise ValueError(f"token id {bad} in prompt {k} is out of range: the model's embedding has "
+                raise ValueError(f"token id {bad} in prompt {k + offset} is out of range: the model's embedding has "
                                  f"{vocab} rows, so ids must be in [0, {vocab - 1}]")
     return rows
+
+
+def _prompt_ids(model: Any, prompt: Any, k: int) -> List[int]:
+    """Token ids of prompt number ``k`` (text or a list of ids); ValueError when it has none."""
+    if not isinstance(prompt, str):
+        if len(prompt) == 0:
+            raise ValueError(f"prompt {k} has no tokens; every prompt needs at least one token")
+        return [int(t) for t in prompt]
+    if model.tokenizer is None:
+        model._batch([prompt])  # raises the core's "needs a tokenizer" error
+    ids = [int(t) for t in model.tokenizer.encode(prompt)]
+    if not ids:
+        raise ValueError(f"prompt {k} ({prompt[:40]!r}) encodes to no tokens; give a non-empty prompt")
+    return ids
 
 
 def _next_pow2(n: int) -> int:

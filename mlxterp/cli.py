@@ -234,30 +234,50 @@ def print_recovery(recovery: dict, top: int = 5, indent: str = "") -> None:
 
 
 def cmd_activations(args: argparse.Namespace) -> int:
-    prompts_file = Path(args.prompts).expanduser()
-    if not prompts_file.is_file():
-        raise UsageError(f"argument --prompts: file {args.prompts!r} does not exist")
+    from .store import PromptFile
+
     try:
-        prompts = [line.strip() for line in prompts_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"argument --prompts: cannot read {args.prompts!r}: {exc}") from exc
-    if not prompts:
-        raise UsageError(f"argument --prompts: {args.prompts!r} has no prompts (one prompt per line)")
+        prompts = PromptFile(args.prompts)
+    except FileNotFoundError as exc:
+        raise UsageError(f"argument --prompts: file {args.prompts!r} does not exist") from exc
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"argument --prompts: {exc}") from exc
+    to_file = args.out.endswith(".safetensors")
     out = check_output_path(args.out, "--out")
     t0 = time.perf_counter()
     model = load(args.model)
     print(f"loaded {args.model} ({len(model.layers)} layers) in {seconds(t0)}")
     layers = check_layers(args.layers, len(model.layers))
     positions: Any = args.positions[0] if len(args.positions) == 1 else args.positions
+    options = dict(layers=layers, positions=positions, batch_size=args.batch_size, progress=True, dtype=args.dtype)
+    t1 = time.perf_counter()
+    if to_file:
+        return _activations_to_file(model, list(prompts), out, options, args, t1)
+    from .activations import batch_get_activations
+
+    meta = {"model": args.model, "prompts_file": str(prompts.path)}
+    try:
+        store = call(batch_get_activations, model, prompts, out=str(out), shard_size=args.shard_size,
+                     resume=args.resume, metadata=meta, usage=True, **options)
+    except FileExistsError as exc:
+        raise UsageError(f"argument --out: {exc}") from exc
+    print(f"collected {len(prompts)} prompts x {len(store.keys)} layers in {seconds(t1)}")
+    for key in store.keys:
+        print(f"  {key}: {len(store)} rows of shape {store.row_shape(key)} {store.manifest['dtype']}")
+    print(f"wrote {out} ({len(store.manifest['shards'])} shards + manifest.json)")
+    return 0
+
+
+def _activations_to_file(model: Any, prompts: List[Any], out: Path, options: dict, args: argparse.Namespace,
+                         t1: float) -> int:
+    """``--out X.safetensors``: collect in memory and write one file."""
     from .activation_cache import ActivationCache
     from .activations import batch_get_activations
 
-    t1 = time.perf_counter()
-    acts = call(batch_get_activations, model, prompts, layers=layers, positions=positions,
-                batch_size=args.batch_size, progress=True, usage=True)
+    acts = call(batch_get_activations, model, prompts, usage=True, **options)
     print(f"collected {len(prompts)} prompts x {len(acts)} layers in {seconds(t1)}")
-    meta = {"model": args.model, "prompts_file": str(prompts_file), "n_prompts": len(prompts), "layers": layers,
-            "positions": positions}
+    meta = {"model": args.model, "prompts_file": str(args.prompts), "n_prompts": len(prompts),
+            "layers": options["layers"], "positions": options["positions"]}
     written = ActivationCache(acts, metadata=meta).save(out)
     for key, value in acts.items():
         print(f"  {key}: shape {tuple(value.shape)} {value.dtype}")
@@ -339,16 +359,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PNG", help="write the recovery bar chart to this PNG")
 
     p = add("activations", cmd_activations, "collect layer activations for a file of prompts",
-            "Run every prompt of --prompts (one per line, blank lines ignored) in batches and save the chosen "
-            "layers' outputs at the chosen token positions to a safetensors file (keys 'layer_<i>', shape "
-            "(prompts, hidden) for one position or (prompts, positions, hidden) for several).",
-            "  mlxterp activations --model smollm2-135m --prompts prompts.txt --layers 10,20 --out acts.safetensors\n"
+            "Run every prompt of --prompts in batches and save the chosen layers' outputs at the chosen token "
+            "positions (keys 'layer_<i>', one row per prompt: (hidden,) for one position, (positions, hidden) "
+            "for several). --out DIR streams them to an activation store folder (safetensors shards + "
+            "manifest.json, read with mlxterp.ActivationStore): memory stays bounded, and rerunning the same "
+            "command after an interruption continues where it stopped. --out FILE.safetensors collects in "
+            "memory and writes one file. --prompts is a .jsonl file (one JSON string, token-id list or "
+            "{\"text\": ...} object per line) or a text file (one prompt per line); blank lines are skipped.",
+            "  mlxterp activations --model smollm2-135m --prompts prompts.jsonl --layers 10,20 --out acts/\n"
             "  mlxterp activations --model smollm2-135m --prompts p.txt --layers 0-29 --positions 0,-1 "
-            "--batch-size 16 --out acts.safetensors")
+            "--batch-size 16 --dtype bfloat16 --out acts/\n"
+            "  mlxterp activations --model smollm2-135m --prompts p.txt --layers 10 --out acts.safetensors")
     p.add_argument("--model", "-m", required=True, help="registered name, .gguf file, mlx-lm folder or HF id")
-    p.add_argument("--prompts", required=True, metavar="FILE", help="text file, one prompt per line")
+    p.add_argument("--prompts", required=True, metavar="FILE",
+                   help=".jsonl file (one prompt per line as JSON) or text file (one prompt per line)")
     p.add_argument("--layers", type=_layers_arg, required=True, help=LAYER_SPEC_HELP)
-    p.add_argument("--out", required=True, metavar="FILE", help="output .safetensors file")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="activation store folder (or a .safetensors file: collected in memory, one file)")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                   help="stored dtype (default: the model's)")
+    p.add_argument("--shard-size", type=_positive_int, default=None,
+                   help="prompts per shard of a store (default: about 64 MiB of activations per shard)")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue the store already in --out (the default); --no-resume refuses an existing store")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="prompts per forward (default 8)")
     p.add_argument("--positions", type=_positions_arg, default=[-1],
                    help="token positions, comma-separated; negative ones count from each prompt's end "

@@ -45,3 +45,16 @@ def test_graph_export_still_reaches_networkx():
 def test_benchmarks_are_not_installed(tmp_path):
     done = _run("import importlib.util; print(importlib.util.find_spec('benchmarks') is None)", tmp_path)
     assert done.stdout.strip() == "True", done.stderr
+
+
+def test_every_subpackage_is_listed_for_installation():
+    from pathlib import Path
+
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib", reason="tomllib (to read pyproject.toml) is in Python >= 3.11 only")
+
+    repo = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(repo).parts) for p in (repo / "mlxterp").rglob("__init__.py")}
+    assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages in pyproject.toml"

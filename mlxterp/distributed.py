@@ -1,0 +1,109 @@
+"""Sharding work over ``mx.distributed``: which items this process runs, and gathering everyone's results.
+
+Every sweep that can run on several processes uses these four functions and nothing else: resolve the
+group from the caller's ``distributed=`` switch (:func:`resolve_group`), take this rank's items of a list
+of work items (:func:`my_items`: round-robin, so each rank gets a similar mix of cheap and costly
+items), run them, then :func:`gather` everyone's results (the group's ``all_gather``) and put them back in
+item order (:func:`assemble`). Every rank returns the full result. There is no scheduler: the processes
+are the ones ``mlx.launch`` (or ``MLX_RANK`` + ``MLX_HOSTFILE``) started, and every rank makes the same
+calls in the same order, as collectives require.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Sequence, TypeVar, Union
+
+import mlx.core as mx
+import numpy as np
+
+T = TypeVar("T")
+Distributed = Union[bool, str, Any]  # True, False, "auto", or an mx.distributed.Group
+
+LAUNCH_HINT = ("launch the script on several processes, e.g. 'mlx.launch --backend ring -n 2 python script.py' "
+               "(or start each process with MLX_RANK and MLX_HOSTFILE set)")
+
+
+def resolve_group(distributed: Distributed = "auto") -> Optional[Any]:
+    """The group to shard over, or None to run in this process alone.
+
+    Args:
+        distributed: ``"auto"`` (the launched group if it has more than one process, else None), ``True``
+            (the launched group; an error when there is none), ``False`` (None), or an
+            ``mx.distributed.Group``.
+
+    Raises:
+        RuntimeError: ``True`` (or a group) was given and no group of more than one process is active.
+        ValueError: any other value.
+    """
+    if distributed is False:
+        return None
+    if isinstance(distributed, mx.distributed.Group):
+        group = distributed
+    elif distributed is True or (isinstance(distributed, str) and distributed == "auto"):
+        group = mx.distributed.init()
+    else:
+        raise ValueError(f"distributed must be True, False, 'auto' or an mx.distributed.Group, got {distributed!r}")
+    if group.size() > 1:
+        return group
+    if distributed is not True and not isinstance(distributed, mx.distributed.Group):
+        return None
+    raise RuntimeError(f"distributed={distributed!r} needs a distributed group of more than one process, but "
+                       f"this process is alone (group size {group.size()}); {LAUNCH_HINT}, or pass "
+                       "distributed='auto' to run here alone")
+
+
+def rank(group: Optional[Any]) -> int:
+    """This process's rank (0 when ``group`` is None)."""
+    return 0 if group is None else group.rank()
+
+
+def size(group: Optional[Any]) -> int:
+    """Number of processes (1 when ``group`` is None)."""
+    return 1 if group is None else group.size()
+
+
+def my_items(items: Sequence[T], group: Optional[Any]) -> List[T]:
+    """This rank's share of ``items``: every ``size``-th item starting at ``rank`` (all of them alone)."""
+    return list(items[rank(group)::size(group)])
+
+
+def assemble(parts: Sequence[np.ndarray], n: int) -> np.ndarray:
+    """Inverse of :func:`my_items` over all ranks: ``parts[r]`` holds the results of items ``r, r + size,
+    ...``; returns the ``n`` results in item order."""
+    first = next((p for p in parts if len(p)), parts[0])
+    out = np.empty((n,) + first.shape[1:], dtype=first.dtype)
+    for r, part in enumerate(parts):
+        out[r::len(parts)] = part
+    return out
+
+
+def gather(local: np.ndarray, group: Optional[Any]) -> List[np.ndarray]:
+    """Every rank's ``local`` array (same dtype and trailing shape, any number of rows), in rank order.
+
+    Two ``all_gather`` calls: the row counts, then the rows padded to the longest part and sent as bytes
+    (so any dtype travels unchanged, float64 included).
+    """
+    local = np.ascontiguousarray(local)
+    if group is None:
+        return [local]
+    counts = np.array(_all_gather(mx.array([local.shape[0]], dtype=mx.int64), group)).tolist()
+    longest = max(counts)
+    if longest == 0:
+        return [local[:0] for _ in counts]
+    padded = np.zeros((longest,) + local.shape[1:], dtype=local.dtype)
+    padded[:local.shape[0]] = local
+    raw = _all_gather(mx.array(padded.reshape(-1).view(np.uint8)), group)
+    blocks = np.array(raw).view(local.dtype).reshape((len(counts), longest) + local.shape[1:])
+    return [blocks[r, :c] for r, c in enumerate(counts)]
+
+
+def barrier(group: Optional[Any]) -> None:
+    """Wait until every rank reaches this point (no-op alone)."""
+    if group is not None:
+        _all_gather(mx.array([0], dtype=mx.int32), group)
+
+
+def _all_gather(x: mx.array, group: Any) -> mx.array:
+    out = mx.distributed.all_gather(x, group=group, stream=mx.cpu)
+    mx.eval(out)
+    return out

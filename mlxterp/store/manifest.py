@@ -1,0 +1,149 @@
+"""The activation store's manifest: what was collected (model, modules, positions, dtype, prompts) and
+which shards hold it.
+
+``manifest.json`` is the store's only index: a reader accepts a shard file only when the manifest lists
+it, and the manifest is replaced atomically after the shard it adds is on disk. A rerun into the same
+folder compares its own description with the stored one (:func:`check_match`) and refuses to continue a
+store of another model, other modules or positions, another dtype or other prompts.
+
+The model is identified by a fingerprint: a hash of every parameter's name, shape and dtype and of 64
+values sampled evenly from each (cheap for any size; any retrained or re-quantized checkpoint differs).
+Each prompt is identified by a 64-bit BLAKE2b hash of its text (or of its token ids); the store keeps
+every prompt's hash in its shards and the manifest keeps the SHA-256 of the whole list and of each
+shard's part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten
+
+from .files import write_json_atomic
+
+FORMAT = "mlxterp-activation-store"
+VERSION = 1
+MANIFEST = "manifest.json"
+TARGET_SHARD_BYTES = 64 << 20  # activation bytes per shard when shard_size is not given
+SAMPLES = 64  # values sampled per parameter for the model fingerprint
+
+
+class StoreMismatchError(ValueError):
+    """A rerun's settings differ from those of the store it would continue."""
+
+
+def model_identity(model: Any) -> Dict[str, Any]:
+    """``{"class", "parameters", "fingerprint"}`` of an InterpretableModel's wrapped module."""
+    params = tree_flatten(model.model.parameters())
+    samples = []
+    for _, value in params:
+        flat = value.reshape(-1)
+        sample = flat[:: max(1, flat.size // SAMPLES)][:SAMPLES]
+        samples.append(sample.view(mx.uint16) if sample.dtype == mx.bfloat16 else sample)
+    mx.eval(samples)
+    h = hashlib.sha256()
+    for (name, value), sample in zip(params, samples):
+        h.update(f"{name}|{tuple(value.shape)}|{value.dtype};".encode())
+        h.update(np.array(sample).tobytes())
+    return {"class": type(model.model).__name__, "parameters": int(sum(v.size for _, v in params)),
+            "fingerprint": h.hexdigest()[:32]}
+
+
+def prompt_hash(prompt: Any) -> int:
+    """64-bit hash of one prompt: its UTF-8 text, or its token ids as int64."""
+    if isinstance(prompt, str):
+        data = b"s:" + prompt.encode("utf-8")
+    else:
+        data = b"t:" + np.asarray(prompt, dtype=np.int64).tobytes()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+def prompt_hashes(prompts: Sequence[Any]) -> np.ndarray:
+    """``(len(prompts),)`` uint64 hashes (see :func:`prompt_hash`)."""
+    return np.fromiter((prompt_hash(p) for p in prompts), dtype=np.uint64, count=len(prompts))
+
+
+def digest(hashes: np.ndarray) -> str:
+    """SHA-256 (hex) of a run of prompt hashes."""
+    return hashlib.sha256(np.ascontiguousarray(hashes, dtype="<u8").tobytes()).hexdigest()
+
+
+def auto_shard_size(bytes_per_prompt: float) -> int:
+    """Prompts per shard so a shard holds about :data:`TARGET_SHARD_BYTES` of activations."""
+    return int(max(1, min(1 << 20, TARGET_SHARD_BYTES // max(1.0, bytes_per_prompt))))
+
+
+def new_manifest(spec: Dict[str, Any], hashes: np.ndarray, shard_size: int, batch_size: int,
+                 metadata: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """A manifest with no shards yet for ``spec`` (kind, model, keys, layers, positions, dtype, row shapes)."""
+    from .. import __version__
+
+    return {"format": FORMAT, "version": VERSION, "mlxterp": __version__, **spec,
+            "n_prompts": int(len(hashes)), "prompts_sha256": digest(hashes), "shard_size": int(shard_size),
+            "batch_size": int(batch_size), "metadata": metadata, "shards": []}
+
+
+def read_manifest(folder: Path) -> Optional[Dict[str, Any]]:
+    """The manifest in ``folder``, or None when there is none; ValueError when it is not a store's."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read the activation store manifest {str(path)!r}: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ValueError(f"{str(path)!r} is not an mlxterp activation store manifest (no format {FORMAT!r})")
+    if manifest.get("version") != VERSION:
+        raise ValueError(f"{str(path)!r} has store format version {manifest.get('version')!r}; this mlxterp "
+                         f"reads version {VERSION}")
+    return manifest
+
+
+def write_manifest(folder: Path, manifest: Dict[str, Any]) -> None:
+    write_json_atomic(folder / MANIFEST, manifest)
+
+
+def windows(manifest: Dict[str, Any]) -> List[Tuple[int, int, int]]:
+    """``(window, start, stop)`` prompt ranges of every shard the store will have, done or not."""
+    n, size = manifest["n_prompts"], manifest["shard_size"]
+    return [(w, start, min(start + size, n)) for w, start in enumerate(range(0, n, size))]
+
+
+def shard_name(window: int) -> str:
+    return f"shard-{window:06d}.safetensors"
+
+
+def check_match(stored: Dict[str, Any], wanted: Dict[str, Any], folder: Path, shard_size_given: bool) -> None:
+    """Raise :class:`StoreMismatchError` naming every setting in which a rerun differs from its store."""
+    what = "layers" if stored.get("kind") == "positions" else "modules"
+    fields = [("kind", None, "kind of rows"), ("model", "fingerprint", "model"), ("layers", None, what),
+              ("positions", None, "positions"), ("dtype", None, "dtype"), ("n_prompts", None, "number of prompts"),
+              ("prompts_sha256", None, "prompts")]
+    if shard_size_given:
+        fields.append(("shard_size", None, "shard_size"))
+    diffs = []
+    for field, sub, label in fields:
+        old, new = stored.get(field), wanted.get(field)
+        if sub is not None:
+            old, new = (old or {}).get(sub), (new or {}).get(sub)
+        if old != new:
+            diffs.append(f"{label}: the store has {_show(stored, field)}, this run {_show(wanted, field)}")
+    if diffs:
+        raise StoreMismatchError(f"the activation store in {str(folder)!r} was collected with other settings; "
+                                 + "; ".join(diffs) + ". Give another output folder, or rerun with the store's "
+                                 "settings to continue it")
+
+
+def _show(manifest: Dict[str, Any], field: str) -> str:
+    value = manifest.get(field)
+    if field == "model":
+        return f"{value['class']} ({value['parameters']} parameters, fingerprint {value['fingerprint'][:12]})"
+    if field == "prompts_sha256":
+        return f"prompt list sha256 {value[:12]}"
+    return repr(value)

@@ -1,0 +1,188 @@
+"""Streaming activations into a store folder, shard by shard, resumably, on one process or several.
+
+The prompts are cut into fixed windows of ``shard_size`` prompts (fixed when the store is created, so a
+rerun sees the same windows). Each window is computed in memory, written as one safetensors shard
+(temporary name, fsync, rename) and then added to the manifest (rewritten atomically the same way), so
+memory holds one window at a time and a run killed at any point loses at most the windows in flight. A
+rerun with the same settings deletes what a killed run left unlisted (temporary files, a shard renamed but
+not yet listed), skips the listed windows and computes the rest: every prompt ends up in the store once.
+
+On several processes (:mod:`mlxterp.distributed`) the windows still to do are dealt out in rounds, one
+per rank per round; each rank writes its own shards, the ranks' records are gathered after each round
+and rank 0 alone writes the manifest. The folder must be one that every rank can reach (a shared file
+system across hosts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import mlx.core as mx
+import numpy as np
+from tqdm.auto import tqdm
+
+from .. import distributed as dist
+from .files import remove_temporaries, write_safetensors_atomic
+from .manifest import (auto_shard_size, check_match, digest, new_manifest, prompt_hashes, read_manifest,
+                       shard_name, windows, write_manifest)
+
+log = logging.getLogger(__name__)
+
+CHECK_CHUNK = 4096  # prompts tokenized at a time by the up-front check
+SHARD_KEY = "mlxterp.shard"  # safetensors metadata entry describing a shard (JSON)
+HASH_KEY = "_prompt_hash"  # each shard's (prompts,) uint64 prompt hashes
+LENGTHS_KEY = "_lengths"  # each token-level shard's (prompts,) int32 prompt lengths
+
+
+@dataclasses.dataclass
+class Collection:
+    """What a store holds and how one window of it is computed.
+
+    Attributes:
+        spec: the manifest's description of the rows (kind, model, layers, keys, positions, dtype,
+            row_shapes).
+        check: ``check(prompts, first_index) -> token counts``: tokenizes and validates prompts (raises a
+            ValueError naming the bad prompt by its index in the whole list), keeping nothing.
+        compute: ``compute(prompts, first_index, bar) -> {name: array}`` for one window: the stored keys
+            (cast to the store's dtype here) plus :data:`LENGTHS_KEY` for token-level rows.
+        bytes_per_token: activation bytes one token adds (token-level rows), else 0.
+        bytes_per_prompt: activation bytes one prompt adds (position rows), else 0.
+    """
+
+    spec: Dict[str, Any]
+    check: Callable[[Sequence[Any], int], np.ndarray]
+    compute: Callable[[Sequence[Any], int, Any], Dict[str, mx.array]]
+    bytes_per_token: int = 0
+    bytes_per_prompt: int = 0
+
+
+def write_store(collection: Collection, prompts: Sequence[Any], out: Any, *, batch_size: int,
+                shard_size: Optional[int], resume: bool, progress: bool, group: Optional[Any],
+                metadata: Optional[Dict[str, Any]]) -> Path:
+    """Collect ``prompts`` into the store folder ``out`` (see the module docstring); returns the folder.
+
+    Raises:
+        FileExistsError: ``out`` holds a store and ``resume`` is False, or ``out`` is a file.
+        StoreMismatchError: ``out`` holds a store collected with other settings (each difference named).
+        ValueError: a prompt that cannot be collected (its index named), before any forward runs.
+    """
+    folder = _folder(out)
+    hashes = prompt_hashes(prompts)
+    stored = read_manifest(folder)
+    if stored is not None and not resume:
+        raise FileExistsError(f"{str(folder)!r} already holds an activation store ({len(stored['shards'])} "
+                              "shards); pass resume=True to continue it, or give another folder")
+    wanted = new_manifest(collection.spec, hashes, shard_size or 1, batch_size, metadata)
+    if stored is not None:
+        check_match(stored, wanted, folder, shard_size is not None)
+    done = {e["window"] for e in stored["shards"]} if stored else set()
+    todo = [(s, e) for w, s, e in windows(stored)
+            if w not in done] if stored else [(0, len(prompts))]
+    tokens = _check_prompts(collection, prompts, todo)
+    if stored is None:
+        wanted["shard_size"] = shard_size or _auto_size(collection, tokens)
+    if dist.rank(group) == 0:
+        _prepare(folder, stored or wanted, new=stored is None)
+    dist.barrier(group)
+    manifest = read_manifest(folder)
+    _run(collection, prompts, hashes, folder, manifest, progress, group)
+    dist.barrier(group)
+    return folder
+
+
+def _folder(out: Any) -> Path:
+    folder = Path(out).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"out={str(out)!r} is a file; an activation store is a folder (give a folder path)")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _check_prompts(collection: Collection, prompts: Sequence[Any], ranges: List[tuple]) -> np.ndarray:
+    """Token counts of the prompts in ``ranges``, each checked (see :attr:`Collection.check`)."""
+    counts = []
+    for start, stop in ranges:
+        for first in range(start, stop, CHECK_CHUNK):
+            counts.append(collection.check(prompts[first:min(first + CHECK_CHUNK, stop)], first))
+    return np.concatenate(counts) if counts else np.zeros(0, dtype=np.int64)
+
+
+def _auto_size(collection: Collection, tokens: np.ndarray) -> int:
+    per_prompt = collection.bytes_per_prompt + collection.bytes_per_token * float(np.mean(tokens))
+    return auto_shard_size(per_prompt)
+
+
+def _prepare(folder: Path, manifest: Dict[str, Any], new: bool) -> None:
+    """Rank 0, before any shard is written: the manifest on disk, what a killed run left unlisted
+    deleted, listed shards that are gone (or of the wrong size) dropped so they are collected again."""
+    removed = remove_temporaries(folder)
+    listed = {e["file"] for e in manifest["shards"]}
+    for path in folder.glob("shard-*.safetensors"):
+        if path.name not in listed:
+            path.unlink()
+            removed += 1
+    if removed:
+        log.info("activation store %s: removed %d unfinished file(s) of an interrupted run", folder, removed)
+    kept = [e for e in manifest["shards"] if _intact(folder, e)]
+    if len(kept) != len(manifest["shards"]):
+        lost = sorted(set(listed) - {e["file"] for e in kept})
+        log.warning("activation store %s: listed shard(s) %s are missing or truncated; collecting their "
+                    "prompts again", folder, ", ".join(lost))
+    if new or len(kept) != len(manifest["shards"]):
+        write_manifest(folder, {**manifest, "shards": kept})
+
+
+def _intact(folder: Path, entry: Dict[str, Any]) -> bool:
+    path = folder / entry["file"]
+    return path.is_file() and path.stat().st_size == entry["bytes"]
+
+
+def _run(collection: Collection, prompts: Sequence[Any], hashes: np.ndarray, folder: Path,
+         manifest: Dict[str, Any], progress: bool, group: Optional[Any]) -> None:
+    """Compute and write every window not yet listed, one per rank per round; rank 0 lists them."""
+    done = {e["window"] for e in manifest["shards"]}
+    todo = [w for w in windows(manifest) if w[0] not in done]
+    world, me, leader = dist.size(group), dist.rank(group), dist.rank(group) == 0
+    initial = int(sum(e["stop"] - e["start"] for e in manifest["shards"]))
+    with tqdm(total=manifest["n_prompts"], initial=initial, unit="prompt", desc="activations",
+              disable=not (progress and leader), dynamic_ncols=True) as bar:
+        for first in range(0, len(todo), world):
+            mine = todo[first + me] if first + me < len(todo) else None
+            record = np.array([[-1, 0, 0]], dtype=np.int64)
+            if mine is not None:
+                record = _write_window(collection, prompts, hashes, folder, mine, bar if leader else None)
+            records = np.concatenate(dist.gather(record, group))
+            if leader:
+                _list(folder, manifest, records, hashes, bar)
+
+
+def _write_window(collection: Collection, prompts: Sequence[Any], hashes: np.ndarray, folder: Path,
+                  window: tuple, bar: Any) -> np.ndarray:
+    """Compute one window and write its shard; returns its record ``[[window, rows, bytes]]``."""
+    w, start, stop = window
+    arrays = collection.compute(prompts[start:stop], start, bar)
+    arrays[HASH_KEY] = mx.array(hashes[start:stop])
+    rows = int(arrays[collection.spec["keys"][0]].shape[0])
+    info = {"window": w, "start": start, "stop": stop, "prompts_sha256": digest(hashes[start:stop])}
+    size = write_safetensors_atomic(folder / shard_name(w), arrays, {SHARD_KEY: json.dumps(info)})
+    return np.array([[w, rows, size]], dtype=np.int64)
+
+
+def _list(folder: Path, manifest: Dict[str, Any], records: np.ndarray, hashes: np.ndarray, bar: Any) -> None:
+    """Rank 0: add a round's shards to the manifest (rewritten atomically) and to the progress bar."""
+    spans = {w: (s, e) for w, s, e in windows(manifest)}
+    added = 0
+    for r, (w, rows, size) in enumerate(records.tolist()):
+        if w < 0:
+            continue
+        start, stop = spans[w]
+        manifest["shards"].append({"window": w, "file": shard_name(w), "start": start, "stop": stop, "rows": rows,
+                                   "bytes": size, "rank": r, "prompts_sha256": digest(hashes[start:stop])})
+        added += stop - start if r else 0  # rank 0's own prompts were counted batch by batch
+    manifest["shards"].sort(key=lambda e: e["window"])
+    write_manifest(folder, manifest)
+    bar.update(added)
