@@ -106,8 +106,13 @@ class ActivationStore:
     def get(self, key: Union[int, str], rows: Any = None, dtype: Any = None) -> mx.array:
         """Rows of one key as an ``mx.array``: all of them, a ``slice``, or an array of row numbers."""
         key = self._key(key)
-        picked = np.arange(len(self))[rows] if rows is not None else None
-        return self._read(key, picked, dtype)
+        if isinstance(rows, slice):
+            span = range(len(self))[rows]
+            rows = np.arange(span.start, span.stop, span.step, dtype=np.int64)
+        elif rows is not None:
+            rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+            rows = np.where(rows < 0, rows + len(self), rows)  # negative rows count from the end
+        return self._read(key, rows, dtype)
 
     def to_dict(self, dtype: Any = None) -> Dict[str, mx.array]:
         """Every selected key's rows in memory (for stores that fit)."""

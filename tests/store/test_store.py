@@ -201,6 +201,9 @@ def test_select_and_rows(store):
     assert mx.array_equal(store.get(2, rows=[21, 3, 3]),
                           mx.stack([store.get(2)[21], store.get(2)[3], store.get(2)[3]])).item()
     assert store.get("layer_0", rows=slice(4, 9)).shape == (5, 2, 64)  # across the first shard boundary
+    assert mx.array_equal(store.get(0, rows=[-1]), store.get(0)[-1:]).item()
+    with pytest.raises(IndexError, match="row numbers must be in"):
+        store.get(0, rows=[len(PROMPTS)])
     assert store.row_shape(0) == (2, 64)
     with pytest.raises(ValueError, match=r"layer 5 is not in the activation store .* it holds 'layer_0', 'layer_2'"):
         store.select([5])
