@@ -54,8 +54,47 @@ def node_key(node: Node) -> Hashable:
     and keys are hashed on every cache lookup).
     """
     if node.op is Op.CONSTANT:
-        return ("constant", constant_signature(node.meta["value"]), node.meta.get("weak", False))
+        return constant_key(node.meta["value"], node.meta.get("weak", False))
     return (node.op._value_, _freeze(node.target), _freeze(node.args), _freeze(node.kwargs) if node.kwargs else ())
+
+
+# Keys of common nodes built directly from their parts. A recorder calls these instead of writing the key
+# format itself (each returns exactly what node_key computes for that node; a property test checks it),
+# so the format has one owner and a cache hit always means the same structure.
+_REF_KEYS: dict[int, tuple] = {}
+
+
+def ref_key(node_id: int) -> tuple:
+    """The key of a reference to node ``node_id`` (shared: refs recur in every trace of a sweep)."""
+    key = _REF_KEYS.get(node_id)
+    if key is None:
+        key = _REF_KEYS[node_id] = ("ref", node_id)
+    return key
+
+
+def refs_key(op: Op, target: str, ref_ids: tuple[int, ...]) -> tuple:
+    """Key of a node with a string target whose args are references and which has no kwargs."""
+    return (op._value_, target, ("tuple",) + tuple(ref_key(i) for i in ref_ids), ())
+
+
+def module_key(op: Op, path: str, call_idx: int) -> tuple:
+    """Key of a ``module_output`` / ``module_input`` node."""
+    return (op._value_, ("tuple", path, call_idx), ("tuple",), ())
+
+
+def replace_key(path: str, call_idx: int, phase: str, value_id: int) -> tuple:
+    """Key of a ``replace`` node writing node ``value_id``."""
+    return (Op.REPLACE._value_, ("tuple", path, call_idx, phase), ("tuple", ref_key(value_id)), ())
+
+
+def save_key(name: str, value_id: int) -> tuple:
+    """Key of a ``save`` node keeping node ``value_id`` under ``name``."""
+    return (Op.SAVE._value_, name, ("tuple", ref_key(value_id)), ())
+
+
+def constant_key(value: Any, weak: bool) -> tuple:
+    """Key of a ``constant`` node (its signature, never its value)."""
+    return ("constant", constant_signature(value), weak)
 
 
 def structure_key(graph: Graph) -> Hashable:

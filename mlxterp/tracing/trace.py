@@ -9,8 +9,8 @@ import mlx.core as mx
 
 from mlxterp.compiler import Graph, Op, Ref, to_dot, to_json, to_text
 from mlxterp.compiler.ir import map_refs
+from mlxterp.compiler import structure as keys
 from mlxterp.compiler.semantics import evaluate, format_index
-from mlxterp.compiler.structure import constant_signature
 
 from . import context, guards
 from .proxy import _UNSET, Proxy, apply
@@ -24,10 +24,9 @@ _ARITH_NUMBERS = _DATA_NUMBERS[Op.BINARY]
 _REF_KEYED = frozenset({Op.BINARY, Op.UNARY})
 
 # Nodes a sweep records again and again share what does not change between traces: the meta of a source
-# line and the structural key of a reference (both immutable). Fewer objects retained per node keeps the
-# recording cheap when the forward that ran just before has pushed the interpreter's memory out of cache.
+# line (immutable). Fewer objects retained per node keeps the recording cheap when the forward that ran just
+# before has pushed the interpreter's memory out of cache. Structural keys come from compiler.structure.
 _METAS: dict[Any, dict] = {}
-_REF_KEYS: dict[int, tuple] = {}
 
 
 def _meta(src: Any) -> dict:
@@ -38,14 +37,6 @@ def _meta(src: Any) -> dict:
             _METAS.clear()
         meta = _METAS[src] = {"source": src}
     return meta
-
-
-def _ref_key(node_id: int) -> tuple:
-    """``("ref", id)``, as :func:`compiler.structure.node_key` writes a reference."""
-    key = _REF_KEYS.get(node_id)
-    if key is None:
-        key = _REF_KEYS[node_id] = ("ref", node_id)
-    return key
 
 
 RESID_MID = "resid_mid"  # the pseudo-phase of a layer's residual between its attention and MLP halves
@@ -135,7 +126,7 @@ class Trace:
         key = None
         if not kwargs and op in _REF_KEYED and all(type(a) is Ref for a in args):
             # the common arithmetic node: its structural key is cheap to build here (see node_key)
-            key = (op._value_, target, ("tuple",) + tuple(_ref_key(a.id) for a in args), ())
+            key = keys.refs_key(op, target, tuple(a.id for a in args))
         node = self.graph.add(op, target, args, kwargs, _meta(src) if meta is None else dict(meta, source=src), key)
         return Proxy(self, node.id)
 
@@ -149,7 +140,7 @@ class Trace:
         src = user_source()
         ra, rb = self._lift(a, _ARITH_NUMBERS, src), self._lift(b, _ARITH_NUMBERS, src)
         node = self.graph.add(Op.BINARY, name, (ra, rb), None, _meta(src),
-                              ("binary", name, ("tuple", _ref_key(ra.id), _ref_key(rb.id)), ()))
+                              keys.refs_key(Op.BINARY, name, (ra.id, rb.id)))
         return Proxy(self, node.id)
 
     def _simple_operand(self, value: Any) -> bool:
@@ -191,7 +182,7 @@ class Trace:
     def _constant(self, value: Any, weak: bool, src: Any = None) -> Ref:
         node = self.graph.add(Op.CONSTANT, None, (), None,
                               {"value": value, "weak": weak, "source": src or user_source()},
-                              ("constant", constant_signature(value), weak))
+                              keys.constant_key(value, weak))
         return Ref.of(node.id)
 
     def module_value(self, path: str, call_idx: int, phase: str) -> Proxy:
@@ -209,7 +200,7 @@ class Trace:
         if node_id is None:
             op = Op.MODULE_OUTPUT if phase == "output" else Op.MODULE_INPUT
             node_id = self.graph.add(op, (path, call_idx), (), None, _meta(user_source()),
-                                     (op._value_, ("tuple", path, call_idx), ("tuple",), ())).id
+                                     keys.module_key(op, path, call_idx)).id
             self._versions[binding] = node_id
         return Proxy(self, node_id, binding)
 
@@ -228,7 +219,7 @@ class Trace:
             ref = self._constant(value, isinstance(value, (int, float)), src)
         target = (path, call_idx, phase)
         node = self.graph.add(Op.REPLACE, target, (ref,), None, _meta(src) if extra is None else dict(extra, source=src),
-                              ("replace", ("tuple", path, call_idx, phase), ("tuple", _ref_key(ref.id)), ()))
+                              keys.replace_key(path, call_idx, phase, ref.id))
         self._versions[target] = node.id
 
     def write_resid_mid(self, layer_path: str, call_idx: int, value: Any) -> None:
@@ -281,7 +272,7 @@ class Trace:
             key, i = f"{base}_{i}", i + 1
         self._save_keys.add(key)
         self.graph.add(Op.SAVE, key, (Ref.of(proxy._node),), None, _meta(user_source()),
-                       ("save", key, ("tuple", _ref_key(proxy._node)), ()))
+                       keys.save_key(key, proxy._node))
         proxy._save_key = key
         self._saved.append(proxy)
 

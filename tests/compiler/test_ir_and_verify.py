@@ -97,3 +97,26 @@ def test_shared_refs_point_at_their_own_node():
     assert Ref.of(5) is Ref.of(5) and Ref.of(5).id == 5
     assert Ref.of(300).id == 300 and Ref.of(5) == Ref(5)
     assert Ref.of(-1).id == -1 and Ref.of(-1) is not Ref.of(-1)  # not a recorder id: a fresh ref
+
+
+def test_structure_key_helpers_write_what_node_key_computes():
+    # The recorder builds keys through these helpers; each must equal node_key for the node it describes.
+    from mlxterp.compiler import structure as keys
+
+    g = Graph()
+    h = g.add(Op.MODULE_OUTPUT, ("model.layers.0", 1))
+    c = g.add(Op.CONSTANT, meta={"value": mx.ones((3,)), "weak": False})
+    b = g.add(Op.BINARY, "add", (Ref(h.id), Ref(c.id)))
+    u = g.add(Op.UNARY, "neg", (Ref(b.id),))
+    r = g.add(Op.REPLACE, ("model.layers.0", 1, "output"), (Ref(u.id),))
+    s = g.add(Op.SAVE, "k", (Ref(r.id),))
+    expected = {
+        h.id: keys.module_key(Op.MODULE_OUTPUT, "model.layers.0", 1),
+        c.id: keys.constant_key(mx.ones((3,)), False),
+        b.id: keys.refs_key(Op.BINARY, "add", (h.id, c.id)),
+        u.id: keys.refs_key(Op.UNARY, "neg", (b.id,)),
+        r.id: keys.replace_key("model.layers.0", 1, "output", u.id),
+        s.id: keys.save_key("k", r.id),
+    }
+    for node in g:
+        assert keys.node_key(node) == expected[node.id], node.describe()
