@@ -16,10 +16,12 @@ from .executor import MODES, Executor, RunResult
 from .export import to_dot, to_json, to_text
 from .hooks import hooks_installed, is_hooked
 from .ir import Graph, Node, Op, Ref
+from .fold import run_folded
 from .lowering import PatchedForward
 from .points import Points, Runner
 from .passes import eliminate_dead_code, lift_constants, run_passes, schedule
 from .probe import Probe, probe
+from .program import LoweredProgram
 from .state_compile import StateCompiled
 from .structure import structure_key
 from .verify import verify
@@ -28,5 +30,6 @@ __all__ = [
     "CausalityError", "GraphError", "ModuleNotCalledError", "NodeExecutionError", "ShapeMismatchError",
     "TraceError", "WriteTypeError", "MODES", "Executor", "RunResult", "to_dot", "to_json", "to_text",
     "hooks_installed", "is_hooked", "Graph", "Node", "Op", "Ref", "PatchedForward", "Points", "Runner",
+    "LoweredProgram", "run_folded",
     "eliminate_dead_code", "lift_constants", "run_passes", "schedule", "Probe", "probe", "StateCompiled", "structure_key", "verify",
 ]

@@ -22,6 +22,7 @@ from .passes import PassResult, run_passes
 from .passes.lift import param_sources, param_values
 from .points import Points
 from .probe import Probe
+from .program import LoweredProgram
 from .state_compile import StateCompiled
 from .structure import structure_key
 
@@ -57,10 +58,11 @@ class Executor:
     """Runs graphs against one model; owns the compile cache and its statistics."""
 
     def __init__(self, model: nn.Module, *, call: Callable[[nn.Module, mx.array], Any] = default_call,
-                 max_entries: int = 256, points: Points | None = None):
+                 max_entries: int = 256, points: Points | None = None, stop_early: bool = True):
         self.model = model
         self.call = call
         self.points = points
+        self.stop_early = stop_early
         self.max_entries = max_entries
         self._cache: collections.OrderedDict[Hashable, CacheEntry] = collections.OrderedDict()
         self.stats: collections.Counter = collections.Counter()
@@ -74,8 +76,7 @@ class Executor:
         """Execute ``graph`` on ``tokens``; ``probe()`` gives the execution order on a cache miss."""
         if mode not in MODES:
             raise ValueError(f"compile mode {mode!r} is not one of {MODES} (True = 'compiled', False = 'eager')")
-        key = self.key(graph, tokens)
-        entry = self._lookup(key, graph, probe)
+        entry = self.entry(graph, tokens, probe)
         params = param_values(graph, entry.sources)
         compiled = mode == "compiled" or (mode == "auto" and entry.runs > 0)
         entry.runs += 1
@@ -91,10 +92,14 @@ class Executor:
     def lower(self, graph: Graph, probe: Probe) -> CacheEntry:
         """Run the passes on ``graph`` and lower it (no caching)."""
         result: PassResult = run_passes(graph, probe.events)
-        forward = PatchedForward(self.model, result.after, result.schedule, call=self.call, points=self.points)
+        forward = PatchedForward(self.model, result.after, result.schedule, call=self.call, points=self.points,
+                                 stop_early=self.stop_early)
         return CacheEntry(result.after, forward, sources=param_sources(result.after))
 
-    def _lookup(self, key: Hashable, graph: Graph, probe: Callable[[], Probe]) -> CacheEntry:
+    def entry(self, graph: Graph, tokens: mx.array, probe: Callable[[], Probe]) -> CacheEntry:
+        """The cached lowering of ``graph`` for inputs shaped like ``tokens`` (lowered on a miss, where
+        ``probe()`` gives the execution order)."""
+        key = self.key(graph, tokens)
         entry = self._cache.get(key)
         if entry is not None:
             self.stats["hits"] += 1
@@ -107,6 +112,12 @@ class Executor:
             self._cache.popitem(last=False)
             self.stats["evictions"] += 1
         return entry
+
+    def program(self, graph: Graph, tokens: mx.array, probe: Callable[[], Probe]) -> LoweredProgram:
+        """``graph`` as a pure function ``(tokens, params) -> saves`` (see :mod:`.program`); its lowering
+        is shared with traces of the same structure."""
+        entry = self.entry(graph, tokens, probe)
+        return LoweredProgram(self.model, entry.optimized, entry.forward, self.stats)
 
     def _compile(self, entry: CacheEntry) -> Callable:
         forward = entry.forward

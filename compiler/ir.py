@@ -8,7 +8,8 @@ source line. Ops:
 ``module_output``  target ``(path, call_idx)``: what the module returned on its ``call_idx``-th call.
 ``module_input``   target ``(path, call_idx)``: the input of that call: its first positional argument, or
                    the first parameter of the module's ``__call__`` when the caller passed it by name.
-``constant``       a value given while tracing (an ``mx.array`` or a Python number), in ``meta["value"]``.
+``constant``       a value given while tracing (an ``mx.array`` or a Python number), in ``meta["value"]``;
+                   ``meta["name"]`` names a program input (``mlxterp.param``).
 ``param``          target ``index``: a lifted constant, read from the ``params`` list at run time.
 ``getitem``        args ``(x, index)``: ``x[index]``.
 ``setitem``        args ``(x, index, value)``: a copy of ``x`` with ``x[index] = value`` (functional).
@@ -207,6 +208,12 @@ class Graph:
     def nodes(self) -> list[Node]:
         """All nodes in order."""
         return list(self._nodes.values())
+
+    def with_captures(self, captures: Any) -> "Graph":
+        """The same nodes (and recorder keys) with other captures."""
+        graph = Graph(list(self._nodes.values()), captures=captures)
+        graph.known_keys = dict(self.known_keys)
+        return graph
 
     def with_nodes(self, nodes: list[Node]) -> "Graph":
         """A new graph with these nodes and the same captures (used by passes)."""

@@ -3,6 +3,10 @@
 The function hooks only the modules the schedule (and the capture list) touches, runs each node at its
 event, applies writes, and restores every class in ``finally``. The same function is run as is by the
 eager path and wrapped in ``mx.compile`` by the compiled path.
+
+When nothing after some event is read, written or captured, the forward stops there (the schedule's stop
+event): the rest of the model, often a large vocabulary projection, is never built, and the output is
+``None``. A *folded* run (see :mod:`.fold`) evaluates ``K`` variants of the program in one forward.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from .passes.schedule import END, START, Schedule
 from .points import Points, point_path
 from .semantics import check_replacement, evaluate
 
-Step = Callable[[dict, list, Any], None]
+Step = Callable[[Any, Any], None]
 
 
 def default_call(model: nn.Module, tokens: mx.array) -> Any:
@@ -28,27 +32,47 @@ def default_call(model: nn.Module, tokens: mx.array) -> Any:
     return model(tokens)
 
 
+class StopForward(Exception):
+    """Raised by a run's hook once its last needed event has fired; caught by the run's own forward."""
+
+    def __init__(self, run: "Run"):
+        super().__init__("the patched forward stops here: nothing later is read")
+        self.run = run
+
+
 class PatchedForward:
-    """A model forward with a scheduled intervention program woven into its module calls."""
+    """A model forward with a scheduled intervention program woven into its module calls.
+
+    Args:
+        model: the module to run.
+        graph: the optimized graph (constants lifted).
+        plan: its schedule.
+        call: how to call the model on the tokens.
+        stop_early: stop the forward after the schedule's stop event (callers whose forward has side
+            effects later modules must see, such as a KV cache, pass ``False``).
+        points: named values inside module calls (see :mod:`.points`) the graph may read or write.
+    """
 
     def __init__(self, model: nn.Module, graph: Graph, plan: Schedule, *,
-                 call: Callable[[nn.Module, mx.array], Any] = default_call,
-                 on_run: Callable[[], None] | None = None, points: Points | None = None):
+                 call: Callable[[nn.Module, mx.array], Any] = default_call, stop_early: bool = True,
+                 points: Points | None = None):
         self.model = model
         self.graph = graph
         self.plan = plan
         self.call_model = call
-        self.on_run = on_run
         self._steps = {event: [_make_step(graph.node(i), event) for i in ids] for event, ids in plan.at_event.items()}
         self._replace_at = {event: node_id for event, node_id in _replacements(graph, plan)}
         self._weak = {n.id for n in graph if n.op in (Op.PARAM, Op.CONSTANT) and n.meta.get("weak")}
         self._capture_all = graph.captures == "all"
         self._captures = set() if self._capture_all else set(graph.captures)
         self._runners: dict[str, Any] = {}
+        self.stop_at = plan.stop_event(graph.captures) if stop_early else None
         self._modules = self._modules_to_hook(model, points)
 
     def _modules_to_hook(self, model: nn.Module, points: Points | None) -> list[tuple[str, nn.Module]]:
         needed = self.plan.hooked_paths() | {p for p, _ in self._captures}
+        if self.stop_at is not None:
+            needed.add(self.stop_at[0])
         if points is not None:  # a module whose points are read or written runs through its runner
             for path in needed:
                 owner = points.owner(path)
@@ -59,18 +83,28 @@ class PatchedForward:
         return [(p, m) for p, m in model.named_modules() if self._capture_all or p in needed]
 
     def __call__(self, tokens: mx.array, params: list) -> tuple[Any, dict, dict]:
-        if self.on_run is not None:
-            self.on_run()
-        run = _Run(self, params)
+        return self.execute(Run(self, params), tokens)
+
+    def execute(self, run: "Run", tokens: mx.array) -> tuple[Any, dict, dict]:
+        """Run the model on ``tokens`` with ``run`` handling the hook events."""
         run.fire(START, None)
-        with hooks_installed(self._modules, run):
-            output = self.call_model(self.model, tokens)
+        try:
+            with hooks_installed(self._modules, run):
+                output = self.call_model(self.model, tokens)
+        except StopForward as stop:
+            if stop.run is not run:
+                raise
+            output = None
         run.fire(END, None)
         return output, run.saves, run.captures
 
 
-class _Run:
-    """State of one execution: node values, call counters, saves and captures."""
+class Run:
+    """State of one execution: node values, call counters, saves and captures.
+
+    The ``on_*`` methods give each kind of node its value; a folded run (:class:`.fold.FoldedRun`)
+    overrides them to carry ``K`` variants at once.
+    """
 
     def __init__(self, forward: PatchedForward, params: list):
         self.f = forward
@@ -85,24 +119,29 @@ class _Run:
         for step in self.f._steps.get(event, ()):
             step(self, current)
         replace_id = self.f._replace_at.get(event)
-        return current if replace_id is None else self.env[replace_id]
+        return current if replace_id is None else self.flow(replace_id)
 
     def call(self, path: str, module: nn.Module, original: Callable, args: tuple, kwargs: dict) -> Any:
         idx = self.counts.get(path, 0)
         self.counts[path] = idx + 1
-        if (path, idx, "input") in self.f._steps:
+        f = self.f
+        if (path, idx, "input") in f._steps:
             current = primary_input(original, args, kwargs)
             if current is not None:
                 args, kwargs = with_primary_input(original, args, kwargs, self.fire((path, idx, "input"), current))
-        runner = self.f._runners.get(path)
+        if f.stop_at is not None and f.stop_at == (path, idx, "input"):
+            raise StopForward(self)
+        runner = f._runners.get(path)
         if runner is None:
             out = original(module, *args, **kwargs)
         else:
             out = runner(module, original, args, kwargs, lambda name, value: self.point(path, name, value))
-        if (path, idx, "output") in self.f._steps:
+        if (path, idx, "output") in f._steps:
             out = self.fire((path, idx, "output"), out)
-        if isinstance(out, mx.array) and (self.f._capture_all or (path, idx) in self.f._captures):
+        if isinstance(out, mx.array) and (f._capture_all or (path, idx) in f._captures):
             self.captures[path if idx == 0 else f"{path}#{idx}"] = out
+        if f.stop_at is not None and f.stop_at == (path, idx, "output"):
+            raise StopForward(self)
         return out
 
     def point(self, owner: str, name: str, value: Any) -> Any:
@@ -112,14 +151,37 @@ class _Run:
         path = point_path(owner, name)
         idx = self.counts.get(path, 0)
         self.counts[path] = idx + 1
-        steps = self.f._steps
-        if (path, idx, "input") in steps:
+        f = self.f
+        if (path, idx, "input") in f._steps:
             value = self.fire((path, idx, "input"), value)
-        if (path, idx, "output") in steps:
+        if (path, idx, "output") in f._steps:
             value = self.fire((path, idx, "output"), value)
-        if (path, idx) in self.f._captures:
+        if (path, idx) in f._captures:
             self.captures[path if idx == 0 else f"{path}#{idx}"] = value
+        if f.stop_at is not None and f.stop_at[:2] == (path, idx):
+            raise StopForward(self)
         return value
+
+    # -- node values ---------------------------------------------------------------------------------
+    def flow(self, node_id: int) -> Any:
+        """The value a write hands to the model."""
+        return self.env[node_id]
+
+    def on_module_value(self, node: Node, current: Any) -> None:
+        self.env[node.id] = current
+
+    def on_param(self, node: Node) -> None:
+        self.env[node.id] = self.params[node.target]
+
+    def on_save(self, node: Node, source: int) -> None:
+        self.saves[node.target] = self.env[source]
+
+    def on_replace(self, node: Node, current: Any, source: int) -> None:
+        self.env[node.id] = check_replacement(node, current, self.env[source])
+
+    def on_compute(self, node: Node) -> None:
+        args, kwargs = resolve_args(node, self.env.__getitem__, self.f._weak)
+        self.env[node.id] = evaluate(node, args, kwargs)
 
 
 def _replacements(graph: Graph, plan: Schedule) -> Iterable[tuple[tuple, int]]:
@@ -132,37 +194,36 @@ def _replacements(graph: Graph, plan: Schedule) -> Iterable[tuple[tuple, int]]:
 
 def _make_step(node: Node, event: tuple) -> Step:
     """A closure that computes ``node`` inside a run, with errors pointing at the user's line."""
-    op, nid = node.op, node.id
+    op = node.op
     if op in (Op.MODULE_OUTPUT, Op.MODULE_INPUT):
-        def step(run: _Run, current: Any) -> None:
-            run.env[nid] = current
+        def step(run: Run, current: Any) -> None:
+            run.on_module_value(node, current)
     elif op is Op.PARAM:
-        def step(run: _Run, current: Any) -> None:
-            run.env[nid] = run.params[node.target]
+        def step(run: Run, current: Any) -> None:
+            run.on_param(node)
     elif op is Op.CONSTANT:  # only in graphs lowered without the lifting pass
         value = as_param(node.meta["value"])
 
-        def step(run: _Run, current: Any) -> None:
-            run.env[nid] = value
+        def step(run: Run, current: Any) -> None:
+            run.env[node.id] = value
     elif op is Op.SAVE:
         src = node.args[0].id
 
-        def step(run: _Run, current: Any) -> None:
-            run.saves[node.target] = run.env[src]
+        def step(run: Run, current: Any) -> None:
+            run.on_save(node, src)
     elif op is Op.REPLACE:
         src = node.args[0].id
 
-        def step(run: _Run, current: Any) -> None:
-            run.env[nid] = check_replacement(node, current, run.env[src])
+        def step(run: Run, current: Any) -> None:
+            run.on_replace(node, current, src)
     else:
-        def step(run: _Run, current: Any) -> None:
-            args, kwargs = _resolve(node, run)
-            run.env[nid] = evaluate(node, args, kwargs)
+        def step(run: Run, current: Any) -> None:
+            run.on_compute(node)
     return _with_context(step, node, event)
 
 
 def _with_context(step: Step, node: Node, event: tuple) -> Step:
-    def guarded(run: _Run, current: Any) -> None:
+    def guarded(run: Run, current: Any) -> None:
         try:
             step(run, current)
         except TraceError:
@@ -177,36 +238,35 @@ def _with_context(step: Step, node: Node, event: tuple) -> Step:
     return guarded
 
 
-def _resolve(node: Node, run: _Run) -> tuple[tuple, dict]:
-    """Node arguments with refs replaced by values; weak (Python-number) params take their partner's dtype."""
-    weak: list[Ref] = []
+def resolve_args(node: Node, value_of: Callable[[int], Any], weak_ids: set[int]) -> tuple[tuple, dict]:
+    """Node arguments with refs replaced by ``value_of(id)``; weak (Python-number) params take their
+    partner's dtype, as MLX does for ``array * 0.5``."""
+    weak: set[int] = set()
 
     def value(ref: Ref) -> Any:
-        if ref.id in run.f._weak:
-            weak.append(ref)
-        return run.env[ref.id]
+        if ref.id in weak_ids:
+            weak.add(ref.id)
+        return value_of(ref.id)
 
     args = map_refs(node.args, value)
     kwargs = map_refs(node.kwargs, value) if node.kwargs else {}
     if weak:
-        dtype = _partner_dtype(node, run, {r.id for r in weak})
+        dtype = _partner_dtype(node, value_of, weak)
         if dtype is not None:
-            cast = lambda r: run.env[r.id].astype(dtype) if r in weak else run.env[r.id]  # noqa: E731
+            cast = lambda r: value_of(r.id).astype(dtype) if r.id in weak else value_of(r.id)  # noqa: E731
             args = map_refs(node.args, cast)
             kwargs = map_refs(node.kwargs, cast) if node.kwargs else {}
     return args, kwargs
 
 
-def _partner_dtype(node: Node, run: _Run, weak_ids: set[int]) -> Any:
-    """dtype a Python number adopts, as MLX does for ``array * 0.5``: the first non-weak array's."""
+def _partner_dtype(node: Node, value_of: Callable[[int], Any], weak_ids: set[int]) -> Any:
+    """dtype a Python number adopts: the first non-weak array argument's (a float one where the
+    numbers include a float)."""
+    any_float = any(mx.issubdtype(value_of(i).dtype, mx.floating) for i in weak_ids)
     for ref_id in node.refs():
         if ref_id in weak_ids:
             continue
-        v = run.env[ref_id]
-        if isinstance(v, mx.array) and (mx.issubdtype(v.dtype, mx.floating) or not _any_float(run, weak_ids)):
+        v = value_of(ref_id)
+        if isinstance(v, mx.array) and (mx.issubdtype(v.dtype, mx.floating) or not any_float):
             return v.dtype
     return None
-
-
-def _any_float(run: _Run, weak_ids: set[int]) -> bool:
-    return any(mx.issubdtype(run.env[i].dtype, mx.floating) for i in weak_ids)

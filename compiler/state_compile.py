@@ -3,7 +3,8 @@
 Weight edits are then seen on every call instead of being baked in as constants, and fresh random
 numbers are drawn on every call. While MLX traces (the first call for a given input shape), the arrays of
 the implicit inputs are swapped for placeholders; if tracing raises, MLX leaves them there, so every array
-is put back and the half-traced function is dropped.
+is put back and the half-traced function is dropped. MLX traces again for each new input shape, so the
+guard is kept for every call whose shapes were not seen before.
 """
 
 from __future__ import annotations
@@ -31,14 +32,18 @@ class StateCompiled:
         self.calls = 0
         self._compiled = self._compile()
         self._generation = 0  # bumped when the compiled function is rebuilt: every thread traces it again
-        self._traced = threading.local()  # .generation: the one this thread's MLX compile cache holds
+        # .generation: the one this thread's MLX compile cache holds; .seen: input signatures it traced
+        self._traced = threading.local()
 
     def _compile(self) -> Callable:
         return mx.compile(self.fn, inputs=[self.module.state, mx.random.state], outputs=[mx.random.state])
 
     def __call__(self, *args: Any) -> Any:
         with model_lock(self.module):
-            if getattr(self._traced, "generation", None) == self._generation:  # traced (caches key by shape)
+            signature = input_signature(args)
+            seen = self._seen_here()
+            if signature in seen:  # this thread traced these shapes already: MLX will not trace again
+                self.calls += 1
                 return self._compiled(*args)
             saved = array_slots(self.module.state) + array_slots(mx.random.state)
             try:
@@ -49,9 +54,29 @@ class StateCompiled:
                 self._compiled = self._compile()
                 self._generation += 1
                 raise
+            seen.add(signature)
             self.calls += 1
-            self._traced.generation = self._generation
             return out
+
+    def _seen_here(self) -> set:
+        """Input signatures this thread has traced for the current compiled function."""
+        local = self._traced
+        if getattr(local, "generation", None) != self._generation:
+            local.generation, local.seen = self._generation, set()
+        return local.seen
+
+
+def input_signature(args: Any) -> tuple:
+    """Shapes and dtypes of the arrays in nested args (what makes ``mx.compile`` trace again), with the
+    structure and the non-array leaves."""
+    kind = type(args)
+    if kind is mx.array:
+        return (tuple(args.shape), args.dtype)
+    if kind in (list, tuple):
+        return (kind,) + tuple(input_signature(a) for a in args)
+    if kind is dict:
+        return (dict,) + tuple((k, input_signature(v)) for k, v in args.items())
+    return (kind, args) if kind in (int, float, bool, str, type(None)) else (kind,)
 
 
 def array_slots(tree: Any) -> list[tuple[Any, Any, mx.array]]:

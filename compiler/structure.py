@@ -54,7 +54,7 @@ def node_key(node: Node) -> Hashable:
     and keys are hashed on every cache lookup).
     """
     if node.op is Op.CONSTANT:
-        return constant_key(node.meta["value"], node.meta.get("weak", False))
+        return constant_key(node.meta["value"], node.meta.get("weak", False), node.meta.get("name"))
     return (node.op._value_, _freeze(node.target), _freeze(node.args), _freeze(node.kwargs) if node.kwargs else ())
 
 
@@ -92,9 +92,11 @@ def save_key(name: str, value_id: int) -> tuple:
     return (Op.SAVE._value_, name, ("tuple", ref_key(value_id)), ())
 
 
-def constant_key(value: Any, weak: bool) -> tuple:
-    """Key of a ``constant`` node (its signature, never its value)."""
-    return ("constant", constant_signature(value), weak)
+def constant_key(value: Any, weak: bool, name: str | None = None) -> tuple:
+    """Key of a ``constant`` node: its signature (never its value) and, for a named program input, its name
+    (programs of one structure share the names of their params)."""
+    base = ("constant", constant_signature(value), weak)
+    return base if name is None else base + (name,)
 
 
 def structure_key(graph: Graph) -> Hashable:

@@ -10,6 +10,7 @@ from .model import InterpretableModel
 from .names import ModuleNameError
 from .store import ActivationStore
 from .tracing.module_proxy import LayerListProxy, ModuleProxy
+from .tracing.program import ParamSpec, Program, param
 from .tracing.proxy import Proxy, apply
 from .tracing.trace import Trace
 
@@ -25,6 +26,8 @@ __all__ = [
     "ModuleNameError",
     "ModuleProxy",
     "OutputProxy",
+    "ParamSpec",
+    "Program",
     "Proxy",
     "Trace",
     "apply",
@@ -32,4 +35,5 @@ __all__ = [
     "collect_activations",
     "get_activations",
     "interventions",
+    "param",
 ]

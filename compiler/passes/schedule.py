@@ -13,7 +13,7 @@ reads; a ``replace`` runs at its own module call and never reads a later one (el
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..errors import CausalityError, ModuleNotCalledError
 from ..ir import Graph, Node, Op
@@ -34,6 +34,20 @@ class Schedule:
     def hooked_paths(self) -> set[str]:
         """Module paths that need a hook for this schedule."""
         return {e[0] for e in self.at_event if e not in (START, END)} | {e[0] for e in self.replacements}
+
+    def stop_event(self, captures: Any) -> Event | None:
+        """The last event the program needs, when the forward may stop there: nothing after it is read,
+        written or captured. ``None`` when the whole forward is needed (its output is read, every module is
+        captured, or the last needed event is the last of the forward)."""
+        if captures == "all" or not self.events:
+            return None
+        needed = {e for e in self.at_event if e not in (START, END)} | set(self.replacements)
+        needed |= {(path, idx, "output") for path, idx in captures}
+        if not needed:
+            return self.events[0]
+        rank = {e: i for i, e in enumerate(self.events)}
+        last = max(needed, key=lambda e: rank.get(e, len(self.events)))
+        return None if rank.get(last, len(self.events)) >= len(self.events) - 1 else last
 
 
 def schedule(graph: Graph, event_order: Sequence[Event]) -> Schedule:

@@ -13,6 +13,7 @@ from mlxterp.compiler import structure as keys
 from mlxterp.compiler.semantics import evaluate, format_index
 
 from . import context, guards
+from .program import Program, build_program, check_param_name, param_default
 from .proxy import _UNSET, Proxy, apply
 from .results import ActivationDict, PendingActivations, rebind_in_frame
 from .source import format_source, user_source
@@ -71,8 +72,9 @@ class Trace:
         self._abstract: dict[int, Any] = {}
         self._saved: list[Proxy] = []
         self._save_keys: set[str] = set()
+        self._param_names: set[str] = set()
         self.finished = False
-        self.output: Any = None
+        self._output: Any = None
         self.saved_values: dict[str, Any] = {}
         self.activations: Any = PendingActivations(self)
         self.mode: str | None = None
@@ -184,6 +186,27 @@ class Trace:
                               {"value": value, "weak": weak, "source": src or user_source()},
                               keys.constant_key(value, weak))
         return Ref.of(node.id)
+
+    def param(self, name: str, default: Any) -> Proxy:
+        """A named input of this trace's program (see :func:`mlxterp.param`)."""
+        if self.finished:
+            self._check_open()
+        check_param_name(name, self._param_names)
+        value, weak = param_default(name, default)
+        self._param_names.add(name)
+        node = self.graph.add(Op.CONSTANT, None, (), None,
+                              {"value": value, "weak": weak, "source": user_source(), "name": name},
+                              keys.constant_key(value, weak, name))
+        return Proxy(self, node.id)
+
+    def program(self) -> "Program":
+        """This trace as a :class:`~mlxterp.Program`: the optimized graph lowered once, replayable with
+        new tokens and param values without recording again (see the Programs section of the README)."""
+        if not self.finished:
+            raise RuntimeError("tr.program() is available after the `with model.trace(...)` block has ended")
+        if self._result is None:
+            raise RuntimeError("this trace raised before it ran, so it has no program; fix the error and trace again")
+        return build_program(self._owner, self.graph, self.tokens, self.lengths)
 
     def module_value(self, path: str, call_idx: int, phase: str) -> Proxy:
         """Proxy of a module call's current output or input (after any writes made so far); phase
@@ -316,10 +339,21 @@ class Trace:
         return evaluate(node, args, kwargs)
 
     # -- results -----------------------------------------------------------------------------
+    @property
+    def output(self) -> Any:
+        """The model's output (after the block; ``None`` before)."""
+        stop = self._result.entry.forward.stop_at if self._result is not None else None
+        if self._output is None and stop is not None:
+            raise RuntimeError(
+                f"the model output was not computed: the forward stopped after the {stop[2]} of "
+                f"{self._owner._index.short(stop[0]) or '<model>'}, since nothing later was saved, written or "
+                "captured; save model.output inside the block (or trace with capture='all') to get it")
+        return self._output
+
     def _bind(self, result: Any) -> None:
         self._result = result
         self.mode = result.mode
-        self.output = result.output
+        self._output = result.output
         self.saved_values = dict(result.saves)
         self.activations = ActivationDict({self._owner._activation_name(k): v for k, v in result.captures.items()},
                                           self._owner._activation_key)

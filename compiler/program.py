@@ -1,0 +1,70 @@
+"""A lowered graph as a pure function of its inputs: ``(tokens, params) -> saves``.
+
+The model's state is an implicit input (weight edits are seen). The function is what ``mx.compile``,
+``mx.vmap`` and ``mx.grad`` transform: :meth:`LoweredProgram.fn` runs it as is, calling the object runs it
+compiled (one trace per input shape, counted in ``stats["traces"]``), and :meth:`LoweredProgram.folded`
+runs ``K`` variants in one forward (see :mod:`.fold`), compiled per set of mapped params.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .fold import run_folded
+from .ir import Graph
+from .lowering import PatchedForward
+from .state_compile import StateCompiled
+
+
+class LoweredProgram:
+    """The pure function of one optimized graph (see module doc).
+
+    Args:
+        model: the model the graph was recorded on.
+        graph: the optimized graph (constants lifted to params ``0..n-1``).
+        forward: its lowered forward.
+        stats: counters shared with the model's executor (``traces`` counts compilations).
+    """
+
+    def __init__(self, model: nn.Module, graph: Graph, forward: PatchedForward, stats: collections.Counter):
+        self.model = model
+        self.graph = graph
+        self.forward = forward
+        self.stats = stats
+        self._compiled: StateCompiled | None = None
+        self._folded: dict[frozenset[int], StateCompiled] = {}
+
+    def fn(self, tokens: mx.array, params: list) -> dict:
+        """The saves of one run, uncompiled (a pure function: transform it freely)."""
+        return self.forward(tokens, params)[1]
+
+    def __call__(self, tokens: mx.array, params: list) -> dict:
+        """:meth:`fn` under ``mx.compile`` (traced once per input shape and dtype)."""
+        if self._compiled is None:
+            self._compiled = self._compile(self.fn)
+        return self._compiled(tokens, params)
+
+    def folded(self, tokens: mx.array, params: list, mapped: frozenset[int]) -> dict:
+        """``K`` variants in one compiled forward: each param index in ``mapped`` has a leading axis of size
+        ``K`` (the same for all); every save comes back with that leading axis."""
+        if not mapped:
+            raise ValueError("a folded run needs at least one param with a leading variant axis")
+        compiled = self._folded.get(mapped)
+        if compiled is None:
+            def body(tokens: mx.array, params: list) -> dict:
+                k = params[min(mapped)].shape[0]
+                return run_folded(self.forward, tokens, params, k, mapped)[1]
+
+            compiled = self._folded[mapped] = self._compile(body)
+        return compiled(tokens, params)
+
+    def _compile(self, body: Callable[[mx.array, list], Any]) -> StateCompiled:
+        def traced(tokens: mx.array, params: list) -> Any:
+            self.stats["traces"] += 1  # runs only while mx.compile traces: counts retraces exactly
+            return body(tokens, params)
+
+        return StateCompiled(traced, self.model)

@@ -1,0 +1,197 @@
+"""Programs: a recorded trace as a pure MLX function of its tokens and params.
+
+``tr.program()`` lowers a trace's optimized graph once. Calling the program replays it with new tokens or
+param values (no recording, no structural key, no passes), compiled per input shape; ``prog.fn`` is the
+uncompiled pure function for ``mx.compile``/``mx.vmap``/``mx.grad`` compositions; ``prog.batched`` runs
+``K`` variants of the params in one forward, folded into the batch axis. Params are the trace's constants:
+those named with :func:`mlxterp.param`, and every other lifted constant (a steering vector, the ``0.5`` of
+``iv.scale(0.5)``) under a generated name (``const_0``, ``const_1``, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import keyword
+import types
+from typing import Any, Dict, Optional
+
+import mlx.core as mx
+import numpy as np
+
+from mlxterp.compiler import Graph, Op, to_text
+from mlxterp.compiler.passes.lift import as_param
+
+from . import context
+
+TOKENS = "tokens"
+# What MLX says when asked for the values of an array inside mx.compile or mx.vmap tracing.
+_ABSTRACT = "Attempting to eval an array during function transformations"
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+    """One input of a program: its name, shape and dtype, its default value, whether it is a Python
+    number (``weak``: it takes the dtype of the array it meets, as in MLX), and where it was recorded."""
+
+    name: str
+    shape: tuple
+    dtype: Any
+    default: Any
+    weak: bool
+    source: str
+
+    def __repr__(self) -> str:
+        kind = "number" if self.weak else f"{self.shape} {self.dtype}"
+        return f"ParamSpec({self.name!r}, {kind}, traced at {self.source})"
+
+
+def param(name: str, default: Any) -> Any:
+    """A named input of the current trace's program, with its default value.
+
+    Inside ``with model.trace(...)``, ``steer = mlxterp.param("steer", mx.zeros(576))`` is used like any
+    traced value; the trace runs with the default, and ``tr.program()(steer=v)`` replays with ``v``.
+
+    Args:
+        name: a Python identifier (it becomes a keyword of the program's call), not ``"tokens"``.
+        default: an ``mx.array`` (or numpy array) or a Python number.
+    """
+    return context.current(types.SimpleNamespace(name="mlxterp"), "param").param(name, default)
+
+
+def check_param_name(name: Any, used: set) -> None:
+    """A param name must be a free Python identifier (it is passed as a keyword)."""
+    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name) or name == TOKENS:
+        raise ValueError(f"param name {name!r} is not valid: use a Python identifier other than 'tokens' "
+                         "(it becomes a keyword argument of the program, e.g. prog(steer=v))")
+    if name in used:
+        raise ValueError(f"param name {name!r} is already used in this trace; each param needs its own name")
+
+
+def param_default(name: str, default: Any) -> tuple[Any, bool]:
+    """The default as stored in the graph (an array, or a Python number kept weak) and its weakness."""
+    if isinstance(default, bool) or not isinstance(default, (int, float, mx.array, np.ndarray)):
+        raise TypeError(f"param {name!r} needs an mx.array, a numpy array or a Python number as its default, "
+                        f"got {type(default).__name__}")
+    if isinstance(default, np.ndarray):
+        return mx.array(default), False
+    return default, isinstance(default, (int, float))
+
+
+def build_program(owner: Any, graph: Graph, tokens: mx.array, lengths: tuple) -> "Program":
+    """Lower ``graph`` (saves only, no captures) for ``owner``'s model into a :class:`Program`."""
+    saves_only = graph.with_captures(())
+    lowered = owner._executor.program(saves_only, tokens, lambda: owner._probe(tokens))
+    specs = []
+    for node in sorted((n for n in lowered.graph if n.op is Op.PARAM), key=lambda n: n.target):
+        value = graph.node(node.meta["constant_id"]).meta["value"]
+        array = as_param(value)
+        specs.append(ParamSpec(node.meta.get("name") or f"const_{node.target}", tuple(array.shape), array.dtype,
+                               value, bool(node.meta.get("weak")), node.source))
+    return Program(owner, lowered, tuple(specs), tokens, lengths)
+
+
+class Program:
+    """A recorded trace as a function (made by ``tr.program()``; see the module docstring).
+
+    Attributes:
+        params: ``{name: ParamSpec}`` in call order.
+        saves: the keys of the dict a call returns.
+        tokens, lengths: the recorded (default) tokens and each row's real length.
+    """
+
+    def __init__(self, owner: Any, lowered: Any, specs: tuple, tokens: mx.array, lengths: tuple):
+        self._owner = owner
+        self._lowered = lowered
+        self.params: Dict[str, ParamSpec] = {s.name: s for s in specs}
+        self._index = {s.name: i for i, s in enumerate(specs)}
+        self._defaults = [as_param(s.default) for s in specs]
+        self.tokens = tokens
+        self.lengths = lengths
+        self.saves = tuple(n.target for n in lowered.graph if n.op is Op.SAVE)
+
+    # -- running ---------------------------------------------------------------------------------
+    def __call__(self, tokens: Any = None, **values: Any) -> Dict[str, mx.array]:
+        """Replay with new ``tokens`` (anything ``model.trace`` accepts; default: the recorded ones) and
+        param values by name (default: the recorded ones). Compiled; new shapes trace once each."""
+        return self._lowered(self._tokens(tokens), self._bind(values))
+
+    def fn(self, tokens: Any = None, params: Optional[Dict[str, Any]] = None) -> Dict[str, mx.array]:
+        """The same function uncompiled and pure (``params`` by name, missing ones take their defaults):
+        the form to put inside your own ``mx.compile``, ``mx.vmap`` or ``mx.grad``."""
+        return self._lowered.fn(self._tokens(tokens), self._bind(params or {}))
+
+    def batched(self, tokens: Any = None, **values: Any) -> Dict[str, mx.array]:
+        """``K`` variants in one forward: every param given here has a leading axis of size ``K`` (one value
+        per variant; the others keep their value for all). The tokens are repeated ``K`` times along the
+        batch axis, so the model runs one ``K * batch`` forward; each save comes back with a leading ``K``
+        axis. Equal to ``mx.vmap`` over the same params, and it needs no vmap rule of the model's kernels
+        (MLX has none for quantized matmuls)."""
+        if not values:
+            raise ValueError(f"batched() needs at least one param with a leading variant axis; this program's "
+                             f"params are: {', '.join(self.params) or 'none'}")
+        k = {name: _leading(name, v) for name, v in values.items()}
+        if len(set(k.values())) != 1:
+            raise ValueError(f"batched() params must share their leading (variant) axis, got sizes {k}")
+        bound = self._bind(values, mapped=True)
+        mapped = frozenset(self._index[name] for name in values)
+        return self._lowered.folded(self._tokens(tokens), bound, mapped)
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def _tokens(self, tokens: Any) -> mx.array:
+        if tokens is None:
+            return self.tokens  # checked when the trace recorded them
+        if isinstance(tokens, mx.array):
+            try:
+                return self._owner._batch(tokens).tokens
+            except ValueError as e:
+                if _ABSTRACT not in str(e):
+                    raise
+                # Under mx.compile / mx.vmap the ids are placeholders: their range cannot be checked here.
+                if tokens.ndim != 2:
+                    raise ValueError(f"tokens inside a transform must be (batch, seq), got shape "
+                                     f"{tuple(tokens.shape)}") from None
+                return tokens
+        return self._owner._batch(tokens).tokens
+
+    def _bind(self, values: Dict[str, Any], mapped: bool = False) -> list:
+        params = list(self._defaults)
+        for name, value in values.items():
+            index = self._index.get(name)
+            if index is None:
+                raise TypeError(f"this program has no param {name!r}; its params are: "
+                                f"{', '.join(self.params) or 'none'} (and tokens=)")
+            params[index] = self._check(self.params[name], value, mapped)
+        return params
+
+    @staticmethod
+    def _check(spec: ParamSpec, value: Any, mapped: bool) -> mx.array:
+        if isinstance(value, bool) or not isinstance(value, (int, float, mx.array, np.ndarray)):
+            raise TypeError(f"param {spec.name!r} takes an mx.array or a number, got {type(value).__name__}")
+        array = value if isinstance(value, mx.array) else mx.array(value)
+        shape = tuple(array.shape[1:] if mapped else array.shape)
+        if shape != spec.shape:
+            lead = "(K, " + ", ".join(map(str, spec.shape)) + ")" if mapped else str(spec.shape)
+            raise ValueError(f"param {spec.name!r} has shape {spec.shape}; got a value of shape "
+                             f"{tuple(array.shape)} (expected {lead})")
+        return array if array.dtype == spec.dtype else array.astype(spec.dtype)
+
+    # -- introspection ---------------------------------------------------------------------------
+    @property
+    def graph(self) -> Graph:
+        """The optimized graph this program runs."""
+        return self._lowered.graph
+
+    def dump(self) -> str:
+        """A readable listing of the optimized graph."""
+        return to_text(self.graph)
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{s.name}: {'number' if s.weak else s.shape}" for s in self.params.values())
+        return f"Program(tokens {tuple(self.tokens.shape)}, params [{params}], saves {list(self.saves)})"
+
+
+def _leading(name: str, value: Any) -> int:
+    shape = getattr(value, "shape", ())
+    if not shape:
+        raise ValueError(f"batched() param {name!r} needs a leading variant axis, got a scalar")
+    return int(shape[0])
