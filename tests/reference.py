@@ -75,3 +75,22 @@ def llama_forward(model: nn.Module, tokens: mx.array, hook: Optional[Hook] = Non
     h = rms_norm(h, inner.norm.weight, args.rms_norm_eps)
     head = inner.embed_tokens.weight if args.tie_word_embeddings else model.lm_head.weight
     return at(("output",), h @ head.T)
+
+
+def dequantized(model: nn.Module) -> nn.Module:
+    """A float copy of a quantized mlx-lm llama (weights dequantized exactly), for float references."""
+    from mlx.utils import tree_flatten
+
+    copy = type(model)(model.args)
+    weights = {}
+    modules = dict(model.named_modules())
+    for path, module in modules.items():
+        if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            weights[f"{path}.weight"] = mx.dequantize(module.weight, module.scales, module.biases,
+                                                      module.group_size, module.bits)
+    for key, value in tree_flatten(model.parameters()):
+        if key.rsplit(".", 1)[-1] not in ("scales", "biases") and key not in weights:
+            weights[key] = value
+    copy.load_weights(list(weights.items()))
+    mx.eval(copy.parameters())
+    return copy
