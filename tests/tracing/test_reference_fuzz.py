@@ -55,8 +55,6 @@ def programs(draw) -> list[Step]:
         kind = draw(st.sampled_from(SITE_KINDS))
         site = (kind,) if kind in ("embed", "output") else (kind, draw(st.integers(0, LAYERS - 1)))
         what = draw(st.sampled_from(KINDS))
-        if what == "replace_number" and site[0] == "layer_in":  # TEMP until the guards branch lands
-            what = "scale"
         if what == "intervention" and site[0] not in ("attn", "mlp", "layer"):
             what = "scale"  # interventions= names modules whose output it rewrites
         if what == "intervention" and any(s.site == site and s.kind == "intervention" for s in steps):
