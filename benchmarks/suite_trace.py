@@ -46,10 +46,12 @@ OVERHEAD_TARGET = Target("<", 0.3)
 
 # -- programs ---------------------------------------------------------------------------------
 def steer_every_layer(im: Any, vector: mx.array) -> None:
-    """Inside a trace: save every layer's output and add ``vector`` to it."""
+    """Inside a trace: save every layer's output and add ``vector`` to it; save the logits (the whole
+    forward runs, as in the baselines)."""
     for i in range(len(im.layers)):
         im.layers[i].output.save()
         im.layers[i].output = im.layers[i].output + vector
+    im.output.save()
 
 
 def scale_and_steer_every_layer(im: Any, vector: mx.array, factor: float) -> None:
@@ -57,6 +59,7 @@ def scale_and_steer_every_layer(im: Any, vector: mx.array, factor: float) -> Non
     for i in range(len(im.layers)):
         im.layers[i].output.save()
         im.layers[i].output = im.layers[i].output * factor + vector
+    im.output.save()
 
 
 def run_trace(im: Any, tokens: mx.array, program: Callable[[], None], compile: Any = False,
@@ -64,7 +67,7 @@ def run_trace(im: Any, tokens: mx.array, program: Callable[[], None], compile: A
     """One trace running ``program`` inside the block, with its output and saves evaluated."""
     with im.trace(tokens, interventions=interventions, compile=compile, capture=capture) as tr:
         program()
-    mx.eval(tr.output, tr.saved_values, dict(tr.activations))
+    mx.eval(tr.saved_values, dict(tr.activations))
     return tr
 
 
@@ -248,7 +251,7 @@ def _phase_timed(im: Any, tokens: mx.array, vector: mx.array, builds: list[float
         with im.trace(tokens, compile=True, capture="saved") as tr:
             steer_every_layer(im, vector)
             builds.append(time.thread_time() - start)
-        mx.eval(tr.output, tr.saved_values)
+        mx.eval(tr.saved_values)
     return run
 
 
