@@ -30,6 +30,6 @@ __all__ = [
     "CausalityError", "GraphError", "ModuleNotCalledError", "NodeExecutionError", "ShapeMismatchError",
     "TraceError", "WriteTypeError", "MODES", "Executor", "RunResult", "to_dot", "to_json", "to_text",
     "hooks_installed", "is_hooked", "Graph", "Node", "Op", "Ref", "PatchedForward", "Points", "Runner",
-    "LoweredProgram", "run_folded",
-    "eliminate_dead_code", "lift_constants", "run_passes", "schedule", "Probe", "probe", "StateCompiled", "structure_key", "verify",
+    "LoweredProgram", "run_folded", "eliminate_dead_code", "lift_constants", "run_passes", "schedule", "Probe",
+    "probe", "StateCompiled", "structure_key", "verify",
 ]
