@@ -36,12 +36,23 @@ def to_token_batch(inputs: Any, tokenizer: Any, vocab_rows: int | None, pad_id: 
     elif isinstance(inputs, mx.array):
         return _check_array_range(inputs, _from_array(inputs), vocab_rows)
     elif isinstance(inputs, np.ndarray):
-        return _check_range(_from_array(mx.array(inputs)), vocab_rows)
+        return check_range(_from_array(mx.array(inputs)), vocab_rows)
     elif isinstance(inputs, (list, tuple)):
         rows = _rows_from_sequence(inputs, tokenizer)
     else:
         raise TypeError(f"inputs has type {type(inputs).__name__}; expected {INPUT_KINDS}")
-    return _check_range(pad_rows(rows, pad_id), vocab_rows)
+    return check_range(pad_rows(rows, pad_id), vocab_rows)
+
+
+def token_rows(inputs: Any, tokenizer: Any) -> list[list[int]]:
+    """The unpadded token rows of ``inputs`` (see :data:`INPUT_KINDS`; an array's rows are taken whole)."""
+    if isinstance(inputs, str):
+        return [_encode(tokenizer, inputs)]
+    if isinstance(inputs, (mx.array, np.ndarray)):
+        return _from_array(mx.array(inputs)).tokens.tolist()
+    if isinstance(inputs, (list, tuple)):
+        return _rows_from_sequence(inputs, tokenizer)
+    raise TypeError(f"inputs has type {type(inputs).__name__}; expected {INPUT_KINDS}")
 
 
 def _rows_from_sequence(inputs: Sequence, tokenizer: Any) -> list[list[int]]:
@@ -105,24 +116,24 @@ _CHECKED: tuple[tuple[mx.array, bytes, int, int], ...] = ()
 
 
 def _check_array_range(inputs: mx.array, batch: TokenBatch, vocab_rows: int | None) -> TokenBatch:
-    """:func:`_check_range` for a user's token array, skipping arrays checked before and unchanged since."""
+    """:func:`check_range` for a user's token array, skipping arrays checked before and unchanged since."""
     global _CHECKED
     if vocab_rows is None:
         return batch
     data = memoryview(inputs).tobytes()  # evaluates the array if a write left it lazy
     for seen, snapshot, lo, hi in _CHECKED:  # a tuple: other threads replace it, never change it
         if seen is inputs and snapshot == data:
-            return batch if 0 <= lo and hi < vocab_rows else _check_range(batch, vocab_rows)
+            return batch if 0 <= lo and hi < vocab_rows else check_range(batch, vocab_rows)
     lo, hi = _id_bounds(np.asarray(batch.tokens))
     _CHECKED = ((inputs, data, lo, hi),) + tuple(entry for entry in _CHECKED if entry[0] is not inputs)[:7]
-    return _check_range(batch, vocab_rows, (lo, hi))
+    return check_range(batch, vocab_rows, (lo, hi))
 
 
 def _id_bounds(ids: np.ndarray) -> tuple[int, int]:
     return int(ids.min()), int(ids.max())
 
 
-def _check_range(batch: TokenBatch, vocab_rows: int | None, bounds: tuple[int, int] | None = None) -> TokenBatch:
+def check_range(batch: TokenBatch, vocab_rows: int | None, bounds: tuple[int, int] | None = None) -> TokenBatch:
     if vocab_rows is None:
         return batch
     ids = np.asarray(batch.tokens)
