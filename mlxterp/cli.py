@@ -1,4 +1,4 @@
-"""The ``mlxterp`` command line: ``demo``, ``logit-lens``, ``patch``, ``activations``, ``models``.
+"""The ``mlxterp`` command line: ``demo``, ``logit-lens``, ``patch``, ``activations``, ``generate``, ``models``.
 
 Every subcommand is also reachable in-process: ``main(["logit-lens", "--model", M, "text"])`` returns the
 exit status (0 ok, 1 runtime error, 2 usage error) instead of exiting. User errors (bad arguments, missing
@@ -291,6 +291,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .cli_generate import run_generate
+
+    return run_generate(args)
+
+
 # ---------------------------------------------------------------------------------------------------
 # parser
 # ---------------------------------------------------------------------------------------------------
@@ -386,6 +392,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--positions", type=_positions_arg, default=[-1],
                    help="token positions, comma-separated; negative ones count from each prompt's end "
                         "(default -1, the last token; write --positions=-2,-1 for a list starting with '-')")
+
+    from .cli_generate import EXAMPLES, add_generate_arguments
+
+    add_generate_arguments(add("generate", cmd_generate, "generate text, or a steered continuation beside the baseline",
+                               "Generate a continuation of TEXT (greedy unless --temperature > 0). With "
+                               "--steer-toward/--steer-away, compute a steering vector (the mean residual at --layer "
+                               "over the --steer-toward texts' last tokens minus that over --steer-away's), add --alpha times it to that layer's output at "
+                               "every position and step, and print the baseline and steered continuations side "
+                               "by side (both rows run in one batch).", EXAMPLES))
 
     add("models", cmd_models, "list the registered model names",
         "List the model names that --model accepts besides paths and Hugging Face ids.", "  mlxterp models")

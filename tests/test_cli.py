@@ -25,6 +25,8 @@ SUBCOMMANDS = {
     "logit-lens": ["--model", "--layers", "--top-k", "--position", "--plot", "TEXT"],
     "patch": ["--model", "--clean", "--corrupted", "--component", "--layers", "--metric", "--plot"],
     "activations": ["--model", "--prompts", "--layers", "--out", "--batch-size", "--positions"],
+    "generate": ["--model", "--max-new-tokens", "--temperature", "--seed", "--chat", "--steer-toward",
+                 "--steer-away", "--layer", "--alpha", "TEXT"],
     "models": [],
 }
 
@@ -279,3 +281,57 @@ def test_demo_smollm2(capsys, tmp_path):
     pngs = sorted(tmp_path.glob("*.png"))
     assert {p.name for p in pngs} >= {"logit_lens.png", "patching_mlp.png"}
     assert all(p.stat().st_size > 0 for p in pngs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# generate
+# ---------------------------------------------------------------------------------------------------
+@needs_stories
+def test_generate_end_to_end(capsys):
+    import mlx_lm
+
+    code, out, err = run(capsys, "generate", "--model", str(STORIES), "Once upon a time", "-n", "12")
+    assert code == 0, err
+    module, tokenizer = mlx_lm.load(str(STORIES))
+    expected = mlx_lm.generate(module, tokenizer, "Once upon a time", max_tokens=12)
+    assert out.rstrip().splitlines()[-1] == "Once upon a time" + expected
+
+
+@needs_stories
+def test_generate_steered_beside_the_baseline(capsys):
+    from mlxterp.cli_generate import print_side_by_side
+
+    code, out, err = run(capsys, "generate", "--model", str(STORIES), "Once upon a time", "-n", "12",
+                         "--steer-toward", "sad", "--steer-toward", "cry", "--steer-away", "happy", "--layer", "3",
+                         "--alpha", "3")
+    assert code == 0, err
+    assert "steering vector: layer 3, toward ['sad', 'cry'] away ['happy']" in out
+    table = out[out.index("baseline"):].splitlines()
+    assert table[0].split(" | ")[1].strip() == "steered (alpha 3)"
+    left = " ".join(line.split(" | ")[0].strip() for line in table[2:]).strip()
+    right = " ".join(line.split(" | ")[1].strip() for line in table[2:] if " | " in line).strip()
+    assert left and right and left != right
+    print_side_by_side(["a", "b"], ["one two three four", "five"], width=43)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("a") and " | b" in lines[0] and lines[2].startswith("one two three four")
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["--steer-toward", "x"], ["--steer-toward needs --steer-away"]),
+    (["--steer-away", "x"], ["--steer-away needs --steer-toward"]),
+    (["--layer", "2"], ["--layer", "only used with"]),
+    (["--max-new-tokens", "0"], ["--max-new-tokens", "positive"]),
+    (["--alpha", "big"], ["--alpha", "expected a number"]),
+])
+def test_generate_usage_errors(capsys, argv, fragments):
+    code, _, err = run(capsys, "generate", "--model", str(STORIES), "hello", *argv)
+    assert code == 2
+    assert_one_line_error(err, *fragments)
+
+
+@needs_stories
+def test_generate_bad_layer(capsys):
+    code, _, err = run(capsys, "generate", "--model", str(STORIES), "hello", "--steer-toward", "a", "--steer-away",
+                       "b", "--layer", "9")
+    assert code == 2
+    assert_one_line_error(err, "layer index 9 is out of range")

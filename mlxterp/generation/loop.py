@@ -12,6 +12,16 @@ from .plan import StepPlan
 from .program import Programs
 from .sampling import Rows, Sampler
 
+_STREAMS: list[Any] = []
+
+
+def _stream() -> Any:
+    """A (thread-local) stream of its own, as mlx-lm's generation has: evaluation then runs beside the
+    Python that builds the next step instead of in line with it. Made on first use, not on import."""
+    if not _STREAMS:
+        _STREAMS.append(mx.new_thread_local_stream(mx.default_device()))
+    return _STREAMS[0]
+
 
 def run_steps(plan: StepPlan, programs: Programs, engine: Any, prompt: mx.array, sampler: Sampler, rows: Rows,
               recorded: Graph) -> list[dict]:
@@ -21,6 +31,12 @@ def run_steps(plan: StepPlan, programs: Programs, engine: Any, prompt: mx.array,
     are read on the host, so Python overhead overlaps the computation; a step started after the last row
     finished is dropped unread.
     """
+    with mx.stream(_stream()):
+        return _run(plan, programs, engine, prompt, sampler, rows, recorded)
+
+
+def _run(plan: StepPlan, programs: Programs, engine: Any, prompt: mx.array, sampler: Sampler, rows: Rows,
+         recorded: Graph) -> list[dict]:
     batch = prompt.shape[0]
     launch = _launcher(plan, programs, engine, sampler, recorded, batch)
     saves_per_step: list[dict] = []
