@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional
 import mlx.core as mx
 
 from mlxterp.compiler import Graph, Op
+from mlxterp.compiler.locks import model_lock
 
 from ..tracing import context
 from ..tracing.results import rebind_in_frame
@@ -27,18 +28,36 @@ class _Recorder(Trace):
     (read instead at steps where the write does not apply) and the ``gen.steps[...]`` scope of each
     write and save."""
 
-    def __init__(self, owner: Any, batch: Any, interventions: Any, compile: Any):
+    def __init__(self, owner: Any, batch: Any, interventions: Any, compile: Any, positions: int):
         super().__init__(owner, batch, interventions, compile, "saved")
         self.bases: dict[int, int] = {}
         self.scopes: dict[int, tuple[StepRange, ...]] = {}
+        self._positions = positions  # how many token positions the generation computes, prompt included
 
-    def write(self, path: str, call_idx: int, phase: str, value: Any) -> None:
+    def write(self, path: str, call_idx: int, phase: str, value: Any, origin: Optional[str] = None) -> None:
         target = (path, call_idx, phase)
+        if phase not in ("output", "input"):  # a residual site: written through the module values it maps to
+            super().write(path, call_idx, phase, value, origin)
+            return
         base = self._versions.get(target)
         if base is None:
             base = self.module_value(path, call_idx, phase)._node
-        super().write(path, call_idx, phase, value)
+        super().write(path, call_idx, phase, value, origin)
         self.bases[self._versions[target]] = base
+
+    def _check_index(self, proxy: Any, index: Any) -> None:
+        try:
+            super()._check_index(proxy, index)
+        except IndexError:
+            # shapes while recording are the prompt pass's; a position past the prompt is computed at a later
+            # step, so check again against every position the generation computes
+            saved = self.tokens, self._abstract
+            self.tokens = mx.zeros((self.tokens.shape[0], self._positions), dtype=mx.int32)
+            self._abstract = {}
+            try:
+                super()._check_index(proxy, index)
+            finally:
+                self.tokens, self._abstract = saved
 
     def scope(self, first_id: int, steps: StepRange) -> None:
         """Restrict the writes and saves recorded since node ``first_id`` to ``steps``."""
@@ -113,7 +132,8 @@ class Generation:
         self._eos = frozenset() if ignore_eos else eos_ids(owner.tokenizer)
         self._stream = stream
         self.prompts = PromptBatch.of(owner, prompt, chat)
-        self._recorder = _Recorder(owner, self.prompts.batch, interventions, compile)
+        self._recorder = _Recorder(owner, self.prompts.batch, interventions, compile,
+                                   self.prompts.columns + max_new_tokens - 1)
         self.steps = _Steps(self)
         self._entered = False
         self._rows: Optional[Rows] = None
@@ -212,13 +232,18 @@ class Generation:
 
     # -- running ------------------------------------------------------------------------------
     def _run(self) -> None:
+        # One forward of a model at a time (hooks, compile tracing): the generation holds the model's lock.
+        with model_lock(self._owner.model):
+            self._run_locked()
+
+    def _run_locked(self) -> None:
         owner, recorder = self._owner, self._recorder
         layers = len(cache_layers(owner.model))
         plan = StepPlan(recorder.graph, recorder.scopes, recorder.bases, self._token_entries(),
                         Geometry(self.prompts.columns, self.prompts.uniform))
         engine = self._engine(layers)
         store = owner._program_cache("generation")
-        programs = Programs(owner.model, store, self._probe, self._count_trace)
+        programs = Programs(owner.model, store, self._probe, self._count_trace, owner._executor.points)
         rows = Rows(self.prompts.size, self.max_new_tokens, self._eos, self._stops, self._decoder(), self._stream)
         sampler = token_sampler(*self._settings)  # a fresh key sequence per run
         per_step = run_steps(plan, programs, engine, self.prompts.tokens, sampler, rows, recorder.graph)
@@ -228,7 +253,8 @@ class Generation:
     def _engine(self, layers: int) -> Any:
         mode = self._recorder.compile_mode
         padding = self.prompts.left_padding
-        if mode == "eager":
+        if mode == "eager" or (mode == "auto" and self._reads_attention_points()):
+            # attention internals have one key column per cache slot: mlx-lm's cache has one per position
             return MlxLmEngine(self._owner.model, padding)
         reason = self._static_support(layers)
         if reason is None:
@@ -238,6 +264,13 @@ class Generation:
             raise ValueError(f"compile=True: this model's decode step cannot run compiled ({reason}); "
                              "use compile=False (mlx-lm's cache, eagerly) or 'auto'")
         return MlxLmEngine(self._owner.model, padding)
+
+    def _reads_attention_points(self) -> bool:
+        points = self._owner._executor.points
+        if points is None:
+            return False
+        targets = (n.target[0] for n in self._recorder.graph if n.op in (Op.MODULE_OUTPUT, Op.MODULE_INPUT, Op.REPLACE))
+        return any(points.owner(path) is not None for path in targets)
 
     def _static_support(self, layers: int) -> Optional[str]:
         """Why the compiled static-cache path does not serve this model (checked once per model), or None."""
@@ -250,7 +283,7 @@ class Generation:
                 row = self.prompts.rows[0]
                 sample = mx.array([(row * 2)[:4]], dtype=mx.int32)
                 programs = Programs(model, self._owner._program_cache("generation"), self._probe,
-                                    self._count_trace)
+                                    self._count_trace, self._owner._executor.points)
                 checks["static"] = static_disagreement(model, programs.get(Graph(), (1, 3)), sample, layers)
         return checks["static"]
 

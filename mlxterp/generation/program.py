@@ -22,7 +22,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlxterp.compiler import Graph, PatchedForward, Probe, StateCompiled, run_passes, structure_key
-from mlxterp.compiler.passes.lift import param_ids, param_values
+from mlxterp.compiler.passes.lift import param_sources, param_values
 
 from .cache import buffer_size, buffers_of, mlx_lm_caches, static_caches
 
@@ -36,11 +36,12 @@ def call_with_cache(model: nn.Module, inputs: tuple[mx.array, list]) -> Any:
 class StepProgram:
     """One lowered step variant (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, graph: Graph, probe: Probe, count_trace: Callable[[], None]):
+    def __init__(self, model: nn.Module, graph: Graph, probe: Probe, count_trace: Callable[[], None],
+                 points: Any = None):
         result = run_passes(graph, probe.events)
         self.optimized = result.after
-        self.forward = PatchedForward(model, result.after, result.schedule, call=call_with_cache)
-        self.param_ids = param_ids(result.after)
+        self.forward = PatchedForward(model, result.after, result.schedule, call=call_with_cache, points=points)
+        self.param_ids = param_sources(result.after)
         self._model = model
         self._count_trace = count_trace
         self._static: dict[tuple, tuple[Callable, StateCompiled]] = {}  # shape key -> (eager fn, compiled)
@@ -77,8 +78,9 @@ class Programs:
     """The step programs of one model, by graph structure (an LRU dict owned by the model wrapper)."""
 
     def __init__(self, model: nn.Module, store: Any, probe: Callable[[tuple], Probe],
-                 count_trace: Callable[[], None], max_entries: int = 64):
+                 count_trace: Callable[[], None], points: Any = None, max_entries: int = 64):
         self.model = model
+        self.points = points
         self.store = store
         self.probe = probe
         self.count_trace = count_trace
@@ -91,7 +93,8 @@ class Programs:
         program = self.store.get(key)
         if program is None:
             self.misses += 1
-            program = self.store[key] = StepProgram(self.model, graph, self.probe(shape), self.count_trace)
+            program = self.store[key] = StepProgram(self.model, graph, self.probe(shape), self.count_trace,
+                                                    self.points)
             if len(self.store) > self.max_entries:
                 self.store.popitem(last=False)
         else:

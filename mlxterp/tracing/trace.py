@@ -259,8 +259,12 @@ class Trace:
 
     def getitem(self, proxy: Proxy, index: Any) -> Proxy:
         """``proxy[index]``; integer indices are checked against the value's known shape."""
-        guards.check_index(proxy, index)
+        self._check_index(proxy, index)
         return self.record(Op.GETITEM, None, (proxy, index))
+
+    def _check_index(self, proxy: Proxy, index: Any) -> None:
+        """IndexError for an integer index outside the value's known shape (see ``guards.check_index``)."""
+        guards.check_index(proxy, index)
 
     def setitem(self, proxy: Proxy, index: Any, value: Any) -> None:
         """``proxy[index] = value``: functional update; a module's output/input is written through."""
@@ -272,7 +276,7 @@ class Trace:
                 "Index the module value in one step instead, e.g. `model.layers[3].output[:, -1, :5] = v`"
             )
         where = self._owner._index.short(proxy._binding[0]) + f" {proxy._binding[2]}" if proxy._binding else None
-        guards.check_index(proxy, index)
+        self._check_index(proxy, index)
         src = user_source()
         guards.check_item_value(value, f"{where or 'a traced value'}{format_index(index)}", src)
         # the assigned value is data (lifted); the index is structure
