@@ -14,7 +14,7 @@ import gc
 import math
 import statistics
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 Thunk = Callable[[], Any]
 
@@ -77,6 +77,26 @@ def compare(baseline: Thunk, candidate: Thunk, *, repeats: int, warmup: int = 2,
     finally:
         gc.enable()
     return Timing(base), Timing(cand)
+
+
+def rotating(thunks: Sequence[Thunk], rounds: int, warm: Sequence[bool],
+             measure: Callable[[Thunk], Any] = timed) -> list[list[Any]]:
+    """``measure(thunk)`` of several thunks, one call each per round in an order rotated every round (so
+    drift hits every side alike); ``warm[i]``: give thunk ``i`` one untimed call first (compiled sides)."""
+    for fn, w in zip(thunks, warm):
+        if w:
+            fn()
+    samples: list[list[Any]] = [[] for _ in thunks]
+    gc.collect()
+    gc.disable()  # a collection inside one side's timed call would bias that side
+    try:
+        for r in range(rounds):
+            for k in range(len(thunks)):
+                i = (k + r) % len(thunks)
+                samples[i].append(measure(thunks[i]))
+    finally:
+        gc.enable()
+    return samples
 
 
 @dataclasses.dataclass(frozen=True)

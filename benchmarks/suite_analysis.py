@@ -23,7 +23,6 @@ candidate time (median over interleaved pairs); the loops taking seconds run 3 p
 
 from __future__ import annotations
 
-import gc
 import statistics
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
@@ -35,7 +34,7 @@ from mlxterp.activations import batch_get_activations, bucket_length
 from mlxterp.analysis.sweep import shared_prefix
 
 from .context import Context, shape_text
-from .harness import Row, Target, Timing, compare, timed
+from .harness import Row, Target, Timing, compare, rotating
 from .models import Loaded
 
 SUITE = "analysis"
@@ -149,20 +148,7 @@ def _compare(ctx: Context, baseline: Callable, candidate: Callable, heavy: bool 
 def compare_rotating(thunks: Sequence[Callable[[], Any]], rounds: int, warm: Sequence[bool]) -> List[Timing]:
     """Timings of several thunks, one call each per round in an order rotated every round (so drift hits
     every side alike); ``warm[i]``: give thunk ``i`` one untimed call first (compiled sides)."""
-    for fn, w in zip(thunks, warm):
-        if w:
-            fn()
-    samples: List[List[float]] = [[] for _ in thunks]
-    gc.collect()
-    gc.disable()
-    try:
-        for r in range(rounds):
-            for k in range(len(thunks)):
-                i = (k + r) % len(thunks)
-                samples[i].append(timed(thunks[i]))
-    finally:
-        gc.enable()
-    return [Timing(x) for x in samples]
+    return [Timing(x) for x in rotating(thunks, rounds, warm)]
 
 
 def inverse_row(case: str, model: str, shape: str, baseline: str, candidate: str, timings: tuple[Timing, Timing],

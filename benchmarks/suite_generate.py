@@ -23,7 +23,6 @@ ratio of the same calls is in the notes. Sides alternate call by call (the four 
 
 from __future__ import annotations
 
-import gc
 import statistics
 import time
 from typing import Any, Callable, Iterator, Sequence
@@ -36,7 +35,7 @@ from mlx_lm.tokenizer_utils import TokenizerWrapper
 from mlxterp import InterpretableModel
 
 from .context import Context
-from .harness import Row, Target
+from .harness import Row, Target, rotating
 from .models import Loaded
 
 SUITE = "generate"
@@ -116,24 +115,16 @@ def _check_length(rows: Sequence[Sequence[int]], n: int) -> Any:
     return rows
 
 
-def _rounds(thunks: Sequence[Callable[[], Any]], rounds: int, warmup: int) -> list[list[tuple[float, float]]]:
-    """``(cpu seconds, wall seconds)`` of each thunk per round, the order rotating every round."""
-    for _ in range(warmup):
-        for fn in thunks:
-            fn()
-    samples: list[list[tuple[float, float]]] = [[] for _ in thunks]
-    gc.collect()
-    gc.disable()
-    try:
-        for r in range(rounds):
-            for k in range(len(thunks)):
-                i = (k + r) % len(thunks)
-                cpu, wall = time.process_time(), time.perf_counter()
-                thunks[i]()
-                samples[i].append((time.process_time() - cpu, time.perf_counter() - wall))
-    finally:
-        gc.enable()
-    return samples
+def _cpu_and_wall(fn: Callable[[], Any]) -> tuple[float, float]:
+    """``(cpu seconds, wall seconds)`` of one call."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    fn()
+    return time.process_time() - cpu, time.perf_counter() - wall
+
+
+def _rounds(thunks: Sequence[Callable[[], Any]], rounds: int) -> list[list[tuple[float, float]]]:
+    """``(cpu, wall)`` seconds of each thunk per round (one untimed call each first), order rotating."""
+    return rotating(thunks, rounds, [True] * len(thunks), _cpu_and_wall)
 
 
 def _ratio(base: list[tuple[float, float]], cand: list[tuple[float, float]], clock: int) -> float:
@@ -176,8 +167,7 @@ def generate_steering(ctx: Context) -> Iterator[Row]:
     yield from _skips(ctx, "generate_steering", base, cand)
     for name in _models(ctx):
         s = Setup(ctx, ctx.model(name))
-        samples = _rounds([s.mlx_generate, s.steered(s.vectors[0])], _repeats(ctx, s, ctx.settings.repeats),
-                          ctx.settings.warmup)
+        samples = _rounds([s.mlx_generate, s.steered(s.vectors[0])], _repeats(ctx, s, ctx.settings.repeats))
         yield _throughput_row("generate_steering", s, base, cand, samples, THROUGHPUT_TARGET)
 
 
@@ -200,8 +190,7 @@ def generate_variants(ctx: Context) -> Iterator[Row]:
 
         rounds = _repeats(ctx, s, max(2, ctx.settings.repeats // 2))
         mlx_seq, mlx_batch, ours_seq, ours_batch = _rounds(
-            [mlx_sequential, s.mlx_batch, ours_sequential, s.steered(s.vectors, rows=VARIANTS)], rounds,
-            min(ctx.settings.warmup, 1))
+            [mlx_sequential, s.mlx_batch, ours_sequential, s.steered(s.vectors, rows=VARIANTS)], rounds)
         theirs, ours = (_ratio(a, b, 0) for a, b in ((mlx_seq, mlx_batch), (ours_seq, ours_batch)))
         wall = _ratio(ours_seq, ours_batch, 1) / _ratio(mlx_seq, mlx_batch, 1)
         note = (f"speed-up ours {ours:.2f}x, mlx-lm {theirs:.2f}x (cpu); wall-clock: ours "
@@ -219,7 +208,7 @@ def generate_saves(ctx: Context) -> Iterator[Row]:
     for name in _models(ctx):
         s = Setup(ctx, ctx.model(name))
         samples = _rounds([s.steered(s.vectors[0]), s.steered(s.vectors[0], save=True)],
-                          _repeats(ctx, s, ctx.settings.repeats), ctx.settings.warmup)
+                          _repeats(ctx, s, ctx.settings.repeats))
         yield _throughput_row("generate_saves", s, base, cand, samples, SAVES_TARGET)
 
 

@@ -14,7 +14,7 @@ from mlxterp.compiler.locks import model_lock
 from ..tracing import context
 from ..tracing.results import rebind_in_frame
 from ..tracing.trace import Trace
-from . import positions
+from . import token_axis
 from .cache import buffer_size, cache_layers, static_eligible
 from .loop import run_steps
 from .plan import Geometry, StepPlan, StepRange
@@ -132,6 +132,8 @@ class Generation:
         self._eos = frozenset() if ignore_eos else eos_ids(owner.tokenizer)
         self._stream = stream
         self.prompts = PromptBatch.of(owner, prompt, chat)
+        owner._positions.check(self.prompts.columns + max_new_tokens - 1,
+                               f"the prompt plus max_new_tokens={max_new_tokens} (less the last, never fed back)")
         self._recorder = _Recorder(owner, self.prompts.batch, interventions, compile,
                                    self.prompts.columns + max_new_tokens - 1)
         self.steps = _Steps(self)
@@ -289,7 +291,7 @@ class Generation:
 
     def _token_entries(self) -> dict:
         graph = self._recorder.graph
-        if not positions.needs_analysis(graph):
+        if not token_axis.needs_analysis(graph):
             return {}
         longest = self.prompts.columns + self.max_new_tokens + 1
         batch = self.prompts.size
@@ -297,7 +299,7 @@ class Generation:
         def values_at(n: int) -> Callable[[tuple], Any]:
             return self._probe((batch, n)).values.get
 
-        return positions.token_entries(graph, values_at, (longest, longest + 1))
+        return token_axis.token_entries(graph, values_at, (longest, longest + 1))
 
     def _probe(self, shape: tuple) -> Any:
         return self._owner._probe(mx.zeros(shape, dtype=mx.int32))

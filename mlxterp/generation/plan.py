@@ -1,7 +1,7 @@
 """The step plan: from the graph recorded once, the graph each generation step runs.
 
 Writes and saves apply at every step unless recorded inside ``with gen.steps[...]``; token positions are
-read as :mod:`mlxterp.generation.positions` describes. At a step where a write does not apply, whatever
+read as :mod:`mlxterp.generation.token_axis` describes. At a step where a write does not apply, whatever
 read the written value reads the value before the write instead. A value that exists at some steps only
 (an absolute position, a step-restricted write's result) cannot feed a write at another step: values do
 not carry across steps, and such a program is refused with the line that asked for it.
@@ -18,7 +18,7 @@ from typing import Any, Callable
 from mlxterp.compiler import Graph, Node, Op, Ref
 from mlxterp.compiler.ir import map_refs
 
-from .positions import ABSENT, INVALID, TokenEntry, is_int, rewrite_index
+from .token_axis import ABSENT, INVALID, TokenEntry, is_int, rewrite_index
 
 
 @dataclasses.dataclass(frozen=True)

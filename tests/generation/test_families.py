@@ -44,3 +44,10 @@ def test_a_cache_the_static_path_does_not_serve_runs_eagerly():
         model.generate("hello", 6, compile=True).tokens
     with pytest.raises(ValueError, match="different lengths.*RotatingKVCache"):
         model.generate(["hi", "hello"], 3).tokens
+
+
+def test_generation_past_learned_positions_is_refused_before_running():
+    model = InterpretableModel(tiny_gpt2_module(), tokenizer=CharTokenizer(), layer_attr="h")
+    with pytest.raises(ValueError, match="learned position embeddings for 64 positions"):
+        model.generate("hello", 60)
+    assert len(model.generate("hello", 59, ignore_eos=True).tokens) == 59  # 6 + 59 - 1 = 64 positions
