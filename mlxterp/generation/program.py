@@ -40,7 +40,8 @@ class StepProgram:
                  points: Any = None):
         result = run_passes(graph, probe.events)
         self.optimized = result.after
-        self.forward = PatchedForward(model, result.after, result.schedule, call=call_with_cache, points=points)
+        self.forward = PatchedForward(model, result.after, result.schedule, call=call_with_cache, points=points,
+                                      stop_early=False)  # every layer must update the KV cache
         self.param_ids = param_sources(result.after)
         self._model = model
         self._count_trace = count_trace
