@@ -20,6 +20,15 @@ def test_greedy_without_interventions_is_mlx_lm(model, compile):
 
 
 @pytest.mark.parametrize("compile", MODES)
+def test_a_program_reading_only_an_early_layer_still_runs_every_layer(model, compile):
+    # a trace stops its forward after the last event it reads; a decode step must not (cache, logits)
+    with model.generate(PROMPT, 8, ignore_eos=True, compile=compile) as gen:
+        early = model.layers[0].output[:, -1].save()
+    assert gen.tokens == mlx_lm_tokens(model.model, model.encode(PROMPT), 8)
+    assert early.shape == (8, 1, 64)
+
+
+@pytest.mark.parametrize("compile", MODES)
 def test_stories_greedy_text_is_mlx_lm_generate(stories, compile):
     import mlx_lm
 
