@@ -176,8 +176,9 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, GenerationMixin):
     # -- compile cache -----------------------------------------------------------------------
     def compile_stats(self) -> dict:
         """Counters: ``traces`` (mx.compile traces), ``hits``, ``misses``, ``eager_runs``,
-        ``compiled_runs``, ``evictions``, ``cache_size``, and ``analysis_programs`` (compiled programs
-        kept by analysis helpers such as attribution patching)."""
+        ``compiled_runs``, ``evictions``, ``cache_size``, and ``analysis_programs`` (entries kept beside
+        the executor's: analysis helpers' compiled programs such as attribution patching's, and
+        generation's step programs with its one per-model check of the compiled decode step)."""
         stats = {k: int(self._executor.stats.get(k, 0))
                  for k in ("traces", "hits", "misses", "eager_runs", "compiled_runs", "evictions")}
         stats["cache_size"] = self._executor.cache_size()
