@@ -120,14 +120,7 @@ class Executor:
         return LoweredProgram(self.model, entry.optimized, entry.forward, self.stats)
 
     def _compile(self, entry: CacheEntry) -> Callable:
-        forward = entry.forward
-
-        def traced(tokens: mx.array, params: list) -> tuple:
-            # Runs only while mx.compile traces: counting here counts retraces exactly.
-            self.stats["traces"] += 1
-            return forward(tokens, params)
-
-        entry.compiled = StateCompiled(traced, self.model)
+        entry.compiled = StateCompiled(entry.forward, self.model, self.stats)
         return entry.compiled
 
     @serialised(lambda executor: executor.model)

@@ -63,8 +63,4 @@ class LoweredProgram:
         return compiled(tokens, params)
 
     def _compile(self, body: Callable[[mx.array, list], Any]) -> StateCompiled:
-        def traced(tokens: mx.array, params: list) -> Any:
-            self.stats["traces"] += 1  # runs only while mx.compile traces: counts retraces exactly
-            return body(tokens, params)
-
-        return StateCompiled(traced, self.model)
+        return StateCompiled(body, self.model, self.stats)

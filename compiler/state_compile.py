@@ -9,6 +9,7 @@ guard is kept for every call whose shapes were not seen before.
 
 from __future__ import annotations
 
+import collections
 import threading
 from typing import Any, Callable
 
@@ -23,11 +24,12 @@ class StateCompiled:
 
     Calls hold the module's lock (:func:`.locks.model_lock`): no other thread may run the module while its
     arrays are placeholders. MLX keeps compiled traces per thread, so a thread's first call traces again
-    and is guarded like the very first one.
+    and is guarded like the very first one. With ``stats``, every trace MLX makes of ``fn`` adds one to
+    ``stats["traces"]``.
     """
 
-    def __init__(self, fn: Callable, module: nn.Module):
-        self.fn = fn
+    def __init__(self, fn: Callable, module: nn.Module, stats: collections.Counter | None = None):
+        self.fn = fn if stats is None else _counting(fn, stats)
         self.module = module
         self.calls = 0
         self._compiled = self._compile()
@@ -77,6 +79,14 @@ def input_signature(args: Any) -> tuple:
     if kind is dict:
         return (dict,) + tuple((k, input_signature(v)) for k, v in args.items())
     return (kind, args) if kind in (int, float, bool, str, type(None)) else (kind,)
+
+
+def _counting(fn: Callable, stats: collections.Counter) -> Callable:
+    def traced(*args: Any) -> Any:
+        stats["traces"] += 1  # runs only while mx.compile traces: counting here counts retraces exactly
+        return fn(*args)
+
+    return traced
 
 
 def array_slots(tree: Any) -> list[tuple[Any, Any, mx.array]]:

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .activation_cache import ActivationCache
+from .analysis.programs import run_program
 from .analysis.validate import resolve_layers
 from .inputs import is_int
 from .tracing.proxy import apply
@@ -61,7 +62,7 @@ def get_activations(model: Any, prompts: Any, layers: Optional[Sequence[int]] = 
     _check_not_empty(prompts)
     batch = model._batch(prompts)
     index = _position_index(batch.lengths, pos_list)
-    gathered = _gather(model, batch.tokens, index, layer_ids, compile="auto")
+    gathered = _gather(model, batch.tokens, index, layer_ids)
     out = {f"layer_{i}": (a[:, 0] if single else a) for i, a in gathered.items()}
     mx.eval(list(out.values()))
     return out
@@ -167,7 +168,7 @@ def gather_rows(model: Any, rows: List[List[int]], index: np.ndarray, layer_ids:
     done = []
     for ids, tokens, chunk_index in padded_batches(model, rows, batch_size, index):
         done.append(ids)
-        gathered = _gather(model, mx.array(tokens), chunk_index, layer_ids, compile=True)
+        gathered = _gather(model, mx.array(tokens), chunk_index, layer_ids)
         real = len(ids)
         kept = [gathered[i][:real] if tokens.shape[0] != real else gathered[i] for i in layer_ids]
         mx.eval(kept)
@@ -383,22 +384,24 @@ def _position_index(lengths: Sequence[int], positions: List[int], offset: int = 
     return index.astype(np.int32)
 
 
-def _gather(model: Any, tokens: mx.array, index: np.ndarray, layer_ids: List[int],
-            compile: Any) -> Dict[int, mx.array]:
-    """One traced forward that keeps only ``layers[i].output[row, index[row]]``: ``{i: (B, P, hidden)}``."""
-    idx = mx.array(index[:, :, None])
-    with model.trace(tokens, compile=compile, capture="saved") as tr:
-        keys = {}
-        for n, i in enumerate(layer_ids):
-            out = model.layers[i].output
-            if n == 0 and len(out.shape) != 3:
-                raise ValueError(f"layer {i}'s output has shape {tuple(out.shape)}; get_activations needs "
-                                 "(batch, seq, hidden) layer outputs (use collect_activations for others)")
-            saved = apply(mx.take_along_axis, out, idx, axis=1).save(f"layer_{i}")
-            keys[i] = saved._save_key
-    out = {i: tr.saved_values[k] for i, k in keys.items()}
-    return out
+def _gather(model: Any, tokens: mx.array, index: np.ndarray, layer_ids: List[int]) -> Dict[int, mx.array]:
+    """One forward that keeps only ``layers[i].output[row, index[row]]``: ``{i: (B, P, hidden)}``. The
+    trace is a program cached on the model per (layers, token shape, positions): later chunks of the same
+    shape replay it compiled with their tokens and index (see :mod:`.analysis.programs`)."""
+    key = (tuple(layer_ids), tuple(tokens.shape), index.shape[1])
+    out = run_program(model, "activations", key, tokens, {"index": mx.array(index[:, :, None])},
+                      lambda params: _record_gather(model, layer_ids, params["index"]))
+    return {i: out[f"layer_{i}"] for i in layer_ids}
 
+
+def _record_gather(model: Any, layer_ids: List[int], index: Any) -> None:
+    """Inside a trace: save ``take_along_axis(layers[i].output, index, axis=1)`` as ``layer_i``."""
+    for n, i in enumerate(layer_ids):
+        out = model.layers[i].output
+        if n == 0 and len(out.shape) != 3:
+            raise ValueError(f"layer {i}'s output has shape {tuple(out.shape)}; get_activations needs "
+                             "(batch, seq, hidden) layer outputs (use collect_activations for others)")
+        apply(mx.take_along_axis, out, index, axis=1).save(f"layer_{i}")
 
 
 def _token_rows(model: Any, prompts: Any, offset: int = 0) -> List[List[int]]:

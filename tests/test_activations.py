@@ -172,7 +172,8 @@ def test_batch_get_activations_seed_example_shape_and_token_lists(model):
 
 def test_batch_get_activations_reuses_compiled_programs(model):
     prompts = _many_prompts(24, seed=3)
-    batch_get_activations(model, prompts, layers=[1], batch_size=8, progress=False)
+    for _ in range(2):  # each chunk shape's program: recorded (run eagerly) once, then compiled
+        batch_get_activations(model, prompts, layers=[1], batch_size=8, progress=False)
     before = model.compile_stats()["traces"]
     # new values (other prompts, same length buckets): zero retraces
     batch_get_activations(model, _many_prompts(24, seed=3)[::-1], layers=[1], batch_size=8, progress=False)

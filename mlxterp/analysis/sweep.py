@@ -38,11 +38,10 @@ clean and corrupted activations there are identical, so patching them changes no
 output over that prefix, evaluated with the distances); cells of a layer where it fails are run.
 
 Variants (cells) are ordered by layer and split into chunks of ``batch_size`` rows. Each chunk's
-structure (``Plan``: layers, rows per layer, births) is one ``mx.compile``-d program of the token
-embeddings and the masks, cached on the model (see :mod:`.programs`), so a repeated sweep runs no Python
-tracing; where the token embedding is not identifiable, a compiled trace (``compile=True``, masks lifted
-as parameters). When the model has a final norm, its input is cut to the last position, so the
-vocabulary projection runs on one position.
+structure (``Plan``: layers, rows per layer, births) is one :class:`~mlxterp.Program` of the tokens and
+the masks (named params), cached on the model (see :mod:`.programs`), so a repeated sweep replays compiled
+programs and records nothing. When the model has a final norm, its input is cut to the last position, so
+the vocabulary projection runs on one position.
 """
 
 from __future__ import annotations
@@ -57,7 +56,7 @@ import numpy as np
 from ..tracing.proxy import apply
 from .components import ComponentSite
 from .metrics import distance
-from .programs import cached_program, use_embeddings
+from .programs import run_program
 
 # Activation elements (rows x seq x width) one chunk may hold when batch_size is not given.
 AUTO_BUDGET = 1 << 25
@@ -317,63 +316,50 @@ def _chunk_distances(model: Any, tokens: mx.array, sites: Dict[int, ComponentSit
                      norm_path: Optional[str], births: Dict[int, Birth],
                      prefix_check: Optional[Tuple[List[int], int]],
                      ) -> Tuple[mx.array, Dict[int, mx.array], List[mx.array]]:
-    """One staircase trace (lazy): distances of its rows from row 0, ``{layer: identity check}`` of the
-    layers born at a next module's input, and the prefix checks. Runs the chunk's compiled program (cached
-    on the model, see :mod:`.programs`), or a compiled trace where the token embedding is not identifiable."""
+    """One staircase run (lazy): distances of its rows from row 0, ``{layer: identity check}`` of the
+    layers born at a next module's input, and the prefix checks. The chunk's structure is one program,
+    cached on the model (see :mod:`.programs`): a repeated sweep replays it with new tokens and masks."""
     plan, masks = _plan(sites, chunk, metric, norm_path, births, prefix_check)
     born = [layer for layer, _, _, _, birth in plan.groups if birth is not None]
-    program = cached_program(model, "sweep", (plan, tuple(tokens.shape)), tuple(tokens.shape),
-                             lambda ids, embed, masks: _flat(_staircase(model, ids, plan, masks, embed)))
-    if program is None:
-        d, checks, prefix_ok = _staircase(model, tokens, plan, masks)
-    else:
-        out = program(tokens, masks)
-        d, checks, prefix_ok = out[0], out[1:1 + len(born)], out[1 + len(born):]
-    return d, dict(zip(born, checks)), prefix_ok
+    values = {f"mask_{i}": m for i, m in enumerate(masks)}
+    out = run_program(model, "sweep", (plan, tuple(tokens.shape)), tokens, values,
+                      lambda params: _staircase(model, plan, list(params.values())))
+    logits = out["logits"]
+    checks = [out[f"check_{j}"] for j in range(len(born))]
+    prefix_ok = [out[f"prefix_{j}"] for j in range(len(plan.prefix))]
+    return distance(logits, logits[0:1], plan.metric), dict(zip(born, checks)), prefix_ok
 
 
-def _flat(result: Tuple[mx.array, List[mx.array], List[mx.array]]) -> List[mx.array]:
-    """A staircase's outputs as one list (a compiled program returns arrays, not nested tuples)."""
-    d, checks, prefix_ok = result
-    return [d] + checks + prefix_ok
-
-
-def _staircase(model: Any, tokens: mx.array, plan: Plan, masks: List[mx.array],
-               embed: Optional[Tuple[str, mx.array]] = None) -> Tuple[mx.array, List[mx.array], List[mx.array]]:
-    """One staircase trace: distances of the last-position logits ``(2 + variants,)`` from row 0's, the
-    identity checks of the groups born at a next module's input, and the prefix checks (see the module
-    docstring). ``embed = (path, value)``: an eager trace (inside a compiled program) whose token embedding
-    outputs ``value`` (``tokens`` then only give the shape); else a compiled trace of ``tokens``."""
+def _staircase(model: Any, plan: Plan, masks: List[Any]) -> None:
+    """Inside a trace: the staircase of ``plan`` (see the module docstring) with ``masks`` (the prefix
+    checks', then one per group). Saves the last-position logits of every row (``logits``), the identity
+    checks of the groups born at a next module's input (``check_j``) and the prefix checks (``prefix_j``)."""
     masks = iter(masks)
-    checks, prefix_ok = [], []
-    with model.trace(tokens, compile=embed is None, capture="saved"):
-        use_embeddings(model, embed)
-        for _, path in plan.prefix:
-            prefix_ok.append(apply(same_prefix, model.module(path).output, next(masks)).save())
-        for _, layer_path, path, n, birth in plan.groups:
-            mask = next(masks)
-            block, component = model.module(layer_path), model.module(path)
-            if birth is None:
-                block.input = apply(grow_rows, block.input, n)
-                component.output = apply(patch_rows, component.output, mask)
-                continue
-            nxt = model.module(birth.at)
-            if birth.attn is None:
-                checks.append(apply(same_values, block.output, nxt.input).save())
-                nxt.input = apply(grow_patched, nxt.input, mask)
-                continue
+    checks = 0
+    for j, (_, path) in enumerate(plan.prefix):
+        apply(same_prefix, model.module(path).output, next(masks)).save(f"prefix_{j}")
+    for _, layer_path, path, n, birth in plan.groups:
+        mask = next(masks)
+        block, component = model.module(layer_path), model.module(path)
+        if birth is None:
+            block.input = apply(grow_rows, block.input, n)
+            component.output = apply(patch_rows, component.output, mask)
+            continue
+        nxt = model.module(birth.at)
+        if birth.attn is None:
+            apply(same_values, block.output, nxt.input).save(f"check_{checks}")
+            nxt.input = apply(grow_patched, nxt.input, mask)
+        else:
             if birth.cut:
                 component.input = apply(last_position, component.input)
             parts = (block.input, model.module(birth.attn).output, component.output)
-            checks.append(apply(residual_identity, block.output, nxt.input, *parts).save())
+            apply(residual_identity, block.output, nxt.input, *parts).save(f"check_{checks}")
             nxt.input = apply(grow_residual, nxt.input, *parts, mask)
-        if plan.norm_path is not None:
-            norm = model.module(plan.norm_path)
-            norm.input = apply(last_position, norm.input)
-        handle = model.output[:, -1, :].save()
-    logits = saved_value(handle)
-    d = distance(logits, logits[0:1], plan.metric)
-    return d, [saved_value(c) for c in checks], [saved_value(c) for c in prefix_ok]
+        checks += 1
+    if plan.norm_path is not None:
+        norm = model.module(plan.norm_path)
+        norm.input = apply(last_position, norm.input)
+    model.output[:, -1, :].save("logits")
 
 
 def saved_value(handle: Any) -> mx.array:

@@ -60,7 +60,8 @@ def test_whole_layer_output_fully_recovers(llama_model):
 
 @pytest.mark.parametrize("batch_size", [1, 2, 3])
 def test_batched_forwards_are_bounded(llama_model, batch_size, monkeypatch):
-    llama_model.activation_patching(CLEAN, CORRUPTED, batch_size=batch_size)  # compile once
+    for _ in range(2):  # the first sweep records each chunk's program (run eagerly), the second compiles it
+        llama_model.activation_patching(CLEAN, CORRUPTED, batch_size=batch_size)
     before, traces = forward_count(llama_model), llama_model.compile_stats()["traces"]
     programs = dict(llama_model._program_cache("sweep"))
     chunks = []
