@@ -38,6 +38,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, help="untimed calls per side before timing")
     p.add_argument("--min-time", type=float, help="seconds each comparison runs at least (repeats grow)")
     p.add_argument("--sweep", type=int, help="traces in the steering sweep (default 100)")
+    p.add_argument("--scan", type=int, help="steering vectors in the batched-program scan (default 100)")
     p.add_argument("--retrace-sweep", type=int, help="traces in the zero-retrace check (default 1000)")
     p.add_argument("--analysis-seq", type=int, help="tokens per prompt in the analysis suite (default 32)")
     p.add_argument("--prompts", type=int, help="prompts in the batch_get_activations case (default 1000)")
@@ -54,9 +55,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
     """The preset (quick or full) with the command line's overrides."""
     s = Settings.quick_preset() if args.quick else Settings.full()
     overrides = {"models": args.models, "shapes": args.shapes, "repeats": args.repeats, "warmup": args.warmup,
-                 "min_time": args.min_time, "sweep": args.sweep, "retrace_sweep": args.retrace_sweep,
-                 "analysis_seq": args.analysis_seq, "prompts": args.prompts, "gen_tokens": args.gen_tokens,
-                 "generate_models": args.models}
+                 "min_time": args.min_time, "sweep": args.sweep, "scan": args.scan,
+                 "retrace_sweep": args.retrace_sweep, "analysis_seq": args.analysis_seq, "prompts": args.prompts,
+                 "gen_tokens": args.gen_tokens, "generate_models": args.models}
     unknown = [m for m in (args.models or ()) if m not in MODELS]
     if unknown:
         raise SystemExit(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")

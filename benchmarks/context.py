@@ -22,6 +22,7 @@ class Settings:
     warmup: int = 2           # untimed calls per side first
     min_time: float = 1.0     # keep repeating a comparison until both sides together took this long (s)
     sweep: int = 100          # traces in the steering sweep (eager vs compiled)
+    scan: int = 100           # steering vectors in the batched-program scan
     retrace_sweep: int = 1000  # traces in the zero-retrace check
     overhead_model: str = "micro4"
     analysis_seq: int = 32    # tokens of the clean/corrupted prompts in the analysis suite
@@ -36,7 +37,7 @@ class Settings:
 
     @classmethod
     def quick_preset(cls) -> "Settings":
-        return cls(shapes=QUICK_SHAPES, repeats=3, warmup=1, min_time=0.15, sweep=20, retrace_sweep=100,
+        return cls(shapes=QUICK_SHAPES, repeats=3, warmup=1, min_time=0.15, sweep=20, scan=16, retrace_sweep=100,
                    prompts=200, generate_models=("stories260K",), gen_tokens=16, quick=True)
 
 

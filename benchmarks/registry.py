@@ -12,6 +12,7 @@ from typing import Callable, Iterable
 
 SUITES: dict[str, str] = {
     "trace": "benchmarks.suite_trace",
+    "program": "benchmarks.suite_program",
     "analysis": "benchmarks.suite_analysis",
     "attention": "benchmarks.suite_attention",
     "generate": "benchmarks.suite_generate",

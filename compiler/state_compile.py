@@ -31,6 +31,7 @@ class StateCompiled:
     def __init__(self, fn: Callable, module: nn.Module, stats: collections.Counter | None = None):
         self.fn = fn if stats is None else _counting(fn, stats)
         self.module = module
+        self._lock = model_lock(module)
         self.calls = 0
         self._compiled = self._compile()
         self._generation = 0  # bumped when the compiled function is rebuilt: every thread traces it again
@@ -41,7 +42,7 @@ class StateCompiled:
         return mx.compile(self.fn, inputs=[self.module.state, mx.random.state], outputs=[mx.random.state])
 
     def __call__(self, *args: Any) -> Any:
-        with model_lock(self.module):
+        with self._lock:
             signature = input_signature(args)
             seen = self._seen_here()
             if signature in seen:  # this thread traced these shapes already: MLX will not trace again
@@ -73,9 +74,9 @@ def input_signature(args: Any) -> tuple:
     structure and the non-array leaves."""
     kind = type(args)
     if kind is mx.array:
-        return (tuple(args.shape), args.dtype)
-    if kind in (list, tuple):
-        return (kind,) + tuple(input_signature(a) for a in args)
+        return (args.shape, args.dtype)
+    if kind is list or kind is tuple:  # the common case, flat arrays, without a recursive call each
+        return (kind,) + tuple((a.shape, a.dtype) if type(a) is mx.array else input_signature(a) for a in args)
     if kind is dict:
         return (dict,) + tuple((k, input_signature(v)) for k, v in args.items())
     return (kind, args) if kind in (int, float, bool, str, type(None)) else (kind,)

@@ -15,7 +15,8 @@ from benchmarks import Settings, main, registry, run_benchmarks
 from benchmarks.harness import Row, Target, format_table, summary
 
 TINY_ARGS = ["--models", "tiny", "--shapes", "1x8", "--repeats", "2", "--warmup", "1", "--min-time", "0",
-             "--sweep", "3", "--retrace-sweep", "5", "--analysis-seq", "8", "--prompts", "12", "--gen-tokens", "4"]
+             "--sweep", "3", "--scan", "3", "--retrace-sweep", "5", "--analysis-seq", "8", "--prompts", "12",
+             "--gen-tokens", "4"]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,8 @@ def test_every_registered_case_reports_a_row(smoke_run):
                                         ("activation_patching", 1), ("patching_grid", 1),
                                         ("batch_get_activations", 2), ("attribution_patching", 1),
                                         ("pattern_one_layer", 2), ("pattern_all_layers", 2),
-                                        ("generate_steering", 1), ("generate_variants", 1), ("generate_saves", 1)])
+                                        ("generate_steering", 1), ("generate_variants", 1), ("generate_saves", 1),
+                                        ("replay", 1), ("steering_scan", 1), ("gradient", 1)])
 def test_row_counts_per_case_on_one_model_and_shape(smoke_run, case, count):
     assert sum(row["case"] == case for row in smoke_run["rows"]) == count
 
