@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 PROG = "mlxterp"
 DEFAULT_MODEL = "smollm2-135m"
@@ -202,14 +202,29 @@ def cmd_patch(args: argparse.Namespace) -> int:
     model, layers, plot = load_for(args)
     _precheck_patch(model, args.clean, args.corrupted, args.component, layers)
     t1 = time.perf_counter()
+    tokens = {k: v for k, v in (("target", args.target), ("foil", args.foil)) if v is not None}
     recovery = call(model.activation_patching, args.clean, args.corrupted, component=args.component, layers=layers,
-                    metric=args.metric, progress=True, **({"save_path": str(plot)} if plot else {}))
-    print(f"activation patching of {args.component!r} (metric {args.metric}) over {len(recovery)} layers "
+                    metric=args.metric, progress=True, **tokens, **({"save_path": str(plot)} if plot else {}))
+    metric = args.metric if args.metric in ("l2", "cosine", "mse") else _metric_label(model, args)
+    print(f"activation patching of {args.component!r} (metric {metric}) over {len(recovery)} layers "
           f"in {seconds(t1)}")
     print_recovery(recovery)
     if plot:
         print(f"wrote {plot}")
     return 0
+
+
+def _token_arg(text: str) -> Union[int, str]:
+    """A token given on the command line: digits are an id, anything else its text."""
+    return int(text) if text.isdigit() else text
+
+
+def _metric_label(model: Any, args: argparse.Namespace) -> str:
+    """The score metric with its tokens, as the patching functions resolved them."""
+    from .analysis.validate import resolve_metric, prompt_pair
+
+    tokens = prompt_pair(model, args.clean, args.corrupted)
+    return str(resolve_metric(model, args.metric, tokens, args.target, args.foil))
 
 
 def _precheck_patch(model: Any, clean: str, corrupted: str, component: str, layers: Optional[List[int]]) -> None:
@@ -351,7 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
             "  mlxterp patch --model smollm2-135m --clean 'The capital of France is' "
             "--corrupted 'The capital of Italy is'\n"
             "  mlxterp patch --model smollm2-135m --clean A --corrupted B --component self_attn --layers 0-9 "
-            "--metric cosine --plot patch.png")
+            "--metric cosine --plot patch.png\n"
+            "  mlxterp patch --model smollm2-135m --clean 'The capital of France is' "
+            "--corrupted 'The capital of Italy is' --component attn --metric logit_diff --target ' Paris' "
+            "--foil ' Rome'")
     p.add_argument("--model", "-m", required=True, help="registered name, .gguf file, mlx-lm folder or HF id")
     p.add_argument("--clean", required=True, metavar="TEXT", help="the clean prompt")
     p.add_argument("--corrupted", required=True, metavar="TEXT",
@@ -360,8 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="layer component to patch: mlp (default), self_attn/attn, output (whole layer), "
                         "mlp.down_proj, self_attn.o_proj, ...")
     p.add_argument("--layers", type=_layers_arg, help=f"layers to patch ({LAYER_SPEC_HELP}); default: all")
-    p.add_argument("--metric", choices=("l2", "cosine", "mse"), default="l2",
-                   help="distance between logits (default l2)")
+    p.add_argument("--metric", choices=("l2", "cosine", "mse", "logit_diff", "logprob", "prob"), default="l2",
+                   help="l2, cosine, mse: distance between the last position's logits (default l2); logit_diff: "
+                        "target minus foil logit; logprob, prob: of the target token")
+    p.add_argument("--target", metavar="TOKEN", type=_token_arg,
+                   help="target token of logit_diff/logprob/prob, as text (' Paris') or an id (digits); default: "
+                        "the clean prompt's prediction")
+    p.add_argument("--foil", metavar="TOKEN", type=_token_arg,
+                   help="foil token of logit_diff (text or id); default: the corrupted prompt's prediction")
     p.add_argument("--plot", metavar="PNG", help="write the recovery bar chart to this PNG")
 
     p = add("activations", cmd_activations, "collect layer activations for a file of prompts",

@@ -55,6 +55,7 @@ class CharTokenizer:
     vocab_size = 128
     pad_token_id = 0
     eos_token_id = 0
+    bos_token_id = 1
 
     def encode(self, text: str) -> list[int]:
         return [1] + [ord(c) % 100 + 2 for c in text]

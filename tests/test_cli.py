@@ -23,7 +23,8 @@ BOY = "Once upon a time there was a little boy"
 SUBCOMMANDS = {
     "demo": ["--model", "--out-dir", "--prompt", "--corrupted", "--no-grid"],
     "logit-lens": ["--model", "--layers", "--top-k", "--position", "--plot", "TEXT"],
-    "patch": ["--model", "--clean", "--corrupted", "--component", "--layers", "--metric", "--plot"],
+    "patch": ["--model", "--clean", "--corrupted", "--component", "--layers", "--metric", "--target", "--foil",
+              "--plot"],
     "activations": ["--model", "--prompts", "--layers", "--out", "--batch-size", "--positions"],
     "generate": ["--model", "--max-new-tokens", "--temperature", "--seed", "--chat", "--steer-toward",
                  "--steer-away", "--layer", "--alpha", "TEXT"],
@@ -205,6 +206,15 @@ def test_patch_end_to_end(capsys, tmp_path):
     rows = [line.split()[0] for line in out.splitlines() if line.strip() and line.split()[0].isdigit()]
     assert rows == ["1", "2", "3"]
     assert png.stat().st_size > 0
+
+
+@needs_stories
+def test_patch_with_logit_diff(capsys):
+    code, out, err = run(capsys, "patch", "--model", str(STORIES), "--clean", GIRL, "--corrupted", BOY,
+                         "--component", "attn", "--metric", "logit_diff", "--layers", "0-1", "--target", "300",
+                         "--foil", "301")  # digits: token ids
+    assert code == 0, err
+    assert "(metric logit_diff('" in out and "top layers by recovery" in out
 
 
 @needs_stories

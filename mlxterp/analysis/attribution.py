@@ -48,7 +48,7 @@ def _record(model: Any, sites: Dict[int, ComponentSite], norm_path: Optional[str
     model.output[:, -1, :].save("logits")
 
 
-def _grid(program: Program, tokens: mx.array, metric: str) -> Tuple[mx.array, mx.array]:
+def _grid(program: Program, tokens: mx.array, metric: Any) -> Tuple[mx.array, mx.array]:
     """``(layers, seq)`` sums ``<delta, grad>`` per cell and ``d(corrupted, clean)`` (lazy arrays) for
     ``tokens`` = (clean row, corrupted row)."""
     names = list(program.params)
@@ -68,7 +68,7 @@ def _grid(program: Program, tokens: mx.array, metric: str) -> Tuple[mx.array, mx
     return mx.stack(rows), d0
 
 
-def _compiled_grid(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], metric: str,
+def _compiled_grid(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], metric: Any,
                    norm_path: Optional[str]) -> StateCompiled:
     """The cached compiled grid function for this key (its program recorded on the corrupted row once)."""
     key = (tuple((s.layer, s.path) for s in sites.values()), int(tokens.shape[1]), metric, norm_path)
@@ -85,7 +85,7 @@ def _compiled_grid(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite]
 
 
 def attribution_grid(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], positions: List[int],
-                     metric: str, norm_path: Optional[str]) -> Tuple[np.ndarray, float]:
+                     metric: Any, norm_path: Optional[str]) -> Tuple[np.ndarray, float]:
     """Linear recovery estimate, ``(layers, positions)`` in percent, and ``d(corrupted, clean)``.
 
     Args:
@@ -93,7 +93,7 @@ def attribution_grid(model: Any, tokens: mx.array, sites: Dict[int, ComponentSit
         tokens: ``(2, seq)``: clean prompt in row 0, corrupted in row 1.
         sites: component site per layer (ordered by layer).
         positions: positions (columns of the grid).
-        metric: distance name.
+        metric: a :class:`~.metrics.Metric` or distance name.
         norm_path: final norm whose input is cut to the last position (or None).
 
     Raises:

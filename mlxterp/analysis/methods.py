@@ -69,7 +69,8 @@ class AnalysisMixin:
                             layers: Optional[List[int]] = None, metric: str = "l2", plot: bool = False,
                             figsize: Tuple[float, float] = (12, 8), cmap: str = "RdBu_r", *,
                             batch_size: Optional[int] = None, progress: bool = False,
-                            save_path: Optional[PathLike] = None) -> Dict[int, float]:
+                            save_path: Optional[PathLike] = None, target: Any = None,
+                            foil: Any = None) -> Dict[int, float]:
         """How much of the clean behaviour each layer's component restores in the corrupted run.
 
         For each layer, the component's clean output replaces the corrupted run's at every position, and
@@ -85,7 +86,11 @@ class AnalysisMixin:
                 sub-module of a layer that runs once per forward (``"mlp.gate_proj"``,
                 ``"self_attn.o_proj"``, GPT-2's ``"mlp.c_fc"``, ...).
             layers: layer indices; ``None`` = all.
-            metric: ``"l2"``, ``"cosine"`` or ``"mse"``.
+            metric: ``"l2"``, ``"cosine"`` or ``"mse"`` (distances from the clean logits); ``"logit_diff"``
+                (``target`` minus ``foil`` logit), ``"logprob"`` or ``"prob"`` (of ``target``); a
+                :class:`~mlxterp.analysis.metrics.Metric`; or a function ``logits -> score per row`` of the
+                last position's ``(rows, vocab)`` logits (MLX operations). Scores give recovery
+                ``(m(patched) - m(corrupted)) / (m(clean) - m(corrupted)) * 100``.
             plot: draw a bar chart (shown only with an interactive matplotlib backend).
             figsize: plot size in inches.
             cmap: diverging colormap.
@@ -93,6 +98,9 @@ class AnalysisMixin:
                 activation size.
             progress: show a progress bar.
             save_path: write the bar chart as a PNG here.
+            target: the target token of a score metric, as text (``" Paris"``) or id; default: the clean
+                prompt's top prediction.
+            foil: ``logit_diff``'s foil token; default: the corrupted prompt's top prediction.
 
         Returns:
             ``{layer: recovery percent}``.
@@ -104,13 +112,14 @@ class AnalysisMixin:
         from .patching import activation_patching
 
         return activation_patching(self, clean_text, corrupted_text, component, layers, metric, plot, figsize,
-                                   cmap, batch_size=batch_size, progress=progress, save_path=save_path)
+                                   cmap, batch_size=batch_size, progress=progress, save_path=save_path,
+                                   target=target, foil=foil)
 
     def patching_grid(self, clean_text: Any, corrupted_text: Any, component: str = "output",
                       layers: Optional[List[int]] = None, positions: Optional[List[int]] = None, metric: str = "l2",
                       plot: bool = False, figsize: Tuple[float, float] = (12, 8), cmap: str = "RdBu_r", *,
                       batch_size: Optional[int] = None, progress: bool = False,
-                      save_path: Optional[PathLike] = None) -> Any:
+                      save_path: Optional[PathLike] = None, target: Any = None, foil: Any = None) -> Any:
         """Layer x position activation patching (ROME-style causal tracing).
 
         Cell ``(i, p)`` patches only position ``p`` of the component at layer ``i`` with its clean value
@@ -125,13 +134,20 @@ class AnalysisMixin:
             component: the layer component to patch (default ``"output"``, the residual stream).
             layers: layer indices; ``None`` = all.
             positions: token positions (negative ones count from the end); ``None`` = all.
-            metric: ``"l2"``, ``"cosine"`` or ``"mse"``.
+            metric: ``"l2"``, ``"cosine"`` or ``"mse"`` (distances from the clean logits); ``"logit_diff"``
+                (``target`` minus ``foil`` logit), ``"logprob"`` or ``"prob"`` (of ``target``); a
+                :class:`~mlxterp.analysis.metrics.Metric`; or a function ``logits -> score per row`` of the
+                last position's ``(rows, vocab)`` logits (MLX operations). Scores give recovery
+                ``(m(patched) - m(corrupted)) / (m(clean) - m(corrupted)) * 100``.
             plot: draw a heatmap (shown only with an interactive matplotlib backend).
             figsize: plot size in inches.
             cmap: diverging colormap.
             batch_size: patched variants per forward; ``None`` picks one from the activation size.
             progress: show a progress bar.
             save_path: write the heatmap as a PNG here.
+            target: the target token of a score metric, as text (``" Paris"``) or id; default: the clean
+                prompt's top prediction.
+            foil: ``logit_diff``'s foil token; default: the corrupted prompt's top prediction.
 
         Returns:
             A :class:`mlxterp.analysis.patching.PatchingGrid` (``.grid`` numpy array, ``.layers``,
@@ -143,12 +159,14 @@ class AnalysisMixin:
         from .patching import patching_grid
 
         return patching_grid(self, clean_text, corrupted_text, component, layers, positions, metric, plot, figsize,
-                             cmap, batch_size=batch_size, progress=progress, save_path=save_path)
+                             cmap, batch_size=batch_size, progress=progress, save_path=save_path, target=target,
+                             foil=foil)
 
     def attribution_patching(self, clean_text: Any, corrupted_text: Any, component: str = "output",
                              layers: Optional[List[int]] = None, positions: Optional[List[int]] = None,
                              metric: str = "l2", plot: bool = False, figsize: Tuple[float, float] = (12, 8),
-                             cmap: str = "RdBu_r", *, save_path: Optional[PathLike] = None) -> Any:
+                             cmap: str = "RdBu_r", *, save_path: Optional[PathLike] = None, target: Any = None,
+                             foil: Any = None) -> Any:
         """Gradient (linear) estimate of :meth:`patching_grid`.
 
         Cell ``(i, p)`` is ``-100 / d(corrupted, clean) * sum_h (clean_act - corrupted_act) * dd/dact``
@@ -163,11 +181,18 @@ class AnalysisMixin:
             component: the layer component (default ``"output"``).
             layers: layer indices; ``None`` = all.
             positions: token positions; ``None`` = all.
-            metric: ``"l2"``, ``"cosine"`` or ``"mse"``.
+            metric: ``"l2"``, ``"cosine"`` or ``"mse"`` (distances from the clean logits); ``"logit_diff"``
+                (``target`` minus ``foil`` logit), ``"logprob"`` or ``"prob"`` (of ``target``); a
+                :class:`~mlxterp.analysis.metrics.Metric`; or a function ``logits -> score per row`` of the
+                last position's ``(rows, vocab)`` logits (MLX operations). Scores give recovery
+                ``(m(patched) - m(corrupted)) / (m(clean) - m(corrupted)) * 100``.
             plot: draw a heatmap (shown only with an interactive matplotlib backend).
             figsize: plot size in inches.
             cmap: diverging colormap.
             save_path: write the heatmap as a PNG here.
+            target: the target token of a score metric, as text (``" Paris"``) or id; default: the clean
+                prompt's top prediction.
+            foil: ``logit_diff``'s foil token; default: the corrupted prompt's top prediction.
 
         Returns:
             A :class:`mlxterp.analysis.patching.PatchingGrid` with ``method="attribution patching"``.
@@ -178,4 +203,4 @@ class AnalysisMixin:
         from .patching import attribution_patching
 
         return attribution_patching(self, clean_text, corrupted_text, component, layers, positions, metric, plot,
-                                    figsize, cmap, save_path=save_path)
+                                    figsize, cmap, save_path=save_path, target=target, foil=foil)

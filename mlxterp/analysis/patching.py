@@ -2,9 +2,11 @@
 ROME-style causal tracing) and its gradient estimate (``attribution_patching``).
 
 Recovery of a patched run is ``(d(corrupted, clean) - d(patched, clean)) / d(corrupted, clean) * 100``
-with ``d`` a distance (``l2``, ``cosine``, ``mse``; float32) between the last position's logits. 100 %
-means patching restored the clean prediction; 0 % that it changed nothing; it may be negative or
-exceed 100.
+with ``d`` a distance (``l2``, ``cosine``, ``mse``; float32) between the last position's logits, or, for a
+score metric ``m`` (``logit_diff`` of a target and a foil token, the target's ``logprob`` or ``prob``, any
+function of the logits), ``(m(patched) - m(corrupted)) / (m(clean) - m(corrupted)) * 100`` (see
+:mod:`.metrics`). 100 % means patching restored the clean behaviour; 0 % that it changed nothing; it may be
+negative or exceed 100.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from .attribution import attribution_grid
 from .components import ComponentSite, resolve_sites
 from .display import show_if_interactive
 from .serial import holds_model_lock
-from .metrics import check_metric, identical_logits_message
+from .metrics import Metric, identical_logits_message
 from .sweep import run_sweep
 from .unembed import UnembeddingError, find_unembedding
-from .validate import check_positive_int, prompt_pair, resolve_layers, resolve_positions, token_labels
+from .validate import (check_positive_int, prompt_pair, resolve_layers, resolve_metric, resolve_positions,
+                       token_labels)
 
 PathLike = Union[str, Path]
 
@@ -40,10 +43,12 @@ class PatchingGrid:
         positions: token position of each column.
         position_labels: the clean prompt's token at each column; ``*`` marks positions where the clean
             and corrupted tokens differ.
-        metric: the distance used (``"l2"``, ``"cosine"`` or ``"mse"``).
+        metric: the metric used (``"l2"``, ``"cosine"``, ``"mse"``, or a score such as
+            ``"logit_diff(' Paris' - ' Rome')"``).
         component: the patched component (``"output"``, ``"mlp"``, ...).
         method: ``"activation patching"`` or ``"attribution patching"``.
-        corrupted_distance: ``d(corrupted, clean)``, the normaliser of every cell.
+        corrupted_distance: ``d(corrupted, clean)`` (for a score metric ``m(clean) - m(corrupted)``), the
+            normaliser of every cell.
     """
 
     grid: np.ndarray
@@ -85,15 +90,16 @@ class _Setup:
     tokens: mx.array
     layers: List[int]
     sites: Dict[int, ComponentSite]
-    metric: str
+    metric: Metric
     norm_path: Optional[str]
 
 
-def _setup(model: Any, clean_text: Any, corrupted_text: Any, component: Any, layers: Any, metric: Any) -> _Setup:
-    metric = check_metric(metric)
+def _setup(model: Any, clean_text: Any, corrupted_text: Any, component: Any, layers: Any, metric: Any,
+           target: Any = None, foil: Any = None) -> _Setup:
     tokens = prompt_pair(model, clean_text, corrupted_text)
     layer_ids = resolve_layers(layers, len(model.layers))
     sites = resolve_sites(model, component, layer_ids, tokens)
+    metric = resolve_metric(model, metric, tokens, target, foil)
     return _Setup(tokens, layer_ids, sites, metric, _sliceable_norm(model, tokens))
 
 
@@ -123,13 +129,14 @@ def activation_patching(model: Any, clean_text: Any, corrupted_text: Any, compon
                         layers: Optional[List[int]] = None, metric: str = "l2", plot: bool = False,
                         figsize: Tuple[float, float] = (12, 8), cmap: str = "RdBu_r", *,
                         batch_size: Optional[int] = None, progress: bool = False,
-                        save_path: Optional[PathLike] = None) -> Dict[int, float]:
+                        save_path: Optional[PathLike] = None, target: Any = None,
+                        foil: Any = None) -> Dict[int, float]:
     """Recovery (%) per layer when the component's clean output replaces the corrupted one (all positions).
 
     See :meth:`mlxterp.analysis.methods.AnalysisMixin.activation_patching` for the arguments.
     """
     batch_size = check_positive_int(batch_size, "batch_size", allow_none=True)
-    s = _setup(model, clean_text, corrupted_text, component, layers, metric)
+    s = _setup(model, clean_text, corrupted_text, component, layers, metric, target, foil)
     cells = [(layer, None) for layer in s.layers]
     result = run_sweep(model, s.tokens, s.sites, cells, s.metric, norm_path=s.norm_path,
                        batch_size=batch_size, progress=progress, desc=f"patching {component}")
@@ -153,13 +160,13 @@ def patching_grid(model: Any, clean_text: Any, corrupted_text: Any, component: s
                   layers: Optional[List[int]] = None, positions: Optional[List[int]] = None, metric: str = "l2",
                   plot: bool = False, figsize: Tuple[float, float] = (12, 8), cmap: str = "RdBu_r", *,
                   batch_size: Optional[int] = None, progress: bool = False,
-                  save_path: Optional[PathLike] = None) -> PatchingGrid:
+                  save_path: Optional[PathLike] = None, target: Any = None, foil: Any = None) -> PatchingGrid:
     """Recovery (%) for every (layer, position) cell, patching one position of one layer's component.
 
     See :meth:`mlxterp.analysis.methods.AnalysisMixin.patching_grid` for the arguments.
     """
     batch_size = check_positive_int(batch_size, "batch_size", allow_none=True)
-    s = _setup(model, clean_text, corrupted_text, component, layers, metric)
+    s = _setup(model, clean_text, corrupted_text, component, layers, metric, target, foil)
     cols = resolve_positions(positions, s.tokens.shape[1])
     cells = [(layer, p) for layer in s.layers for p in cols]
     result = run_sweep(model, s.tokens, s.sites, cells, s.metric, norm_path=s.norm_path,
@@ -167,7 +174,7 @@ def patching_grid(model: Any, clean_text: Any, corrupted_text: Any, component: s
     if result.corrupted == 0.0:
         raise ValueError(identical_logits_message(s.metric))
     grid = ((result.corrupted - result.patched) / result.corrupted * 100.0).reshape(len(s.layers), len(cols))
-    out = PatchingGrid(grid, s.layers, cols, _labels(model, s.tokens, cols), s.metric, component,
+    out = PatchingGrid(grid, s.layers, cols, _labels(model, s.tokens, cols), str(s.metric), component,
                        "activation patching", result.corrupted)
     _maybe_plot(out, plot, save_path, figsize, cmap)
     return out
@@ -177,15 +184,16 @@ def patching_grid(model: Any, clean_text: Any, corrupted_text: Any, component: s
 def attribution_patching(model: Any, clean_text: Any, corrupted_text: Any, component: str = "output",
                          layers: Optional[List[int]] = None, positions: Optional[List[int]] = None,
                          metric: str = "l2", plot: bool = False, figsize: Tuple[float, float] = (12, 8),
-                         cmap: str = "RdBu_r", *, save_path: Optional[PathLike] = None) -> PatchingGrid:
+                         cmap: str = "RdBu_r", *, save_path: Optional[PathLike] = None, target: Any = None,
+                         foil: Any = None) -> PatchingGrid:
     """Linear (gradient) estimate of :func:`patching_grid`, from one clean and one corrupted forward+backward.
 
     See :meth:`mlxterp.analysis.methods.AnalysisMixin.attribution_patching` for the arguments.
     """
-    s = _setup(model, clean_text, corrupted_text, component, layers, metric)
+    s = _setup(model, clean_text, corrupted_text, component, layers, metric, target, foil)
     cols = resolve_positions(positions, s.tokens.shape[1])
     grid, d0 = attribution_grid(model, s.tokens, s.sites, cols, s.metric, s.norm_path)
-    out = PatchingGrid(grid, s.layers, cols, _labels(model, s.tokens, cols), s.metric, component,
+    out = PatchingGrid(grid, s.layers, cols, _labels(model, s.tokens, cols), str(s.metric), component,
                        "attribution patching", d0)
     _maybe_plot(out, plot, save_path, figsize, cmap)
     return out

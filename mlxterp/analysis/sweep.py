@@ -159,7 +159,7 @@ def cell_mask(rows: int, seq_len: int, ndim: int, new_cells: Sequence[Cell]) -> 
     return mx.array(mask)
 
 
-def run_sweep(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], cells: List[Cell], metric: str, *,
+def run_sweep(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], cells: List[Cell], metric: Any, *,
               norm_path: Optional[str], batch_size: Optional[int] = None, progress: bool = False,
               desc: str = "patching") -> SweepResult:
     """Distance from the clean logits (last position) of every cell's patched run, and of the corrupted run.
@@ -169,7 +169,7 @@ def run_sweep(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], cel
         tokens: ``(2, seq)``: clean prompt in row 0, corrupted in row 1.
         sites: component site per layer.
         cells: ``(layer, position or None)`` variants, sorted by layer.
-        metric: distance name (see :mod:`.metrics`).
+        metric: a :class:`~.metrics.Metric` or distance name (see :mod:`.metrics`).
         norm_path: final norm whose input is cut to the last position (None: project every position).
         batch_size: patched rows per chunk (None: :func:`auto_batch_size`).
         progress: show a tqdm bar over cells.
@@ -204,7 +204,7 @@ def run_sweep(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], cel
     return SweepResult(np.array([found[c] for c in cells], dtype=np.float64), float(corrupted), forwards)
 
 
-def _run_chunk(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], chunk: List[Cell], metric: str,
+def _run_chunk(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], chunk: List[Cell], metric: Any,
                norm_path: Optional[str], births: Dict[int, Birth], prefix_check: Optional[Tuple[List[int], int]],
                ) -> Tuple[np.ndarray, Dict[int, Birth], List[bool]]:
     """Distances of one chunk's rows (clean, corrupted, variants), the births to use from now on, and the
@@ -287,10 +287,10 @@ class Plan:
     groups: Tuple[Tuple[int, str, str, int, Optional[Birth]], ...]
     prefix: Tuple[Tuple[int, str], ...]
     norm_path: Optional[str]
-    metric: str
+    metric: Any
 
 
-def _plan(sites: Dict[int, ComponentSite], chunk: List[Cell], metric: str, norm_path: Optional[str],
+def _plan(sites: Dict[int, ComponentSite], chunk: List[Cell], metric: Any, norm_path: Optional[str],
           births: Dict[int, Birth], prefix_check: Optional[Tuple[List[int], int]]) -> Tuple[Plan, List[mx.array]]:
     """The chunk's trace structure and its masks (the prefix checks', then one per group)."""
     groups, masks, rows = [], [], 2
@@ -312,7 +312,7 @@ def _plan(sites: Dict[int, ComponentSite], chunk: List[Cell], metric: str, norm_
     return Plan(tuple(groups), prefix, norm_path, metric), masks
 
 
-def _chunk_distances(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], chunk: List[Cell], metric: str,
+def _chunk_distances(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], chunk: List[Cell], metric: Any,
                      norm_path: Optional[str], births: Dict[int, Birth],
                      prefix_check: Optional[Tuple[List[int], int]],
                      ) -> Tuple[mx.array, Dict[int, mx.array], List[mx.array]]:

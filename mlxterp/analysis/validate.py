@@ -3,12 +3,14 @@ and the valid choices."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, List, Optional, Sequence
 
 import mlx.core as mx
 import numpy as np
 
 from ..inputs import is_int
+from .metrics import SCORES, Metric, check_metric, logit_diff, logprob, prob
 
 OUTPUT = "output"  # the component name for a whole layer's output
 
@@ -108,3 +110,62 @@ def token_labels(model: Any, ids: Sequence[int]) -> List[str]:
     if model.tokenizer is None:
         return [str(int(t)) for t in ids]
     return [model.token_to_str(int(t)) for t in ids]
+
+
+def token_id(model: Any, token: Any, arg: str) -> int:
+    """The id of one token given as an id or as its text (``" Paris"``: mind the leading space)."""
+    vocab = model._embedding_rows
+    if is_int(token):
+        if vocab is not None and not 0 <= int(token) < vocab:
+            raise ValueError(f"{arg}: token id {int(token)} is out of range: the vocabulary has {vocab} ids")
+        return int(token)
+    if not isinstance(token, str):
+        raise ValueError(f"{arg}: expected a token id (int) or a token's text (str), got {token!r}")
+    ids = model.encode(token)
+    bos = getattr(model.tokenizer, "bos_token_id", None)
+    if len(ids) > 1 and ids[0] == bos:
+        ids = ids[1:]
+    if len(ids) != 1:
+        raise ValueError(f"{arg}: {token!r} is {len(ids)} tokens ({[model.token_to_str(i) for i in ids]}); give one "
+                         "token's text (often with its leading space, e.g. ' Paris') or its id")
+    return ids[0]
+
+
+def resolve_metric(model: Any, metric: Any, tokens: mx.array, target: Any = None, foil: Any = None) -> Metric:
+    """The patching :class:`~mlxterp.analysis.metrics.Metric` for a prompt pair ``tokens`` (clean row 0,
+    corrupted row 1): a distance name, a Metric, a function of the logits, or a score name (``"logit_diff"``,
+    ``"logprob"``, ``"prob"``) whose ``target`` (and ``foil``) tokens are given as text or ids, by default the
+    clean run's top prediction (and the corrupted run's)."""
+    if not (isinstance(metric, str) and metric in SCORES):
+        if target is not None or foil is not None:
+            raise ValueError(f"target/foil: only used with metric='logit_diff', 'logprob' or 'prob'; "
+                             f"metric is {metric!r}")
+        return check_metric(metric)
+    if foil is not None and metric != "logit_diff":
+        raise ValueError(f"foil: only used with metric='logit_diff', not {metric!r}")
+    if target is None or (metric == "logit_diff" and foil is None):
+        top = _predictions(model, tokens)
+        target = top[0] if target is None else target
+        foil = top[1] if foil is None else foil
+    t = token_id(model, target, "target")
+    if metric != "logit_diff":
+        made = logprob(t) if metric == "logprob" else prob(t)
+        return dataclasses.replace(made, label=f"{metric}({_show_token(model, t)})")
+    f = token_id(model, foil, "foil")
+    if f == t:
+        raise ValueError(f"target and foil are the same token {_show_token(model, t)}: logit_diff would be 0 on "
+                         "every run; give target= and foil= (by default the clean and the corrupted prompt's "
+                         "top predictions, which coincide here)")
+    return dataclasses.replace(logit_diff(t, f), label=f"logit_diff({_show_token(model, t)} - {_show_token(model, f)})")
+
+
+def _predictions(model: Any, tokens: mx.array) -> List[int]:
+    """The top-1 next-token prediction of each prompt row."""
+    with model.trace(tokens, capture="saved"):
+        last = model.output[:, -1, :].save()
+    value = last if isinstance(last, mx.array) else last.value
+    return [int(i) for i in mx.argmax(value, axis=-1).tolist()]
+
+
+def _show_token(model: Any, token: int) -> str:
+    return repr(model.token_to_str(token)) if model.tokenizer is not None else str(token)
