@@ -310,8 +310,9 @@ def plot_patching_grid(
     title: str | None = None,
     colorbar_label: str = "Recovery (%)",
     save_path: str | Path | None = None,
+    xlabel: str = "Position",
 ) -> Figure:
-    """Heatmap of patching results, layers (rows) by positions (columns), centred at 0.
+    """Heatmap of patching results, layers (rows) by positions or heads (columns), centred at 0.
 
     The colour scale is symmetric (±max|grid|); NaN cells are drawn light grey.
 
@@ -324,6 +325,7 @@ def plot_patching_grid(
         title: Figure title; a default is used when None.
         colorbar_label: Colorbar caption.
         save_path: If given, write a PNG there.
+        xlabel: Caption of the columns (``"Position"``; ``"head"`` for head patching).
 
     Returns:
         The matplotlib Figure.
@@ -338,7 +340,7 @@ def plot_patching_grid(
     image = ax.imshow(data, cmap=colormap, vmin=-limit, vmax=limit, aspect="auto", origin="lower")
     _set_ticks(ax, "x", cols, rotate=True)
     _set_ticks(ax, "y", rows)
-    ax.set_xlabel("Position")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("Layer")
     fig.colorbar(image, ax=ax, label=colorbar_label)
     ax.set_title(title or "Activation patching: layer x position")

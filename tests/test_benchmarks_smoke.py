@@ -36,7 +36,7 @@ def test_every_registered_case_reports_a_row(smoke_run):
                                         ("trace_overhead", 2), ("cache_miss", 1), ("capture_all", 2),
                                         ("activation_patching", 1), ("patching_grid", 1),
                                         ("batch_get_activations", 2), ("attribution_patching", 1),
-                                        ("pattern_one_layer", 2), ("pattern_all_layers", 2),
+                                        ("pattern_one_layer", 2), ("pattern_all_layers", 2), ("head_patching", 2),
                                         ("generate_steering", 1), ("generate_variants", 1), ("generate_saves", 1),
                                         ("replay", 1), ("steering_scan", 1), ("gradient", 1)])
 def test_row_counts_per_case_on_one_model_and_shape(smoke_run, case, count):

@@ -24,6 +24,7 @@ class ComponentSite:
     shape: tuple
     dtype: Any
     width: int  # elements per position of the widest tensor patched or grown (component or residual)
+    cell_axis: int = 1  # the axis of the output a sweep cell's index selects: 1 positions, 2 heads
 
 
 

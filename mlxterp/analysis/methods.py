@@ -204,3 +204,85 @@ class AnalysisMixin:
 
         return attribution_patching(self, clean_text, corrupted_text, component, layers, positions, metric, plot,
                                     figsize, cmap, save_path=save_path, target=target, foil=foil)
+
+    def head_patching(self, clean_text: Any, corrupted_text: Any, layers: Optional[List[int]] = None,
+                      heads: Optional[List[int]] = None, metric: Any = "l2", plot: bool = False,
+                      figsize: Tuple[float, float] = (10, 8), cmap: str = "RdBu_r", *,
+                      batch_size: Optional[int] = None, progress: bool = False,
+                      save_path: Optional[PathLike] = None, target: Any = None, foil: Any = None) -> Any:
+        """Activation patching of single attention heads: a layers x heads grid of recovery (%).
+
+        Cell ``(layer, head)`` gives that head's output (``attn.heads[:, :, head]``, before the output
+        projection, every position) its clean value in the corrupted run. All cells run as staircase batches
+        (as :meth:`activation_patching`), compiled; the layers compute their attention explicitly.
+
+        Args:
+            clean_text: the clean prompt.
+            corrupted_text: the corrupted prompt (same number of tokens).
+            layers: layer indices; ``None`` = all.
+            heads: head indices; ``None`` = all.
+            metric: as in :meth:`activation_patching` (``"logit_diff"`` is the usual choice for circuits).
+            plot: draw a heatmap (shown only with an interactive matplotlib backend).
+            figsize: plot size in inches.
+            cmap: diverging colormap.
+            batch_size: patched variants per forward; ``None`` picks one from the activation size.
+            progress: show a progress bar.
+            save_path: write the heatmap as a PNG here.
+            target: the target token of a score metric (text or id); default: the clean prediction.
+            foil: ``logit_diff``'s foil token; default: the corrupted prediction.
+
+        Returns:
+            A :class:`mlxterp.analysis.heads.HeadPatchingGrid` (``.grid``, ``.layers``, ``.heads``,
+            ``.top(k)``, ``.plot(save_path=None)``).
+
+        Raises:
+            ValueError: as :meth:`activation_patching`, for bad ``heads``, and for a model without attention.
+        """
+        from .heads import head_patching
+
+        return head_patching(self, clean_text, corrupted_text, layers, heads, metric, plot, figsize, cmap,
+                             batch_size=batch_size, progress=progress, save_path=save_path, target=target,
+                             foil=foil)
+
+    def attention_patterns(self, text: Any, layers: Optional[List[int]] = None) -> Any:
+        """Every head's attention pattern of one prompt, in one traced forward.
+
+        Args:
+            text: the prompt (a str; token ids are accepted too).
+            layers: layer indices; ``None`` = all.
+
+        Returns:
+            An :class:`mlxterp.analysis.patterns.AttentionPatterns`: ``[layer]`` is a ``(heads, seq, seq)``
+            numpy array (row = query, column = key), ``.tokens`` the prompt's tokens, and
+            ``.plot(layer, heads=None, save_path=None)`` draws one head or a grid of heads, tokens on both axes.
+
+        Raises:
+            ValueError: bad ``layers`` or ``text``, or a model without attention.
+        """
+        from .patterns import attention_patterns
+
+        return attention_patterns(self, text, layers)
+
+    def head_scores(self, seq_len: int = 50, batch: int = 4, layers: Optional[List[int]] = None, seed: int = 0,
+                    token_range: Optional[Tuple[int, int]] = None) -> Any:
+        """Induction, previous-token and duplicate-token scores of every head, from one batched forward on
+        ``batch`` sequences of ``seq_len`` random tokens repeated once (after the tokenizer's BOS, if it adds
+        one).
+
+        Args:
+            seq_len: random tokens per copy.
+            batch: sequences.
+            layers: layer indices; ``None`` = all.
+            seed: seed of the random tokens.
+            token_range: ``(low, high)`` ids to draw from; default the middle of the vocabulary.
+
+        Returns:
+            A :class:`mlxterp.analysis.patterns.HeadScores` (``.induction``, ``.previous_token``,
+            ``.duplicate_token``: ``(layers, heads)`` arrays; ``.top(kind, k)``; ``.plot(save_path=None)``).
+
+        Raises:
+            ValueError: bad arguments, or a model without attention.
+        """
+        from .patterns import head_scores
+
+        return head_scores(self, seq_len, batch, layers, seed, token_range)

@@ -61,7 +61,7 @@ from .programs import run_program
 # Activation elements (rows x seq x width) one chunk may hold when batch_size is not given.
 AUTO_BUDGET = 1 << 25
 
-Cell = Tuple[int, Optional[int]]  # (layer, position); position None patches every position
+Cell = Tuple[int, Optional[int]]  # (layer, index along the site's cell axis: a position or a head); None: all
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,15 +147,19 @@ def auto_batch_size(sites: Dict[int, ComponentSite], seq_len: int) -> int:
     return max(1, AUTO_BUDGET // max(1, seq_len * width))
 
 
-def cell_mask(rows: int, seq_len: int, ndim: int, new_cells: Sequence[Cell]) -> mx.array:
-    """Boolean ``(rows, seq, 1, ...)`` mask: the last ``len(new_cells)`` rows at their positions."""
-    mask = np.zeros((rows, seq_len) + (1,) * (ndim - 2), dtype=np.bool_)
+def cell_mask(rows: int, shape: Sequence[int], new_cells: Sequence[Cell], axis: int = 1) -> mx.array:
+    """Boolean mask for a component output of ``shape``: the last ``len(new_cells)`` rows at their cells'
+    index along ``axis`` (1: positions, ``(rows, seq, 1, ...)``; 2: heads, ``(rows, 1, heads, 1)``), or whole
+    for an index of None."""
+    dims = [rows] + [1] * (len(shape) - 1)
+    dims[axis] = shape[axis]
+    mask = np.zeros(dims, dtype=np.bool_)
     first = rows - len(new_cells)
-    for k, (_, pos) in enumerate(new_cells):
-        if pos is None:
+    for k, (_, index) in enumerate(new_cells):
+        if index is None:
             mask[first + k] = True
         else:
-            mask[first + k, pos] = True
+            mask[(first + k,) + (0,) * (axis - 1) + (index,)] = True
     return mx.array(mask)
 
 
@@ -168,7 +172,8 @@ def run_sweep(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], cel
         model: the InterpretableModel.
         tokens: ``(2, seq)``: clean prompt in row 0, corrupted in row 1.
         sites: component site per layer.
-        cells: ``(layer, position or None)`` variants, sorted by layer.
+        cells: ``(layer, index or None)`` variants, sorted by layer; the index selects along the site's
+            ``cell_axis`` (a position, or a head), None patches the whole output.
         metric: a :class:`~.metrics.Metric` or distance name (see :mod:`.metrics`).
         norm_path: final norm whose input is cut to the last position (None: project every position).
         batch_size: patched rows per chunk (None: :func:`auto_batch_size`).
@@ -177,8 +182,9 @@ def run_sweep(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], cel
     """
     size = batch_size or auto_batch_size(sites, tokens.shape[1])
     prefix = shared_prefix(tokens)
-    skipped = [c for c in cells if c[1] is not None and c[1] < prefix]
-    todo = [c for c in cells if not (c[1] is not None and c[1] < prefix)]
+    skipped = [c for c in cells if c[1] is not None and sites[c[0]].cell_axis == 1 and c[1] < prefix]
+    skip = set(skipped)
+    todo = [c for c in cells if c not in skip]
     queue = [todo[i:i + size] for i in range(0, len(todo), size)] or [[]]  # one chunk at least: d(corrupted)
     checked = sorted({layer for layer, _ in skipped})
     births = _births(model, tokens, sites, norm_path)
@@ -304,7 +310,7 @@ def _plan(sites: Dict[int, ComponentSite], chunk: List[Cell], metric: Any, norm_
         group = list(group)
         site = sites[layer]
         rows += len(group)
-        masks.append(cell_mask(rows, site.shape[1], len(site.shape), group))
+        masks.append(cell_mask(rows, site.shape, group, site.cell_axis))
         birth = births.get(layer)
         if birth is not None and birth.cut and layer in dict(prefix):  # the prefix check reads every position
             birth = dataclasses.replace(birth, cut=False)

@@ -169,3 +169,11 @@ def _predictions(model: Any, tokens: mx.array) -> List[int]:
 
 def _show_token(model: Any, token: int) -> str:
     return repr(model.token_to_str(token)) if model.tokenizer is not None else str(token)
+
+
+def require_attention(model: Any, what: str) -> None:
+    """A ValueError, saying why, when ``model`` has no attention whose internals can be read."""
+    if not model._index.attention:
+        arch = model._index.arch
+        why = arch.lacks if arch is not None and arch.lacks else "no attention module was found in its layers"
+        raise ValueError(f"{what} needs attention; this model has none: {why}")

@@ -12,15 +12,27 @@ import mlx.nn as nn
 import numpy as np
 
 
-class _Tap(nn.Module):
-    """Calls the wrapped module and passes its output through ``fn``."""
+# The attention's output projection (its input is the heads, concatenated), where it is not "o_proj".
+OUT_PROJ = {"phi": "dense", "gpt_neox": "dense", "gptj": "out_proj", "exaone": "out_proj", "gpt2": "c_proj",
+            "gpt_bigcode": "c_proj", "internlm2": "wo"}
 
-    def __init__(self, inner: nn.Module, fn: Callable[[mx.array], mx.array]):
+
+class _Tap(nn.Module):
+    """Calls the wrapped module and passes its output through ``fn`` (its first argument through ``before``)."""
+
+    def __init__(self, inner: nn.Module, fn: Callable[[mx.array], mx.array],
+                 before: Callable[[mx.array], mx.array] = lambda x: x):
         super().__init__()
         self.inner = inner
         object.__setattr__(self, "fn", fn)
+        object.__setattr__(self, "before", before)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if args:
+            args = (self.before(args[0]),) + args[1:]
+        else:  # called with keywords (GPT-J): the first one is the input
+            first = next(iter(kwargs))
+            kwargs = dict(kwargs, **{first: self.before(kwargs[first])})
         return self.fn(self.inner(*args, **kwargs))
 
 
@@ -32,14 +44,16 @@ def _parent(raw: nn.Module, path: str) -> tuple[Any, str]:
     return parent, last
 
 
-def forward_with(raw: nn.Module, tokens: mx.array, taps: Dict[str, Callable[[mx.array], mx.array]]) -> mx.array:
-    """``raw(tokens)`` with each module at ``path`` (a ``named_modules()`` path) wrapped by ``taps[path]``."""
+def forward_with(raw: nn.Module, tokens: mx.array, taps: Dict[str, Callable[[mx.array], mx.array]],
+                 inputs: bool = False) -> mx.array:
+    """``raw(tokens)`` with each module at ``path`` (a ``named_modules()`` path) wrapped: ``taps[path]`` maps its
+    output (its input with ``inputs=True``)."""
     swapped = []
     try:
         for path, fn in taps.items():
             parent, name = _parent(raw, path)
             inner = parent[int(name)] if name.isdigit() else getattr(parent, name)
-            wrapper = _Tap(inner, fn)
+            wrapper = _Tap(inner, lambda y: y, fn) if inputs else _Tap(inner, fn)
             if name.isdigit():
                 parent[int(name)] = wrapper
             else:
@@ -113,3 +127,27 @@ def mlp_half(family: str, layer: nn.Module, h: mx.array) -> mx.array:
     if family in ("gpt2", "gpt_bigcode", "exaone"):
         return layer.mlp(layer.ln_2(h))
     return layer.mlp(layer.post_attention_layernorm(h)) * _scale(layer, family)
+
+
+def head_recovery_loop(raw: nn.Module, clean: mx.array, corrupted: mx.array, out_proj: Dict[int, str],
+                       heads: int) -> np.ndarray:
+    """Head patching (l2, last position) as ``2 + layers * heads`` plain forwards: the clean run's input of
+    each attention's output projection (the heads, concatenated) is captured, and each patched run gives
+    one layer's projection one head's clean columns."""
+    acts: Dict[str, mx.array] = {}
+    paths = list(out_proj.values())
+
+    def last(logits: mx.array) -> np.ndarray:
+        return np.array(logits[0, -1].astype(mx.float32), dtype=np.float64)
+
+    clean_logits = last(forward_with(raw, clean, {p: (lambda x, p=p: acts.setdefault(p, x)) for p in paths}, True))
+    d0 = np.linalg.norm(last(raw(corrupted)) - clean_logits)
+    grid = np.zeros((len(paths), heads))
+    for i, path in enumerate(paths):
+        width = acts[path].shape[-1] // heads
+        for h in range(heads):
+            mask = mx.arange(acts[path].shape[-1]) // width == h
+            patched = last(forward_with(raw, corrupted, {path: lambda x, a=acts[path], m=mask: mx.where(m, a, x)},
+                                        True))
+            grid[i, h] = (d0 - np.linalg.norm(patched - clean_logits)) / d0 * 100
+    return grid

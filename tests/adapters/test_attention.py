@@ -14,12 +14,12 @@ from mlxterp import InterpretableModel
 from mlxterp.adapters import attention
 from tests.families import FAMILIES, build
 
+from .reference import OUT_PROJ
+
 TOKENS = mx.array([[1, 5, 9, 13, 17, 21, 25, 3]])
 ATTENTION_FAMILIES = [f for f in FAMILIES if f != "mamba"]
 # Sliding-window families at the test config: window 4; layer i is global iff i % 2 == 1 (mlx-lm's rule).
 WINDOWED = {"gemma3_text", "cohere2"}
-OUT_PROJ = {"phi": "dense", "gpt_neox": "dense", "gptj": "out_proj", "exaone": "out_proj", "gpt2": "c_proj",
-            "gpt_bigcode": "c_proj", "internlm2": "wo"}
 
 
 @pytest.fixture(scope="module", params=ATTENTION_FAMILIES)

@@ -13,7 +13,7 @@ from mlxterp import InterpretableModel
 from mlxterp.adapters import PARALLEL, SSM
 from tests.families import FAMILIES, build
 
-from .reference import attention_added, forward_with, mlp_half, recovery_loop
+from .reference import OUT_PROJ, attention_added, forward_with, head_recovery_loop, mlp_half, recovery_loop
 
 TOKENS = mx.array([[1, 5, 9, 13, 17, 21, 25, 3]])
 CLEAN = [1, 5, 9, 13, 17, 21, 25, 3]
@@ -127,6 +127,20 @@ def test_activation_patching_equals_a_loop_of_wrapped_forwards(fam, component):
     paths = {i: model._index.resolve(f"layers.{i}.{component}") for i in range(len(model.layers))}
     want = recovery_loop(model.model, mx.array([CLEAN]), mx.array([CORRUPTED]), paths)
     np.testing.assert_allclose([got[i] for i in paths], [want[i] for i in paths], atol=1e-3)
+
+
+def test_head_patching_equals_a_loop_of_wrapped_forwards(fam):
+    family, model = fam
+    if family in NO_ATTENTION:
+        with pytest.raises(ValueError, match="head patching needs attention; .*state-space model"):
+            model.head_patching(CLEAN, CORRUPTED)
+        return
+    got = model.head_patching(CLEAN, CORRUPTED)
+    heads = got.grid.shape[1]
+    out_proj = {i: f"{model._index.resolve(f'layers.{i}.attn')}.{OUT_PROJ.get(family, 'o_proj')}"
+                for i in range(len(model.layers))}
+    want = head_recovery_loop(model.model, mx.array([CLEAN]), mx.array([CORRUPTED]), out_proj, heads)
+    np.testing.assert_allclose(got.grid, want, atol=1e-3)
 
 
 def test_position_limit(fam):

@@ -67,8 +67,8 @@ def test_defaults_are_the_clean_and_corrupted_predictions(llama_model):
 
 def test_a_function_of_the_logits_is_a_metric(llama_model):
     by_name = llama_model.activation_patching(CLEAN, CORRUPTED, metric="logit_diff", target=TARGET, foil=FOIL)
-    by_function = llama_model.activation_patching(CLEAN, CORRUPTED, metric=lambda l: l[:, TARGET] - l[:, FOIL])
-    negated = llama_model.activation_patching(CLEAN, CORRUPTED, metric=custom(lambda l: l[:, FOIL] - l[:, TARGET]))
+    by_function = llama_model.activation_patching(CLEAN, CORRUPTED, metric=lambda x: x[:, TARGET] - x[:, FOIL])
+    negated = llama_model.activation_patching(CLEAN, CORRUPTED, metric=custom(lambda x: x[:, FOIL] - x[:, TARGET]))
     assert by_function == pytest.approx(by_name, abs=1e-4) and negated == pytest.approx(by_name, abs=1e-4)
 
 
@@ -112,7 +112,7 @@ def test_tokens_as_text(text_model):
     (dict(metric="logprob", target="ef"), r"target: 'ef' is 2 tokens"),
     (dict(metric="logit_diff", target="e", foil="e"), "target and foil are the same token"),
     (dict(metric="logprob", target=10_000), "token id 10000 is out of range"),
-    (dict(metric=lambda l: l), "must map logits of shape"),
+    (dict(metric=lambda x: x), "must map logits of shape"),
     (dict(metric="kl"), "metric: expected one of 'l2', 'cosine', 'mse', 'logit_diff'"),
 ])
 def test_bad_metric_arguments(text_model, kwargs, match):
