@@ -55,7 +55,10 @@ def test_retrace_count_is_an_integer_and_targets_are_stated(smoke_run):
     retrace = next(r for r in smoke_run["rows"] if r["case"] == "zero_retrace")
     assert retrace["unit"] == "retraces" and retrace["value"] == int(retrace["value"])
     judged = {r["case"] for r in smoke_run["rows"] if r["target"]}
-    assert {"eager_overhead", "compiled_overhead", "steering_sweep", "zero_retrace", "trace_overhead"} <= judged
+    assert {"eager_overhead", "steering_sweep", "zero_retrace", "trace_overhead"} <= judged
+    # compiled_overhead is judged for forwards of 5 ms and more; the tiny model's row says when it is not
+    overhead = next(r for r in smoke_run["rows"] if r["case"] == "compiled_overhead")
+    assert overhead["target"] or "not judged: the floor's forward is under" in overhead["note"]
 
 
 def test_analysis_suite_quick_mode_gives_finite_ratios(tmp_path):
