@@ -20,6 +20,7 @@ import mlx.core as mx
 import numpy as np
 from tqdm.auto import tqdm
 
+from .core import WrappedModel
 from .activation_cache import ActivationCache
 from .analysis.programs import run_program
 from .analysis.validate import resolve_layers
@@ -35,7 +36,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 # ---------------------------------------------------------------------------------------------------
 # public API
 # ---------------------------------------------------------------------------------------------------
-def get_activations(model: Any, prompts: Any, layers: Optional[Sequence[int]] = None,
+def get_activations(model: WrappedModel, prompts: Any, layers: Optional[Sequence[int]] = None,
                     positions: Positions = -1) -> Dict[str, mx.array]:
     """Layer outputs at chosen token positions, from one traced forward.
 
@@ -68,7 +69,7 @@ def get_activations(model: Any, prompts: Any, layers: Optional[Sequence[int]] = 
     return out
 
 
-def batch_get_activations(model: Any, prompts: Any, layers: Optional[Sequence[int]] = None,
+def batch_get_activations(model: WrappedModel, prompts: Any, layers: Optional[Sequence[int]] = None,
                           positions: Positions = -1, batch_size: int = 8,
                           progress: bool = True, *, out: Optional[PathLike] = None, dtype: Any = None,
                           shard_size: Optional[int] = None, resume: bool = True,
@@ -158,7 +159,7 @@ def _check_batch_size(value: Any, name: str = "batch_size") -> int:
     return int(value)
 
 
-def gather_rows(model: Any, rows: List[List[int]], index: np.ndarray, layer_ids: List[int], single: bool,
+def gather_rows(model: WrappedModel, rows: List[List[int]], index: np.ndarray, layer_ids: List[int], single: bool,
                 batch_size: int, bar: Any = None) -> Dict[str, mx.array]:
     """The core of :func:`batch_get_activations` on checked token rows: ``{"layer_{i}": array}`` with
     ``len(rows)`` rows in their order, ``index[row]`` the positions gathered from each (``bar`` is updated by
@@ -197,7 +198,7 @@ def gather_rows(model: Any, rows: List[List[int]], index: np.ndarray, layer_ids:
     return out
 
 
-def padded_batches(model: Any, rows: List[List[int]], batch_size: int, index: Optional[np.ndarray] = None
+def padded_batches(model: WrappedModel, rows: List[List[int]], batch_size: int, index: Optional[np.ndarray] = None
                    ) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Prompts sorted by length in chunks of ``batch_size``: ``(row ids, right-padded int32 tokens,
     their rows of index)`` per chunk. Widths are bucketed (:func:`bucket_length`) and batch heights rounded
@@ -221,7 +222,7 @@ def padded_batches(model: Any, rows: List[List[int]], batch_size: int, index: Op
         yield ids, tokens, chunk_index
 
 
-def collect_activations(model: Any, inputs: Any, layers: Optional[Sequence[Union[str, int]]] = None, *,
+def collect_activations(model: WrappedModel, inputs: Any, layers: Optional[Sequence[Union[str, int]]] = None, *,
                         out: Optional[PathLike] = None, batch_size: int = 8, dtype: Any = None,
                         shard_size: Optional[int] = None, resume: bool = True, progress: bool = True,
                         metadata: Optional[dict] = None) -> Union[ActivationCache, Any]:
@@ -308,7 +309,7 @@ def _module_paths(index: Any, layers: Any) -> List[str]:
     return paths
 
 
-def cache_resolver(model: Any) -> Callable[[str], str]:
+def cache_resolver(model: WrappedModel) -> Callable[[str], str]:
     """The name resolver ``collect_activations`` gives its cache: any accepted module name -> the stored
     short key. Pass it to ``ActivationCache.load(path, resolve=cache_resolver(model))``."""
     index = model._index
@@ -334,7 +335,7 @@ def bucket_length(n: int, limit: Optional[int] = None) -> int:
 # ---------------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------------
-def _check_model(model: Any) -> None:
+def _check_model(model: WrappedModel) -> None:
     from .model import InterpretableModel
 
     if not isinstance(model, InterpretableModel):
@@ -342,7 +343,7 @@ def _check_model(model: Any) -> None:
                         "wrap it first: InterpretableModel(module, tokenizer=...)")
 
 
-def _check_layers(model: Any, layers: Any) -> List[int]:
+def _check_layers(model: WrappedModel, layers: Any) -> List[int]:
     return resolve_layers(layers, len(model._index), sort=False)
 
 
@@ -384,7 +385,7 @@ def _position_index(lengths: Sequence[int], positions: List[int], offset: int = 
     return index.astype(np.int32)
 
 
-def _gather(model: Any, tokens: mx.array, index: np.ndarray, layer_ids: List[int]) -> Dict[int, mx.array]:
+def _gather(model: WrappedModel, tokens: mx.array, index: np.ndarray, layer_ids: List[int]) -> Dict[int, mx.array]:
     """One forward that keeps only ``layers[i].output[row, index[row]]``: ``{i: (B, P, hidden)}``. The
     trace is a program cached on the model per (layers, token shape, positions): later chunks of the same
     shape replay it compiled with their tokens and index (see :mod:`.analysis.programs`)."""
@@ -394,7 +395,7 @@ def _gather(model: Any, tokens: mx.array, index: np.ndarray, layer_ids: List[int
     return {i: out[f"layer_{i}"] for i in layer_ids}
 
 
-def _record_gather(model: Any, layer_ids: List[int], index: Any) -> None:
+def _record_gather(model: WrappedModel, layer_ids: List[int], index: Any) -> None:
     """Inside a trace: save ``take_along_axis(layers[i].output, index, axis=1)`` as ``layer_i``."""
     for n, i in enumerate(layer_ids):
         out = model.layers[i].output
@@ -404,7 +405,7 @@ def _record_gather(model: Any, layer_ids: List[int], index: Any) -> None:
         apply(mx.take_along_axis, out, index, axis=1).save(f"layer_{i}")
 
 
-def _token_rows(model: Any, prompts: Any, offset: int = 0) -> List[List[int]]:
+def _token_rows(model: WrappedModel, prompts: Any, offset: int = 0) -> List[List[int]]:
     """Unpadded token ids of each prompt (text is encoded once, ids are range-checked); errors number the
     prompts from ``offset``."""
     if isinstance(prompts, (list, tuple)) and prompts and all(isinstance(p, (str, list, tuple)) for p in prompts):
@@ -424,7 +425,7 @@ def _token_rows(model: Any, prompts: Any, offset: int = 0) -> List[List[int]]:
     return rows
 
 
-def _prompt_ids(model: Any, prompt: Any, k: int) -> List[int]:
+def _prompt_ids(model: WrappedModel, prompt: Any, k: int) -> List[int]:
     """Token ids of prompt number ``k`` (text or a list of ids); ValueError when it has none."""
     if not isinstance(prompt, str):
         if len(prompt) == 0:

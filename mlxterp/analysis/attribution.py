@@ -26,6 +26,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlxterp.compiler import StateCompiled
+from ..core import WrappedModel
 from ..tracing.program import Program, param
 from ..tracing.proxy import apply
 from .components import ComponentSite
@@ -34,7 +35,7 @@ from .programs import cached_program, keep_program
 from .sweep import last_position
 
 
-def _record(model: Any, sites: Dict[int, ComponentSite], norm_path: Optional[str], deltas: Dict[str, Any]) -> None:
+def _record(model: WrappedModel, sites: Dict[int, ComponentSite], norm_path: Optional[str], deltas: Dict[str, Any]) -> None:
     """Inside a trace: save each component's output before its delta (``act_k``), add the delta
     (``delta_k``), and save the last position's logits (``logits``), the final norm cut to it."""
     for k, site in enumerate(sites.values()):
@@ -68,7 +69,7 @@ def _grid(program: Program, tokens: mx.array, metric: Any) -> Tuple[mx.array, mx
     return mx.stack(rows), d0
 
 
-def _compiled_grid(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], metric: Any,
+def _compiled_grid(model: WrappedModel, tokens: mx.array, sites: Dict[int, ComponentSite], metric: Any,
                    norm_path: Optional[str]) -> StateCompiled:
     """The cached compiled grid function for this key (its program recorded on the corrupted row once)."""
     key = (tuple((s.layer, s.path) for s in sites.values()), int(tokens.shape[1]), metric, norm_path)
@@ -84,7 +85,7 @@ def _compiled_grid(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite]
     return compiled
 
 
-def attribution_grid(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], positions: List[int],
+def attribution_grid(model: WrappedModel, tokens: mx.array, sites: Dict[int, ComponentSite], positions: List[int],
                      metric: Any, norm_path: Optional[str]) -> Tuple[np.ndarray, float]:
     """Linear recovery estimate, ``(layers, positions)`` in percent, and ``d(corrupted, clean)``.
 

@@ -11,12 +11,13 @@ from typing import Any, Callable, Dict, Hashable
 
 import mlx.core as mx
 
+from ..core import WrappedModel
 from ..tracing.program import param
 
 MAX_PROGRAMS = 32  # programs kept per model and kind (least recently used dropped)
 
 
-def run_program(model: Any, kind: str, key: Hashable, tokens: mx.array, values: Dict[str, mx.array],
+def run_program(model: WrappedModel, kind: str, key: Hashable, tokens: mx.array, values: Dict[str, mx.array],
                 record: Callable[[Dict[str, Any]], None]) -> Dict[str, mx.array]:
     """The saves of the analysis program ``kind``/``key`` run on ``tokens`` with param ``values``.
 
@@ -37,7 +38,7 @@ def run_program(model: Any, kind: str, key: Hashable, tokens: mx.array, values: 
     return dict(tr.saved_values)
 
 
-def cached_program(model: Any, kind: str, key: Hashable) -> Any:
+def cached_program(model: WrappedModel, kind: str, key: Hashable) -> Any:
     """The model's program of ``kind`` for ``key`` (a :class:`~mlxterp.Program`, or a compiled function
     built on one), if cached (marked most recently used); else ``None``."""
     programs = model._program_cache(kind)
@@ -47,7 +48,7 @@ def cached_program(model: Any, kind: str, key: Hashable) -> Any:
     return program
 
 
-def keep_program(model: Any, kind: str, key: Hashable, program: Any) -> Any:
+def keep_program(model: WrappedModel, kind: str, key: Hashable, program: Any) -> Any:
     """Cache ``program`` on the model under ``kind``/``key`` (dropping the least recently used)."""
     programs = model._program_cache(kind)
     programs[key] = program

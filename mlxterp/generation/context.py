@@ -11,6 +11,7 @@ import mlx.core as mx
 from mlxterp.compiler import Graph, Op
 from mlxterp.compiler.locks import model_lock
 
+from ..core import WrappedModel
 from ..tracing import context
 from ..tracing.results import rebind_in_frame
 from ..tracing.trace import Trace
@@ -28,7 +29,7 @@ class _Recorder(Trace):
     (read instead at steps where the write does not apply) and the ``gen.steps[...]`` scope of each
     write and save."""
 
-    def __init__(self, owner: Any, batch: Any, interventions: Any, compile: Any, positions: int):
+    def __init__(self, owner: WrappedModel, batch: Any, interventions: Any, compile: Any, positions: int):
         super().__init__(owner, batch, interventions, compile, "saved")
         self.bases: dict[int, int] = {}
         self.scopes: dict[int, tuple[StepRange, ...]] = {}
@@ -115,7 +116,7 @@ class Generation:
     ``num_steps`` (forward passes kept), ``mode`` (``"compiled"`` or ``"eager"``).
     """
 
-    def __init__(self, owner: Any, prompt: Any, max_new_tokens: int, *, temperature: float = 0.0,
+    def __init__(self, owner: WrappedModel, prompt: Any, max_new_tokens: int, *, temperature: float = 0.0,
                  top_p: float = 1.0, top_k: int = 0, seed: Optional[int] = None, stop: Any = None,
                  ignore_eos: bool = False, stream: Optional[Callable[[TokenEvent], Any]] = None,
                  chat: bool = False, interventions: Any = None, compile: Any = "auto"):
@@ -332,7 +333,7 @@ class Generation:
         return f"Generation({self.prompts.size} prompt(s), max_new_tokens={self.max_new_tokens}, {state})"
 
 
-def _require_cache_argument(model: Any) -> None:
+def _require_cache_argument(model: WrappedModel) -> None:
     try:
         params = inspect.signature(model.__call__).parameters
     except (TypeError, ValueError):

@@ -14,6 +14,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from ..core import WrappedModel
 from ..inputs import TokenBatch, check_range, token_rows
 
 
@@ -26,7 +27,7 @@ class PromptBatch:
     single: bool
 
     @staticmethod
-    def of(owner: Any, prompt: Any, chat: bool) -> "PromptBatch":
+    def of(owner: WrappedModel, prompt: Any, chat: bool) -> "PromptBatch":
         """Normalise ``prompt`` (a str, a list of str, token ids, or an integer array) for ``owner``."""
         single = isinstance(prompt, str) or _is_id_list(prompt) or (isinstance(prompt, mx.array) and prompt.ndim == 1)
         if chat:

@@ -6,12 +6,13 @@ from typing import Any, Sequence, Union
 
 import mlx.core as mx
 
+from ..core import WrappedModel
 from ..analysis.validate import resolve_layers
 
 POSITION_CHOICES = ("last", "all")
 
 
-def steering_vector(model: Any, toward: Union[str, Sequence[str]], away: Union[str, Sequence[str]], layer: int,
+def steering_vector(model: WrappedModel, toward: Union[str, Sequence[str]], away: Union[str, Sequence[str]], layer: int,
                     positions: str = "last") -> mx.array:
     """The mean residual (layer ``layer``'s output) over ``toward`` minus that over ``away``.
 
@@ -35,7 +36,7 @@ def steering_vector(model: Any, toward: Union[str, Sequence[str]], away: Union[s
     return (plus - minus).astype(dtype)
 
 
-def _mean_residual(model: Any, prompts: Any, layer: int, positions: str, arg: str) -> tuple[mx.array, Any]:
+def _mean_residual(model: WrappedModel, prompts: Any, layer: int, positions: str, arg: str) -> tuple[mx.array, Any]:
     items = [prompts] if isinstance(prompts, str) else list(prompts)
     if not items or not all(isinstance(p, str) and p for p in items):
         raise ValueError(f"{arg}={prompts!r}: expected a non-empty prompt or a non-empty list of them")

@@ -7,6 +7,7 @@ from typing import Any, Iterator
 
 import mlx.nn as nn
 
+from ..core import WrappedModel
 from ..adapters import RESIDUAL_VALUES
 from ..adapters.attention import POINTS
 from . import context
@@ -29,7 +30,7 @@ class ModuleProxy:
 
     __slots__ = ("_owner", "_path", "_call")
 
-    def __init__(self, owner: Any, path: str, call_idx: int = 0):
+    def __init__(self, owner: WrappedModel, path: str, call_idx: int = 0):
         object.__setattr__(self, "_owner", owner)
         object.__setattr__(self, "_path", path)
         object.__setattr__(self, "_call", call_idx)
@@ -159,7 +160,7 @@ class LayerListProxy:
 
     __slots__ = ("_owner", "_proxies")
 
-    def __init__(self, owner: Any):
+    def __init__(self, owner: WrappedModel):
         self._owner = owner
         self._proxies: dict[int, ModuleProxy] = {}  # module proxies are immutable: one per index serves
 

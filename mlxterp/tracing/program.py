@@ -21,6 +21,7 @@ import numpy as np
 from mlxterp.compiler import Graph, Op, to_text
 from mlxterp.compiler.passes.lift import as_param
 
+from ..core import WrappedModel
 from . import context
 
 TOKENS = "tokens"
@@ -77,7 +78,7 @@ def param_default(name: str, default: Any) -> tuple[Any, bool]:
     return default, isinstance(default, (int, float))
 
 
-def build_program(owner: Any, graph: Graph, tokens: mx.array, lengths: tuple) -> "Program":
+def build_program(owner: WrappedModel, graph: Graph, tokens: mx.array, lengths: tuple) -> "Program":
     """Lower ``graph`` (saves only, no captures) for ``owner``'s model into a :class:`Program`."""
     saves_only = graph.with_captures(())
     lowered = owner._executor.program(saves_only, tokens, lambda: owner._probe(tokens))
@@ -99,7 +100,7 @@ class Program:
         tokens, lengths: the recorded (default) tokens and each row's real length.
     """
 
-    def __init__(self, owner: Any, lowered: Any, specs: tuple, tokens: mx.array, lengths: tuple):
+    def __init__(self, owner: WrappedModel, lowered: Any, specs: tuple, tokens: mx.array, lengths: tuple):
         self._owner = owner
         self._lowered = lowered
         self.params: Dict[str, ParamSpec] = {s.name: s for s in specs}

@@ -12,6 +12,7 @@ from mlxterp.compiler.ir import map_refs
 from mlxterp.compiler import structure as keys
 from mlxterp.compiler.semantics import evaluate, format_index
 
+from ..core import WrappedModel
 from . import context, guards
 from .program import Program, build_program, check_param_name, param_default
 from .proxy import _UNSET, Proxy, apply
@@ -59,7 +60,7 @@ class Trace:
     ``graph`` (the recorded IR), ``optimized_graph`` (after passes), ``mode`` ("eager"/"compiled").
     """
 
-    def __init__(self, owner: Any, batch: Any, interventions: dict | None, compile: Any, capture: Any):
+    def __init__(self, owner: WrappedModel, batch: Any, interventions: dict | None, compile: Any, capture: Any):
         if compile not in COMPILE_CHOICES:
             raise ValueError(f"compile={compile!r} is not valid; choose True, False, 'auto', 'eager' or 'compiled'")
         self._owner = owner
