@@ -10,15 +10,18 @@ bits inferred from its own shapes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import mmap
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple
 
 import mlx.core as mx
 import mlx.nn as nn
 
+from . import forms
 from .gguf_tokenizer import build_gguf_tokenizer
 
 if TYPE_CHECKING:  # importing mlx_lm pulls in transformers (~1 s): defer to load time
@@ -82,8 +85,27 @@ def _skip_value(buf: mmap.mmap, pos: int, vtype: int) -> int:
     raise ValueError(f"corrupt GGUF metadata: unknown value type {vtype} at byte {pos}")
 
 
-def read_gguf_header(path: str | Path) -> tuple[str | None, dict[str, str]]:
-    """Read a GGUF file's architecture and the GGML type of every tensor.
+# Bytes per block and values per block of the tensor types mx.load reads.
+_BLOCKS = {"F32": (4, 1), "F16": (2, 1), "Q4_0": (18, 32), "Q4_1": (20, 32), "Q8_0": (34, 32)}
+_UINT32 = 4
+_ALIGNMENT_KEY = "general.alignment"
+
+
+@dataclasses.dataclass(frozen=True)
+class GGUFHeader:
+    """A GGUF file's header: ``architecture`` (None if absent) and, per tensor, its GGML type name,
+    shape (outermost dimension first, as numpy and MLX order it) and the byte offset of its data in the
+    file; ``size`` is the file's size in bytes."""
+
+    architecture: Optional[str]
+    types: Dict[str, str]
+    shapes: Dict[str, Tuple[int, ...]]
+    offsets: Dict[str, int]
+    size: int
+
+
+def read_gguf_header(path: str | Path) -> GGUFHeader:
+    """Read a GGUF file's header: architecture, and the type, shape and data offset of every tensor.
 
     Only the header is parsed (no tensor data), so this is cheap even for
     multi-gigabyte files.
@@ -92,38 +114,74 @@ def read_gguf_header(path: str | Path) -> tuple[str | None, dict[str, str]]:
         path: Path to a ``.gguf`` file.
 
     Returns:
-        ``(architecture, {tensor name: GGML type name})``; the architecture is
-        ``None`` when ``general.architecture`` is absent.
+        The :class:`GGUFHeader`.
 
     Raises:
-        ValueError: If the file is not a GGUF v2/v3 file.
+        ValueError: If the file is not a GGUF v2/v3 file, or its header is truncated or corrupt.
     """
+    size = Path(path).stat().st_size
+    if size < 24:  # magic, version, tensor count, key-value count
+        raise ValueError(f"GGUF file {path} is truncated: {size} bytes, and a GGUF header alone needs 24 or more.")
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         if buf[:4] != b"GGUF":
             raise ValueError(f"{path} is not a GGUF file (expected magic b'GGUF', got {buf[:4]!r}).")
         version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
         if version < 2:
             raise ValueError(f"{path} is GGUF version {version}; expected version 2 or 3.")
-        pos, arch = 24, None
-        for _ in range(n_kv):
-            (klen,) = struct.unpack_from("<Q", buf, pos)
-            key = buf[pos + 8 : pos + 8 + klen].decode("utf-8")
-            (vtype,) = struct.unpack_from("<I", buf, pos + 8 + klen)
-            pos += 12 + klen
-            if key == "general.architecture" and vtype == _STRING:
-                (vlen,) = struct.unpack_from("<Q", buf, pos)
-                arch = buf[pos + 8 : pos + 8 + vlen].decode("utf-8")
-            pos = _skip_value(buf, pos, vtype)
-        types = {}
-        for _ in range(n_tensors):
-            (nlen,) = struct.unpack_from("<Q", buf, pos)
-            name = buf[pos + 8 : pos + 8 + nlen].decode("utf-8")
-            (n_dims,) = struct.unpack_from("<I", buf, pos + 8 + nlen)
-            pos += 12 + nlen + 8 * n_dims
-            (ttype,) = struct.unpack_from("<I", buf, pos)
-            pos += 12  # type (u32) + data offset (u64)
-            types[name] = _GGML_TYPE_NAMES.get(ttype, f"unknown type id {ttype}")
-    return arch, types
+        try:
+            return _parse_header(buf, n_tensors, n_kv, size)
+        except (struct.error, UnicodeDecodeError) as exc:
+            raise ValueError(f"GGUF file {path} is truncated or corrupt: its header ({n_kv} metadata entries, "
+                             f"{n_tensors} tensors) does not fit in its {size} bytes ({exc}).") from exc
+
+
+def _parse_header(buf: mmap.mmap, n_tensors: int, n_kv: int, size: int) -> GGUFHeader:
+    """The metadata and tensor infos after the fixed 24-byte start (struct.error where the bytes end)."""
+    pos, arch, alignment = 24, None, 32
+    for _ in range(n_kv):
+        key, pos = _string(buf, pos)
+        (vtype,) = struct.unpack_from("<I", buf, pos)
+        pos += 4
+        if key == "general.architecture" and vtype == _STRING:
+            arch, _ = _string(buf, pos)
+        elif key == _ALIGNMENT_KEY and vtype == _UINT32:
+            (alignment,) = struct.unpack_from("<I", buf, pos)
+        pos = _skip_value(buf, pos, vtype)
+    types, shapes, offsets = {}, {}, {}
+    for _ in range(n_tensors):
+        name, pos = _string(buf, pos)
+        (n_dims,) = struct.unpack_from("<I", buf, pos)
+        dims = struct.unpack_from(f"<{n_dims}Q", buf, pos + 4)
+        pos += 4 + 8 * n_dims
+        ttype, offset = struct.unpack_from("<IQ", buf, pos)
+        pos += 12
+        types[name] = _GGML_TYPE_NAMES.get(ttype, f"unknown type id {ttype}")
+        shapes[name] = tuple(int(d) for d in reversed(dims))  # GGUF stores the innermost dimension first
+        offsets[name] = offset
+    start = -(-pos // alignment) * alignment  # the tensor data section begins at the next aligned byte
+    return GGUFHeader(arch, types, shapes, {k: start + v for k, v in offsets.items()}, size)
+
+
+def _string(buf: mmap.mmap, pos: int) -> Tuple[str, int]:
+    """A GGUF string (u64 length, UTF-8 bytes) at ``pos`` and the offset past it."""
+    (length,) = struct.unpack_from("<Q", buf, pos)
+    if pos + 8 + length > len(buf):
+        raise struct.error(f"a {length}-byte string at byte {pos} runs past the end")
+    return buf[pos + 8 : pos + 8 + length].decode("utf-8"), pos + 8 + length
+
+
+def _check_data(path: Path, header: GGUFHeader) -> None:
+    """Refuse a file whose tensor data is cut short (mx.load would fail or read past the end)."""
+    for name, kind in header.types.items():
+        block_bytes, block_values = _BLOCKS[kind]
+        count = math.prod(header.shapes[name])
+        end = header.offsets[name] + count // block_values * block_bytes
+        if end > header.size:
+            raise ValueError(
+                f"GGUF file {path} is truncated: tensor {name!r} ({kind}, shape {list(header.shapes[name])}) "
+                f"needs bytes {header.offsets[name]}-{end}, but the file has {header.size} bytes. "
+                "Download or convert it again."
+            )
 
 
 def _check_supported(path: Path, arch: str | None, types: Mapping[str, str]) -> None:
@@ -264,22 +322,16 @@ def _quantized_bits(weights: Mapping[str, mx.array]) -> dict[str, int]:
     return bits
 
 
-def _dequantize_weights(weights: dict[str, mx.array], bits: Mapping[str, int]) -> None:
-    """Replace every quantized triple in ``weights`` by its float weight, in place."""
-    for module, b in bits.items():
-        scales = weights.pop(f"{module}.scales")
-        # MLX's CPU kernels are several times faster in float32 than float16;
-        # the result is rounded once to the scales' dtype (float16 in GGUF).
-        weights[f"{module}.weight"] = mx.dequantize(
-            weights[f"{module}.weight"],
-            scales.astype(mx.float32),
-            weights.pop(f"{module}.biases").astype(mx.float32),
-            group_size=GROUP_SIZE,
-            bits=b,
-        ).astype(scales.dtype)
-        # Evaluate one tensor at a time so the float32 temporaries and the
-        # packed originals are freed before the next one is expanded.
-        mx.eval(weights[f"{module}.weight"])
+def _float32_scales(weights: dict[str, mx.array], bits: Mapping[str, int]) -> None:
+    """Hold every quantized layer's scales and biases in float32, in place.
+
+    mx.load gives them in float16 (GGUF stores float16 scales), and MLX computes a quantized layer in
+    its scales' dtype: ``nn.QuantizedEmbedding`` would round each embedding to float16 (logits of SmolLM2
+    off by up to 0.02). The cast is exact; the packed weights stay as they are.
+    """
+    for module in bits:
+        for part in ("scales", "biases"):
+            weights[f"{module}.{part}"] = weights[f"{module}.{part}"].astype(mx.float32)
 
 
 def load_gguf(path: str | Path, *, dequantize: bool = False) -> tuple[nn.Module, Any]:
@@ -290,23 +342,27 @@ def load_gguf(path: str | Path, *, dequantize: bool = False) -> tuple[nn.Module,
             :data:`SUPPORTED_ARCHITECTURES` and whose tensors are all of
             :data:`SUPPORTED_TENSOR_TYPES`.
         dequantize: If ``True`` return a plain float model (``nn.Linear``
-            layers, float16 weights for quantized tensors) instead of keeping
-            the file's quantization.
+            layers, every weight in float32, quantized tensors dequantized
+            exactly) instead of keeping the file's quantization.
 
     Returns:
         ``(model, tokenizer)``: an ``mlx_lm.models.llama.Model`` in eval mode
         with its parameters evaluated, and an mlx-lm ``TokenizerWrapper``.
+        Quantized layers keep their packed weights and hold their scales and
+        biases in float32, so they compute in float32 (see :func:`_float32_scales`).
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
         ValueError: For unsupported architectures, tensor types, hyper-parameters
-            or tokenizers, or tensors the llama model has no place for.
+            or tokenizers, tensors the llama model has no place for, or a
+            truncated or corrupt file.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file {str(path)!r} does not exist (expected a path to a .gguf file).")
-    arch, types = read_gguf_header(path)
-    _check_supported(path, arch, types)
+    header = read_gguf_header(path)
+    _check_supported(path, header.architecture, header.types)
+    _check_data(path, header)
 
     tensors, metadata = mx.load(str(path), return_metadata=True)
     rope_factors = tensors.pop(_ROPE_FREQS, None)
@@ -334,9 +390,8 @@ def load_gguf(path: str | Path, *, dequantize: bool = False) -> tuple[nn.Module,
             layer.self_attn.rope = GGUFFrequencyRoPE(args.head_dim, args.rope_theta, rope_factors)
 
     bits = _quantized_bits(weights)
-    if dequantize:
-        _dequantize_weights(weights, bits)
-    elif bits:
+    _float32_scales(weights, bits)
+    if bits:
         # The freshly built layers hold lazy random weights; quantizing them is
         # free because load_weights replaces them before anything is evaluated.
         nn.quantize(
@@ -346,7 +401,10 @@ def load_gguf(path: str | Path, *, dequantize: bool = False) -> tuple[nn.Module,
             ),
         )
     model.load_weights(list(weights.items()), strict=True)
+    del weights
     mx.eval(model.parameters())
+    if dequantize:
+        forms.dequantize(model, mx.float32)
     model.eval()
     logger.info(
         "loaded %s: %d layers, %d quantized tensors%s",

