@@ -35,16 +35,32 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, GenerationMixin):
             Families with an adapter (``mlxterp.adapters.registered()``, keyed by ``model_type``) find theirs
             and give canonical names (``layers.N.attn``, ``layers.N.mlp``, ``resid_mid``, ...); other
             models have their parts guessed from their names.
+        dtype: with a model name: ``"float32"`` (or ``"float16"``, ``"bfloat16"``) dequantizes a quantized
+            checkpoint at load (exactly, for float32) and casts every float weight to it.
+        quantized: with a model name: ``True`` keeps a quantized checkpoint's weights quantized (4-bit GGUF
+            linears compute in float32 with float32 scales), ``False`` dequantizes them to float32. With
+            neither, the fastest form that fits: float32 on a CPU when the float32 weights take under a
+            quarter of the memory and a float32 matmul is faster there than a quantized one, quantized
+            otherwise and on GPUs. ``weight_form`` and ``repr(model)`` say which was chosen and why.
     """
 
-    def __init__(self, model: Union[nn.Module, str], tokenizer: Optional[Any] = None, layer_attr: str = "layers"):
-        if isinstance(model, str):
-            from .loading import load_model
+    def __init__(self, model: Union[nn.Module, str], tokenizer: Optional[Any] = None, layer_attr: str = "layers",
+                 *, dtype: Optional[Any] = None, quantized: Optional[bool] = None):
+        from .loading import forms
 
-            model, loaded_tokenizer = load_model(model)
+        if isinstance(model, str):
+            from .loading.registry import load
+
+            model, loaded_tokenizer, self.weight_form = load(model, dtype=dtype, quantized=quantized)
             tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
         elif not isinstance(model, nn.Module):
             raise TypeError(f"model must be an mlx.nn.Module or a model name/path string, got {type(model).__name__}")
+        elif dtype is not None or quantized is not None:
+            raise ValueError(f"dtype={dtype!r} / quantized={quantized!r} choose how a model loaded by name is held; "
+                             "a module passed in is used as it is. Pass the model's name or path, or convert the "
+                             "module first with mlxterp.loading.apply_form(module, dtype='float32').")
+        else:
+            self.weight_form = forms.WeightForm(forms.describe(model), "as passed")
         self.model = model
         self.tokenizer = tokenizer
         self.layer_attr = layer_attr
@@ -197,4 +213,5 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, GenerationMixin):
 
     def __repr__(self) -> str:
         return (f"InterpretableModel({type(self.model).__name__}, {len(self.layers)} layers, "
-                f"tokenizer={'yes' if self.tokenizer is not None else 'none'})")
+                f"tokenizer={'yes' if self.tokenizer is not None else 'none'}, "
+                f"weights={self.weight_form.summary!r} ({self.weight_form.choice}))")
