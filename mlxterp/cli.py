@@ -92,13 +92,98 @@ def check_layers(layers: Optional[Sequence[int]], n_layers: int) -> Optional[Lis
 
 
 def check_output_path(path: Optional[str], option: str) -> Optional[Path]:
-    """The path of a file to write; UsageError when its folder does not exist."""
+    """The path of a file to write, checked before any work: UsageError when it names a directory, its folder
+    does not exist, or it cannot be written (the check creates and removes the file if it is new)."""
     if path is None:
         return None
     target = Path(path).expanduser()
+    if target.is_dir():
+        raise UsageError(f"argument {option}: {path!r} is a directory; expected a file name, e.g. "
+                         f"{str(target / ('out' + (target.suffix or '.png')))!r}")
     if not target.parent.is_dir():
         raise UsageError(f"argument {option}: folder {str(target.parent)!r} of {path!r} does not exist")
+    check_writable(target, option)
     return target
+
+
+def check_writable(target: Path, option: str) -> None:
+    """UsageError unless ``target`` (a file, existing or not) can be written; a new one is removed again."""
+    try:
+        if target.exists():
+            with open(target, "ab"):  # appending nothing leaves the file as it is
+                pass
+        else:
+            with open(target, "xb"):
+                pass
+            target.unlink()
+    except OSError as exc:
+        raise UsageError(f"argument {option}: cannot write {str(target)!r}: {exc.strerror or exc}") from exc
+
+
+def check_store_dir(path: str, option: str) -> Path:
+    """The folder of an activation store, existing or new; UsageError when it is a file or cannot be written
+    (a new folder is created and removed again by the check)."""
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"argument {option}: {path!r} is a file; expected a folder for an activation store, or a "
+                         "file name ending in .safetensors")
+    if folder.is_dir():
+        check_writable(folder / ".mlxterp-write-check", option)
+        return folder
+    if not folder.parent.is_dir():
+        raise UsageError(f"argument {option}: folder {str(folder.parent)!r} of {path!r} does not exist")
+    try:
+        folder.mkdir()
+        folder.rmdir()
+    except OSError as exc:
+        raise UsageError(f"argument {option}: cannot create {str(folder)!r}: {exc.strerror or exc}") from exc
+    return folder
+
+
+def check_output_dir(path: str, option: str) -> Path:
+    """A folder to write files into, created if missing; UsageError when that fails or it is not writable."""
+    folder = Path(path).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"argument {option}: cannot create {str(folder)!r}: {exc.strerror or exc}") from exc
+    check_writable(folder / ".mlxterp-write-check", option)
+    return folder
+
+
+def read_prompts(path: str, option: str = "--prompts") -> Sequence[Any]:
+    """The prompts of a ``.jsonl`` or text file (a :class:`mlxterp.store.PromptFile`), or the lines of a pipe
+    or device such as ``<(...)`` or ``/dev/null`` (read once, as text); UsageError when it is missing, a
+    directory, unreadable or has no prompts."""
+    from .store import PromptFile
+
+    source = Path(path).expanduser()
+    if not source.exists():
+        raise UsageError(f"argument {option}: file {path!r} does not exist")
+    if source.is_dir():
+        raise UsageError(f"argument {option}: {path!r} is a directory; expected a .jsonl or text file, one prompt "
+                         "per line")
+    try:
+        if source.is_file():
+            return PromptFile(source)
+        prompts = [line.strip() for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"argument {option}: cannot read {path!r}: {exc}") from exc
+    except ValueError as exc:
+        raise UsageError(f"argument {option}: {exc}") from exc
+    if not prompts:
+        raise UsageError(f"argument {option}: {path!r} has no prompts (expected one prompt per line)")
+    return prompts
+
+
+def check_prompts_differ(clean: Sequence[int], corrupted: Sequence[int], clean_option: str,
+                         corrupted_option: str) -> List[int]:
+    """Positions where two equally long token lists differ; UsageError when there are none."""
+    diff = [i for i, (a, b) in enumerate(zip(clean, corrupted)) if a != b]
+    if not diff:
+        raise UsageError(f"argument {corrupted_option}: it encodes to the same tokens as {clean_option}; "
+                         "patching needs prompts that differ")
+    return diff
 
 
 def check_model_name(name: str) -> None:
@@ -121,16 +206,29 @@ def check_model_name(name: str) -> None:
                          "see 'mlxterp models')")
 
 
-def load(name: str) -> Any:
-    """Load ``name`` as an InterpretableModel; loader errors become RunError (exit 1)."""
+WEIGHTS = {"auto": {}, "float32": {"dtype": "float32"}, "quantized": {"quantized": True}}
+
+
+def load(name: str, weights: str = "auto", prefix: str = "") -> Any:
+    """Load ``name`` as an InterpretableModel and print one line saying how its weights are held, e.g.
+    ``loading smollm2-135m ... done in 3.1s: 30 layers, weights float32, dequantized at load (auto: ...)``.
+    Loader errors become RunError (exit 1)."""
     from . import InterpretableModel
 
     check_model_name(name)
+    print(f"{prefix}loading {name} ... ", end="", flush=True)
+    t0 = time.perf_counter()
     try:
-        return InterpretableModel(name)
+        model = InterpretableModel(name, **WEIGHTS[weights])
     except (ValueError, OSError) as exc:
+        print(flush=True)  # end the line before the error
         notes = " ".join(getattr(exc, "__notes__", []))
         raise RunError(f"could not load model {name!r}: {exc}" + (f" ({notes})" if notes else "")) from exc
+    except BaseException:
+        print(flush=True)
+        raise
+    print(f"done in {seconds(t0)}: {len(model.layers)} layers, weights {model.weight_form}", flush=True)
+    return model
 
 
 def call(fn: Callable[..., Any], *args: Any, usage: bool = False, **kwargs: Any) -> Any:
@@ -168,11 +266,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def load_for(args: argparse.Namespace) -> tuple[Any, Optional[List[int]], Optional[Path]]:
-    """The common start of a subcommand: check --plot, load --model (timed), check --layers."""
+    """The common start of a subcommand: check --plot, load --model, check --layers."""
     plot = check_output_path(args.plot, "--plot")
-    t0 = time.perf_counter()
-    model = load(args.model)
-    print(f"loaded {args.model} ({len(model.layers)} layers) in {seconds(t0)}")
+    model = load(args.model, args.weights)
     return model, check_layers(args.layers, len(model.layers)), plot
 
 
@@ -233,6 +329,7 @@ def _precheck_patch(model: Any, clean: str, corrupted: str, component: str, laye
     from .analysis.validate import prompt_pair
 
     tokens = call(prompt_pair, model, clean, corrupted, usage=True)
+    check_prompts_differ(tokens[0].tolist(), tokens[1].tolist(), "--clean", "--corrupted")
     call(resolve_sites, model, component, layers if layers is not None else list(range(len(model.layers))),
          tokens, usage=True)
 
@@ -249,19 +346,10 @@ def print_recovery(recovery: dict, top: int = 5, indent: str = "") -> None:
 
 
 def cmd_activations(args: argparse.Namespace) -> int:
-    from .store import PromptFile
-
-    try:
-        prompts = PromptFile(args.prompts)
-    except FileNotFoundError as exc:
-        raise UsageError(f"argument --prompts: file {args.prompts!r} does not exist") from exc
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"argument --prompts: {exc}") from exc
+    prompts = read_prompts(args.prompts)
     to_file = args.out.endswith(".safetensors")
-    out = check_output_path(args.out, "--out")
-    t0 = time.perf_counter()
-    model = load(args.model)
-    print(f"loaded {args.model} ({len(model.layers)} layers) in {seconds(t0)}")
+    out = check_output_path(args.out, "--out") if to_file else check_store_dir(args.out, "--out")
+    model = load(args.model, args.weights)
     layers = check_layers(args.layers, len(model.layers))
     positions: Any = args.positions[0] if len(args.positions) == 1 else args.positions
     options = dict(layers=layers, positions=positions, batch_size=args.batch_size, progress=True, dtype=args.dtype)
@@ -270,7 +358,7 @@ def cmd_activations(args: argparse.Namespace) -> int:
         return _activations_to_file(model, list(prompts), out, options, args, t1)
     from .activations import batch_get_activations
 
-    meta = {"model": args.model, "prompts_file": str(prompts.path)}
+    meta = {"model": args.model, "prompts_file": str(args.prompts)}
     try:
         store = call(batch_get_activations, model, prompts, out=str(out), shard_size=args.shard_size,
                      resume=args.resume, metadata=meta, usage=True, **options)
@@ -315,10 +403,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------------
 # parser
 # ---------------------------------------------------------------------------------------------------
+def model_options() -> argparse.ArgumentParser:
+    """The options of every subcommand that loads a model (a parent parser): --model and --weights."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--model", "-m", default=DEFAULT_MODEL,
+                         help=f"registered name (see 'mlxterp models'), .gguf file, mlx-lm folder or Hugging Face "
+                              f"id (default {DEFAULT_MODEL})")
+    options.add_argument("--weights", choices=tuple(WEIGHTS), default="auto",
+                         help="how to hold a quantized model's weights: float32 (dequantized at load, exact), "
+                              "quantized (as stored) or auto (default: the fastest that fits; the first line of "
+                              "output says which)")
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show full tracebacks for errors")
+    loads = model_options()
     parser = _Parser(prog=PROG, formatter_class=_formatter, parents=[common],
                      description="mlxterp: mechanistic interpretability for MLX models.",
                      epilog="examples:\n  mlxterp demo\n  mlxterp models\n"
@@ -330,9 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    def add(name: str, func: Callable, help_: str, description: str, examples: str) -> argparse.ArgumentParser:
+    def add(name: str, func: Callable, help_: str, description: str, examples: str,
+            model: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=description, epilog="examples:\n" + examples,
-                           formatter_class=_formatter, parents=[common])
+                           formatter_class=_formatter, parents=[common, loads] if model else [common])
         p.set_defaults(func=func)
         return p
 
@@ -353,8 +456,6 @@ def build_parser() -> argparse.ArgumentParser:
             "  mlxterp logit-lens --model smollm2-135m 'The capital of France is' --layers 20-29 --top-k 3\n"
             "  mlxterp logit-lens --model path/to/mlx-model 'Once upon a time' --position 2 --plot lens.png")
     p.add_argument("text", metavar="TEXT", help="the prompt")
-    p.add_argument("--model", "-m", required=True, help="registered name (see 'mlxterp models'), .gguf file, "
-                                                        "mlx-lm folder or Hugging Face id")
     p.add_argument("--layers", type=_layers_arg, help=f"layers to show ({LAYER_SPEC_HELP}); default: all")
     p.add_argument("--top-k", type=_positive_int, default=1, help="predictions per layer (default 1)")
     p.add_argument("--position", type=int, default=-1, help="token position to show (default -1, the last)")
@@ -370,7 +471,6 @@ def build_parser() -> argparse.ArgumentParser:
             "  mlxterp patch --model smollm2-135m --clean 'The capital of France is' "
             "--corrupted 'The capital of Italy is' --component attn --metric logit_diff --target ' Paris' "
             "--foil ' Rome'")
-    p.add_argument("--model", "-m", required=True, help="registered name, .gguf file, mlx-lm folder or HF id")
     p.add_argument("--clean", required=True, metavar="TEXT", help="the clean prompt")
     p.add_argument("--corrupted", required=True, metavar="TEXT",
                    help="the corrupted prompt (same number of tokens as --clean)")
@@ -400,7 +500,6 @@ def build_parser() -> argparse.ArgumentParser:
             "  mlxterp activations --model smollm2-135m --prompts p.txt --layers 0-29 --positions 0,-1 "
             "--batch-size 16 --dtype bfloat16 --out acts/\n"
             "  mlxterp activations --model smollm2-135m --prompts p.txt --layers 10 --out acts.safetensors")
-    p.add_argument("--model", "-m", required=True, help="registered name, .gguf file, mlx-lm folder or HF id")
     p.add_argument("--prompts", required=True, metavar="FILE",
                    help=".jsonl file (one prompt per line as JSON) or text file (one prompt per line)")
     p.add_argument("--layers", type=_layers_arg, required=True, help=LAYER_SPEC_HELP)
@@ -427,7 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "by side (both rows run in one batch).", EXAMPLES))
 
     add("models", cmd_models, "list the registered model names",
-        "List the model names that --model accepts besides paths and Hugging Face ids.", "  mlxterp models")
+        "List the model names that --model accepts besides paths and Hugging Face ids.", "  mlxterp models",
+        model=False)
     return parser
 
 

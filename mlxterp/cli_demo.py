@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .cli import DEFAULT_MODEL, RunError, UsageError, call, load, print_recovery, seconds
+from .cli import RunError, call, check_output_dir, check_prompts_differ, load, print_recovery, seconds
 
 DEFAULT_PROMPT = "The capital of France is"
 DEFAULT_CORRUPTED = "The capital of Italy is"
@@ -16,8 +16,6 @@ LENS_TOP_K = 10  # enough to find the final prediction's rank in most layers
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", default=DEFAULT_MODEL,
-                   help=f"model to load (default {DEFAULT_MODEL}; see 'mlxterp models')")
     p.add_argument("--out-dir", default="mlxterp-demo", metavar="DIR",
                    help="folder for the PNG figures (created if missing; default ./mlxterp-demo)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"clean prompt (default {DEFAULT_PROMPT!r})")
@@ -55,28 +53,18 @@ def becomes_top(results: Dict[int, Any], target_id: int, position: int = -1) -> 
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    out_dir = Path(args.out_dir).expanduser()
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"argument --out-dir: cannot create {str(out_dir)!r}: {exc}") from exc
-    total = 3 if args.no_grid else 4
+    out_dir = check_output_dir(args.out_dir, "--out-dir")
+    total = 2 if args.no_grid else 3
     t_start = time.perf_counter()
     written: List[Path] = []
-    print(f"mlxterp demo: logit lens and activation patching on {args.model}")
-
-    # 1. load ------------------------------------------------------------------------------------
-    _step(1, total, f"loading {args.model} ...")
-    t0 = time.perf_counter()
-    model = load(args.model)
+    model = load(args.model, args.weights, prefix="mlxterp demo (logit lens and activation patching): ")
     n_layers = len(model.layers)
-    print(f"      loaded in {seconds(t0)}: {n_layers} layers, "
-          f"vocabulary {model.vocab_size}")
+    print(f"vocabulary {model.vocab_size}; figures go to {out_dir}")
 
-    # 2. logit lens -------------------------------------------------------------------------------
+    # 1. logit lens -------------------------------------------------------------------------------
     clean_ids = call(model.encode, args.prompt, usage=True)
     tokens = [model.token_to_str(t) for t in clean_ids]
-    _step(2, total, f"logit lens of {args.prompt!r} ({len(clean_ids)} tokens: {' '.join(map(repr, tokens))})")
+    _step(1, total, f"logit lens of {args.prompt!r} ({len(clean_ids)} tokens: {' '.join(map(repr, tokens))})")
     t0 = time.perf_counter()
     lens_png = out_dir / "logit_lens.png"
     results = call(model.logit_lens, args.prompt, top_k=LENS_TOP_K, save_path=str(lens_png))
@@ -95,20 +83,17 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"      {final_tok!r} becomes (and stays) the top prediction at layer {first} of {n_layers - 1}")
     print(f"      wrote {lens_png}  ({seconds(t0)})", flush=True)
 
-    # 3. activation patching per layer ------------------------------------------------------------
-    _step(3, total, f"activation patching of {args.component!r}: clean {args.prompt!r} -> corrupted "
+    # 2. activation patching per layer ------------------------------------------------------------
+    _step(2, total, f"activation patching of {args.component!r}: clean {args.prompt!r} -> corrupted "
                     f"{args.corrupted!r}, all {n_layers} layers, metric l2")
     t0 = time.perf_counter()
     corrupted_ids = call(model.encode, args.corrupted, usage=True)
     if len(corrupted_ids) != len(clean_ids):
         print(f"mlxterp: warning: the prompts have different token counts (clean {len(clean_ids)}, corrupted "
-              f"{len(corrupted_ids)}); patching needs equal lengths, so steps 3-4 are skipped. Choose a "
+              f"{len(corrupted_ids)}); patching needs equal lengths, so the patching steps are skipped. Choose a "
               "--corrupted prompt with as many tokens.", file=sys.stderr)
         return _finish(t_start, written)
-    diff = [i for i, (a, b) in enumerate(zip(clean_ids, corrupted_ids)) if a != b]
-    if not diff:
-        raise UsageError("argument --corrupted: it encodes to the same tokens as --prompt; patching needs prompts "
-                         "that differ")
+    diff = check_prompts_differ(clean_ids, corrupted_ids, "--prompt", "--corrupted")
     shown = ", ".join(f"{i}: {tokens[i]!r} vs {model.token_to_str(corrupted_ids[i])!r}" for i in diff)
     print(f"      same token count ({len(clean_ids)}); they differ at position {shown}")
     bars_png = out_dir / f"patching_{args.component.replace('.', '_')}.png"
@@ -118,15 +103,15 @@ def run_demo(args: argparse.Namespace) -> int:
     print_recovery(recovery, top=5, indent="      ")
     print(f"      wrote {bars_png}  ({seconds(t0)})", flush=True)
 
-    # 4. layers x positions grid ------------------------------------------------------------------
+    # 3. layers x positions grid ------------------------------------------------------------------
     if not args.no_grid:
         if not hasattr(model, "patching_grid"):
-            print("mlxterp: warning: this mlxterp has no patching_grid; skipping step 4", file=sys.stderr)
+            print("mlxterp: warning: this mlxterp has no patching_grid; skipping step 3", file=sys.stderr)
         else:
             positions = list(range(diff[0], len(clean_ids)))
             skipped = f"; positions 0-{diff[0] - 1} are identical in both prompts, so patching them changes nothing" \
                 if diff[0] > 0 else ""
-            _step(4, total, f"causal tracing grid: residual stream ('output') of every layer x positions "
+            _step(3, total, f"causal tracing grid: residual stream ('output') of every layer x positions "
                             f"{_ranges(positions)}{skipped}")
             t0 = time.perf_counter()
             grid_png = out_dir / "patching_grid.png"

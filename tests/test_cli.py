@@ -7,16 +7,22 @@ llama ``stories260K``; the SmolLM2 demo is in the ``realmodel`` tier.
 from __future__ import annotations
 
 import importlib.util
+import os
+import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import mlx.core as mx
 import pytest
 
-from mlxterp import cli
-from mlxterp.cli import main, parse_int_list
+from mlxterp import InterpretableModel, cli, cli_demo
+from mlxterp.analysis import sweep
+from mlxterp.analysis.sweep import ForwardTiming
+from mlxterp.cli import DEFAULT_MODEL, build_parser, main, parse_int_list
 from mlxterp.cli_demo import _ranges, becomes_top
-from tests.models import STORIES
+from tests.loading.test_gguf import QUANT, tiny_args, write_tiny_gguf
+from tests.models import STORIES, CharTokenizer, tiny_llama_module
 
 GIRL = "Once upon a time there was a little girl"
 BOY = "Once upon a time there was a little boy"
@@ -148,6 +154,173 @@ def test_argparse_errors_are_one_line(capsys, argv, fragment):
     code, _, err = run(capsys, *argv)
     assert code == 2
     assert_one_line_error(err, fragment)
+
+
+# ---------------------------------------------------------------------------------------------------
+# user errors found before any work: one line, exit 2 (1 for a file that will not load), no traceback
+# ---------------------------------------------------------------------------------------------------
+def assert_only_error(err: str, *fragments: str) -> None:
+    """stderr is exactly one line, ``mlxterp: error: ...``, holding every fragment."""
+    assert len(err.strip().splitlines()) == 1, err
+    assert_one_line_error(err, *fragments)
+
+
+@pytest.fixture()
+def no_load(monkeypatch):
+    """Fail the test if a subcommand loads a model: its error must come before the slow part."""
+    def load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the argument error was found")
+    monkeypatch.setattr(cli, "load", load)
+    monkeypatch.setattr(cli_demo, "load", load)
+
+
+@pytest.fixture()
+def tiny_model(monkeypatch):
+    """Subcommands load a tiny in-memory llama (character tokens) instead of --model."""
+    model = InterpretableModel(tiny_llama_module(seed=5), tokenizer=CharTokenizer())
+    monkeypatch.setattr(cli, "load", lambda name, weights="auto", prefix="": model)
+    monkeypatch.setattr(cli_demo, "load", lambda name, weights="auto", prefix="": model)
+    return model
+
+
+@pytest.fixture()
+def unwritable_dir(tmp_path):
+    """A folder where no file can be created: read-only for a normal user; root writes anywhere but /proc."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o500)
+        yield folder
+        folder.chmod(0o700)
+    elif Path("/proc/self").is_dir():
+        yield Path("/proc/self")
+    else:
+        pytest.skip("running as root without /proc: no folder is unwritable")
+
+
+@pytest.mark.parametrize("command", ["demo", "logit-lens", "patch", "activations"])
+def test_model_defaults_to_the_default_model(command):
+    required = {"logit-lens": ["text"], "patch": ["--clean", "a", "--corrupted", "b"],
+                "activations": ["--prompts", "p", "--layers", "0", "--out", "o"]}.get(command, [])
+    args = build_parser().parse_args([command, *required])
+    assert args.model == DEFAULT_MODEL and args.weights == "auto"
+
+
+def test_truncated_gguf_header(capsys, tmp_path):
+    path = tmp_path / "cut.gguf"
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 12, 25) + struct.pack("<Q", 200) + b"general.arch")
+    code, out, err = run(capsys, "logit-lens", "--model", str(path), "hello")
+    assert code == 1
+    assert_only_error(err, "cut.gguf", "truncated or corrupt")
+    assert out.startswith("loading ") and out.endswith("\n")  # the progress line is ended before the error
+
+
+def test_gguf_with_cut_tensor_data(capsys, tmp_path):
+    path = tmp_path / "cut.gguf"
+    write_tiny_gguf(path, tiny_args())
+    path.write_bytes(path.read_bytes()[:-5000])
+    code, _, err = run(capsys, "patch", "--model", str(path), "--clean", "a", "--corrupted", "b")
+    assert code == 1
+    assert_only_error(err, "cut.gguf is truncated: tensor", "needs bytes", "Download or convert it again")
+
+
+@pytest.mark.parametrize("command", [["logit-lens", "x", "--plot"], ["patch", "--clean", "a", "--corrupted", "b",
+                                                                      "--plot"]])
+def test_unwritable_plot_is_found_before_loading(capsys, no_load, unwritable_dir, command):
+    code, _, err = run(capsys, *command, str(unwritable_dir / "p.png"))
+    assert code == 2
+    assert_only_error(err, "--plot", "cannot write")
+
+
+def test_unwritable_out_is_found_before_loading(capsys, no_load, unwritable_dir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("hello\n")
+    code, _, err = run(capsys, "activations", "--prompts", str(prompts), "--layers", "0", "--out",
+                       str(unwritable_dir / "a.safetensors"))
+    assert code == 2
+    assert_only_error(err, "--out", "cannot write")
+
+
+@pytest.mark.parametrize("option", ["--out", "--plot"])
+def test_output_naming_a_directory(capsys, no_load, tmp_path, option):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("hello\n")
+    argv = (["activations", "--prompts", str(prompts), "--layers", "0", "--out", str(tmp_path)] if option == "--out"
+            else ["logit-lens", "x", "--plot", str(tmp_path)])
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert_only_error(err, option, "is a directory")
+
+
+def test_existing_outputs_are_left_as_they_were(capsys, tiny_model, tmp_path):
+    plot = tmp_path / "lens.png"
+    plot.write_bytes(b"old")
+    code, _, err = run(capsys, "logit-lens", "hello", "--position", "99", "--plot", str(plot))
+    assert code == 2 and plot.read_bytes() == b"old"  # checked writable, not truncated, before the error
+
+
+def test_unwritable_out_dir_of_demo(capsys, no_load, unwritable_dir):
+    code, _, err = run(capsys, "demo", "--out-dir", str(unwritable_dir / "figs"))
+    assert code == 2
+    assert_only_error(err, "--out-dir", "cannot create")
+
+
+@pytest.mark.skipif(not Path("/dev/null").exists(), reason="needs /dev/null")
+@pytest.mark.parametrize("source", ["/dev/null", "empty"])
+def test_prompts_file_that_exists_but_is_empty(capsys, no_load, tmp_path, source):
+    if source == "empty":
+        source = tmp_path / "prompts.txt"
+        source.write_text("")
+    code, _, err = run(capsys, "activations", "--prompts", str(source), "--layers", "0", "--out",
+                       str(tmp_path / "a.safetensors"))
+    assert code == 2
+    assert_only_error(err, "--prompts", "has no prompts")
+
+
+def test_prompts_folder(capsys, no_load, tmp_path):
+    code, _, err = run(capsys, "activations", "--prompts", str(tmp_path), "--layers", "0", "--out",
+                       str(tmp_path / "a.safetensors"))
+    assert code == 2
+    assert_only_error(err, "--prompts", "is a directory")
+
+
+def test_identical_prompts_are_refused_before_the_sweep(capsys, tiny_model, monkeypatch):
+    monkeypatch.setattr(tiny_model, "activation_patching", lambda *a, **k: pytest.fail("the sweep ran"))
+    code, _, err = run(capsys, "patch", "--clean", "same words", "--corrupted", "same words")
+    assert code == 2
+    assert_only_error(err, "--corrupted", "same tokens as --clean")
+
+
+def test_patch_progress_advances_per_chunk(capsys, tiny_model, monkeypatch):
+    updates = []
+
+    class Bar:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n):
+            updates.append(n)
+
+    monkeypatch.setattr(sweep, "forward_timing", lambda model, tokens: ForwardTiming(0.3, 0.1))  # a slow machine
+    monkeypatch.setattr(sweep, "_progress", lambda total, enabled, desc: Bar())
+    code, out, err = run(capsys, "patch", "--clean", "abcdef", "--corrupted", "abXdef")
+    assert code == 0, err
+    assert len(updates) > 1 and sum(updates) == len(tiny_model.layers)
+
+
+def test_first_line_says_how_the_weights_are_held(capsys, tmp_path):
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path, tiny_args(), quant=QUANT)
+    for weights, says in [("float32", "weights float32, dequantized at load (requested dtype='float32')"),
+                          ("quantized", "weights quantized 4/8-bit, float32 scales (requested quantized=True)"),
+                          ("auto", "(auto: ")]:
+        code, out, err = run(capsys, "logit-lens", "--model", str(path), "--weights", weights, "The Paris")
+        assert code == 0, err
+        first = out.splitlines()[0]
+        assert first.startswith(f"loading {path} ... done in ") and says in first, first
 
 
 def test_missing_plot_folder(capsys, tmp_path):
