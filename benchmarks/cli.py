@@ -43,6 +43,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--analysis-seq", type=int, help="tokens per prompt in the analysis suite (default 32)")
     p.add_argument("--prompts", type=int, help="prompts in the batch_get_activations case (default 1000)")
     p.add_argument("--gen-tokens", type=int, help="new tokens per generation in the generate suite (default 48)")
+    p.add_argument("--gguf", metavar="MODEL", help="GGUF model of the gguf suite: a registered name or a .gguf "
+                                                   "path (default smollm2-135m)")
     p.add_argument("--json", metavar="PATH", help="also write environment and rows as JSON")
     p.add_argument("--list", action="store_true", help="list suites and cases, then exit")
     p.add_argument("--profile", nargs="?", const="micro4", metavar="MODEL",
@@ -57,7 +59,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     overrides = {"models": args.models, "shapes": args.shapes, "repeats": args.repeats, "warmup": args.warmup,
                  "min_time": args.min_time, "sweep": args.sweep, "scan": args.scan,
                  "retrace_sweep": args.retrace_sweep, "analysis_seq": args.analysis_seq, "prompts": args.prompts,
-                 "gen_tokens": args.gen_tokens, "generate_models": args.models}
+                 "gen_tokens": args.gen_tokens, "generate_models": args.models, "gguf": args.gguf}
     unknown = [m for m in (args.models or ()) if m not in MODELS]
     if unknown:
         raise SystemExit(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
@@ -100,7 +102,7 @@ def report(info: dict, settings: Settings, rows: list[Row], seconds: float) -> s
         f"repeats >= {settings.repeats} (interleaved with the baseline); sweep {settings.sweep}; "
         f"retrace sweep {settings.retrace_sweep}; analysis prompts {settings.analysis_seq} tokens; "
         f"{settings.prompts} prompts for batch_get_activations; generation: {settings.gen_tokens} new tokens on "
-        f"{', '.join(settings.generate_models)}",
+        f"{', '.join(settings.generate_models)}; GGUF model {settings.gguf}",
         "value: median over back-to-back pairs of candidate time / baseline time (unless a unit is given); "
         "base/cand ms: median times; min ratio: fastest candidate / fastest baseline",
         "",

@@ -29,6 +29,7 @@ class Settings:
     prompts: int = 1000       # prompts in the batch_get_activations throughput case
     generate_models: tuple[str, ...] = ("stories260K", "smollm2-135m")  # the generate suite's models
     gen_tokens: int = 48      # new tokens per generation (a quarter of it on models of hidden >= 512)
+    gguf: str = "smollm2-135m"  # the GGUF model of the gguf suite (a registered name or a .gguf path)
     quick: bool = False
 
     @classmethod
@@ -52,6 +53,7 @@ class Context:
         self.settings = settings
         self.verbose = verbose
         self._models: dict[str, Loaded] = {}
+        self.cache: dict = {}  # whatever a suite builds once per run (e.g. the gguf suite's two models)
 
     def model(self, name: str) -> Loaded:
         """The built model ``name`` (raises ``FileNotFoundError`` with a reason if it is unavailable)."""

@@ -13,6 +13,7 @@ import pytest
 
 from benchmarks import Settings, main, registry, run_benchmarks
 from benchmarks.harness import Row, Target, format_table, summary
+from tests.loading.test_gguf import QUANT, tiny_args, write_tiny_gguf
 
 TINY_ARGS = ["--models", "tiny", "--shapes", "1x8", "--repeats", "2", "--warmup", "1", "--min-time", "0",
              "--sweep", "3", "--scan", "3", "--retrace-sweep", "5", "--analysis-seq", "8", "--prompts", "12",
@@ -21,9 +22,11 @@ TINY_ARGS = ["--models", "tiny", "--shapes", "1x8", "--repeats", "2", "--warmup"
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    path = tmp_path_factory.mktemp("bench") / "out.json"
-    assert main(TINY_ARGS + ["--json", str(path)]) == 0
-    return json.loads(path.read_text())
+    folder = tmp_path_factory.mktemp("bench")
+    gguf = folder / "tiny.gguf"  # the gguf suite's model: a tiny quantized llama instead of SmolLM2
+    write_tiny_gguf(gguf, tiny_args(), quant=QUANT)
+    assert main(TINY_ARGS + ["--gguf", str(gguf), "--json", str(folder / "out.json")]) == 0
+    return json.loads((folder / "out.json").read_text())
 
 
 def test_every_registered_case_reports_a_row(smoke_run):
@@ -38,7 +41,8 @@ def test_every_registered_case_reports_a_row(smoke_run):
                                         ("batch_get_activations", 2), ("attribution_patching", 1),
                                         ("pattern_one_layer", 2), ("pattern_all_layers", 2), ("head_patching", 2),
                                         ("generate_steering", 1), ("generate_variants", 1), ("generate_saves", 1),
-                                        ("replay", 1), ("steering_scan", 1), ("gradient", 1)])
+                                        ("replay", 1), ("steering_scan", 1), ("gradient", 1),
+                                        ("gguf_forward", 1), ("gguf_demo", 1), ("sweep_interrupt", 2)])
 def test_row_counts_per_case_on_one_model_and_shape(smoke_run, case, count):
     assert sum(row["case"] == case for row in smoke_run["rows"]) == count
 
