@@ -17,8 +17,8 @@ import mlx.core as mx
 import pytest
 
 from mlxterp import InterpretableModel, cli, cli_demo
-from mlxterp.analysis import sweep
-from mlxterp.analysis.sweep import ForwardTiming
+from mlxterp.analysis import chunks, sweep
+from mlxterp.analysis.chunks import ForwardTiming
 from mlxterp.cli import DEFAULT_MODEL, build_parser, main, parse_int_list
 from mlxterp.cli_demo import _ranges, becomes_top
 from tests.loading.test_gguf import QUANT, tiny_args, write_tiny_gguf
@@ -304,7 +304,7 @@ def test_patch_progress_advances_per_chunk(capsys, tiny_model, monkeypatch):
         def update(self, n):
             updates.append(n)
 
-    monkeypatch.setattr(sweep, "forward_timing", lambda model, tokens: ForwardTiming(0.3, 0.1))  # a slow machine
+    monkeypatch.setattr(chunks, "forward_timing", lambda model, tokens, norm_path=None: ForwardTiming(0.3, 0.1))  # a slow machine
     monkeypatch.setattr(sweep, "_progress", lambda total, enabled, desc: Bar())
     code, out, err = run(capsys, "patch", "--clean", "abcdef", "--corrupted", "abXdef")
     assert code == 0, err

@@ -38,25 +38,18 @@ clean and corrupted activations there are identical, so patching them changes no
 output over that prefix, evaluated with the distances); cells of a layer where it fails are run.
 
 Variants (cells) are ordered by layer and split into chunks: ``batch_size`` rows each when it is given;
-otherwise as few chunks as keep each under :data:`CHUNK_SECONDS` (:func:`plan_chunks`), so that the
-progress bar moves and Ctrl-C, taken when a chunk ends (:func:`mlxterp.interrupts.at_step_end`), lands
-within about a second. Every chunk runs the clean and corrupted rows through the whole model again, which
-on a CPU with a fast BLAS costs nearly a whole forward however few rows there are, so chunks are only made
-as long as they add at most :data:`MAX_OVERHEAD` to the sweep; the estimates come from two timed forwards
-of the prompts (:func:`forward_timing`, once per model and prompt shape). Each chunk's
-structure (``Plan``: layers, rows per layer, births) is one :class:`~mlxterp.Program` of the tokens and
-the masks (named params), cached on the model (see :mod:`.programs`), so a repeated sweep replays compiled
-programs and records nothing. When the model has a final norm, its input is cut to the last position, so
-the vocabulary projection runs on one position.
+otherwise chunks sized by time (:mod:`.chunks`), so that the progress bar moves and Ctrl-C, taken when a
+chunk ends (:func:`mlxterp.interrupts.at_step_end`), lands within about a second where a forward is fast
+enough. Each chunk's structure (``Plan``: layers, rows per layer, births) is one :class:`~mlxterp.Program`
+of the tokens and the masks (named params), cached on the model (see :mod:`.programs`), so a repeated sweep
+replays compiled programs and records nothing. When the model has a final norm, its input is cut to the
+last position, so the vocabulary projection runs on one position.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
-import time
-import weakref
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import mlx.core as mx
@@ -64,19 +57,14 @@ import numpy as np
 
 from ..interrupts import at_step_end
 from ..tracing.proxy import apply
+from .chunks import Cell, chunker
 from .components import ComponentSite
 from .metrics import distance
 from .programs import run_program
 
 # Activation elements (rows x seq x width) one chunk may hold when batch_size is not given.
 AUTO_BUDGET = 1 << 25
-# Seconds one chunk may take when batch_size is not given: Ctrl-C is taken between chunks.
-CHUNK_SECONDS = 1.0
-# ... unless that needs so many chunks that re-running the clean and corrupted rows in each would make the
-# sweep more than this fraction slower than one chunk: then chunks are longer.
-MAX_OVERHEAD = 1 / 3
 
-Cell = Tuple[int, Optional[int]]  # (layer, index along the site's cell axis: a position or a head); None: all
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,8 +179,7 @@ def run_sweep(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], cel
             ``cell_axis`` (a position, or a head), None patches the whole output.
         metric: a :class:`~.metrics.Metric` or distance name (see :mod:`.metrics`).
         norm_path: final norm whose input is cut to the last position (None: project every position).
-        batch_size: patched rows per chunk (None: chunks of about :data:`CHUNK_SECONDS`, see
-            :func:`plan_chunks`).
+        batch_size: patched rows per chunk (None: chunks sized by time, see :func:`.chunks.plan_chunks`).
         progress: show a tqdm bar over cells.
         desc: progress bar label.
     """
@@ -200,7 +187,8 @@ def run_sweep(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], cel
     skipped = [c for c in cells if c[1] is not None and sites[c[0]].cell_axis == 1 and c[1] < prefix]
     skip = set(skipped)
     todo = [c for c in cells if c not in skip]
-    chunk = _chunker(model, tokens, sites, batch_size)
+    rows = batch_size or auto_batch_size(sites, tokens.shape[1])
+    chunk = chunker(model, tokens, rows, timed=not batch_size, norm_path=norm_path)
     queue = chunk(todo) or [[]]  # one chunk at least: d(corrupted)
     checked = sorted({layer for layer, _ in skipped})
     births = _births(model, tokens, sites, norm_path)
@@ -225,78 +213,6 @@ def run_sweep(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], cel
             bar.update(len(cells_now))
     found.update((c, corrupted) for c in skipped)  # patching an identical activation: d(patched) = d(corrupted)
     return SweepResult(np.array([found[c] for c in cells], dtype=np.float64), float(corrupted), forwards)
-
-
-def _chunker(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], batch_size: Optional[int]) -> Any:
-    """The function splitting cells into chunks: ``batch_size`` rows each, or :func:`plan_chunks`."""
-    if batch_size:
-        return lambda cells: [cells[i:i + batch_size] for i in range(0, len(cells), batch_size)]
-    rows = auto_batch_size(sites, tokens.shape[1])
-    layers = len(model._index)
-    return lambda cells: plan_chunks(cells, layers, forward_timing(model, tokens), rows) if cells else []
-
-
-@dataclasses.dataclass(frozen=True)
-class ForwardTiming:
-    """Seconds of a forward of the sweep's clean and corrupted rows (``base``), and of each further row
-    through one layer (``row_layer``)."""
-
-    base: float
-    row_layer: float
-
-
-_TIMINGS: "weakref.WeakKeyDictionary[Any, Dict[tuple, ForwardTiming]]" = weakref.WeakKeyDictionary()
-
-
-def forward_timing(model: Any, tokens: mx.array) -> ForwardTiming:
-    """Time eager forwards of ``tokens`` (``(2, seq)``) and of their first position (the faster of two),
-    once per model and token shape. A row's cost is the difference, per row and layer: what does not grow
-    with the tokens (reading the weights, on a CPU) is paid once per chunk, not per row."""
-    timings = _TIMINGS.setdefault(model, {})
-    key = tuple(tokens.shape)
-    if key not in timings:
-        one = min(_timed_forward(model, tokens[:, :1]) for _ in range(2))
-        base = _timed_forward(model, tokens)
-        timings[key] = ForwardTiming(base, max(base - one, 0.0) / (tokens.shape[0] * len(model._index)))
-    return timings[key]
-
-
-def _timed_forward(model: Any, tokens: mx.array) -> float:
-    """Seconds to evaluate a forward of ``tokens`` (recording the trace is not counted)."""
-    with model.trace(tokens, compile=False, capture="saved"):
-        out = model.output.save()
-    start = time.perf_counter()
-    mx.eval(saved_value(out))
-    return time.perf_counter() - start
-
-
-def plan_chunks(cells: List[Cell], layers: int, timing: ForwardTiming, max_rows: int) -> List[List[Cell]]:
-    """Split ``cells`` (sorted by layer) into the fewest chunks of about equal cost that keep each under
-    :data:`CHUNK_SECONDS`, but no more than add :data:`MAX_OVERHEAD` to the sweep, and at most ``max_rows``
-    variants each.
-
-    A chunk costs ``timing.base`` (its clean and corrupted rows) plus ``timing.row_layer`` per layer each of
-    its variants runs (about ``layers - l`` for a variant patching layer ``l``).
-    """
-    costs = [layers - layer for layer, _ in cells]
-    n = chunk_count(timing.base, timing.row_layer * sum(costs))
-    share = sum(costs) / n
-    chunks: List[List[Cell]] = [[] for _ in range(n)]
-    done = 0
-    for cell, cost in zip(cells, costs):
-        chunks[min(n - 1, int((done + cost / 2) / share))].append(cell)
-        done += cost
-    return [c[i:i + max_rows] for c in chunks if c for i in range(0, len(c), max_rows)]
-
-
-def chunk_count(base: float, variants: float) -> int:
-    """How many chunks a sweep whose variants take ``variants`` seconds (in one chunk, beside the ``base``
-    seconds of its clean and corrupted rows) is split into (see :func:`plan_chunks`)."""
-    base = max(base, 1e-9)
-    most = 1 + int(MAX_OVERHEAD * (base + variants) / base)  # (n - 1) * base <= MAX_OVERHEAD * one chunk
-    if base >= CHUNK_SECONDS:
-        return most
-    return max(1, min(most, math.ceil(variants / (CHUNK_SECONDS - base))))
 
 
 def _run_chunk(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], chunk: List[Cell], metric: Any,

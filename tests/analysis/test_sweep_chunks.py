@@ -14,7 +14,8 @@ from mlx.utils import tree_flatten
 
 import mlxterp.analysis.sweep as sweep
 from mlxterp import InterpretableModel
-from mlxterp.analysis.sweep import CHUNK_SECONDS, MAX_OVERHEAD, ForwardTiming, chunk_count, plan_chunks
+from mlxterp.analysis import chunks
+from mlxterp.analysis.chunks import CHUNK_SECONDS, MAX_OVERHEAD, ForwardTiming, chunk_count, plan_chunks
 from mlxterp.interrupts import at_step_end
 
 from .conftest import CLEAN, CORRUPTED, make_llama
@@ -36,18 +37,18 @@ def test_a_fast_sweep_is_one_chunk():
 
 def test_chunks_stay_under_the_budget_in_order():
     timing = ForwardTiming(0.2, 0.004)  # one chunk: 0.2 + 1.86 s
-    chunks = plan_chunks(CELLS, LAYERS, timing, 10_000)
-    assert len(chunks) > 1 and sum(chunks, []) == CELLS
-    assert max(chunk_seconds(c, timing) for c in chunks) <= CHUNK_SECONDS * 1.1
+    parts = plan_chunks(CELLS, LAYERS, timing, 10_000)
+    assert len(parts) > 1 and sum(parts, []) == CELLS
+    assert max(chunk_seconds(c, timing) for c in parts) <= CHUNK_SECONDS * 1.1
 
 
 @pytest.mark.parametrize("base, row_layer", [(2.0, 0.03), (0.5, 0.01), (0.9, 0.001), (0.05, 0.02)])
 def test_chunking_adds_at_most_the_overhead_bound(base, row_layer):
     timing = ForwardTiming(base, row_layer)
-    chunks = plan_chunks(CELLS, LAYERS, timing, 10_000)
+    parts = plan_chunks(CELLS, LAYERS, timing, 10_000)
     one = chunk_seconds(CELLS, timing)
-    assert sum(chunk_seconds(c, timing) for c in chunks) <= one * (1 + MAX_OVERHEAD) + 1e-9
-    assert sum(chunks, []) == CELLS
+    assert sum(chunk_seconds(c, timing) for c in parts) <= one * (1 + MAX_OVERHEAD) + 1e-9
+    assert sum(parts, []) == CELLS
 
 
 def test_a_slow_machine_gets_fewer_longer_chunks():
@@ -57,8 +58,8 @@ def test_a_slow_machine_gets_fewer_longer_chunks():
 
 
 def test_max_rows_splits_chunks():
-    chunks = plan_chunks(CELLS, LAYERS, ForwardTiming(0.01, 1e-5), 7)
-    assert [len(c) for c in chunks] == [7, 7, 7, 7, 2] and sum(chunks, []) == CELLS
+    parts = plan_chunks(CELLS, LAYERS, ForwardTiming(0.01, 1e-5), 7)
+    assert [len(c) for c in parts] == [7, 7, 7, 7, 2] and sum(parts, []) == CELLS
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -85,7 +86,7 @@ class Bar:
 @pytest.fixture()
 def slow(monkeypatch):
     """Make every sweep believe its forwards are slow, so it is split into several chunks."""
-    monkeypatch.setattr(sweep, "forward_timing", lambda model, tokens: ForwardTiming(0.3, 0.1))
+    monkeypatch.setattr(chunks, "forward_timing", lambda model, tokens, norm_path=None: ForwardTiming(0.3, 0.1))
 
 
 def snapshot(model: InterpretableModel):
