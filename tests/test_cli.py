@@ -232,24 +232,30 @@ def test_unwritable_plot_is_found_before_loading(capsys, no_load, unwritable_dir
     assert_only_error(err, "--plot", "cannot write")
 
 
-def test_unwritable_out_is_found_before_loading(capsys, no_load, unwritable_dir, tmp_path):
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("hello\n")
-    code, _, err = run(capsys, "activations", "--prompts", str(prompts), "--layers", "0", "--out",
-                       str(unwritable_dir / "a.safetensors"))
-    assert code == 2
-    assert_only_error(err, "--out", "cannot write")
+@pytest.fixture()
+def prompts_file(tmp_path) -> Path:
+    path = tmp_path / "prompts.txt"
+    path.write_text("hello\n")
+    return path
 
 
-@pytest.mark.parametrize("option", ["--out", "--plot"])
-def test_output_naming_a_directory(capsys, no_load, tmp_path, option):
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("hello\n")
-    argv = (["activations", "--prompts", str(prompts), "--layers", "0", "--out", str(tmp_path)] if option == "--out"
-            else ["logit-lens", "x", "--plot", str(tmp_path)])
-    code, _, err = run(capsys, *argv)
+def activations_error(capsys, prompts, out) -> str:
+    """stderr of ``activations`` with these --prompts and --out, which must fail as a usage error."""
+    code, _, err = run(capsys, "activations", "--prompts", str(prompts), "--layers", "0", "--out", str(out))
     assert code == 2
-    assert_only_error(err, option, "is a directory")
+    return err
+
+
+def test_unwritable_out_is_found_before_loading(capsys, no_load, unwritable_dir, prompts_file):
+    assert_only_error(activations_error(capsys, prompts_file, unwritable_dir / "a.safetensors"), "--out",
+                      "cannot write")
+
+
+def test_output_naming_a_directory(capsys, no_load, tmp_path, prompts_file):
+    assert_only_error(activations_error(capsys, prompts_file, tmp_path), "--out", "is a directory")
+    code, _, err = run(capsys, "logit-lens", "x", "--plot", str(tmp_path))
+    assert code == 2
+    assert_only_error(err, "--plot", "is a directory")
 
 
 def test_existing_outputs_are_left_as_they_were(capsys, tiny_model, tmp_path):
@@ -271,17 +277,12 @@ def test_prompts_file_that_exists_but_is_empty(capsys, no_load, tmp_path, source
     if source == "empty":
         source = tmp_path / "prompts.txt"
         source.write_text("")
-    code, _, err = run(capsys, "activations", "--prompts", str(source), "--layers", "0", "--out",
-                       str(tmp_path / "a.safetensors"))
-    assert code == 2
+    err = activations_error(capsys, source, tmp_path / "a.safetensors")
     assert_only_error(err, "--prompts", "has no prompts")
 
 
 def test_prompts_folder(capsys, no_load, tmp_path):
-    code, _, err = run(capsys, "activations", "--prompts", str(tmp_path), "--layers", "0", "--out",
-                       str(tmp_path / "a.safetensors"))
-    assert code == 2
-    assert_only_error(err, "--prompts", "is a directory")
+    assert_only_error(activations_error(capsys, tmp_path, tmp_path / "a.safetensors"), "--prompts", "is a directory")
 
 
 def test_identical_prompts_are_refused_before_the_sweep(capsys, tiny_model, monkeypatch):
