@@ -116,7 +116,7 @@ def sweep_interrupt(ctx: Context) -> Iterator[Row]:
               f"KeyboardInterrupt ({form}), longest of {len(waits)}", max(waits), "s", LATENCY_TARGET,
               note="waits " + ", ".join(f"{w:.2f}" for w in waits) + " s")
     yield ratio_row(SUITE, "sweep_interrupt", ctx.settings.gguf, "mlp sweep", "one chunk",
-                    f"chunks of <= 1 s ({form})", timings, note="what being interruptible costs")
+                    f"chunks sized by time ({form})", timings, note="what being interruptible costs")
 
 
 def _prompt_pair(model: InterpretableModel) -> tuple:

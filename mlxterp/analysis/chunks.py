@@ -4,7 +4,8 @@ and Ctrl-C (taken between chunks, see :func:`mlxterp.interrupts.at_step_end`) la
 Every chunk runs the clean and corrupted rows through the whole model again (see :mod:`.sweep`), which on a
 CPU with a fast BLAS costs nearly a whole forward however few rows there are. So a sweep gets as few chunks
 as keep each under :data:`CHUNK_SECONDS`, and never so many that they add more than :data:`MAX_OVERHEAD` to
-it. The estimates come from two timed eager forwards of the prompts (:func:`forward_timing`), once per
+it: where that forward alone takes seconds (SmolLM2 with 4-bit weights on the mlx-cpu wheel's bundled BLAS),
+so does a chunk. The estimates come from two timed eager forwards of the prompts (:func:`forward_timing`), once per
 model and prompt shape, so that a repeated sweep gets the same chunks and reuses its compiled programs.
 """
 
@@ -20,11 +21,15 @@ import mlx.core as mx
 
 Cell = Tuple[int, Optional[int]]  # (layer, index along the site's cell axis: a position or a head); None: all
 
-# Seconds one chunk may take: Ctrl-C is taken between chunks.
-CHUNK_SECONDS = 1.0
+# Estimated seconds one chunk may take: Ctrl-C is taken between chunks. The estimate is linear in the rows
+# and errs long where a fast BLAS batches many rows better than few (SmolLM2 float32 on OpenBLAS: a
+# patching grid estimated at 2.1 s ran in 1.1-1.3 s as one chunk, and in 2.4 s as two).
+CHUNK_SECONDS = 2.0
 # ... unless that needs so many chunks that re-running the clean and corrupted rows in each would make the
-# sweep more than this fraction slower than one chunk: then chunks are longer.
-MAX_OVERHEAD = 1 / 3
+# sweep more than this fraction slower than one chunk: then chunks are longer. (Measured on a busy 2-core
+# machine, chunks cost more than estimated: 3 chunks planned at +28% took +20% to +60%.)
+MAX_OVERHEAD = 1 / 4
+WIDE = 8  # extra rows of the forward that measures a row's cost where single rows are dominated by the weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,17 +55,27 @@ def chunker(model: Any, tokens: mx.array, rows: int, timed: bool,
 
 
 def forward_timing(model: Any, tokens: mx.array, norm_path: Optional[str] = None) -> ForwardTiming:
-    """Time eager forwards of ``tokens`` (``(2, seq)``) and of their first position (the faster of two of
-    each), once per model, token shape and final norm. A row's cost is the difference, per row and layer:
-    what does not grow with the tokens (reading the weights, on a CPU) is paid once per chunk, not per row.
-    As in a sweep, the final norm ``norm_path`` (if any) sees the last position only, so the vocabulary
-    projection, a fifth of a small model's forward, is not counted per position."""
+    """Time eager forwards of ``tokens`` (``(2, seq)``), once per model, token shape and final norm. As in a
+    sweep, the final norm ``norm_path`` (if any) sees the last position only.
+
+    What a further row costs is read from a forward of the first position alone: what does not shrink with
+    the tokens (reading the weights) is paid once per chunk, the rest per row. Where that one position costs
+    over half the prompt (a CPU with a fast BLAS, small batches), rows are cheap in bulk and cost more in a
+    forward of two than in a sweep's batch, so their cost is measured on :data:`WIDE` more rows instead.
+    """
     timings = _TIMINGS.setdefault(model, {})
     key = (tuple(tokens.shape), norm_path)
     if key not in timings:
-        one = min(_timed_forward(model, tokens[:, :1], norm_path) for _ in range(2))
-        base = min(_timed_forward(model, tokens, norm_path) for _ in range(2))
-        timings[key] = ForwardTiming(base, max(base - one, 0.0) / (tokens.shape[0] * len(model._index)))
+        layers = len(model._index)
+        one = min(_timed_forward(model, tokens[:, :1], norm_path) for _ in range(2))  # the first sets up
+        base = _timed_forward(model, tokens, norm_path)
+        if one < base / 2:
+            row = (base - one) / (tokens.shape[0] * layers)
+        else:  # a cheap forward: one more run steadies the base
+            base = min(base, _timed_forward(model, tokens, norm_path))
+            wide = mx.concatenate([tokens, mx.repeat(tokens[1:2], WIDE, axis=0)], axis=0)
+            row = (_timed_forward(model, wide, norm_path) - base) / (WIDE * layers)
+        timings[key] = ForwardTiming(base, max(row, 0.0))
     return timings[key]
 
 

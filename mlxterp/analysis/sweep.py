@@ -40,6 +40,8 @@ output over that prefix, evaluated with the distances); cells of a layer where i
 Variants (cells) are ordered by layer and split into chunks: ``batch_size`` rows each when it is given;
 otherwise chunks sized by time (:mod:`.chunks`), so that the progress bar moves and Ctrl-C, taken when a
 chunk ends (:func:`mlxterp.interrupts.at_step_end`), lands within about a second where a forward is fast
+otherwise chunks sized by time (:mod:`.chunks`), so that the progress bar moves and Ctrl-C, taken when a
+chunk ends (:func:`mlxterp.interrupts.at_step_end`), lands within about a second where a forward is fast
 enough. Each chunk's structure (``Plan``: layers, rows per layer, births) is one :class:`~mlxterp.Program`
 of the tokens and the masks (named params), cached on the model (see :mod:`.programs`), so a repeated sweep
 replays compiled programs and records nothing. When the model has a final norm, its input is cut to the

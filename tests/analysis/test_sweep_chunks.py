@@ -53,7 +53,7 @@ def test_chunking_adds_at_most_the_overhead_bound(base, row_layer):
 
 def test_a_slow_machine_gets_fewer_longer_chunks():
     """When the clean and corrupted rows alone take longer than the budget, only the overhead bound limits."""
-    assert chunk_count(2.0, 14.0) == 3  # (3 - 1) * 2.0 <= (2.0 + 14.0) / 3
+    assert chunk_count(2.0, 14.0) == 3  # (3 - 1) * 2.0 <= (2.0 + 14.0) / 4
     assert chunk_count(0.2, 0.0) == 1
 
 

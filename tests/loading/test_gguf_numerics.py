@@ -139,7 +139,7 @@ class TestSmolLM2Numerics:
 
     def test_patching_recoveries_match_float32_reference(self, smol_reference, smol_quantized):
         clean, corrupted = "The capital of France is", "The capital of Italy is"
-        layers = list(range(0, 30, 3))  # a third of the layers keeps the two sweeps under a minute
+        layers = list(range(0, 30, 5))  # a sixth of the layers keeps the two sweeps short
         got = smol_quantized.activation_patching(clean, corrupted, component="mlp", layers=layers)
         want = smol_reference.activation_patching(smol_quantized.encode(clean), smol_quantized.encode(corrupted),
                                                   component="mlp", layers=layers)
