@@ -246,13 +246,17 @@ def activations_error(capsys, prompts, out) -> str:
     return err
 
 
-def test_unwritable_out_is_found_before_loading(capsys, no_load, unwritable_dir, prompts_file):
-    assert_only_error(activations_error(capsys, prompts_file, unwritable_dir / "a.safetensors"), "--out",
-                      "cannot write")
+@pytest.mark.parametrize("out, says", [("a.safetensors", "cannot write"), ("store", "cannot create")])
+def test_unwritable_out_is_found_before_loading(capsys, no_load, unwritable_dir, prompts_file, out, says):
+    assert_only_error(activations_error(capsys, prompts_file, unwritable_dir / out), "--out", says)
 
 
-def test_output_naming_a_directory(capsys, no_load, tmp_path, prompts_file):
-    assert_only_error(activations_error(capsys, prompts_file, tmp_path), "--out", "is a directory")
+def test_output_naming_a_directory_or_a_file(capsys, no_load, tmp_path, prompts_file):
+    folder = tmp_path / "acts.safetensors"
+    folder.mkdir()
+    assert_only_error(activations_error(capsys, prompts_file, folder), "--out", "is a directory")
+    # without .safetensors, --out names an activation store folder: an existing file is refused
+    assert_only_error(activations_error(capsys, prompts_file, prompts_file), "--out", "is a file; expected a folder")
     code, _, err = run(capsys, "logit-lens", "x", "--plot", str(tmp_path))
     assert code == 2
     assert_only_error(err, "--plot", "is a directory")
