@@ -8,7 +8,7 @@ import textwrap
 import time
 from typing import Any, List
 
-from .cli import DEFAULT_MODEL, UsageError, call, check_layers, load, seconds
+from .cli import UsageError, call, check_layers, load, seconds
 
 EXAMPLES = ("  mlxterp generate 'Once upon a time'\n"
             "  mlxterp generate 'I think that' --steer-toward Love --steer-away Hate --layer 15 --alpha 6\n"
@@ -25,8 +25,6 @@ def _float(text: str) -> float:
 
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", metavar="TEXT", help="the prompt")
-    p.add_argument("--model", "-m", default=DEFAULT_MODEL,
-                   help=f"model to load (default {DEFAULT_MODEL}; see 'mlxterp models')")
     p.add_argument("--max-new-tokens", "-n", type=int, default=40, help="tokens to generate (default 40)")
     p.add_argument("--temperature", type=_float, default=0.0, help="0 is greedy (default); > 0 samples")
     p.add_argument("--seed", type=int, help="random seed for sampling")
@@ -44,9 +42,7 @@ def run_generate(args: argparse.Namespace) -> int:
     steering = _check_steering(args)
     if args.max_new_tokens < 1:
         raise UsageError(f"argument --max-new-tokens: expected a positive integer, got {args.max_new_tokens}")
-    t0 = time.perf_counter()
-    model = load(args.model)
-    print(f"loaded {args.model} ({len(model.layers)} layers) in {seconds(t0)}")
+    model = load(args.model, args.weights)
     options = dict(temperature=args.temperature, seed=args.seed, chat=args.chat)
     if not steering:
         t1 = time.perf_counter()

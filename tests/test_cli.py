@@ -198,9 +198,9 @@ def unwritable_dir(tmp_path):
         pytest.skip("running as root without /proc: no folder is unwritable")
 
 
-@pytest.mark.parametrize("command", ["demo", "logit-lens", "patch", "activations"])
+@pytest.mark.parametrize("command", ["demo", "logit-lens", "patch", "activations", "generate"])
 def test_model_defaults_to_the_default_model(command):
-    required = {"logit-lens": ["text"], "patch": ["--clean", "a", "--corrupted", "b"],
+    required = {"logit-lens": ["text"], "generate": ["text"], "patch": ["--clean", "a", "--corrupted", "b"],
                 "activations": ["--prompts", "p", "--layers", "0", "--out", "o"]}.get(command, [])
     args = build_parser().parse_args([command, *required])
     assert args.model == DEFAULT_MODEL and args.weights == "auto"
