@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OPENBLAS := /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench bench-distributed clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ bench: $(VENV)/.installed
 	else \
 		echo "note: $(OPENBLAS) not found (apt-get install -y libopenblas0-pthread); using MLX's bundled BLAS"; \
 		$(PY) -m benchmarks; \
+	fi
+
+# 2 processes of an mx.distributed ring vs 1 process (needs 2 free cores to mean anything).
+bench-distributed: $(VENV)/.installed
+	@if [ -f $(OPENBLAS) ]; then \
+		LD_PRELOAD=$(OPENBLAS) OPENBLAS_NUM_THREADS=1 $(PY) -m benchmarks.distributed; \
+	else \
+		$(PY) -m benchmarks.distributed; \
 	fi
 
 clean:

@@ -20,10 +20,11 @@ import mlx.core as mx
 import numpy as np
 from tqdm.auto import tqdm
 
-from .core import WrappedModel
+from . import distributed as dist
 from .activation_cache import ActivationCache
 from .analysis.programs import run_program
 from .analysis.validate import resolve_layers
+from .core import WrappedModel
 from .inputs import is_int
 from .tracing.proxy import apply
 
@@ -73,7 +74,8 @@ def batch_get_activations(model: WrappedModel, prompts: Any, layers: Optional[Se
                           positions: Positions = -1, batch_size: int = 8,
                           progress: bool = True, *, out: Optional[PathLike] = None, dtype: Any = None,
                           shard_size: Optional[int] = None, resume: bool = True,
-                          metadata: Optional[dict] = None) -> Union[Dict[str, mx.array], Any]:
+                          metadata: Optional[dict] = None, distributed: Any = "auto"
+                          ) -> Union[Dict[str, mx.array], Any]:
     """:func:`get_activations` over many prompts, ``batch_size`` at a time, in constant extra memory.
 
     Prompts are sorted by length into chunks (results come back in the original order), each chunk is
@@ -98,6 +100,10 @@ def batch_get_activations(model: WrappedModel, prompts: Any, layers: Optional[Se
         shard_size: with ``out=``: prompts per shard (None: about 64 MiB of activations per shard).
         resume: with ``out=``: continue a store already in ``out`` (False: an existing store is an error).
         metadata: with ``out=``: a JSON-serialisable dict kept in the manifest (not compared on resume).
+        distributed: split the prompts over ``mx.distributed`` processes: ``"auto"`` (default) when the
+            script was launched on several (``mlx.launch``), ``True`` to require that (an error
+            otherwise), ``False`` for this process alone. In memory every rank returns every row; with
+            ``out=`` each rank writes its own shards of the one store (a folder every rank can reach).
 
     Returns:
         ``{"layer_{i}": array}`` with ``len(prompts)`` rows, in the order of ``prompts``; with ``out=``, an
@@ -108,16 +114,20 @@ def batch_get_activations(model: WrappedModel, prompts: Any, layers: Optional[Se
     layer_ids = _check_layers(model, layers)
     pos_list, single = _check_positions(positions)
     _check_not_empty(prompts)
+    group = dist.resolve_group(distributed)
     if out is not None:
         from .store.collect import positions_collection
 
         collection = positions_collection(model, layer_ids, pos_list, single, dtype, batch_size)
-        return _write_store(collection, prompts, out, batch_size, shard_size, resume, progress, metadata)
+        return _write_store(collection, prompts, out, batch_size, shard_size, resume, progress, metadata, group)
     rows = _token_rows(model, prompts)
     index = _position_index([len(r) for r in rows], pos_list)  # validates every prompt before any forward runs
     model._check_length([len(r) for r in rows])
-    with tqdm(total=len(rows), disable=not progress, unit="prompt", desc="activations", leave=True) as bar:
-        acts = gather_rows(model, rows, index, layer_ids, single, batch_size, bar)
+    if group is not None and len(rows) >= dist.size(group):
+        acts = _gather_sharded(model, rows, index, layer_ids, single, batch_size, progress, group)
+    else:
+        with tqdm(total=len(rows), disable=not progress, unit="prompt", desc="activations", leave=True) as bar:
+            acts = gather_rows(model, rows, index, layer_ids, single, batch_size, bar)
     if dtype is not None:
         from .store.collect import storage_dtype
 
@@ -126,8 +136,21 @@ def batch_get_activations(model: WrappedModel, prompts: Any, layers: Optional[Se
     return acts
 
 
+def _gather_sharded(model: WrappedModel, rows: List[List[int]], index: np.ndarray, layer_ids: List[int], single: bool,
+                    batch_size: int, progress: bool, group: Any) -> Dict[str, mx.array]:
+    """:func:`gather_rows` over this rank's share of the prompts (every ``size``-th by length, so every rank
+    gets a like mix of lengths), then every rank's rows gathered back into prompt order."""
+    order = np.argsort([len(r) for r in rows], kind="stable")
+    mine = np.array(dist.my_items(order, group), dtype=np.int64)
+    with tqdm(total=len(mine), disable=not (progress and dist.rank(group) == 0), unit="prompt",
+              desc="activations (this rank)", leave=True) as bar:
+        local = gather_rows(model, [rows[j] for j in mine], index[mine], layer_ids, single, batch_size, bar)
+    back = mx.array(np.argsort(order).astype(np.int32))  # each prompt's place in the length order
+    return {k: mx.take(dist.gather_array_items(v, len(rows), group), back, axis=0) for k, v in local.items()}
+
+
 def _write_store(collection: Any, prompts: Any, out: PathLike, batch_size: int, shard_size: Optional[int],
-                 resume: bool, progress: bool, metadata: Optional[dict]) -> Any:
+                 resume: bool, progress: bool, metadata: Optional[dict], group: Optional[Any]) -> Any:
     """Stream a collection into the store folder ``out``; returns an ActivationStore of it."""
     from .store.reader import ActivationStore
     from .store.writer import write_store
@@ -137,7 +160,7 @@ def _write_store(collection: Any, prompts: Any, out: PathLike, batch_size: int, 
     if not isinstance(resume, bool):
         raise ValueError(f"resume must be True or False, got {resume!r}")
     folder = write_store(collection, _prompt_list(prompts), out, batch_size=batch_size, shard_size=shard_size,
-                         resume=resume, progress=progress, group=None, metadata=metadata)
+                         resume=resume, progress=progress, group=group, metadata=metadata)
     return ActivationStore(folder)
 
 
@@ -225,7 +248,7 @@ def padded_batches(model: WrappedModel, rows: List[List[int]], batch_size: int, 
 def collect_activations(model: WrappedModel, inputs: Any, layers: Optional[Sequence[Union[str, int]]] = None, *,
                         out: Optional[PathLike] = None, batch_size: int = 8, dtype: Any = None,
                         shard_size: Optional[int] = None, resume: bool = True, progress: bool = True,
-                        metadata: Optional[dict] = None) -> Union[ActivationCache, Any]:
+                        metadata: Optional[dict] = None, distributed: Any = "auto") -> Union[ActivationCache, Any]:
     """Full outputs of chosen modules for ``inputs``, in an :class:`~mlxterp.ActivationCache` or, with
     ``out=``, streamed to an activation store folder (every real token of every prompt).
 
@@ -246,6 +269,10 @@ def collect_activations(model: WrappedModel, inputs: Any, layers: Optional[Seque
         resume: with ``out=``: continue a store already in ``out`` (False: an existing store is an error).
         progress: with ``out=``: show a progress bar (rate and ETA).
         metadata: with ``out=``: a JSON-serialisable dict kept in the manifest (not compared on resume).
+        distributed: split the prompts (rows) over ``mx.distributed`` processes: ``"auto"`` (default) when the
+            script was launched on several (``mlx.launch``), ``True`` to require that (an error
+            otherwise), ``False`` for this process alone. In memory every rank returns every row; with
+            ``out=`` each rank writes its own shards of the one store (a folder every rank can reach).
 
     Returns:
         An ``ActivationCache`` keyed by short names (``"layers.3"``, ``"layers.3.self_attn"``) whose
@@ -257,13 +284,33 @@ def collect_activations(model: WrappedModel, inputs: Any, layers: Optional[Seque
     paths = _module_paths(index, layers)
     keys = [_short_key(index, p) for p in paths]
     _check_not_empty(inputs)
+    group = dist.resolve_group(distributed)
     if out is not None:
         from .store.collect import tokens_collection
 
         batch_size = _check_batch_size(batch_size)
         return _write_store(tokens_collection(model, paths, keys, dtype, batch_size), inputs, out, batch_size,
-                            shard_size, resume, progress, metadata)
-    with model.trace(inputs, compile="auto", capture="saved") as tr:
+                            shard_size, resume, progress, metadata, group)
+    batch = model._batch(inputs)
+    n = len(batch.lengths)
+    if group is not None and n >= dist.size(group):  # each rank traces its rows, at the full padded width
+        mine = mx.array(np.array(dist.my_items(range(n), group), dtype=np.int32))
+        values = _module_outputs(model, batch.tokens[mine], paths, keys)
+        values = {k: dist.gather_array_items(v, n, group) for k, v in values.items()}
+    else:
+        values = _module_outputs(model, batch.tokens, paths, keys)
+    metadata = {
+        "model_class": type(model.model).__name__,
+        "input_shape": [int(s) for s in batch.tokens.shape],
+        "lengths": [int(n) for n in batch.lengths],
+        "layers": keys,
+    }
+    return ActivationCache(values, metadata=metadata, resolve=cache_resolver(model))
+
+
+def _module_outputs(model: WrappedModel, tokens: mx.array, paths: List[str], keys: List[str]) -> Dict[str, mx.array]:
+    """One traced forward of ``tokens`` saving each module's output under its key (evaluated)."""
+    with model.trace(tokens, compile="auto", capture="saved") as tr:
         for path, key in zip(paths, keys):
             target = model.module(path) if path else model
             target.output.save(key)
@@ -271,15 +318,9 @@ def collect_activations(model: WrappedModel, inputs: Any, layers: Optional[Seque
     for key, value in values.items():
         if not isinstance(value, mx.array):
             raise ValueError(f"module {key!r} returns a {type(value).__name__}, not an array; collect one of "
-                             f"its sub-modules instead ({', '.join(index.children(_path_of(index, key))) or 'none'})")
+                             f"its sub-modules instead ({', '.join(model._index.children(_path_of(model._index, key))) or 'none'})")
     mx.eval(list(values.values()))
-    metadata = {
-        "model_class": type(model.model).__name__,
-        "input_shape": [int(s) for s in tr.tokens.shape],
-        "lengths": [int(n) for n in tr.lengths],
-        "layers": keys,
-    }
-    return ActivationCache(values, metadata=metadata, resolve=cache_resolver(model))
+    return values
 
 
 def _module_paths(index: Any, layers: Any) -> List[str]:

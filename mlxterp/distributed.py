@@ -77,6 +77,21 @@ def assemble(parts: Sequence[np.ndarray], n: int) -> np.ndarray:
     return out
 
 
+def gather_items(local: np.ndarray, n: int, group: Optional[Any]) -> np.ndarray:
+    """This rank's results of its :func:`my_items` (rows of ``local``) gathered from every rank: the ``n``
+    results in item order, on every rank."""
+    return local if group is None else assemble(gather(local, group), n)
+
+
+def gather_array_items(local: mx.array, n: int, group: Optional[Any]) -> mx.array:
+    """:func:`gather_items` of an ``mx.array`` (any dtype, bfloat16 included; values unchanged)."""
+    if group is None:
+        return local
+    half = local.dtype == mx.bfloat16  # no numpy dtype: travels as its bits
+    full = mx.array(gather_items(np.array(local.view(mx.uint16) if half else local), n, group))
+    return full.view(mx.bfloat16) if half else full
+
+
 def gather(local: np.ndarray, group: Optional[Any]) -> List[np.ndarray]:
     """Every rank's ``local`` array (same dtype and trailing shape, any number of rows), in rank order.
 

@@ -70,7 +70,7 @@ class AnalysisMixin:
                             figsize: Tuple[float, float] = (12, 8), cmap: str = "RdBu_r", *,
                             batch_size: Optional[int] = None, progress: bool = False,
                             save_path: Optional[PathLike] = None, target: Any = None,
-                            foil: Any = None) -> Dict[int, float]:
+                            foil: Any = None, distributed: Any = "auto") -> Dict[int, float]:
         """How much of the clean behaviour each layer's component restores in the corrupted run.
 
         For each layer, the component's clean output replaces the corrupted run's at every position, and
@@ -101,6 +101,9 @@ class AnalysisMixin:
             target: the target token of a score metric, as text (``" Paris"``) or id; default: the clean
                 prompt's top prediction.
             foil: ``logit_diff``'s foil token; default: the corrupted prompt's top prediction.
+            distributed: shard the variants over ``mx.distributed`` processes: ``"auto"`` (default) when the
+                script was launched on several (``mlx.launch``), ``True`` to require that (an error
+                otherwise), ``False`` for this process alone. Every rank returns the full result.
 
         Returns:
             ``{layer: recovery percent}``.
@@ -113,13 +116,14 @@ class AnalysisMixin:
 
         return activation_patching(self, clean_text, corrupted_text, component, layers, metric, plot, figsize,
                                    cmap, batch_size=batch_size, progress=progress, save_path=save_path,
-                                   target=target, foil=foil)
+                                   target=target, foil=foil, distributed=distributed)
 
     def patching_grid(self, clean_text: Any, corrupted_text: Any, component: str = "output",
                       layers: Optional[List[int]] = None, positions: Optional[List[int]] = None, metric: str = "l2",
                       plot: bool = False, figsize: Tuple[float, float] = (12, 8), cmap: str = "RdBu_r", *,
                       batch_size: Optional[int] = None, progress: bool = False,
-                      save_path: Optional[PathLike] = None, target: Any = None, foil: Any = None) -> Any:
+                      save_path: Optional[PathLike] = None, target: Any = None, foil: Any = None,
+                      distributed: Any = "auto") -> Any:
         """Layer x position activation patching (ROME-style causal tracing).
 
         Cell ``(i, p)`` patches only position ``p`` of the component at layer ``i`` with its clean value
@@ -148,6 +152,9 @@ class AnalysisMixin:
             target: the target token of a score metric, as text (``" Paris"``) or id; default: the clean
                 prompt's top prediction.
             foil: ``logit_diff``'s foil token; default: the corrupted prompt's top prediction.
+            distributed: shard the variants over ``mx.distributed`` processes: ``"auto"`` (default) when the
+                script was launched on several (``mlx.launch``), ``True`` to require that (an error
+                otherwise), ``False`` for this process alone. Every rank returns the full result.
 
         Returns:
             A :class:`mlxterp.analysis.patching.PatchingGrid` (``.grid`` numpy array, ``.layers``,
@@ -160,7 +167,7 @@ class AnalysisMixin:
 
         return patching_grid(self, clean_text, corrupted_text, component, layers, positions, metric, plot, figsize,
                              cmap, batch_size=batch_size, progress=progress, save_path=save_path, target=target,
-                             foil=foil)
+                             foil=foil, distributed=distributed)
 
     def attribution_patching(self, clean_text: Any, corrupted_text: Any, component: str = "output",
                              layers: Optional[List[int]] = None, positions: Optional[List[int]] = None,

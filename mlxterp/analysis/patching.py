@@ -18,12 +18,13 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import mlx.core as mx
 import numpy as np
 
+from .. import distributed as dist
 from .attribution import attribution_grid
 from .components import ComponentSite, resolve_sites
 from .display import show_if_interactive
 from .serial import holds_model_lock
 from .metrics import Metric, identical_logits_message
-from .sweep import run_sweep
+from .sweep import SweepResult, run_sweep
 from .unembed import UnembeddingError, find_unembedding
 from .validate import (check_positive_int, prompt_pair, resolve_layers, resolve_metric, resolve_positions,
                        token_labels)
@@ -130,16 +131,16 @@ def activation_patching(model: Any, clean_text: Any, corrupted_text: Any, compon
                         figsize: Tuple[float, float] = (12, 8), cmap: str = "RdBu_r", *,
                         batch_size: Optional[int] = None, progress: bool = False,
                         save_path: Optional[PathLike] = None, target: Any = None,
-                        foil: Any = None) -> Dict[int, float]:
+                        foil: Any = None, distributed: dist.Distributed = "auto") -> Dict[int, float]:
     """Recovery (%) per layer when the component's clean output replaces the corrupted one (all positions).
 
     See :meth:`mlxterp.analysis.methods.AnalysisMixin.activation_patching` for the arguments.
     """
     batch_size = check_positive_int(batch_size, "batch_size", allow_none=True)
+    group = dist.resolve_group(distributed)
     s = _setup(model, clean_text, corrupted_text, component, layers, metric, target, foil)
     cells = [(layer, None) for layer in s.layers]
-    result = run_sweep(model, s.tokens, s.sites, cells, s.metric, norm_path=s.norm_path,
-                       batch_size=batch_size, progress=progress, desc=f"patching {component}")
+    result = _sweep(model, s, cells, group, batch_size, progress, f"patching {component}")
     if result.corrupted == 0.0:
         raise ValueError(identical_logits_message(s.metric))
     rec = (result.corrupted - result.patched) / result.corrupted * 100.0
@@ -160,17 +161,18 @@ def patching_grid(model: Any, clean_text: Any, corrupted_text: Any, component: s
                   layers: Optional[List[int]] = None, positions: Optional[List[int]] = None, metric: str = "l2",
                   plot: bool = False, figsize: Tuple[float, float] = (12, 8), cmap: str = "RdBu_r", *,
                   batch_size: Optional[int] = None, progress: bool = False,
-                  save_path: Optional[PathLike] = None, target: Any = None, foil: Any = None) -> PatchingGrid:
+                  save_path: Optional[PathLike] = None, target: Any = None, foil: Any = None,
+                  distributed: dist.Distributed = "auto") -> PatchingGrid:
     """Recovery (%) for every (layer, position) cell, patching one position of one layer's component.
 
     See :meth:`mlxterp.analysis.methods.AnalysisMixin.patching_grid` for the arguments.
     """
     batch_size = check_positive_int(batch_size, "batch_size", allow_none=True)
+    group = dist.resolve_group(distributed)
     s = _setup(model, clean_text, corrupted_text, component, layers, metric, target, foil)
     cols = resolve_positions(positions, s.tokens.shape[1])
     cells = [(layer, p) for layer in s.layers for p in cols]
-    result = run_sweep(model, s.tokens, s.sites, cells, s.metric, norm_path=s.norm_path,
-                       batch_size=batch_size, progress=progress, desc=f"patching {component} x positions")
+    result = _sweep(model, s, cells, group, batch_size, progress, f"patching {component} x positions")
     if result.corrupted == 0.0:
         raise ValueError(identical_logits_message(s.metric))
     grid = ((result.corrupted - result.patched) / result.corrupted * 100.0).reshape(len(s.layers), len(cols))
@@ -178,6 +180,19 @@ def patching_grid(model: Any, clean_text: Any, corrupted_text: Any, component: s
                        "activation patching", result.corrupted)
     _maybe_plot(out, plot, save_path, figsize, cmap)
     return out
+
+
+def _sweep(model: Any, s: _Setup, cells: List[Any], group: Optional[Any], batch_size: Optional[int],
+           progress: bool, desc: str) -> SweepResult:
+    """:func:`run_sweep` on this rank's share of ``cells`` (all of them alone), gathered so that every rank
+    returns every cell; the corrupted run's distance is rank 0's, so all ranks return the same numbers."""
+    part = run_sweep(model, s.tokens, s.sites, dist.my_items(cells, group), s.metric, norm_path=s.norm_path,
+                     batch_size=batch_size, progress=progress and dist.rank(group) == 0, desc=desc)
+    if group is None:
+        return part
+    heads = dist.gather(np.array([part.corrupted, part.forwards], dtype=np.float64), group)
+    patched = dist.gather_items(part.patched, len(cells), group)
+    return SweepResult(patched, float(heads[0][0]), int(sum(h[1] for h in heads)))
 
 
 @holds_model_lock

@@ -15,6 +15,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..activations import _position_index, _token_rows, gather_rows, padded_batches
+from ..core import WrappedModel
 from .manifest import model_identity
 from .writer import LENGTHS_KEY, Collection
 
@@ -37,7 +38,7 @@ def dtype_name(dtype: Any) -> str:
     return str(dtype).rsplit(".", 1)[-1]
 
 
-def _output_specs(model: Any, paths: List[str], what: str) -> List[tuple]:
+def _output_specs(model: WrappedModel, paths: List[str], what: str) -> List[tuple]:
     """``(shape, dtype)`` of each module's output on a ``(1, PROBE_LEN)`` probe; ValueError unless it is a
     ``(batch, seq, hidden)`` array."""
     probe = model._probe(mx.zeros((1, PROBE_LEN), dtype=mx.int32))
@@ -52,7 +53,7 @@ def _output_specs(model: Any, paths: List[str], what: str) -> List[tuple]:
     return specs
 
 
-def check_lengths(model: Any, prompts: Sequence[Any], first: int) -> np.ndarray:
+def check_lengths(model: WrappedModel, prompts: Sequence[Any], first: int) -> np.ndarray:
     """Token counts of ``prompts`` (numbered from ``first``), each tokenized and range-checked, and the
     longest checked against the model's position limit."""
     lengths = np.array([len(r) for r in _token_rows(model, prompts, offset=first)], dtype=np.int64)
@@ -61,7 +62,7 @@ def check_lengths(model: Any, prompts: Sequence[Any], first: int) -> np.ndarray:
     return lengths
 
 
-def positions_collection(model: Any, layer_ids: List[int], positions: List[int], single: bool, dtype: Any,
+def positions_collection(model: WrappedModel, layer_ids: List[int], positions: List[int], single: bool, dtype: Any,
                          batch_size: int) -> Collection:
     """Rows = prompts: ``layer_{i}`` of shape ``(hidden,)`` (one position) or ``(positions, hidden)``."""
     paths = [model._index.layer_path(i) for i in layer_ids]
@@ -88,7 +89,7 @@ def positions_collection(model: Any, layer_ids: List[int], positions: List[int],
     return Collection(spec, check, compute, bytes_per_prompt=per_prompt)
 
 
-def tokens_collection(model: Any, paths: List[str], keys: List[str], dtype: Any, batch_size: int) -> Collection:
+def tokens_collection(model: WrappedModel, paths: List[str], keys: List[str], dtype: Any, batch_size: int) -> Collection:
     """Rows = tokens: every real token's output of each module, ``(hidden,)`` per row."""
     specs = _output_specs(model, paths, "module")
     store_dtype = storage_dtype(dtype, specs[0][1])
@@ -111,7 +112,7 @@ def tokens_collection(model: Any, paths: List[str], keys: List[str], dtype: Any,
     return Collection(spec, check, compute, bytes_per_token=per_token)
 
 
-def token_outputs(model: Any, rows: List[List[int]], paths: List[str], keys: List[str], batch_size: int,
+def token_outputs(model: WrappedModel, rows: List[List[int]], paths: List[str], keys: List[str], batch_size: int,
                   bar: Any = None) -> Dict[str, mx.array]:
     """Each module's output at every real token of ``rows``, ``(total tokens, hidden)``, prompts in order."""
     lengths = np.array([len(r) for r in rows], dtype=np.int64)
