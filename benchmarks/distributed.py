@@ -15,7 +15,9 @@ calls. Cases:
 ``activation_store``       the same into an activation store folder (``out=``; each rank writes its shards).
 
 Target: >= 1.7x throughput on 2 processes. Only meaningful when 2 cores are free: on a shared machine,
-report the load (the report prints ``os.getloadavg()`` before and after). The CPU-time ratio (one
+report the load (the report prints ``os.getloadavg()`` before and after). Every process is started in a
+session of its own, as ``mlx.launch`` starts remote ranks (under Linux autogroup scheduling, processes of
+one session share one session's CPU share). The CPU-time ratio (one
 process's CPU seconds per call / the busiest rank's) shows how the work was split whatever the load: it
 is the wall-clock ratio 2 free cores would give, less the waits on the other rank.
 """
@@ -26,7 +28,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -85,17 +86,6 @@ def worker(case: str, name: str, calls: int, seq: int, n_prompts: int, base: Pat
 
 
 # -- the driver ------------------------------------------------------------------------------------------------
-def _free_ports(n: int) -> List[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def run_side(n: int, case: str, args: argparse.Namespace, work: Path) -> Dict[str, List[float]]:
     """Start ``n`` processes (a ring of ``n``, or one alone): rank 0's call times (``times``) and the busiest
     rank's CPU time per call (``cpu``)."""
@@ -106,12 +96,14 @@ def run_side(n: int, case: str, args: argparse.Namespace, work: Path) -> Dict[st
                "--base", str(base), "--result", str(result)]
     env = dict(os.environ)
     if n > 1:
-        hostfile = base / "hosts.json"
-        hostfile.write_text(json.dumps([[f"127.0.0.1:{p}"] for p in _free_ports(n)]))
-        env["MLX_HOSTFILE"] = str(hostfile)
+        from mlxterp.distributed import local_hostfile
+
+        env["MLX_HOSTFILE"] = str(local_hostfile(base / "hosts.json", n))
     repo = Path(__file__).resolve().parents[1]
+    # Each process in its own session: Linux autogroup scheduling shares the CPU between sessions, so the
+    # two ranks of one session would together get one session's share on a busy machine (as one process).
     procs = [subprocess.Popen(command, cwd=repo, env={**env, "MLX_RANK": str(r)} if n > 1 else env,
-                              stderr=subprocess.PIPE, text=True) for r in range(n)]
+                              stderr=subprocess.PIPE, text=True, start_new_session=True) for r in range(n)]
     errors = [p.communicate()[1] for p in procs]
     if any(p.returncode for p in procs):
         raise RuntimeError(f"a {n}-process run of {case} failed: " + " | ".join(e[-2000:] for e in errors))

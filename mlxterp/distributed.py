@@ -11,6 +11,9 @@ calls in the same order, as collectives require.
 
 from __future__ import annotations
 
+import json
+import socket
+from pathlib import Path
 from typing import Any, List, Optional, Sequence, TypeVar, Union
 
 import mlx.core as mx
@@ -116,6 +119,25 @@ def barrier(group: Optional[Any]) -> None:
     """Wait until every rank reaches this point (no-op alone)."""
     if group is not None:
         _all_gather(mx.array([0], dtype=mx.int32), group)
+
+
+def local_hostfile(path: Union[str, Path], n: int) -> Path:
+    """Write a ring hostfile for ``n`` processes on this machine (free ports of 127.0.0.1) to ``path``.
+
+    Start rank ``r`` with ``MLX_RANK=r MLX_HOSTFILE=path python script.py``: the ranks ``mlx.launch`` would
+    start, without its launcher process (which busy-polls a core while they run).
+    """
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        ports = [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+    path = Path(path)
+    path.write_text(json.dumps([[f"127.0.0.1:{port}"] for port in ports]))
+    return path
 
 
 def _all_gather(x: mx.array, group: Any) -> mx.array:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -29,18 +28,6 @@ needs_ring = pytest.mark.skipif(not mx.distributed.is_available(),
                                 reason="this MLX build has no distributed backend (mx.distributed.is_available())")
 
 
-def free_ports(n: int) -> list:
-    """``n`` distinct TCP ports free on 127.0.0.1 right now."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def finish(procs: list, timeout: float = 240) -> None:
     """Wait for every process; on a failure or a timeout, kill the others and fail with their output."""
     try:
@@ -55,8 +42,7 @@ def finish(procs: list, timeout: float = 240) -> None:
 
 def spawn_ranks(out: Path, work: list, n: int = 2) -> list:
     """Run :mod:`tests.distributed_child` on ``n`` ring ranks started directly; each rank's saved arrays."""
-    hostfile = out / "hosts.json"
-    hostfile.write_text(json.dumps([[f"127.0.0.1:{p}"] for p in free_ports(n)]))
+    hostfile = dist.local_hostfile(out / "hosts.json", n)
     procs = [subprocess.Popen([sys.executable, "-m", "tests.distributed_child", str(out), ",".join(work)], cwd=REPO,
                               env={**os.environ, "MLX_RANK": str(r), "MLX_HOSTFILE": str(hostfile)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(n)]
@@ -131,7 +117,8 @@ def test_mlx_launch_runs_the_same_script(tmp_path, single):
     launcher = Path(sys.executable).parent / "mlx.launch"
     if not launcher.is_file():
         pytest.skip(f"mlx.launch is not installed beside {sys.executable}")
-    port = free_ports(1)[0]
+    free = json.loads(dist.local_hostfile(tmp_path / "free.json", 1).read_text())
+    port = free[0][0].rsplit(":", 1)[1]  # the launcher takes it and the next one
     # nice: the launcher busy-polls a core while the ranks run (see design.md)
     proc = subprocess.Popen([str(launcher), "--backend", "ring", "-n", "2", "--starting-port",
                              str(port), "--python", sys.executable, "--", "-m", "tests.distributed_child",
@@ -189,3 +176,10 @@ def test_gather_alone_is_the_local_array():
     (got,) = dist.gather(local, None)
     np.testing.assert_array_equal(got, local)
     dist.barrier(None)  # no-op
+
+
+def test_local_hostfile(tmp_path):
+    path = dist.local_hostfile(tmp_path / "ring.json", 3)
+    hosts = json.loads(path.read_text())
+    assert len(hosts) == 3 and all(len(h) == 1 and h[0].startswith("127.0.0.1:") for h in hosts)
+    assert len({h[0] for h in hosts}) == 3

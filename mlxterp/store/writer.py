@@ -33,6 +33,7 @@ from .manifest import (auto_shard_size, check_match, digest, new_manifest, promp
 log = logging.getLogger(__name__)
 
 CHECK_CHUNK = 4096  # prompts tokenized at a time by the up-front check
+ROUNDS = 4  # on several ranks, auto-sized shards give every rank at least this many windows
 SHARD_KEY = "mlxterp.shard"  # safetensors metadata entry describing a shard (JSON)
 HASH_KEY = "_prompt_hash"  # each shard's (prompts,) uint64 prompt hashes
 LENGTHS_KEY = "_lengths"  # each token-level shard's (prompts,) int32 prompt lengths
@@ -84,7 +85,7 @@ def write_store(collection: Collection, prompts: Sequence[Any], out: Any, *, bat
             if w not in done] if stored else [(0, len(prompts))]
     tokens = _check_prompts(collection, prompts, todo)
     if stored is None:
-        wanted["shard_size"] = shard_size or _auto_size(collection, tokens)
+        wanted["shard_size"] = shard_size or _auto_size(collection, tokens, dist.size(group))
     if dist.rank(group) == 0:
         _prepare(folder, stored or wanted, new=stored is None)
     dist.barrier(group)
@@ -111,9 +112,12 @@ def _check_prompts(collection: Collection, prompts: Sequence[Any], ranges: List[
     return np.concatenate(counts) if counts else np.zeros(0, dtype=np.int64)
 
 
-def _auto_size(collection: Collection, tokens: np.ndarray) -> int:
+def _auto_size(collection: Collection, tokens: np.ndarray, world: int) -> int:
+    """About TARGET_SHARD_BYTES per shard; on several ranks at most ``1 / (ROUNDS * world)`` of the prompts,
+    so that every rank gets windows (a window is the unit of work dealt out)."""
     per_prompt = collection.bytes_per_prompt + collection.bytes_per_token * float(np.mean(tokens))
-    return auto_shard_size(per_prompt)
+    size = auto_shard_size(per_prompt)
+    return size if world == 1 else max(1, min(size, -(-len(tokens) // (ROUNDS * world))))
 
 
 def _prepare(folder: Path, manifest: Dict[str, Any], new: bool) -> None:

@@ -255,3 +255,13 @@ def test_memory_is_bounded_by_one_shard(tmp_path, model):
     in_memory = peak(256, None)
     assert large < 1.5 * small, (small, large)
     assert in_memory > 3 * large, (large, in_memory)  # the check would catch activations piling up
+
+
+def test_auto_shard_size_gives_every_rank_windows():
+    from mlxterp.store.writer import ROUNDS, Collection, _auto_size
+
+    collection = Collection({}, None, None, bytes_per_prompt=1024)
+    tokens = np.full(1000, 10)
+    assert _auto_size(collection, tokens, 1) == 65536  # 64 MiB of 1 KiB rows: one shard alone
+    assert _auto_size(collection, tokens, 2) == -(-1000 // (ROUNDS * 2))  # 4 windows per rank
+    assert _auto_size(collection, tokens[:3], 8) == 1
