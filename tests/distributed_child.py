@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict
 import mlx.core as mx
 import numpy as np
 
+import mlxterp
 from mlxterp import InterpretableModel, batch_get_activations, collect_activations
 from tests.models import CharTokenizer, tiny_llama_module
 
@@ -34,6 +35,17 @@ def _store(store: Any) -> np.ndarray:
     return np.concatenate([np.array(store.get(k)).reshape(len(store), -1) for k in store.keys], axis=1)
 
 
+def _program_scan(m: InterpretableModel, d: Any) -> np.ndarray:
+    """A steering program's batched scan over 5 vectors and strengths (``Program.batched``)."""
+    with m.trace(CLEAN, capture="saved") as tr:
+        steer, alpha = mlxterp.param("steer", mx.zeros(64)), mlxterp.param("alpha", 1.0)
+        m.layers[2].output[:, -1] = m.layers[2].output[:, -1] + alpha * steer
+        m.output[:, -1].save("logits")
+    vectors = mx.array(np.random.default_rng(0).normal(size=(5, 64)).astype(np.float32))
+    out = tr.program().batched(steer=vectors, alpha=np.linspace(-1, 1, 5), distributed=d)
+    return np.array(out["logits"])
+
+
 WORK: Dict[str, Callable[[InterpretableModel, Any, Path], np.ndarray]] = {
     "activation_patching": lambda m, d, out: np.array(list(m.activation_patching(
         CLEAN, CORRUPTED, component="mlp", batch_size=2, distributed=d).values())),
@@ -41,6 +53,7 @@ WORK: Dict[str, Callable[[InterpretableModel, Any, Path], np.ndarray]] = {
         CLEAN, CORRUPTED, component="output", batch_size=6, distributed=d).grid,
     "patching_grid_attn": lambda m, d, out: m.patching_grid(
         CLEAN, CORRUPTED, component="self_attn", layers=[1, 3], positions=[4, 5, -1], distributed=d).grid,
+    "program_scan": lambda m, d, out: _program_scan(m, d),
     "batch_get_activations": lambda m, d, out: _array(batch_get_activations(
         m, PROMPTS, layers=[0, 4], positions=[0, -1], batch_size=4, progress=False, distributed=d)),
     "collect_activations": lambda m, d, out: _array(collect_activations(
@@ -59,10 +72,11 @@ class Counter:
     run (patching sweeps replay compiled programs, which do not trace)."""
 
     def __init__(self) -> None:
+        from mlxterp import distributed as dist
         from mlxterp.analysis import patching
 
-        self.rows = self.cells = 0
-        counter, real_trace, real_sweep = self, InterpretableModel.trace, patching.run_sweep
+        self.rows = self.cells = self.items = 0
+        counter, real_trace, real_sweep, real_items = self, InterpretableModel.trace, patching.run_sweep, dist.my_items
 
         def trace(self_model, inputs, *args, **kwargs):
             tr = real_trace(self_model, inputs, *args, **kwargs)
@@ -73,10 +87,16 @@ class Counter:
             counter.cells += len(cells)
             return real_sweep(model, tokens, sites, cells, *args, **kwargs)
 
+        def my_items(items, group):
+            mine = real_items(items, group)
+            counter.items += len(mine)
+            return mine
+
         InterpretableModel.trace = trace
         patching.run_sweep = run_sweep
+        dist.my_items = my_items
         self.close = lambda: (setattr(InterpretableModel, "trace", real_trace),
-                              setattr(patching, "run_sweep", real_sweep))
+                              setattr(patching, "run_sweep", real_sweep), setattr(dist, "my_items", real_items))
 
 
 def main(out: Path, names: list) -> None:
@@ -85,10 +105,11 @@ def main(out: Path, names: list) -> None:
     m = model()
     saved = {"size": np.array(group.size())}
     for name in names:
-        rows, cells = counter.rows, counter.cells
+        rows, cells, items = counter.rows, counter.cells, counter.items
         saved[name] = WORK[name](m, True, out)
         saved[f"rows_{name}"] = np.array(counter.rows - rows)
         saved[f"cells_{name}"] = np.array(counter.cells - cells)
+        saved[f"items_{name}"] = np.array(counter.items - items)
     np.savez(out / f"rank{group.rank()}.npz", **saved)
 
 

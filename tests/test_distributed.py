@@ -24,6 +24,7 @@ from tests import distributed_child as child
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = ("activation_patching", "patching_grid", "patching_grid_attn")
+FLOAT_TOL = {"program_scan": 1e-5}  # logits: one 5-variant batch vs batches of 3 and 2 (exact on this CPU)
 needs_ring = pytest.mark.skipif(not mx.distributed.is_available(),
                                 reason="this MLX build has no distributed backend (mx.distributed.is_available())")
 
@@ -86,7 +87,7 @@ def test_every_rank_returns_the_single_process_result(ranks, single, name):
     assert got.shape == want.shape
     # Chunking changes which rows share a forward; on this CPU the numbers come out bit-identical
     # (sweeps are compared to 1e-4 percentage points in case another BLAS sums in another order).
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 if name in SWEEPS else 0)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 if name in SWEEPS else FLOAT_TOL.get(name, 0))
 
 
 @needs_ring
@@ -103,6 +104,11 @@ def test_activation_rows_are_split_across_ranks(ranks, single, name):
     total = single[name][1]
     done = [int(r[f"rows_{name}"]) for r in ranks]
     assert all(0 < d <= 0.7 * total for d in done), (done, total)
+
+
+@needs_ring
+def test_program_scan_variants_are_split_across_ranks(ranks):
+    assert [int(r["items_program_scan"]) for r in ranks] == [3, 2]  # 5 variants: rank 0 takes 0, 2, 4
 
 
 @needs_ring
@@ -145,6 +151,7 @@ def test_resolve_group_alone():
     lambda m: m.patching_grid(child.CLEAN, child.CORRUPTED, distributed=True),
     lambda m: batch_get_activations(m, child.PROMPTS, progress=False, distributed=True),
     lambda m: collect_activations(m, child.PROMPTS[:2], distributed=True),
+    lambda m: child.WORK["program_scan"](m, True, None),
 ])
 def test_distributed_true_without_a_group_is_an_error(call):
     with pytest.raises(RuntimeError, match="needs a distributed group of more than one process"):

@@ -21,10 +21,12 @@ import numpy as np
 from mlxterp.compiler import Graph, Op, to_text
 from mlxterp.compiler.passes.lift import as_param
 
+from .. import distributed as dist
 from ..core import WrappedModel
 from . import context
 
 TOKENS = "tokens"
+RESERVED = (TOKENS, "distributed")  # keywords of a program's calls that are not params
 # What MLX says when asked for the values of an array inside mx.compile or mx.vmap tracing.
 _ABSTRACT = "Attempting to eval an array during function transformations"
 
@@ -61,8 +63,9 @@ def param(name: str, default: Any) -> Any:
 
 def check_param_name(name: Any, used: set) -> None:
     """A param name must be a free Python identifier (it is passed as a keyword)."""
-    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name) or name == TOKENS:
-        raise ValueError(f"param name {name!r} is not valid: use a Python identifier other than 'tokens' "
+    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name) or name in RESERVED:
+        raise ValueError(f"param name {name!r} is not valid: use a Python identifier other than 'tokens' and "
+                         "'distributed' "
                          "(it becomes a keyword argument of the program, e.g. prog(steer=v))")
     if name in used:
         raise ValueError(f"param name {name!r} is already used in this trace; each param needs its own name")
@@ -121,22 +124,34 @@ class Program:
         the form to put inside your own ``mx.compile``, ``mx.vmap`` or ``mx.grad``."""
         return self._lowered.fn(self._tokens(tokens), self._bind(params or {}))
 
-    def batched(self, tokens: Any = None, **values: Any) -> Dict[str, mx.array]:
+    def batched(self, tokens: Any = None, *, distributed: Any = "auto", **values: Any) -> Dict[str, mx.array]:
         """``K`` variants in one forward: every param given here has a leading axis of size ``K`` (one value
         per variant; the others keep their value for all). The tokens are repeated ``K`` times along the
         batch axis, so the model runs one ``K * batch`` forward; each save comes back with a leading ``K``
         axis. Equal to ``mx.vmap`` over the same params, and it needs no vmap rule of the model's kernels:
         MLX has none for quantized matmuls (``mx.vmap`` over a 4-bit model raises ``[QuantizedMatmul::vmap]
-        NYI`` when the result is evaluated), and on a CPU one folded forward is also the faster form."""
+        NYI`` when the result is evaluated), and on a CPU one folded forward is also the faster form.
+
+        ``distributed`` splits the ``K`` variants over ``mx.distributed`` processes (:mod:`mlxterp.distributed`):
+        ``"auto"`` when the script was launched on several (``mlx.launch``), ``True`` to require that,
+        ``False`` for this process alone; every rank returns all ``K``."""
         if not values:
             raise ValueError(f"batched() needs at least one param with a leading variant axis; this program's "
                              f"params are: {', '.join(self.params) or 'none'}")
         k = {name: _leading(name, v) for name, v in values.items()}
         if len(set(k.values())) != 1:
             raise ValueError(f"batched() params must share their leading (variant) axis, got sizes {k}")
+        group = dist.resolve_group(distributed)
+        n = next(iter(k.values()))
+        if group is not None and n >= dist.size(group):  # this rank's variants, then everyone's gathered
+            mine = mx.array(np.array(dist.my_items(range(n), group), dtype=np.int32))
+            values = {name: mx.array(v)[mine] for name, v in values.items()}
         bound = self._bind(values, mapped=True)
         mapped = frozenset(self._index[name] for name in values)
-        return self._lowered.folded(self._tokens(tokens), bound, mapped)
+        out = self._lowered.folded(self._tokens(tokens), bound, mapped)
+        if group is None or n < dist.size(group):
+            return out
+        return {name: dist.gather_array_items(value, n, group) for name, value in out.items()}
 
     # -- inputs ----------------------------------------------------------------------------------
     def _tokens(self, tokens: Any) -> mx.array:
