@@ -190,3 +190,12 @@ def test_local_hostfile(tmp_path):
     hosts = json.loads(path.read_text())
     assert len(hosts) == 3 and all(len(h) == 1 and h[0].startswith("127.0.0.1:") for h in hosts)
     assert len({h[0] for h in hosts}) == 3
+
+
+def test_distributed_is_reserved_as_a_program_param_name():
+    import mlxterp
+
+    m = child.model()
+    with pytest.raises(ValueError, match="other than 'tokens' and 'distributed'"):
+        with m.trace(child.CLEAN, capture="saved"):
+            mlxterp.param("distributed", 1.0)
