@@ -68,20 +68,15 @@ WORK: Dict[str, Callable[[InterpretableModel, Any, Path], np.ndarray]] = {
 
 
 class Counter:
-    """Counts the work this process does itself: token rows traced (padding rows included) and sweep cells
-    run (patching sweeps replay compiled programs, which do not trace)."""
+    """Counts the work this process takes itself: sweep cells run, and the items (prompts, store windows,
+    scan variants) :func:`mlxterp.distributed.my_items` dealt it."""
 
     def __init__(self) -> None:
         from mlxterp import distributed as dist
         from mlxterp.analysis import patching
 
-        self.rows = self.cells = self.items = 0
-        counter, real_trace, real_sweep, real_items = self, InterpretableModel.trace, patching.run_sweep, dist.my_items
-
-        def trace(self_model, inputs, *args, **kwargs):
-            tr = real_trace(self_model, inputs, *args, **kwargs)
-            counter.rows += int(tr.tokens.shape[0])
-            return tr
+        self.cells = self.items = 0
+        counter, real_sweep, real_items = self, patching.run_sweep, dist.my_items
 
         def run_sweep(model, tokens, sites, cells, *args, **kwargs):
             counter.cells += len(cells)
@@ -92,11 +87,9 @@ class Counter:
             counter.items += len(mine)
             return mine
 
-        InterpretableModel.trace = trace
         patching.run_sweep = run_sweep
         dist.my_items = my_items
-        self.close = lambda: (setattr(InterpretableModel, "trace", real_trace),
-                              setattr(patching, "run_sweep", real_sweep), setattr(dist, "my_items", real_items))
+        self.close = lambda: (setattr(patching, "run_sweep", real_sweep), setattr(dist, "my_items", real_items))
 
 
 def main(out: Path, names: list) -> None:
@@ -105,9 +98,8 @@ def main(out: Path, names: list) -> None:
     m = model()
     saved = {"size": np.array(group.size())}
     for name in names:
-        rows, cells, items = counter.rows, counter.cells, counter.items
+        cells, items = counter.cells, counter.items
         saved[name] = WORK[name](m, True, out)
-        saved[f"rows_{name}"] = np.array(counter.rows - rows)
         saved[f"cells_{name}"] = np.array(counter.cells - cells)
         saved[f"items_{name}"] = np.array(counter.items - items)
     np.savez(out / f"rank{group.rank()}.npz", **saved)

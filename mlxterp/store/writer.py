@@ -150,15 +150,14 @@ def _run(collection: Collection, prompts: Sequence[Any], hashes: np.ndarray, fol
     """Compute and write every window not yet listed, one per rank per round; rank 0 lists them."""
     done = {e["window"] for e in manifest["shards"]}
     todo = [w for w in windows(manifest) if w[0] not in done]
-    world, me, leader = dist.size(group), dist.rank(group), dist.rank(group) == 0
+    mine, leader = dist.my_items(todo, group), dist.rank(group) == 0  # every size-th window
     initial = int(sum(e["stop"] - e["start"] for e in manifest["shards"]))
     with tqdm(total=manifest["n_prompts"], initial=initial, unit="prompt", desc="activations",
               disable=not (progress and leader), dynamic_ncols=True) as bar:
-        for first in range(0, len(todo), world):
-            mine = todo[first + me] if first + me < len(todo) else None
+        for k in range(-(-len(todo) // dist.size(group))):  # rounds: every rank joins each round's gather
             record = np.array([[-1, 0, 0]], dtype=np.int64)
-            if mine is not None:
-                record = _write_window(collection, prompts, hashes, folder, mine, bar if leader else None)
+            if k < len(mine):
+                record = _write_window(collection, prompts, hashes, folder, mine[k], bar if leader else None)
             records = np.concatenate(dist.gather(record, group))
             if leader:
                 _list(folder, manifest, records, hashes, bar)
