@@ -51,6 +51,8 @@ WORK: Dict[str, Callable[[InterpretableModel, Any, Path], np.ndarray]] = {
         CLEAN, CORRUPTED, component="mlp", batch_size=2, distributed=d).values())),
     "patching_grid": lambda m, d, out: m.patching_grid(
         CLEAN, CORRUPTED, component="output", batch_size=6, distributed=d).grid,
+    "head_patching": lambda m, d, out: m.head_patching(
+        CLEAN, CORRUPTED, layers=[0, 2, 4], distributed=d).grid,
     "patching_grid_attn": lambda m, d, out: m.patching_grid(
         CLEAN, CORRUPTED, component="self_attn", layers=[1, 3], positions=[4, 5, -1], distributed=d).grid,
     "program_scan": lambda m, d, out: _program_scan(m, d),

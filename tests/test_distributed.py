@@ -23,7 +23,7 @@ from mlxterp import distributed as dist
 from tests import distributed_child as child
 
 REPO = Path(__file__).resolve().parents[1]
-SWEEPS = ("activation_patching", "patching_grid", "patching_grid_attn")
+SWEEPS = ("activation_patching", "patching_grid", "patching_grid_attn", "head_patching")
 FLOAT_TOL = {"program_scan": 1e-5}  # logits: one 5-variant batch vs batches of 3 and 2 (exact on this CPU)
 needs_ring = pytest.mark.skipif(not mx.distributed.is_available(),
                                 reason="this MLX build has no distributed backend (mx.distributed.is_available())")
@@ -147,6 +147,7 @@ def test_resolve_group_alone():
 @pytest.mark.parametrize("call", [
     lambda m: m.activation_patching(child.CLEAN, child.CORRUPTED, distributed=True),
     lambda m: m.patching_grid(child.CLEAN, child.CORRUPTED, distributed=True),
+    lambda m: m.head_patching(child.CLEAN, child.CORRUPTED, distributed=True),
     lambda m: batch_get_activations(m, child.PROMPTS, progress=False, distributed=True),
     lambda m: collect_activations(m, child.PROMPTS[:2], distributed=True),
     lambda m: child.WORK["program_scan"](m, True, None),

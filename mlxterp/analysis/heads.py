@@ -18,8 +18,8 @@ import numpy as np
 from .components import resolve_sites
 from .display import show_if_interactive
 from .metrics import identical_logits_message
-from .patching import _sliceable_norm
-from .sweep import run_sweep
+from .. import distributed as dist
+from .patching import _sliceable_norm, sharded_sweep
 from .validate import (check_positive_int, prompt_pair, require_attention, resolve_indices, resolve_layers,
                        resolve_metric)
 
@@ -70,10 +70,11 @@ def head_patching(model: Any, clean_text: Any, corrupted_text: Any, layers: Opti
                   heads: Optional[List[int]] = None, metric: Any = "l2", plot: bool = False,
                   figsize: Tuple[float, float] = (10, 8), cmap: str = "RdBu_r", *,
                   batch_size: Optional[int] = None, progress: bool = False, save_path: Optional[PathLike] = None,
-                  target: Any = None, foil: Any = None) -> HeadPatchingGrid:
+                  target: Any = None, foil: Any = None, distributed: dist.Distributed = "auto") -> HeadPatchingGrid:
     """Recovery (%) for every (layer, head) cell. See
     :meth:`mlxterp.analysis.methods.AnalysisMixin.head_patching` for the arguments."""
     batch_size = check_positive_int(batch_size, "batch_size", allow_none=True)
+    group = dist.resolve_group(distributed)
     tokens = prompt_pair(model, clean_text, corrupted_text)
     layer_ids = resolve_layers(layers, len(model.layers))
     sites = {layer: dataclasses.replace(site, cell_axis=2)
@@ -83,8 +84,8 @@ def head_patching(model: Any, clean_text: Any, corrupted_text: Any, layers: Opti
                                valid=f"the layers have {n_heads} heads (valid indices 0 to {n_heads - 1})")
     metric = resolve_metric(model, metric, tokens, target, foil)
     cells = [(layer, h) for layer in layer_ids for h in head_ids]
-    result = run_sweep(model, tokens, sites, cells, metric, norm_path=_sliceable_norm(model, tokens),
-                       batch_size=batch_size, progress=progress, desc="patching heads")
+    result = sharded_sweep(model, tokens, sites, cells, metric, norm_path=_sliceable_norm(model, tokens), group=group,
+                           batch_size=batch_size, progress=progress, desc="patching heads")
     if result.corrupted == 0.0:
         raise ValueError(identical_logits_message(metric))
     grid = ((result.corrupted - result.patched) / result.corrupted * 100.0).reshape(len(layer_ids), len(head_ids))

@@ -216,7 +216,8 @@ class AnalysisMixin:
                       heads: Optional[List[int]] = None, metric: Any = "l2", plot: bool = False,
                       figsize: Tuple[float, float] = (10, 8), cmap: str = "RdBu_r", *,
                       batch_size: Optional[int] = None, progress: bool = False,
-                      save_path: Optional[PathLike] = None, target: Any = None, foil: Any = None) -> Any:
+                      save_path: Optional[PathLike] = None, target: Any = None, foil: Any = None,
+                      distributed: Any = "auto") -> Any:
         """Activation patching of single attention heads: a layers x heads grid of recovery (%).
 
         Cell ``(layer, head)`` gives that head's output (``attn.heads[:, :, head]``, before the output
@@ -237,6 +238,9 @@ class AnalysisMixin:
             save_path: write the heatmap as a PNG here.
             target: the target token of a score metric (text or id); default: the clean prediction.
             foil: ``logit_diff``'s foil token; default: the corrupted prediction.
+            distributed: shard the variants over ``mx.distributed`` processes: ``"auto"`` (default) when the
+                script was launched on several (``mlx.launch``), ``True`` to require that (an error
+                otherwise), ``False`` for this process alone. Every rank returns the full result.
 
         Returns:
             A :class:`mlxterp.analysis.heads.HeadPatchingGrid` (``.grid``, ``.layers``, ``.heads``,
@@ -249,7 +253,7 @@ class AnalysisMixin:
 
         return head_patching(self, clean_text, corrupted_text, layers, heads, metric, plot, figsize, cmap,
                              batch_size=batch_size, progress=progress, save_path=save_path, target=target,
-                             foil=foil)
+                             foil=foil, distributed=distributed)
 
     def attention_patterns(self, text: Any, layers: Optional[List[int]] = None) -> Any:
         """Every head's attention pattern of one prompt, in one traced forward.

@@ -140,7 +140,8 @@ def activation_patching(model: Any, clean_text: Any, corrupted_text: Any, compon
     group = dist.resolve_group(distributed)
     s = _setup(model, clean_text, corrupted_text, component, layers, metric, target, foil)
     cells = [(layer, None) for layer in s.layers]
-    result = _sweep(model, s, cells, group, batch_size, progress, f"patching {component}")
+    result = sharded_sweep(model, s.tokens, s.sites, cells, s.metric, norm_path=s.norm_path, group=group,
+                           batch_size=batch_size, progress=progress, desc=f"patching {component}")
     if result.corrupted == 0.0:
         raise ValueError(identical_logits_message(s.metric))
     rec = (result.corrupted - result.patched) / result.corrupted * 100.0
@@ -172,7 +173,8 @@ def patching_grid(model: Any, clean_text: Any, corrupted_text: Any, component: s
     s = _setup(model, clean_text, corrupted_text, component, layers, metric, target, foil)
     cols = resolve_positions(positions, s.tokens.shape[1])
     cells = [(layer, p) for layer in s.layers for p in cols]
-    result = _sweep(model, s, cells, group, batch_size, progress, f"patching {component} x positions")
+    result = sharded_sweep(model, s.tokens, s.sites, cells, s.metric, norm_path=s.norm_path, group=group,
+                           batch_size=batch_size, progress=progress, desc=f"patching {component} x positions")
     if result.corrupted == 0.0:
         raise ValueError(identical_logits_message(s.metric))
     grid = ((result.corrupted - result.patched) / result.corrupted * 100.0).reshape(len(s.layers), len(cols))
@@ -182,11 +184,13 @@ def patching_grid(model: Any, clean_text: Any, corrupted_text: Any, component: s
     return out
 
 
-def _sweep(model: Any, s: _Setup, cells: List[Any], group: Optional[Any], batch_size: Optional[int],
-           progress: bool, desc: str) -> SweepResult:
-    """:func:`run_sweep` on this rank's share of ``cells`` (all of them alone), gathered so that every rank
-    returns every cell; the corrupted run's distance is rank 0's, so all ranks return the same numbers."""
-    part = run_sweep(model, s.tokens, s.sites, dist.my_items(cells, group), s.metric, norm_path=s.norm_path,
+def sharded_sweep(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], cells: List[Any], metric: Any, *,
+                  norm_path: Optional[str], group: Optional[Any], batch_size: Optional[int] = None,
+                  progress: bool = False, desc: str = "patching") -> SweepResult:
+    """:func:`~.sweep.run_sweep` on this rank's share of ``cells`` (all of them alone), gathered so that every
+    rank returns every cell; the corrupted run's distance is rank 0's, so all ranks return the same numbers.
+    ``group``: from :func:`mlxterp.distributed.resolve_group` (None: this process alone)."""
+    part = run_sweep(model, tokens, sites, dist.my_items(cells, group), metric, norm_path=norm_path,
                      batch_size=batch_size, progress=progress and dist.rank(group) == 0, desc=desc)
     if group is None:
         return part
