@@ -14,7 +14,10 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Union
+
+if TYPE_CHECKING:
+    from .model import InterpretableModel
 
 PROG = "mlxterp"
 DEFAULT_MODEL = "smollm2-135m"
@@ -243,7 +246,7 @@ def call(fn: Callable[..., Any], *args: Any, usage: bool = False, **kwargs: Any)
         raise RunError(str(exc)) from exc
 
 
-def token_text(model: Any, token_id: int) -> str:
+def token_text(model: InterpretableModel, token_id: int) -> str:
     return repr(model.token_to_str(int(token_id)))
 
 
@@ -315,15 +318,15 @@ def _token_arg(text: str) -> Union[int, str]:
     return int(text) if text.isdigit() else text
 
 
-def _metric_label(model: Any, args: argparse.Namespace) -> str:
+def _metric_label(model: InterpretableModel, args: argparse.Namespace) -> str:
     """The score metric with its tokens, as the patching functions resolved them."""
-    from .analysis.validate import resolve_metric, prompt_pair
+    from .analysis.validate import prompt_pair, resolve_metric
 
     tokens = prompt_pair(model, args.clean, args.corrupted)
     return str(resolve_metric(model, args.metric, tokens, args.target, args.foil))
 
 
-def _precheck_patch(model: Any, clean: str, corrupted: str, component: str, layers: Optional[List[int]]) -> None:
+def _precheck_patch(model: InterpretableModel, clean: str, corrupted: str, component: str, layers: Optional[List[int]]) -> None:
     """Report bad prompts / components as usage errors before the sweep (the library would say the same)."""
     from .analysis.components import resolve_sites
     from .analysis.validate import prompt_pair
@@ -371,7 +374,7 @@ def cmd_activations(args: argparse.Namespace) -> int:
     return 0
 
 
-def _activations_to_file(model: Any, prompts: List[Any], out: Path, options: dict, args: argparse.Namespace,
+def _activations_to_file(model: InterpretableModel, prompts: List[Any], out: Path, options: dict, args: argparse.Namespace,
                          t1: float) -> int:
     """``--out X.safetensors``: collect in memory and write one file."""
     from .activation_cache import ActivationCache

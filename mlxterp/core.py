@@ -1,8 +1,9 @@
 """The seam between a wrapped model and the code built on it.
 
 The tracer (traces, programs, module proxies, guards), generation, the activation utilities and the
-analysis helpers use a wrapped model only through :class:`WrappedModel`: the module index, the executor,
-the probe, input normalisation, the program caches and the naming of captured activations.
+analysis helpers use a wrapped model only through :class:`WrappedModel`: the recording API (``trace``,
+``layers``, ``output``), the module index, the executor, the probe, input normalisation, the program
+caches and the naming of captured activations.
 :class:`~mlxterp.InterpretableModel` implements it; a test checks that it provides every member.
 """
 
@@ -19,7 +20,8 @@ if TYPE_CHECKING:
     from .inputs import TokenBatch
     from .names import ModuleIndex
     from .positions import PositionGuard
-    from .tracing.module_proxy import ModuleProxy
+    from .tracing.module_proxy import LayerListProxy, ModuleProxy
+    from .tracing.trace import Trace
 
 
 class WrappedModel(Protocol):
@@ -27,11 +29,17 @@ class WrappedModel(Protocol):
 
     model: nn.Module
     tokenizer: Any
+    layers: "LayerListProxy"  # model.layers[i]: the layers' proxies
+    output: Any  # the final output inside a trace (read, save, assign)
     _index: "ModuleIndex"  # module paths, name resolution, layers, the family adapter
     _executor: "Executor"  # the compile cache and its statistics
     _positions: "PositionGuard"  # the model's position limit
     _save_names: dict  # default save keys by (path, call, phase), shared by every trace
     _embedding_rows: Optional[int]  # rows of the token embedding (the valid token ids)
+
+    def trace(self, inputs: Any, interventions: Optional[dict] = None, compile: Any = "auto",
+              capture: Any = "all") -> "Trace":
+        """A tracing context: saves and interventions recorded inside ``with`` run on exit."""
 
     def _probe(self, tokens: mx.array) -> "Probe":
         """Execution order and shapes for inputs of this shape (one lazy forward, cached)."""

@@ -15,9 +15,12 @@ import dataclasses
 import math
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import mlx.core as mx
+
+if TYPE_CHECKING:
+    from ..model import InterpretableModel
 
 Cell = Tuple[int, Optional[int]]  # (layer, index along the site's cell axis: a position or a head); None: all
 
@@ -44,7 +47,7 @@ class ForwardTiming:
 _TIMINGS: "weakref.WeakKeyDictionary[Any, Dict[tuple, ForwardTiming]]" = weakref.WeakKeyDictionary()
 
 
-def chunker(model: Any, tokens: mx.array, rows: int, timed: bool,
+def chunker(model: InterpretableModel, tokens: mx.array, rows: int, timed: bool,
             norm_path: Optional[str] = None) -> Callable[[List[Cell]], List[List[Cell]]]:
     """The function splitting a sweep's cells into chunks of at most ``rows`` variants: by time
     (:func:`plan_chunks`, timings from :func:`forward_timing`) when ``timed``, else ``rows`` each."""
@@ -54,7 +57,7 @@ def chunker(model: Any, tokens: mx.array, rows: int, timed: bool,
     return lambda cells: plan_chunks(cells, layers, forward_timing(model, tokens, norm_path), rows) if cells else []
 
 
-def forward_timing(model: Any, tokens: mx.array, norm_path: Optional[str] = None) -> ForwardTiming:
+def forward_timing(model: InterpretableModel, tokens: mx.array, norm_path: Optional[str] = None) -> ForwardTiming:
     """Time eager forwards of ``tokens`` (``(2, seq)``), once per model, token shape and final norm. As in a
     sweep, the final norm ``norm_path`` (if any) sees the last position only.
 
@@ -79,7 +82,7 @@ def forward_timing(model: Any, tokens: mx.array, norm_path: Optional[str] = None
     return timings[key]
 
 
-def _timed_forward(model: Any, tokens: mx.array, norm_path: Optional[str]) -> float:
+def _timed_forward(model: InterpretableModel, tokens: mx.array, norm_path: Optional[str]) -> float:
     """Seconds to evaluate a forward of ``tokens`` (recording the trace is not counted)."""
     from ..tracing.proxy import apply
     from .sweep import last_position, saved_value  # sweep imports this module

@@ -5,13 +5,16 @@ runs exactly once per forward (``mlp``, ``self_attn``, ``mlp.gate_proj``, ...; G
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List
 
 import mlx.core as mx
 import numpy as np
 
 from ..names import ModuleNameError
 from .validate import OUTPUT
+
+if TYPE_CHECKING:
+    from ..model import InterpretableModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +32,7 @@ class ComponentSite:
 
 
 
-def layer_components(model: Any, probe: Any, layer: int = 0) -> List[str]:
+def layer_components(model: InterpretableModel, probe: Any, layer: int = 0) -> List[str]:
     """Valid component names of ``layer``: ``"output"``, then its sub-modules called once per forward."""
     base = model._index.layer_path(layer)
     counts = probe.call_counts()
@@ -37,7 +40,7 @@ def layer_components(model: Any, probe: Any, layer: int = 0) -> List[str]:
     return [OUTPUT] + sorted(subs)
 
 
-def resolve_sites(model: Any, component: Any, layers: List[int], tokens: mx.array) -> Dict[int, ComponentSite]:
+def resolve_sites(model: InterpretableModel, component: Any, layers: List[int], tokens: mx.array) -> Dict[int, ComponentSite]:
     """The component's site in each requested layer.
 
     Raises:
@@ -57,7 +60,7 @@ def resolve_sites(model: Any, component: Any, layers: List[int], tokens: mx.arra
     return {layer: _site(model, probe, counts, component, layer, tokens, choices) for layer in layers}
 
 
-def _site(model: Any, probe: Any, counts: Dict[str, int], component: str, layer: int, tokens: mx.array,
+def _site(model: InterpretableModel, probe: Any, counts: Dict[str, int], component: str, layer: int, tokens: mx.array,
           choices: Any) -> ComponentSite:
     index = model._index
     base = index.layer_path(layer)

@@ -11,17 +11,26 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
+from .. import distributed as dist
 from .components import resolve_sites
 from .display import show_if_interactive
 from .metrics import identical_logits_message
-from .. import distributed as dist
 from .patching import _sliceable_norm, sharded_sweep
-from .validate import (check_positive_int, prompt_pair, require_attention, resolve_indices, resolve_layers,
-                       resolve_metric)
+from .validate import (
+    check_positive_int,
+    prompt_pair,
+    require_attention,
+    resolve_indices,
+    resolve_layers,
+    resolve_metric,
+)
+
+if TYPE_CHECKING:
+    from ..model import InterpretableModel
 
 PathLike = Union[str, Path]
 HEADS = "attn.heads"
@@ -66,7 +75,7 @@ class HeadPatchingGrid:
                 for i, j in zip(*np.unravel_index(order, self.grid.shape))]
 
 
-def head_patching(model: Any, clean_text: Any, corrupted_text: Any, layers: Optional[List[int]] = None,
+def head_patching(model: InterpretableModel, clean_text: Any, corrupted_text: Any, layers: Optional[List[int]] = None,
                   heads: Optional[List[int]] = None, metric: Any = "l2", plot: bool = False,
                   figsize: Tuple[float, float] = (10, 8), cmap: str = "RdBu_r", *,
                   batch_size: Optional[int] = None, progress: bool = False, save_path: Optional[PathLike] = None,
@@ -97,7 +106,7 @@ def head_patching(model: Any, clean_text: Any, corrupted_text: Any, layers: Opti
     return out
 
 
-def _head_sites(model: Any, layers: List[int], tokens: Any) -> Dict[int, Any]:
+def _head_sites(model: InterpretableModel, layers: List[int], tokens: Any) -> Dict[int, Any]:
     """The ``attn.heads`` site of each layer, or a ValueError saying why the model has none."""
     require_attention(model, "head patching")
     try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 import mlx.core as mx
 import numpy as np
@@ -12,6 +12,9 @@ from .display import show_if_interactive
 from .serial import holds_model_lock
 from .unembed import find_unembedding
 from .validate import check_positive_int, resolve_layers, single_prompt, token_labels
+
+if TYPE_CHECKING:
+    from ..model import InterpretableModel
 
 # Logit elements (layers x positions x vocab) projected at once by the logit lens.
 LENS_BUDGET = 1 << 24
@@ -43,7 +46,7 @@ def _as_hidden(hidden_state: Any, hidden_size: int) -> Tuple[mx.array, bool]:
 
 
 @holds_model_lock
-def get_token_predictions(model: Any, hidden_state: Any, top_k: int = 10,
+def get_token_predictions(model: InterpretableModel, hidden_state: Any, top_k: int = 10,
                           return_scores: bool = False) -> Union[List[Any], List[List[Any]]]:
     """Top-k tokens of hidden state(s) through the output projection only (no final norm); scores are logits.
 
@@ -61,7 +64,7 @@ def get_token_predictions(model: Any, hidden_state: Any, top_k: int = 10,
 
 
 @holds_model_lock
-def logit_lens(model: Any, text: Any, top_k: int = 1, layers: Optional[List[int]] = None, plot: bool = False,
+def logit_lens(model: InterpretableModel, text: Any, top_k: int = 1, layers: Optional[List[int]] = None, plot: bool = False,
                max_display_tokens: int = 15, figsize: Tuple[float, float] = (16, 10), cmap: str = "viridis", *,
                save_path: Optional[Union[str, Path]] = None) -> Dict[int, List[List[Tuple[int, float, str]]]]:
     """Each layer's residual output, through the final norm and unembedding, at every position.
@@ -110,11 +113,11 @@ def _project(unembed: Any, hidden: mx.array, top_k: int) -> Tuple[np.ndarray, np
     return np.concatenate(ids), np.concatenate(probs)
 
 
-def _strings(model: Any, ids: np.ndarray) -> Dict[int, str]:
+def _strings(model: InterpretableModel, ids: np.ndarray) -> Dict[int, str]:
     return dict(zip((int(i) for i in ids), token_labels(model, ids.tolist())))
 
 
-def _plot(model: Any, results: Dict, tokens: mx.array, max_display_tokens: int, figsize: Tuple[float, float],
+def _plot(model: InterpretableModel, results: Dict, tokens: mx.array, max_display_tokens: int, figsize: Tuple[float, float],
           cmap: str, save_path: Any, show: bool) -> None:
     from ..plotting import plot_logit_lens
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 import mlx.core as mx
 import numpy as np
@@ -22,12 +22,14 @@ from .. import distributed as dist
 from .attribution import attribution_grid
 from .components import ComponentSite, resolve_sites
 from .display import show_if_interactive
-from .serial import holds_model_lock
 from .metrics import Metric, identical_logits_message
+from .serial import holds_model_lock
 from .sweep import SweepResult, run_sweep
 from .unembed import UnembeddingError, find_unembedding
-from .validate import (check_positive_int, prompt_pair, resolve_layers, resolve_metric, resolve_positions,
-                       token_labels)
+from .validate import check_positive_int, prompt_pair, resolve_layers, resolve_metric, resolve_positions, token_labels
+
+if TYPE_CHECKING:
+    from ..model import InterpretableModel
 
 PathLike = Union[str, Path]
 
@@ -95,7 +97,7 @@ class _Setup:
     norm_path: Optional[str]
 
 
-def _setup(model: Any, clean_text: Any, corrupted_text: Any, component: Any, layers: Any, metric: Any,
+def _setup(model: InterpretableModel, clean_text: Any, corrupted_text: Any, component: Any, layers: Any, metric: Any,
            target: Any = None, foil: Any = None) -> _Setup:
     tokens = prompt_pair(model, clean_text, corrupted_text)
     layer_ids = resolve_layers(layers, len(model.layers))
@@ -104,7 +106,7 @@ def _setup(model: Any, clean_text: Any, corrupted_text: Any, component: Any, lay
     return _Setup(tokens, layer_ids, sites, metric, _sliceable_norm(model, tokens))
 
 
-def _sliceable_norm(model: Any, tokens: mx.array) -> Optional[str]:
+def _sliceable_norm(model: InterpretableModel, tokens: mx.array) -> Optional[str]:
     """The final norm, if cutting its input to the last position is safe (called once, per position)."""
     try:
         norm_path = find_unembedding(model).norm_path
@@ -119,14 +121,14 @@ def _sliceable_norm(model: Any, tokens: mx.array) -> Optional[str]:
     return norm_path if ok else None
 
 
-def _labels(model: Any, tokens: mx.array, positions: List[int]) -> List[str]:
+def _labels(model: InterpretableModel, tokens: mx.array, positions: List[int]) -> List[str]:
     clean, corrupted = tokens[0].tolist(), tokens[1].tolist()
     labels = token_labels(model, [clean[p] for p in positions])
     return [label + ("*" if clean[p] != corrupted[p] else "") for label, p in zip(labels, positions)]
 
 
 @holds_model_lock
-def activation_patching(model: Any, clean_text: Any, corrupted_text: Any, component: str = "mlp",
+def activation_patching(model: InterpretableModel, clean_text: Any, corrupted_text: Any, component: str = "mlp",
                         layers: Optional[List[int]] = None, metric: str = "l2", plot: bool = False,
                         figsize: Tuple[float, float] = (12, 8), cmap: str = "RdBu_r", *,
                         batch_size: Optional[int] = None, progress: bool = False,
@@ -158,7 +160,7 @@ def activation_patching(model: Any, clean_text: Any, corrupted_text: Any, compon
 
 
 @holds_model_lock
-def patching_grid(model: Any, clean_text: Any, corrupted_text: Any, component: str = "output",
+def patching_grid(model: InterpretableModel, clean_text: Any, corrupted_text: Any, component: str = "output",
                   layers: Optional[List[int]] = None, positions: Optional[List[int]] = None, metric: str = "l2",
                   plot: bool = False, figsize: Tuple[float, float] = (12, 8), cmap: str = "RdBu_r", *,
                   batch_size: Optional[int] = None, progress: bool = False,
@@ -184,7 +186,7 @@ def patching_grid(model: Any, clean_text: Any, corrupted_text: Any, component: s
     return out
 
 
-def sharded_sweep(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], cells: List[Any], metric: Any, *,
+def sharded_sweep(model: InterpretableModel, tokens: mx.array, sites: Dict[int, ComponentSite], cells: List[Any], metric: Any, *,
                   norm_path: Optional[str], group: Optional[Any], batch_size: Optional[int] = None,
                   progress: bool = False, desc: str = "patching") -> SweepResult:
     """:func:`~.sweep.run_sweep` on this rank's share of ``cells`` (all of them alone), gathered so that every
@@ -200,7 +202,7 @@ def sharded_sweep(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite],
 
 
 @holds_model_lock
-def attribution_patching(model: Any, clean_text: Any, corrupted_text: Any, component: str = "output",
+def attribution_patching(model: InterpretableModel, clean_text: Any, corrupted_text: Any, component: str = "output",
                          layers: Optional[List[int]] = None, positions: Optional[List[int]] = None,
                          metric: str = "l2", plot: bool = False, figsize: Tuple[float, float] = (12, 8),
                          cmap: str = "RdBu_r", *, save_path: Optional[PathLike] = None, target: Any = None,

@@ -18,15 +18,24 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 import mlx.core as mx
 import numpy as np
 
 from ..tracing.proxy import apply
 from .display import show_if_interactive
-from .validate import (check_positive_int, require_attention, resolve_indices, resolve_layers, single_prompt,
-                       token_labels)
+from .validate import (
+    check_positive_int,
+    require_attention,
+    resolve_indices,
+    resolve_layers,
+    single_prompt,
+    token_labels,
+)
+
+if TYPE_CHECKING:
+    from ..model import InterpretableModel
 
 PathLike = Union[str, Path]
 KINDS = ("induction", "previous_token", "duplicate_token")
@@ -70,7 +79,7 @@ class AttentionPatterns:
         return fig
 
 
-def attention_patterns(model: Any, text: Any, layers: Optional[List[int]] = None) -> AttentionPatterns:
+def attention_patterns(model: InterpretableModel, text: Any, layers: Optional[List[int]] = None) -> AttentionPatterns:
     """Every head's attention pattern of one prompt at ``layers`` (None: all), in one traced forward.
     See :meth:`mlxterp.analysis.methods.AnalysisMixin.attention_patterns`."""
     require_attention(model, "attention_patterns")
@@ -127,7 +136,7 @@ class HeadScores:
         return fig
 
 
-def repeated_random_tokens(model: Any, seq_len: int, batch: int, seed: int = 0,
+def repeated_random_tokens(model: InterpretableModel, seq_len: int, batch: int, seed: int = 0,
                            token_range: Optional[Tuple[int, int]] = None) -> Tuple[mx.array, int]:
     """``batch`` rows of ``seq_len`` random ids repeated once, after the BOS the tokenizer adds (if any), and
     where the first copy starts (0 or 1). Ids are drawn from ``token_range`` (default: the middle of the
@@ -146,7 +155,7 @@ def repeated_random_tokens(model: Any, seq_len: int, batch: int, seed: int = 0,
     return mx.concatenate([mx.full((batch, 1), bos, dtype=mx.int32), rows], axis=1), 1
 
 
-def _added_bos(model: Any) -> Optional[int]:
+def _added_bos(model: InterpretableModel) -> Optional[int]:
     """The BOS id the tokenizer puts before text, or None (no tokenizer, or it adds none)."""
     bos = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else None
     if not isinstance(bos, int):
@@ -169,7 +178,7 @@ def diagonal_scores(pattern: mx.array, start: int, n: int) -> mx.array:
     return mx.stack([induction, previous, duplicate])
 
 
-def head_scores(model: Any, seq_len: int = 50, batch: int = 4, layers: Optional[List[int]] = None, seed: int = 0,
+def head_scores(model: InterpretableModel, seq_len: int = 50, batch: int = 4, layers: Optional[List[int]] = None, seed: int = 0,
                 token_range: Optional[Tuple[int, int]] = None) -> HeadScores:
     """Induction, previous-token and duplicate-token scores of every head, in one batched forward.
     See :meth:`mlxterp.analysis.methods.AnalysisMixin.head_scores`."""

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import mlx.core as mx
 import numpy as np
@@ -63,6 +63,9 @@ from .chunks import Cell, chunker
 from .components import ComponentSite
 from .metrics import distance
 from .programs import run_program
+
+if TYPE_CHECKING:
+    from ..model import InterpretableModel
 
 # Activation elements (rows x seq x width) one chunk may hold when batch_size is not given.
 AUTO_BUDGET = 1 << 25
@@ -168,7 +171,7 @@ def cell_mask(rows: int, shape: Sequence[int], new_cells: Sequence[Cell], axis: 
     return mx.array(mask)
 
 
-def run_sweep(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], cells: List[Cell], metric: Any, *,
+def run_sweep(model: InterpretableModel, tokens: mx.array, sites: Dict[int, ComponentSite], cells: List[Cell], metric: Any, *,
               norm_path: Optional[str], batch_size: Optional[int] = None, progress: bool = False,
               desc: str = "patching") -> SweepResult:
     """Distance from the clean logits (last position) of every cell's patched run, and of the corrupted run.
@@ -217,7 +220,7 @@ def run_sweep(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], cel
     return SweepResult(np.array([found[c] for c in cells], dtype=np.float64), float(corrupted), forwards)
 
 
-def _run_chunk(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], chunk: List[Cell], metric: Any,
+def _run_chunk(model: InterpretableModel, tokens: mx.array, sites: Dict[int, ComponentSite], chunk: List[Cell], metric: Any,
                norm_path: Optional[str], births: Dict[int, Birth], prefix_check: Optional[Tuple[List[int], int]],
                ) -> Tuple[np.ndarray, Dict[int, Birth], List[bool]]:
     """Distances of one chunk's rows (clean, corrupted, variants), the births to use from now on, and the
@@ -232,7 +235,7 @@ def _run_chunk(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], ch
     return np.array(d, dtype=np.float64), births, [bool(ok.item()) for ok in prefix_ok]
 
 
-def _births(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite],
+def _births(model: InterpretableModel, tokens: mx.array, sites: Dict[int, ComponentSite],
             norm_path: Optional[str]) -> Dict[int, Birth]:
     """``{layer: Birth}`` for the sites whose variants may be born at the next module's input (the next
     layer, or the final norm after the last layer, called once and receiving the layer output's shape and
@@ -258,7 +261,7 @@ def _births(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite],
     return out
 
 
-def _residual_sibling(model: Any, probe: Any, counts: Dict[str, int], site: ComponentSite) -> Optional[str]:
+def _residual_sibling(model: InterpretableModel, probe: Any, counts: Dict[str, int], site: ComponentSite) -> Optional[str]:
     """The layer's attention, if ``site``'s component may be added last into the residual stream after it
     (``out = (x + attn) + component``): the component, the attention and the layer's input all have the
     layer output's shape and dtype, the attention (``attn``/``self_attn``/``attention``, called once) is not
@@ -325,7 +328,7 @@ def _plan(sites: Dict[int, ComponentSite], chunk: List[Cell], metric: Any, norm_
     return Plan(tuple(groups), prefix, norm_path, metric), masks
 
 
-def _chunk_distances(model: Any, tokens: mx.array, sites: Dict[int, ComponentSite], chunk: List[Cell], metric: Any,
+def _chunk_distances(model: InterpretableModel, tokens: mx.array, sites: Dict[int, ComponentSite], chunk: List[Cell], metric: Any,
                      norm_path: Optional[str], births: Dict[int, Birth],
                      prefix_check: Optional[Tuple[List[int], int]],
                      ) -> Tuple[mx.array, Dict[int, mx.array], List[mx.array]]:
@@ -343,7 +346,7 @@ def _chunk_distances(model: Any, tokens: mx.array, sites: Dict[int, ComponentSit
     return distance(logits, logits[0:1], plan.metric), dict(zip(born, checks)), prefix_ok
 
 
-def _staircase(model: Any, plan: Plan, masks: List[Any]) -> None:
+def _staircase(model: InterpretableModel, plan: Plan, masks: List[Any]) -> None:
     """Inside a trace: the staircase of ``plan`` (see the module docstring) with ``masks`` (the prefix
     checks', then one per group). Saves the last-position logits of every row (``logits``), the identity
     checks of the groups born at a next module's input (``check_j``) and the prefix checks (``prefix_j``)."""

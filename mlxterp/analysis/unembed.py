@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
+
+if TYPE_CHECKING:
+    from ..model import InterpretableModel
 
 NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm_f", "final_norm")
 HEAD_NAMES = ("lm_head", "output", "embed_out")
@@ -58,7 +61,7 @@ class Unembedding:
         return self.head(hidden)
 
 
-def find_unembedding(model: Any) -> Unembedding:
+def find_unembedding(model: InterpretableModel) -> Unembedding:
     """Discover the final norm and output projection of an :class:`InterpretableModel`.
 
     Args:

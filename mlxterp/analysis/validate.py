@@ -4,13 +4,16 @@ and the valid choices."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence
 
 import mlx.core as mx
 import numpy as np
 
 from ..inputs import is_int
 from .metrics import SCORES, Metric, check_metric, logit_diff, logprob, prob
+
+if TYPE_CHECKING:
+    from ..model import InterpretableModel
 
 OUTPUT = "output"  # the component name for a whole layer's output
 
@@ -70,7 +73,7 @@ def check_positive_int(value: Any, arg: str, allow_none: bool = False, upper: Op
     return int(value)
 
 
-def single_prompt(model: Any, text: Any, arg: str) -> mx.array:
+def single_prompt(model: InterpretableModel, text: Any, arg: str) -> mx.array:
     """Token ids ``(1, seq)`` of one prompt (a str, a list of int or a token array)."""
     if isinstance(text, (list, tuple)) and text and all(isinstance(t, str) for t in text):
         raise ValueError(f"{arg}: expected a single prompt (a str, a list of token ids or a (1, seq) array), "
@@ -84,7 +87,7 @@ def single_prompt(model: Any, text: Any, arg: str) -> mx.array:
     return batch.tokens
 
 
-def prompt_pair(model: Any, clean_text: Any, corrupted_text: Any) -> mx.array:
+def prompt_pair(model: InterpretableModel, clean_text: Any, corrupted_text: Any) -> mx.array:
     """Tokens of the clean and corrupted prompts stacked as ``(2, seq)``; they must be equally long."""
     clean = single_prompt(model, clean_text, "clean_text")
     corrupted = single_prompt(model, corrupted_text, "corrupted_text")
@@ -98,21 +101,21 @@ def prompt_pair(model: Any, clean_text: Any, corrupted_text: Any) -> mx.array:
     return mx.concatenate([clean, corrupted], axis=0).astype(mx.int32)
 
 
-def _show(model: Any, tokens: mx.array) -> str:
+def _show(model: InterpretableModel, tokens: mx.array) -> str:
     ids = tokens[0].tolist()
     if model.tokenizer is None:
         return str(ids)
     return "[" + ", ".join(repr(model.token_to_str(t)) for t in ids) + "]"
 
 
-def token_labels(model: Any, ids: Sequence[int]) -> List[str]:
+def token_labels(model: InterpretableModel, ids: Sequence[int]) -> List[str]:
     """Token strings for plot labels (the ids as text when the model has no tokenizer)."""
     if model.tokenizer is None:
         return [str(int(t)) for t in ids]
     return [model.token_to_str(int(t)) for t in ids]
 
 
-def token_id(model: Any, token: Any, arg: str) -> int:
+def token_id(model: InterpretableModel, token: Any, arg: str) -> int:
     """The id of one token given as an id or as its text (``" Paris"``: mind the leading space)."""
     vocab = model._embedding_rows
     if is_int(token):
@@ -131,7 +134,7 @@ def token_id(model: Any, token: Any, arg: str) -> int:
     return ids[0]
 
 
-def resolve_metric(model: Any, metric: Any, tokens: mx.array, target: Any = None, foil: Any = None) -> Metric:
+def resolve_metric(model: InterpretableModel, metric: Any, tokens: mx.array, target: Any = None, foil: Any = None) -> Metric:
     """The patching :class:`~mlxterp.analysis.metrics.Metric` for a prompt pair ``tokens`` (clean row 0,
     corrupted row 1): a distance name, a Metric, a function of the logits, or a score name (``"logit_diff"``,
     ``"logprob"``, ``"prob"``) whose ``target`` (and ``foil``) tokens are given as text or ids, by default the
@@ -159,7 +162,7 @@ def resolve_metric(model: Any, metric: Any, tokens: mx.array, target: Any = None
     return dataclasses.replace(logit_diff(t, f), label=f"logit_diff({_show_token(model, t)} - {_show_token(model, f)})")
 
 
-def _predictions(model: Any, tokens: mx.array) -> List[int]:
+def _predictions(model: InterpretableModel, tokens: mx.array) -> List[int]:
     """The top-1 next-token prediction of each prompt row."""
     with model.trace(tokens, capture="saved"):
         last = model.output[:, -1, :].save()
@@ -167,11 +170,11 @@ def _predictions(model: Any, tokens: mx.array) -> List[int]:
     return [int(i) for i in mx.argmax(value, axis=-1).tolist()]
 
 
-def _show_token(model: Any, token: int) -> str:
+def _show_token(model: InterpretableModel, token: int) -> str:
     return repr(model.token_to_str(token)) if model.tokenizer is not None else str(token)
 
 
-def require_attention(model: Any, what: str) -> None:
+def require_attention(model: InterpretableModel, what: str) -> None:
     """A ValueError, saying why, when ``model`` has no attention whose internals can be read."""
     if not model._index.attention:
         arch = model._index.arch

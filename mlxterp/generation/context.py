@@ -7,6 +7,7 @@ import sys
 from typing import Any, Callable, Optional
 
 import mlx.core as mx
+import mlx.nn as nn
 
 from mlxterp.compiler import Graph, Op
 from mlxterp.compiler.locks import model_lock
@@ -333,7 +334,7 @@ class Generation:
         return f"Generation({self.prompts.size} prompt(s), max_new_tokens={self.max_new_tokens}, {state})"
 
 
-def _require_cache_argument(model: WrappedModel) -> None:
+def _require_cache_argument(model: nn.Module) -> None:
     try:
         params = inspect.signature(model.__call__).parameters
     except (TypeError, ValueError):

@@ -18,13 +18,16 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
 from .files import write_json_atomic
+
+if TYPE_CHECKING:
+    from ..core import WrappedModel
 
 FORMAT = "mlxterp-activation-store"
 VERSION = 1
@@ -37,7 +40,7 @@ class StoreMismatchError(ValueError):
     """A rerun's settings differ from those of the store it would continue."""
 
 
-def model_identity(model: Any) -> Dict[str, Any]:
+def model_identity(model: WrappedModel) -> Dict[str, Any]:
     """``{"class", "parameters", "fingerprint"}`` of an InterpretableModel's wrapped module."""
     params = tree_flatten(model.model.parameters())
     samples = []
