@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .cli import RunError, call, check_output_dir, check_prompts_differ, load, print_recovery, seconds
+from .cli import load, print_recovery, seconds
+from .cli_args import RunError, call, check_output_dir, check_prompts_differ
 
 DEFAULT_PROMPT = "The capital of France is"
 DEFAULT_CORRUPTED = "The capital of Italy is"

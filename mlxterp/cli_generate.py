@@ -8,7 +8,8 @@ import textwrap
 import time
 from typing import Any, List
 
-from .cli import UsageError, call, check_layers, load, seconds
+from .cli import load, seconds
+from .cli_args import UsageError, call, check_layers
 
 EXAMPLES = ("  mlxterp generate 'Once upon a time'\n"
             "  mlxterp generate 'I think that' --steer-toward Love --steer-away Hate --layer 15 --alpha 6\n"

@@ -19,7 +19,8 @@ import pytest
 from mlxterp import InterpretableModel, cli, cli_demo
 from mlxterp.analysis import chunks, sweep
 from mlxterp.analysis.chunks import ForwardTiming
-from mlxterp.cli import DEFAULT_MODEL, build_parser, main, parse_int_list
+from mlxterp.cli import DEFAULT_MODEL, build_parser, main
+from mlxterp.cli_args import parse_int_list
 from mlxterp.cli_demo import _ranges, becomes_top
 from tests.loading.test_gguf import QUANT, tiny_args, write_tiny_gguf
 from tests.models import STORIES, CharTokenizer, tiny_llama_module
