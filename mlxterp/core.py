@@ -63,7 +63,7 @@ class WrappedModel(Protocol):
         """A trace's ``capture=`` argument as graph captures."""
 
     def _check_interventions(self, interventions: Any) -> list:
-        """An ``interventions=`` dict as checked ``(path, fn, key)`` entries."""
+        """An ``interventions=`` dict as checked ``((path, phase), fn, key)`` entries."""
 
     def _activation_name(self, captured: str) -> str:
         """The ``trace.activations`` key of a module path."""

@@ -118,7 +118,7 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, GenerationMixin):
             return tuple((self._index.resolve(c), 0) for c in capture)
         raise ValueError(f"capture={capture!r} is not valid; choose {CAPTURE_CHOICES}")
 
-    def _check_interventions(self, interventions: Optional[Dict[str, Callable]]) -> list[tuple[str, Callable, str]]:
+    def _check_interventions(self, interventions: Optional[Dict[str, Callable]]) -> list[tuple[tuple[str, str], Callable, str]]:
         if interventions is None:
             return []
         if not isinstance(interventions, dict):
@@ -128,7 +128,11 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, GenerationMixin):
             if not callable(fn):
                 raise TypeError(f"interventions[{name!r}] is a {type(fn).__name__}; expected a callable "
                                 "activation -> activation such as iv.scale(0.5)")
-            checked.append((self._index.resolve(name), fn, name))
+            try:
+                site = self._index.resolve_site(name)
+            except AttributeError as exc:  # resid_mid of a layer without one: the reason, as a name error
+                raise ModuleNameError(f"interventions[{name!r}]: {exc}") from None
+            checked.append((site, fn, name))
         return checked
 
     def _probe(self, tokens: mx.array) -> Probe:

@@ -202,6 +202,23 @@ class ModuleIndex:
         """Whether ``path`` is one of the transformer layers."""
         return path in self._layer_paths
 
+    def resolve_site(self, name: str) -> tuple[str, str]:
+        """``(path, phase)`` that a name writes to: ``(module path, "output")`` for a module or an attention
+        internal; for a layer's residual value (``layers.3.resid_mid``) what :meth:`residual_site` says, with
+        ``resid_mid`` kept as the trace's pseudo-phase ``(layer path, "resid_mid")``.
+
+        Raises:
+            ModuleNameError: no module, internal or residual value has this name.
+            AttributeError: ``resid_mid`` of a layer without one (the reason given).
+        """
+        head, _, last = name.rpartition(".") if isinstance(name, str) else ("", "", "")
+        if last in RESIDUAL_VALUES and head:
+            layer = self.resolve(head)
+            if self.is_layer(layer):
+                path, phase = self.residual_site(layer, last)
+                return (layer, "resid_mid") if last == "resid_mid" else (path, phase)
+        return self.resolve(name), "output"
+
     def residual_site(self, layer_path: str, name: str) -> tuple[str, str]:
         """``(module path, phase)`` of a residual value of a layer: ``resid_pre`` is the layer's input,
         ``resid_post`` its output, ``resid_mid`` (adapter families whose layers add their attention before

@@ -3,7 +3,8 @@ a callback at every site an intervention can touch. Tests compare the library ag
 the eager and compiled paths of the tracer cannot hide from a forward that does not use the tracer.
 
 Sites, in the order a forward reaches them: ``("embed",)``, then per layer ``i``: ``("layer_in", i)``,
-``("attn", i)`` (attention output after ``o_proj``), ``("mlp", i)``, ``("layer", i)`` (the block output);
+``("attn", i)`` (attention output after ``o_proj``), ``("resid_mid", i)`` (the residual after the attention
+half), ``("mlp", i)``, ``("layer", i)`` (the block output);
 then ``("output",)`` (the logits).
 """
 
@@ -69,7 +70,7 @@ def llama_forward(model: nn.Module, tokens: mx.array, hook: Optional[Hook] = Non
         h = at(("layer_in", i), h)
         a = at(("attn", i), attention(layer.self_attn, rms_norm(h, layer.input_layernorm.weight, args.rms_norm_eps),
                                       args.rope_theta))
-        r = h + a
+        r = at(("resid_mid", i), h + a)
         m = at(("mlp", i), mlp(layer.mlp, rms_norm(r, layer.post_attention_layernorm.weight, args.rms_norm_eps)))
         h = at(("layer", i), r + m)
     h = rms_norm(h, inner.norm.weight, args.rms_norm_eps)

@@ -85,8 +85,8 @@ class Trace:
     def __enter__(self) -> "Trace":
         context.push(self)
         try:
-            for path, fn, name in self._interventions:
-                self._apply_intervention(path, fn, name)
+            for site, fn, name in self._interventions:
+                self._apply_intervention(site, fn, name)
         except BaseException:
             context.pop(self)
             raise
@@ -106,12 +106,14 @@ class Trace:
         self._saved, self._abstract = [], {}
         return False
 
-    def _apply_intervention(self, path: str, fn: Callable, name: str) -> None:
+    def _apply_intervention(self, site: tuple[str, str], fn: Callable, name: str) -> None:
+        """``fn`` applied to the value at ``site`` (``(path, phase)``, see ``ModuleIndex.resolve_site``)."""
         from ..interventions import Intervention
 
-        current = self.module_value(path, 0, "output")
+        path, phase = site
+        current = self.module_value(path, 0, phase)
         value = fn(current) if isinstance(fn, Intervention) else apply(fn, current)
-        self.write(path, 0, "output", value, guards.intervention_origin(name, fn))
+        self.write(path, 0, phase, value, guards.intervention_origin(name, fn))
 
     # -- recording ---------------------------------------------------------------------------
     def _check_open(self) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mlxterp import InterpretableModel
+from mlxterp.names import ModuleNameError
 from mlxterp.adapters import PARALLEL, SSM
 from tests.families import FAMILIES, build
 
@@ -83,6 +84,8 @@ def test_resid_mid_is_the_residual_between_the_halves(fam):
     if family in PARALLEL_FAMILIES or family in NO_ATTENTION:
         with model.trace(TOKENS), pytest.raises(AttributeError, match="resid_mid does not exist"):
             model.layers[1].resid_mid
+        with pytest.raises(ModuleNameError, match=r"interventions\['layers.1.resid_mid'\]: .*resid_mid does not exist"):
+            model.trace(TOKENS, interventions={"layers.1.resid_mid": lambda x: x})
         return
     layer = model.model.layers[1]
     with model.trace(TOKENS, capture="saved"):

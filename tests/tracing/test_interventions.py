@@ -124,3 +124,25 @@ def test_a_saved_handle_kept_in_a_container_is_data_in_the_next_trace(model, tok
         model.layers[1].output = saved[0] * 2
         out = model.output.save()
     assert mx.allclose(out, reference_llama_forward(model.model, tokens, {1: lambda h: h * 2}), atol=1e-5)
+
+
+# A layer's residual values as intervention keys, against the hand-written forward's sites.
+RESIDUAL_SITES = {"resid_pre": "layer_in", "resid_mid": "resid_mid", "resid_post": "layer"}
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("value", sorted(RESIDUAL_SITES))
+def test_residual_values_are_intervention_keys(value, compile):
+    from mlxterp import InterpretableModel
+    from tests.models import tiny_llama_module
+    from tests.reference import llama_forward
+
+    model = InterpretableModel(tiny_llama_module(seed=3, layers=3))
+    tokens = mx.array([[3, 1, 4, 1, 5, 9]])
+    site = (RESIDUAL_SITES[value], 1)
+    with model.trace(tokens, interventions={f"layers.1.{value}": iv.add_vector(STEER)}, compile=compile):
+        out = model.output.save()
+    want = llama_forward(model.model, tokens, lambda s, h: h + STEER if s == site else h)
+    untouched = llama_forward(model.model, tokens)
+    assert mx.max(mx.abs(want - untouched)).item() > 1e-3  # the write changes the logits
+    assert mx.allclose(out, want, atol=1e-5), mx.max(mx.abs(out - want)).item()
