@@ -10,6 +10,7 @@ guard is kept for every call whose shapes were not seen before.
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
 from typing import Any, Callable
 
@@ -17,6 +18,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .locks import model_lock
+
+_SERIALS = itertools.count()  # see StateCompiled._compile
 
 
 class StateCompiled:
@@ -39,7 +42,14 @@ class StateCompiled:
         self._traced = threading.local()
 
     def _compile(self) -> Callable:
-        return mx.compile(self.fn, inputs=[self.module.state, mx.random.state], outputs=[mx.random.state])
+        # MLX caches compiled traces by the address of the Python function it was given (per thread). A
+        # function freed while another thread's cache still holds its trace can have its address reused by a
+        # new one, which would then be served the old trace. A process-unique serial passed as a constant
+        # argument is part of MLX's cache match, so an entry left by another function never matches this one.
+        fn, serial = self.fn, next(_SERIALS)
+        compiled = mx.compile(lambda _serial, *args: fn(*args), inputs=[self.module.state, mx.random.state],
+                              outputs=[mx.random.state])
+        return lambda *args: compiled(serial, *args)
 
     def __call__(self, *args: Any) -> Any:
         with self._lock:
