@@ -170,6 +170,8 @@ def run_reference(module, tokens: mx.array, program, values) -> tuple[mx.array, 
     applier.get, applier.set = (lambda site: mx.array(current[site])), set_
 
     def hook(site, value):
+        if site[0] not in SITE_KINDS:  # a site the programs never touch (the reference's resid_mid)
+            return value
         current[site] = value
         applier.run_site(site)
         return current[site]
