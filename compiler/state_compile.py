@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import threading
 from typing import Any, Callable
 
@@ -19,7 +20,9 @@ import mlx.nn as nn
 
 from .locks import model_lock
 
+log = logging.getLogger(__name__)
 _SERIALS = itertools.count()  # see StateCompiled._compile
+_TRACING = threading.local()  # .count: traces MLX has made in this thread (see StateCompiled._first_call)
 
 
 class StateCompiled:
@@ -46,9 +49,14 @@ class StateCompiled:
         # function freed while another thread's cache still holds its trace can have its address reused by a
         # new one, which would then be served the old trace. A process-unique serial passed as a constant
         # argument is part of MLX's cache match, so an entry left by another function never matches this one.
+        # (Seen here: a compiled trace after other threads' traces returned another program's logits.)
         fn, serial = self.fn, next(_SERIALS)
-        compiled = mx.compile(lambda _serial, *args: fn(*args), inputs=[self.module.state, mx.random.state],
-                              outputs=[mx.random.state])
+
+        def traced(_serial: int, *args: Any) -> Any:
+            _TRACING.count = getattr(_TRACING, "count", 0) + 1  # MLX calls this only while it traces
+            return fn(*args)
+
+        compiled = mx.compile(traced, inputs=[self.module.state, mx.random.state], outputs=[mx.random.state])
         return lambda *args: compiled(serial, *args)
 
     def __call__(self, *args: Any) -> Any:
@@ -58,18 +66,39 @@ class StateCompiled:
             if signature in seen:  # this thread traced these shapes already: MLX will not trace again
                 self.calls += 1
                 return self._compiled(*args)
-            saved = array_slots(self.module.state) + array_slots(mx.random.state)
-            try:
-                out = self._compiled(*args)
-            except BaseException:
-                for container, key, value in saved:
-                    container[key] = value
-                self._compiled = self._compile()
-                self._generation += 1
-                raise
-            seen.add(signature)
+            out, traced = self._first_call(args)
+            if not traced:
+                # MLX answered a call it has not traced for this function from its cache: a trace of some other
+                # function (see _compile). Never return that result: rebuild, and the call traces.
+                log.warning("mx.compile served a first call of %r from its cache without tracing it; "
+                            "recompiled and ran it again", self.fn)
+                self._rebuild()
+                out, traced = self._first_call(args)
+                if not traced:
+                    raise RuntimeError(f"mx.compile did not trace the first call of {self.fn!r} after a rebuild; "
+                                       "its result could belong to another function, so none is returned")
+            self._seen_here().add(signature)  # (of the current compiled function, if it was rebuilt)
             self.calls += 1
             return out
+
+    def _first_call(self, args: tuple) -> tuple[Any, bool]:
+        """A call MLX should trace, and whether it did (a counter, so that a nested compiled call tracing
+        inside this one cannot stand in for it); the implicit inputs are put back if tracing raises."""
+        saved = array_slots(self.module.state) + array_slots(mx.random.state)
+        before = getattr(_TRACING, "count", 0)
+        try:
+            out = self._compiled(*args)
+            return out, getattr(_TRACING, "count", 0) != before
+        except BaseException:
+            for container, key, value in saved:
+                container[key] = value
+            self._rebuild()
+            raise
+
+    def _rebuild(self) -> None:
+        """A new compiled function (a new serial): every thread traces it again."""
+        self._compiled = self._compile()
+        self._generation += 1
 
     def _seen_here(self) -> set:
         """Input signatures this thread has traced for the current compiled function."""
