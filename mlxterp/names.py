@@ -203,9 +203,8 @@ class ModuleIndex:
         return path in self._layer_paths
 
     def resolve_site(self, name: str) -> tuple[str, str]:
-        """``(path, phase)`` that a name writes to: ``(module path, "output")`` for a module or an attention
-        internal; for a layer's residual value (``layers.3.resid_mid``) what :meth:`residual_site` says, with
-        ``resid_mid`` kept as the trace's pseudo-phase ``(layer path, "resid_mid")``.
+        """``(path, phase)`` that a name reads and writes: ``(module path, "output")`` for a module or an
+        attention internal, :meth:`residual_value` for a layer's residual value (``layers.3.resid_mid``).
 
         Raises:
             ModuleNameError: no module, internal or residual value has this name.
@@ -215,9 +214,15 @@ class ModuleIndex:
         if last in RESIDUAL_VALUES and head:
             layer = self.resolve(head)
             if self.is_layer(layer):
-                path, phase = self.residual_site(layer, last)
-                return (layer, "resid_mid") if last == "resid_mid" else (path, phase)
+                return self.residual_value(layer, last)
         return self.resolve(name), "output"
+
+    def residual_value(self, layer_path: str, name: str) -> tuple[str, str]:
+        """``(path, phase)`` a trace reads and writes for a layer's residual value: :meth:`residual_site`,
+        except that ``resid_mid`` stays the trace's pseudo-phase ``(layer path, "resid_mid")`` (a write
+        there feeds both the MLP half and the residual add). Raises as :meth:`residual_site` does."""
+        path, phase = self.residual_site(layer_path, name)
+        return (layer_path, "resid_mid") if name == "resid_mid" else (path, phase)
 
     def residual_site(self, layer_path: str, name: str) -> tuple[str, str]:
         """``(module path, phase)`` of a residual value of a layer: ``resid_pre`` is the layer's input,

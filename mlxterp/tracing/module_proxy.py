@@ -119,9 +119,7 @@ class ModuleProxy:
 
     def _residual(self, name: str) -> tuple[str, int, str]:
         """``(path, call, phase)`` of a layer's residual value ``name`` (see :data:`RESIDUAL_VALUES`)."""
-        path, phase = self._owner._index.residual_site(self._path, name)  # raises for a missing resid_mid
-        if name == "resid_mid":
-            return self._path, self._call, "resid_mid"
+        path, phase = self._owner._index.residual_value(self._path, name)  # raises for a missing resid_mid
         return path, self._call, phase
 
     def __setattr__(self, attr: str, value: Any) -> None:

@@ -65,8 +65,7 @@ def check_param_name(name: Any, used: set) -> None:
     """A param name must be a free Python identifier (it is passed as a keyword)."""
     if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name) or name in RESERVED:
         raise ValueError(f"param name {name!r} is not valid: use a Python identifier other than 'tokens' and "
-                         "'distributed' "
-                         "(it becomes a keyword argument of the program, e.g. prog(steer=v))")
+                         "'distributed' (it becomes a keyword argument of the program, e.g. prog(steer=v))")
     if name in used:
         raise ValueError(f"param name {name!r} is already used in this trace; each param needs its own name")
 
