@@ -3,9 +3,15 @@ a callback at every site an intervention can touch. Tests compare the library ag
 the eager and compiled paths of the tracer cannot hide from a forward that does not use the tracer.
 
 Sites, in the order a forward reaches them: ``("embed",)``, then per layer ``i``: ``("layer_in", i)``,
-``("attn", i)`` (attention output after ``o_proj``), ``("resid_mid", i)`` (the residual after the attention
-half), ``("mlp", i)``, ``("layer", i)`` (the block output);
-then ``("output",)`` (the logits).
+the attention internals ``("q", i)``, ``("k", i)``, ``("v", i)`` (after RoPE, ``(batch, seq, heads, head_dim)``,
+keys and values with the key-value heads), ``("scores", i)`` (scaled, causal entries masked with the dtype's
+lowest finite value, ``(batch, heads, query, key)``), ``("pattern", i)`` (their softmax), ``("heads", i)``
+(each head's output before ``o_proj``, ``(batch, seq, heads, head_dim)``), then ``("attn", i)`` (attention
+output after ``o_proj``), ``("resid_mid", i)`` (the residual after the attention half), ``("mlp", i)``,
+``("layer", i)`` (the block output); then ``("output",)`` (the logits).
+
+``offset`` runs the forward on a suffix of a sequence whose first ``offset`` positions are already in
+``past`` (keys and values per layer): what a decode step computes, written without a KV cache object.
 """
 
 from __future__ import annotations
@@ -23,33 +29,50 @@ def rms_norm(x: mx.array, weight: mx.array, eps: float) -> mx.array:
     return x * mx.rsqrt(mx.mean(x * x, axis=-1, keepdims=True) + eps) * weight
 
 
-def rope(x: mx.array, base: float) -> mx.array:
-    """Rotary embedding in the non-interleaved ("rotate half") layout, positions 0..seq-1; ``x`` is
-    ``(batch, heads, seq, head_dim)``."""
+def rope(x: mx.array, base: float, offset: int = 0) -> mx.array:
+    """Rotary embedding in the non-interleaved ("rotate half") layout, positions offset..offset+seq-1; ``x``
+    is ``(batch, heads, seq, head_dim)``."""
     dims = x.shape[-1]
     half = dims // 2
     freqs = base ** (-mx.arange(0, half, dtype=mx.float32) * 2 / dims)
-    angles = mx.arange(x.shape[2], dtype=mx.float32)[:, None] * freqs[None, :]
+    angles = mx.arange(offset, offset + x.shape[2], dtype=mx.float32)[:, None] * freqs[None, :]
     cos, sin = mx.cos(angles), mx.sin(angles)
     x1, x2 = x[..., :half], x[..., half:]
     return mx.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
 
 
-def attention(attn: nn.Module, x: mx.array, base: float) -> mx.array:
-    """Causal multi-head attention with grouped KV heads, softmax written out."""
+def _identity(site: Site, value: mx.array) -> mx.array:
+    return value
+
+
+def attention(attn: nn.Module, x: mx.array, base: float, at: Callable[[str, mx.array], mx.array] = _identity,
+              offset: int = 0, past: Optional[tuple] = None) -> tuple[mx.array, tuple]:
+    """Causal multi-head attention with grouped KV heads, softmax written out; ``at(name, value)`` is called
+    at each internal point (``q``, ``k``, ``v``, ``scores``, ``pattern``, ``heads``, in the library's layouts).
+    ``past``: keys and values of the ``offset`` earlier positions (``(batch, seq, kv_heads, head_dim)``, as
+    the ``k``/``v`` points give them). Returns the output and this call's full keys and values."""
     b, s, _ = x.shape
     heads, kv_heads = attn.n_heads, attn.n_kv_heads
     q = (x @ attn.q_proj.weight.T).reshape(b, s, heads, -1).transpose(0, 2, 1, 3)
     k = (x @ attn.k_proj.weight.T).reshape(b, s, kv_heads, -1).transpose(0, 2, 1, 3)
     v = (x @ attn.v_proj.weight.T).reshape(b, s, kv_heads, -1).transpose(0, 2, 1, 3)
-    q, k = rope(q, base), rope(k, base)
+    q, k = rope(q, base, offset), rope(k, base, offset)
+    q = at("q", q.transpose(0, 2, 1, 3))
+    k = at("k", k.transpose(0, 2, 1, 3))
+    v = at("v", v.transpose(0, 2, 1, 3))
+    if past is not None:  # the cache: earlier positions' keys and values (as their k/v points left them)
+        k, v = mx.concatenate([past[0], k], axis=1), mx.concatenate([past[1], v], axis=1)
+    full = (k, v)
+    q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
     repeat = heads // kv_heads
     k, v = mx.repeat(k, repeat, axis=1), mx.repeat(v, repeat, axis=1)
     scores = (q @ k.transpose(0, 1, 3, 2)) * (q.shape[-1] ** -0.5)
-    causal = mx.triu(mx.full((s, s), -mx.inf), k=1)
-    weights = mx.softmax(scores + causal, axis=-1)
-    out = (weights @ v).transpose(0, 2, 1, 3).reshape(b, s, -1)
-    return out @ attn.o_proj.weight.T
+    keys = k.shape[2]
+    causal = mx.arange(keys - s, keys)[:, None] >= mx.arange(keys)[None]
+    scores = at("scores", mx.where(causal, scores, mx.array(mx.finfo(scores.dtype).min, scores.dtype)))
+    weights = at("pattern", mx.softmax(scores, axis=-1))
+    out = at("heads", (weights @ v).transpose(0, 2, 1, 3))
+    return out.reshape(b, s, -1) @ attn.o_proj.weight.T, full
 
 
 def mlp(block: nn.Module, x: mx.array) -> mx.array:
@@ -58,9 +81,16 @@ def mlp(block: nn.Module, x: mx.array) -> mx.array:
     return (gate * mx.sigmoid(gate) * up) @ block.down_proj.weight.T
 
 
-def llama_forward(model: nn.Module, tokens: mx.array, hook: Optional[Hook] = None) -> mx.array:
+def llama_forward(model: nn.Module, tokens: mx.array, hook: Optional[Hook] = None, offset: int = 0,
+                  past: Optional[list] = None, present: Optional[list] = None) -> mx.array:
     """Logits of an mlx-lm llama (float weights, default RoPE), calling ``hook(site, value)`` at every site
-    (its return value replaces the site's value)."""
+    (its return value replaces the site's value).
+
+    Args:
+        offset, past: ``tokens`` are positions ``offset..`` of a sequence whose earlier keys and values are
+            ``past[i]`` for layer ``i`` (a decode step; ``offset=0, past=None``: the whole sequence).
+        present: if given, receives each layer's full keys and values (what a cache holds after the call).
+    """
     def at(site: Site, value: mx.array) -> mx.array:
         return value if hook is None else hook(site, value)
 
@@ -68,8 +98,12 @@ def llama_forward(model: nn.Module, tokens: mx.array, hook: Optional[Hook] = Non
     h = at(("embed",), inner.embed_tokens.weight[tokens])
     for i, layer in enumerate(inner.layers):
         h = at(("layer_in", i), h)
-        a = at(("attn", i), attention(layer.self_attn, rms_norm(h, layer.input_layernorm.weight, args.rms_norm_eps),
-                                      args.rope_theta))
+        attn_out, kv = attention(layer.self_attn, rms_norm(h, layer.input_layernorm.weight, args.rms_norm_eps),
+                                 args.rope_theta, lambda name, value, i=i: at((name, i), value), offset,
+                                 None if past is None else past[i])
+        if present is not None:
+            present.append(kv)
+        a = at(("attn", i), attn_out)
         r = at(("resid_mid", i), h + a)
         m = at(("mlp", i), mlp(layer.mlp, rms_norm(r, layer.post_attention_layernorm.weight, args.rms_norm_eps)))
         h = at(("layer", i), r + m)
