@@ -12,8 +12,8 @@ every real position is exact; a negative position counts from each prompt's own 
 
 from __future__ import annotations
 
+import collections.abc
 import os
-
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import mlx.core as mx
@@ -110,11 +110,15 @@ def batch_get_activations(model: WrappedModel, prompts: Any, layers: Optional[Se
         ``ActivationStore`` with the same keys and rows.
     """
     _check_model(model)
+    group = dist.resolve_group(distributed)
+    if out is not None:
+        prompts = _prompt_list(prompts)
+    dist.check_same_call(group, "batch_get_activations", prompts=prompts, layers=layers, positions=positions,
+                         dtype=dtype, out=out is not None, shard_size=shard_size, resume=resume)
     batch_size = _check_batch_size(batch_size)
     layer_ids = _check_layers(model, layers)
     pos_list, single = _check_positions(positions)
     _check_not_empty(prompts)
-    group = dist.resolve_group(distributed)
     if out is not None:
         from .store.collect import positions_collection
 
@@ -159,13 +163,17 @@ def _write_store(collection: Any, prompts: Any, out: PathLike, batch_size: int, 
         shard_size = _check_batch_size(shard_size, "shard_size")
     if not isinstance(resume, bool):
         raise ValueError(f"resume must be True or False, got {resume!r}")
-    folder = write_store(collection, _prompt_list(prompts), out, batch_size=batch_size, shard_size=shard_size,
+    folder = write_store(collection, prompts, out, batch_size=batch_size, shard_size=shard_size,
                          resume=resume, progress=progress, group=group, metadata=metadata)
     return ActivationStore(folder)
 
 
 def _prompt_list(prompts: Any) -> Sequence[Any]:
-    """Prompts as a sequence of single prompts (text or token-id lists) for the store."""
+    """Prompts as a sequence of single prompts (text or token-id lists) for the store. An iterator (a
+    generator, a ``map``) is read once into a list: the store hashes every prompt before any forward (its
+    manifest keeps the prompts' hashes so that a rerun can resume), and reads windows of prompts by index."""
+    if isinstance(prompts, collections.abc.Iterator):
+        prompts = list(prompts)
     if isinstance(prompts, str):
         return [prompts]
     if isinstance(prompts, (mx.array, np.ndarray)):
@@ -280,11 +288,15 @@ def collect_activations(model: WrappedModel, inputs: Any, layers: Optional[Seque
         "lengths", "layers"}``; with ``out=``, an ``ActivationStore`` with the same keys.
     """
     _check_model(model)
+    group = dist.resolve_group(distributed)
+    if out is not None:
+        inputs = _prompt_list(inputs)
+    dist.check_same_call(group, "collect_activations", inputs=inputs, layers=layers, dtype=dtype,
+                         out=out is not None, shard_size=shard_size, resume=resume)
     index = model._index
     paths = _module_paths(index, layers)
     keys = [_short_key(index, p) for p in paths]
     _check_not_empty(inputs)
-    group = dist.resolve_group(distributed)
     if out is not None:
         from .store.collect import tokens_collection
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from mlxterp.compiler import Graph, Op, to_text
 from mlxterp.compiler.passes.lift import as_param
+from mlxterp.compiler.structure import node_key
 
 from .. import distributed as dist
 from ..core import WrappedModel
@@ -141,6 +142,8 @@ class Program:
         if len(set(k.values())) != 1:
             raise ValueError(f"batched() params must share their leading (variant) axis, got sizes {k}")
         group = dist.resolve_group(distributed)
+        if group is not None:
+            dist.check_same_call(group, "Program.batched", program=self._structure(), tokens=tokens, values=values)
         n = next(iter(k.values()))
         if group is not None and n >= dist.size(group):  # this rank's variants, then everyone's gathered
             mine = mx.array(np.array(dist.my_items(range(n), group), dtype=np.int32))
@@ -151,6 +154,11 @@ class Program:
         if group is None or n < dist.size(group):
             return out
         return {name: dist.gather_array_items(value, n, group) for name, value in out.items()}
+
+    def _structure(self) -> tuple:
+        """What this program computes, for comparing it across processes: its graph's nodes (op, target,
+        wiring; never the source lines) and its params' default values."""
+        return tuple(node_key(n) for n in self.graph), tuple(self._defaults)
 
     # -- inputs ----------------------------------------------------------------------------------
     def _tokens(self, tokens: Any) -> mx.array:
