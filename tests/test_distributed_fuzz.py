@@ -12,7 +12,9 @@ Two ranks of :mod:`tests.distributed_server` start once for the module and recei
   process's result;
 - ranks given different arguments (prompts, their number, layers, positions, clean texts, metrics, scan
   vectors, store prompts): every rank must raise :class:`~mlxterp.distributed.DistributedMismatchError`
-  naming what differs, before any work.
+  naming what differs, before any work;
+- the ranks writing one store are one writer: a store another process holds is refused on every rank, and
+  their store's lost manifest is rebuilt from the shards both ranks wrote.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlxterp import distributed as dist
+from mlxterp.store.lock import WriterLock
 from tests import distributed_server as server
 from tests.tracing.test_reference_fuzz import VOCAB, assert_close, programs, run_reference, values_for
 
@@ -312,3 +315,33 @@ def test_a_function_metric_is_compared_by_its_code_and_captured_values():
     assert digest(lambda x: x * 2) != digest(lambda x: x * 3)
     assert digest(np.arange(3.0)) != digest(np.arange(3.0).astype(np.float32))
     assert digest(mx.arange(3)) == digest(mx.arange(3)) != digest(mx.arange(4))
+
+
+# -- one store, one writer group --------------------------------------------------------------------------
+STORE_ARGS = {"prompts": PROMPTS, "layers": [1, 3], "positions": [0, -1], "shard_size": 3}
+
+
+def test_ranks_writing_a_store_another_process_holds_all_raise_naming_it(ranks):
+    out = ranks.folder / "locked-store"
+    out.mkdir()
+    with WriterLock(out):
+        replies = ranks.call("positions_store", {**STORE_ARGS, "out": str(out)})
+    for reply in replies:
+        assert reply.get("error") == "StoreLockedError", reply
+        assert f"being written by another process (pid {os.getpid()} on host" in reply["message"]
+    assert not list(out.glob("shard-*"))
+    got = ranks.ok("positions_store", {**STORE_ARGS, "out": str(out)})  # released: the group writes it now
+    assert_same(got[0], server.OPS["positions_store"]({**STORE_ARGS, "out": str(ranks.folder / "alone")}, False), 0)
+
+
+def test_a_store_of_two_ranks_with_a_lost_manifest_is_rebuilt_without_collecting_again(ranks):
+    out = ranks.folder / "rebuilt-store"
+    first = ranks.ok("positions_store", {**STORE_ARGS, "out": str(out)})
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {e["rank"] for e in manifest["shards"]} == {0, 1}
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")}
+    (out / "manifest.json").unlink()
+    again = ranks.ok("positions_store", {**STORE_ARGS, "out": str(out)})
+    assert_same(again[0], first[0], 0)
+    assert json.loads((out / "manifest.json").read_text())["shards"] == manifest["shards"]
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")} == stamps  # no shard written again

@@ -17,7 +17,8 @@ import numpy as np
 from ..activations import _position_index, _token_rows, gather_rows, padded_batches
 from ..core import WrappedModel
 from .manifest import model_identity
-from .writer import LENGTHS_KEY, Collection
+from .integrity import LENGTHS_KEY
+from .writer import Collection
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 PROBE_LEN = 8  # tokens of the probe forward that gives the modules' output shapes

@@ -39,6 +39,11 @@ TARGET_SHARD_BYTES = 64 << 20  # activation bytes per shard when shard_size is n
 FINGERPRINT_COVERS = "every parameter byte"
 
 
+REQUIRED = ("format", "version", "kind", "model", "layers", "keys", "positions", "dtype", "row_shapes", "n_prompts",
+            "prompts_sha256", "shard_size", "shards")  # keys every manifest has
+SHARD_FIELDS = ("window", "file", "start", "stop", "rows", "bytes", "rank", "prompts_sha256")  # of a shard entry
+
+
 class StoreMismatchError(ValueError):
     """A rerun's settings differ from those of the store it would continue."""
 
@@ -115,6 +120,17 @@ def read_manifest(folder: Path) -> Optional[Dict[str, Any]]:
     if manifest.get("version") != VERSION:
         raise ValueError(f"{str(path)!r} has store format version {manifest.get('version')!r}; this mlxterp "
                          f"reads version {VERSION}")
+    missing = [key for key in REQUIRED if key not in manifest]
+    if missing:
+        raise ValueError(f"the activation store manifest {str(path)!r} is missing the keys {', '.join(missing)} "
+                         f"(a manifest has {', '.join(REQUIRED)}); it was edited or damaged: delete it and rerun the "
+                         "collection, which rebuilds it from the shards")
+    for entry in manifest["shards"]:
+        lacking = [key for key in SHARD_FIELDS if key != "rank" and key not in (entry if isinstance(entry, dict) else {})]
+        if lacking:
+            raise ValueError(f"the activation store manifest {str(path)!r} lists a shard without "
+                             f"{', '.join(lacking)}: {str(entry)[:120]}; delete the manifest and rerun the collection, "
+                             "which rebuilds it from the shards")
     return manifest
 
 
