@@ -32,11 +32,11 @@ from tests.tracing.test_reference_fuzz import (HIDDEN, LAYERS, VOCAB, Applier, S
 _MODELS: Dict[str, InterpretableModel] = {}
 
 
-def sweep_model() -> InterpretableModel:
-    """The model of the sweeps and activation calls (5 layers, a character tokenizer)."""
-    if "sweep" not in _MODELS:
-        _MODELS["sweep"] = InterpretableModel(tiny_llama_module(seed=5, layers=5), tokenizer=CharTokenizer())
-    return _MODELS["sweep"]
+def sweep_model(seed: int = 5) -> InterpretableModel:
+    """The model of the sweeps and activation calls (5 layers, a character tokenizer; ``seed``: its weights)."""
+    if f"sweep{seed}" not in _MODELS:
+        _MODELS[f"sweep{seed}"] = InterpretableModel(tiny_llama_module(seed=seed, layers=5), tokenizer=CharTokenizer())
+    return _MODELS[f"sweep{seed}"]
 
 
 def fuzz_model() -> InterpretableModel:
@@ -124,7 +124,9 @@ def _collect(args: Dict[str, Any], distributed: Any) -> Dict[str, np.ndarray]:
 
 
 def _positions_store(args: Dict[str, Any], distributed: Any) -> Dict[str, np.ndarray]:
-    return _store(batch_get_activations(sweep_model(), progress=False, distributed=distributed, **args))
+    args = dict(args)
+    model = sweep_model(args.pop("model_seed", 5))
+    return _store(batch_get_activations(model, progress=False, distributed=distributed, **args))
 
 
 def _tokens_store(args: Dict[str, Any], distributed: Any) -> Dict[str, np.ndarray]:

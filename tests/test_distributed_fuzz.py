@@ -304,6 +304,17 @@ def test_a_store_of_ranks_given_different_prompts_is_refused_before_any_shard(ra
     assert not list(out.glob("shard-*")) and not (out / "manifest.json").exists()
 
 
+def test_ranks_writing_one_store_with_different_models_all_raise(ranks):
+    out = ranks.folder / "two-models"
+    replies = ranks.call("positions_store", {"prompts": PROMPTS, "layers": [1], "positions": -1, "out": str(out)},
+                         [{"model_seed": 5}, {"model_seed": 6}])
+    for reply in replies:
+        assert reply.get("error") == "DistributedMismatchError", reply
+        assert "activation store: the 2 ranks were given different arguments" in reply["message"]
+        assert "model differs (rank 0: {class: 'Model', parameters: " in reply["message"], reply["message"]
+    assert not list(out.glob("shard-*"))
+
+
 def test_a_function_metric_is_compared_by_its_code_and_captured_values():
     from mlxterp.digest import digest
 

@@ -78,7 +78,8 @@ def write_store(collection: Collection, prompts: Sequence[Any], out: Any, *, bat
     """
     folder = _folder(out)
     hashes = prompt_hashes(prompts)
-    dist.check_same_call(group, "activation store", collection=collection.spec, prompts=digest(hashes))
+    spec = dict(collection.spec)
+    dist.check_same_call(group, "activation store", model=spec.pop("model"), collection=spec, prompts=digest(hashes))
     wanted = new_manifest(collection.spec, hashes, shard_size or 1, batch_size, metadata)
     lock = WriterLock(folder, dist.size(group)) if dist.rank(group) == 0 else None
     try:  # rank 0 locks, reads (or rebuilds) and prepares the store; the others start once it has
