@@ -230,11 +230,12 @@ def activation_calls(draw) -> tuple:
     args = {"batch_size": draw(st.integers(1, 5))}
     if op in ("batch_get_activations", "positions_store"):
         shortest = min(len(p) for p in prompts) + 1
-        args.update(prompts=prompts, layers=draw(subset(LAYER_IDS + [-1])),
+        args.update(prompts=prompts, layers=draw(subset(LAYER_IDS + [-1, "layers.2.resid_mid", "layers.0.attn.v"])),
                     positions=draw(st.one_of(st.integers(-shortest, shortest - 1),
                                              subset(list(range(-shortest, shortest))))))
     else:
-        names = ["layers.0", "layers.2.mlp", "layers.4.self_attn"]
+        names = ["layers.0", "layers.2.mlp", "layers.4.self_attn", "layers.1.resid_mid", "layers.3.resid_pre",
+                 "layers.1.self_attn.q"]
         args.update(inputs=prompts, layers=draw(subset(names)))
         if op == "collect_activations":
             del args["batch_size"]
