@@ -88,6 +88,9 @@ def batch_get_activations(model: WrappedModel, prompts: Any, layers: Optional[Se
     Args:
         model: an :class:`~mlxterp.InterpretableModel`.
         prompts: a list of prompts (or of token-id lists), a single prompt, or an integer ``mx.array``.
+            With ``out=``: also any sequence of them (e.g. :class:`mlxterp.store.PromptFile`), or an
+            iterator (a generator), which is read once into a list: the store hashes every prompt before
+            any forward, so that a rerun can check it continues the same prompts.
         layers: layer indices (``None`` = every layer) or site names, as in :func:`get_activations`.
         positions: as in :func:`get_activations`.
         batch_size: prompts per forward (``>= 1``).
@@ -106,6 +109,7 @@ def batch_get_activations(model: WrappedModel, prompts: Any, layers: Optional[Se
             script was launched on several (``mlx.launch``), ``True`` to require that (an error
             otherwise), ``False`` for this process alone. In memory every rank returns every row; with
             ``out=`` each rank writes its own shards of the one store (a folder every rank can reach).
+            Every rank must pass the same arguments (checked before any work: ``DistributedMismatchError``).
 
     Returns:
         ``{"layer_{i}": array}`` with ``len(prompts)`` rows, in the order of ``prompts``; with ``out=``, an
@@ -267,9 +271,13 @@ def collect_activations(model: WrappedModel, inputs: Any, layers: Optional[Seque
         model: an :class:`~mlxterp.InterpretableModel`.
         inputs: anything ``model.trace`` accepts (lists of prompts are right-padded; rows past
             ``metadata["lengths"]`` are padding). With ``out=``: a prompt, a list of prompts or of
-            token-id lists, or any sequence of them (e.g. :class:`mlxterp.store.PromptFile`).
-        layers: module names in any accepted form (``"layers.3"``, ``"layers.3.attn"``,
-            ``"model.model.layers.3.mlp"``) or layer indices; ``None`` = every layer's output.
+            token-id lists, any sequence of them (e.g. :class:`mlxterp.store.PromptFile`), or an iterator
+            of them (read once into a list, as in :func:`batch_get_activations`).
+        layers: layer indices or names of anything a trace reads (:mod:`mlxterp.sites`): modules in any
+            accepted form (``"layers.3"``, ``"layers.3.attn"``, ``"model.model.layers.3.mlp"``), attention
+            internals (``"layers.3.attn.q"``, ``"layers.3.attn.pattern"``: into a store, only values with one
+            row per token) and residual values (``"layers.3.resid_pre"``, ``"layers.3.resid_mid"``,
+            ``"layers.3.resid_post"``, which is the layer's output); ``None`` = every layer's output.
         out: a folder: write the outputs there, shard by shard, one row per real token (padding dropped),
             and return an :class:`~mlxterp.ActivationStore` of it. A rerun with the same arguments
             continues an interrupted collection (see :func:`batch_get_activations`).
@@ -284,6 +292,7 @@ def collect_activations(model: WrappedModel, inputs: Any, layers: Optional[Seque
             script was launched on several (``mlx.launch``), ``True`` to require that (an error
             otherwise), ``False`` for this process alone. In memory every rank returns every row; with
             ``out=`` each rank writes its own shards of the one store (a folder every rank can reach).
+            Every rank must pass the same arguments (checked before any work: ``DistributedMismatchError``).
 
     Returns:
         An ``ActivationCache`` keyed by short names (``"layers.3"``, ``"layers.3.self_attn"``) whose

@@ -12,7 +12,8 @@ the encoding must not depend on the process: no ``id()``, no memory addresses, n
   processes, so it is digested by its qualified name, its bytecode, constants and the global names it
   uses, its default arguments and the values its closure captured (each digested as above). Two
   functions that differ only in a *global* they read (not a default or closure value) get the same
-  digest; callable objects are digested by their type and attributes.
+  digest; callable objects (an intervention) by their type and data attributes. A captured object that
+  is not data (a model) counts by its type only: its weights are not an argument of the call.
 - anything else: its type's qualified name only.
 """
 
@@ -45,7 +46,7 @@ def digest(value: Any) -> int:
 def describe(value: Any, width: int = 48) -> str:
     """A short human description of ``value`` for an error message (its kind, size and first item)."""
     if isinstance(value, (mx.array, np.ndarray)):
-        return f"array of shape {tuple(value.shape)} {value.dtype}"
+        return f"array of shape {tuple(value.shape)} {str(value.dtype).rsplit('.', 1)[-1]}"
     if isinstance(value, (str, bytes)):
         return _clip(repr(value), width)
     if isinstance(value, dict):

@@ -40,8 +40,8 @@ from tests import distributed_server as server
 from tests.tracing.test_reference_fuzz import VOCAB, assert_close, programs, run_reference, values_for
 
 REPO = Path(__file__).resolve().parents[1]
-SWEEP_TOL = 1e-4  # recoveries in percentage points (bit-identical on this CPU; see test_distributed.py)
-SCAN_TOL = 1e-5  # a scan's variants in one forward vs split over two ranks
+SWEEP_TOL = 1e-4  # recoveries (relative to their largest, at least 1 point; bit-identical on this CPU)
+SCAN_TOL = 1e-5  # a scan's variants in one forward vs split over two ranks (relative, as above)
 
 pytestmark = pytest.mark.skipif(not mx.distributed.is_available(),
                                 reason="this MLX build has no distributed backend (mx.distributed.is_available())")
@@ -110,10 +110,12 @@ def ranks(tmp_path_factory):
 
 
 def assert_same(got: dict, want: dict, tol: float) -> None:
+    """The same keys and shapes, values within ``tol`` times the largest magnitude (at least 1); 0: equal."""
     assert sorted(got) == sorted(want)
     for key in want:
         assert got[key].shape == want[key].shape, key
-        np.testing.assert_allclose(got[key], want[key], rtol=0, atol=tol, err_msg=key)
+        scale = max(1.0, float(np.abs(want[key]).max(initial=0.0))) if want[key].dtype.kind == "f" else 1.0
+        np.testing.assert_allclose(got[key], want[key], rtol=0, atol=tol * scale, err_msg=key)
 
 
 def check_ranks(ranks: Ranks, op: str, args: dict, tol: float) -> list:
@@ -212,7 +214,7 @@ def sweep_calls(draw) -> tuple:
     return op, args
 
 
-@settings(FUZZ, max_examples=25)
+@settings(FUZZ, max_examples=40)
 @given(call=sweep_calls())
 def test_random_sweeps_on_two_ranks_match_one_process(ranks, call):
     op, args = call

@@ -134,7 +134,8 @@ class Program:
 
         ``distributed`` splits the ``K`` variants over ``mx.distributed`` processes (:mod:`mlxterp.distributed`):
         ``"auto"`` when the script was launched on several (``mlx.launch``), ``True`` to require that,
-        ``False`` for this process alone; every rank returns all ``K``."""
+        ``False`` for this process alone; every rank returns all ``K``. Every rank must run the same program
+        with the same tokens and values (checked before any work: ``DistributedMismatchError``)."""
         if not values:
             raise ValueError(f"batched() needs at least one param with a leading variant axis; this program's "
                              f"params are: {', '.join(self.params) or 'none'}")
