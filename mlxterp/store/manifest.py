@@ -1,8 +1,9 @@
 """The activation store's manifest: what was collected (model, modules, positions, dtype, prompts) and
 which shards hold it.
 
-``manifest.json`` is the store's only index: a reader accepts a shard file only when the manifest lists
-it, and the manifest is replaced atomically after the shard it adds is on disk. A rerun into the same
+``manifest.json`` is the store's index: a reader accepts a shard file only when the manifest lists it
+(and the shard passes the checks of :mod:`.integrity`), and the manifest is replaced atomically after the
+shard it adds is on disk; when it is lost, the shards' own descriptions rebuild it. A rerun into the same
 folder compares its own description with the stored one (:func:`check_match`) and refuses to continue a
 store of another model, other modules or positions, another dtype or other prompts.
 

@@ -5,12 +5,17 @@ rerun sees the same windows). Each window is computed in memory, written as one 
 (temporary name, fsync, rename) and then added to the manifest (rewritten atomically the same way), so
 memory holds one window at a time and a run killed at any point loses at most the windows in flight. A
 rerun with the same settings deletes what a killed run left unlisted (temporary files, a shard renamed but
-not yet listed), skips the listed windows and computes the rest: every prompt ends up in the store once.
+not yet listed), collects again the listed shards that fail their checks (:mod:`.integrity`), skips the
+others and computes the rest: every prompt ends up in the store once. A lost manifest is rebuilt from the
+shards' own descriptions first. The writer holds the store's lock (:mod:`.lock`) from before it reads the
+manifest until it returns.
 
-On several processes (:mod:`mlxterp.distributed`) the windows still to do are dealt out in rounds, one
-per rank per round; each rank writes its own shards, the ranks' records are gathered after each round
-and rank 0 alone writes the manifest. The folder must be one that every rank can reach (a shared file
-system across hosts).
+On several processes (:mod:`mlxterp.distributed`) the ranks first check that they collect the same thing
+with the same model; rank 0 then locks, reads (or rebuilds) and prepares the store while the others wait
+(its errors are raised on every rank). The windows still to do are dealt out in rounds, one per rank per
+round; each rank writes its own shards, the ranks' records are gathered after each round and rank 0 alone
+writes the manifest. The folder must be one that every rank can reach (a shared file system across
+hosts).
 """
 
 from __future__ import annotations
@@ -26,8 +31,7 @@ from tqdm.auto import tqdm
 
 from .. import distributed as dist
 from .files import remove_temporaries, write_safetensors_atomic
-from .integrity import (HASH_KEY, LENGTHS_KEY, StoreIntegrityError, rebuild_manifest, shard_metadata,
-                        verify_shard)
+from .integrity import HASH_KEY, StoreIntegrityError, rebuild_manifest, shard_metadata, verify_shard
 from .lock import StoreLockedError, WriterLock
 from .manifest import (StoreMismatchError, auto_shard_size, check_match, digest, new_manifest, prompt_hashes,
                        read_manifest, shard_name, windows, write_manifest)
@@ -38,7 +42,6 @@ CHECK_CHUNK = 4096  # prompts tokenized at a time by the up-front check
 ROUNDS = 4  # on several ranks, auto-sized shards give every rank at least this many windows
 # what rank 0's start of a store may raise, raised as the same class on the other ranks
 LEADER_ERRORS = (StoreLockedError, StoreMismatchError, StoreIntegrityError, FileExistsError, ValueError)
-__all__ = ["Collection", "write_store", "HASH_KEY", "LENGTHS_KEY"]
 
 
 @dataclasses.dataclass
@@ -51,7 +54,7 @@ class Collection:
         check: ``check(prompts, first_index) -> token counts``: tokenizes and validates prompts (raises a
             ValueError naming the bad prompt by its index in the whole list), keeping nothing.
         compute: ``compute(prompts, first_index, bar) -> {name: array}`` for one window: the stored keys
-            (cast to the store's dtype here) plus :data:`LENGTHS_KEY` for token-level rows.
+            (cast to the store's dtype here) plus :data:`.integrity.LENGTHS_KEY` for token-level rows.
         bytes_per_token: activation bytes one token adds (token-level rows), else 0.
         bytes_per_prompt: activation bytes one prompt adds (position rows), else 0.
     """
