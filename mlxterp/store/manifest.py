@@ -9,9 +9,9 @@ store of another model, other modules or positions, another dtype or other promp
 
 The model is identified by a fingerprint: the SHA-256 of every parameter's name, shape and dtype and of
 every byte of its data, so that any edit of any weight (one MLP neuron zeroed, one embedding row changed)
-gives another fingerprint. It is computed once per call, reading the weights in place (no copy): on this
-project's CPU about 0.1 s for SmolLM2-135M quantized (115 MB) and 0.5-0.65 s in float32 (538 MB), the
-speed of one thread of hashlib's SHA-256 (``python -m benchmarks --only store_fingerprint``).
+gives another fingerprint. It is computed once per call, reading the weights in place (no copy), at the
+speed of one thread of hashlib's SHA-256: on this project's CPU about 0.1 s for SmolLM2-135M quantized
+(115 MB) and 0.5-0.65 s in float32 (538 MB) (``python -m benchmarks --only store_fingerprint``).
 Each prompt is identified by a 64-bit BLAKE2b hash of its text (or of its token ids); the store keeps
 every prompt's hash in its shards and the manifest keeps the SHA-256 of the whole list and of each
 shard's part.
