@@ -11,6 +11,9 @@ float32 at load (``dtype="float32"``) and kept quantized (``quantized=True``, 4/
                     at a quarter, half and three quarters of its length: the longest wait from the signal to
                     the ``KeyboardInterrupt`` (target: about a second, <= 1.5 s), then the sweep's time in
                     time-sized chunks vs one chunk (what being interruptible costs).
+``store_fingerprint`` the activation store's model fingerprint (SHA-256 of every weight byte, computed once per
+                    store call) in each form, against one thread hashing the same bytes (its floor) and
+                    against a raw forward of 64 tokens.
 """
 
 from __future__ import annotations
@@ -119,6 +122,40 @@ def sweep_interrupt(ctx: Context) -> Iterator[Row]:
                     f"chunks sized by time ({form})", timings, note="what being interruptible costs")
 
 
+def store_fingerprint(ctx: Context) -> Iterator[Row]:
+    """The activation store's model fingerprint (SHA-256 of every weight byte, once per store call) in each
+    form, against its floor (one thread hashing the same bytes) and against one forward of 64 tokens."""
+    skipped = list(_missing(ctx, "store_fingerprint"))
+    if skipped:
+        yield from skipped
+        return
+    import hashlib
+
+    from mlx.utils import tree_flatten
+
+    from mlxterp.store.manifest import model_identity
+
+    for form in ("quantized", "float32"):
+        model = _model(ctx, form)
+        params = [v.view(mx.uint16) if v.dtype == mx.bfloat16 else v for _, v in tree_flatten(model.model.parameters())]
+        size = sum(v.nbytes for v in params) / 1e6
+
+        def floor() -> None:
+            h = hashlib.sha256()
+            for v in params:
+                h.update(memoryview(v))
+
+        tokens = mx.random.randint(3, int(model.vocab_size or 100), (1, 64), key=mx.random.key(0))
+        fingerprint = lambda: model_identity(model)  # noqa: E731
+        timings = _heavy(ctx, floor, fingerprint)
+        forward = _heavy(ctx, lambda: mx.eval(model.model(tokens)), fingerprint)
+        yield ratio_row(SUITE, "store_fingerprint", ctx.settings.gguf, form, "sha256 of the weights, one thread",
+                        "model_identity (every weight byte)", timings,
+                        note=f"{size:.0f} MB of weights, {timings[1].median * 1e3:.0f} ms per store call")
+        yield ratio_row(SUITE, "store_fingerprint", ctx.settings.gguf, form, "raw forward b1 s64",
+                        "model_identity (every weight byte)", forward, note="the fingerprint in forwards")
+
+
 def _prompt_pair(model: InterpretableModel) -> tuple:
     """Token ids of France vs Italy (one token each in SmolLM2); with a tokenizer where their lengths differ,
     the clean prompt with its fourth token changed."""
@@ -155,4 +192,5 @@ CASES: dict[str, Callable[[Context], Iterable[Row]]] = {
     "gguf_forward": gguf_forward,
     "gguf_demo": gguf_demo,
     "sweep_interrupt": sweep_interrupt,
+    "store_fingerprint": store_fingerprint,
 }

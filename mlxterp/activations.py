@@ -12,8 +12,8 @@ every real position is exact; a negative position counts from each prompt's own 
 
 from __future__ import annotations
 
+import collections.abc
 import os
-
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import mlx.core as mx
@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 from . import distributed as dist
 from .activation_cache import ActivationCache
 from .analysis.programs import run_program
-from .analysis.validate import resolve_layers
 from .core import WrappedModel
 from .inputs import is_int
+from .sites import Site, activation_sites, read_site, sequence_specs
 from .tracing.proxy import apply
 
 __all__ = ["get_activations", "batch_get_activations", "collect_activations", "cache_resolver", "bucket_length"]
@@ -46,26 +46,28 @@ def get_activations(model: WrappedModel, prompts: Any, layers: Optional[Sequence
         prompts: a prompt, a list of prompts, token ids (list of int), a list of token-id lists, or an
             integer ``mx.array`` ``(batch, seq)``. Lists are right-padded.
         layers: layer indices (``None`` = every layer; negative indices count from the end and are keyed
-            by their non-negative index).
+            by their non-negative index) or names of anything a trace reads that has one row per token
+            (``"layers.3.mlp"``, ``"layers.3.resid_mid"``, ``"layers.3.attn.q"``; keyed by their short name):
+            see :mod:`mlxterp.sites`.
         positions: an int or a list of ints. Non-negative positions count from the start; negative ones
             from each prompt's last real token (``-1`` = last real token of that prompt).
 
     Returns:
-        ``{"layer_{i}": array}``: ``(batch, hidden)`` for an int position, ``(batch, n_positions, hidden)``
-        for a list.
+        ``{"layer_{i}": array}`` (and ``{name: array}`` for named sites): ``(batch, hidden)`` for an int
+        position, ``(batch, n_positions, hidden)`` for a list (``hidden``: the site's trailing shape).
 
     Raises:
         ValueError: empty prompts, a layer index that is not an int or out of range, or a position outside
             some prompt (the message names the prompt, its length and the position).
     """
     _check_model(model)
-    layer_ids = _check_layers(model, layers)
+    sites = position_sites(model, layers, "get_activations")
     pos_list, single = _check_positions(positions)
     _check_not_empty(prompts)
     batch = model._batch(prompts)
     index = _position_index(batch.lengths, pos_list)
-    gathered = _gather(model, batch.tokens, index, layer_ids)
-    out = {f"layer_{i}": (a[:, 0] if single else a) for i, a in gathered.items()}
+    gathered = _gather(model, batch.tokens, index, sites)
+    out = {key: (a[:, 0] if single else a) for key, a in gathered.items()}
     mx.eval(list(out.values()))
     return out
 
@@ -86,7 +88,10 @@ def batch_get_activations(model: WrappedModel, prompts: Any, layers: Optional[Se
     Args:
         model: an :class:`~mlxterp.InterpretableModel`.
         prompts: a list of prompts (or of token-id lists), a single prompt, or an integer ``mx.array``.
-        layers: layer indices (``None`` = every layer).
+            With ``out=``: also any sequence of them (e.g. :class:`mlxterp.store.PromptFile`), or an
+            iterator (a generator), which is read once into a list: the store hashes every prompt before
+            any forward, so that a rerun can check it continues the same prompts.
+        layers: layer indices (``None`` = every layer) or site names, as in :func:`get_activations`.
         positions: as in :func:`get_activations`.
         batch_size: prompts per forward (``>= 1``).
         progress: show a tqdm progress bar (rate and ETA).
@@ -104,30 +109,35 @@ def batch_get_activations(model: WrappedModel, prompts: Any, layers: Optional[Se
             script was launched on several (``mlx.launch``), ``True`` to require that (an error
             otherwise), ``False`` for this process alone. In memory every rank returns every row; with
             ``out=`` each rank writes its own shards of the one store (a folder every rank can reach).
+            Every rank must pass the same arguments (checked before any work: ``DistributedMismatchError``).
 
     Returns:
         ``{"layer_{i}": array}`` with ``len(prompts)`` rows, in the order of ``prompts``; with ``out=``, an
         ``ActivationStore`` with the same keys and rows.
     """
     _check_model(model)
+    group = dist.resolve_group(distributed)
+    if out is not None:
+        prompts = _prompt_list(prompts)
+    dist.check_same_call(group, "batch_get_activations", prompts=prompts, layers=layers, positions=positions,
+                         dtype=dtype, out=out is not None, shard_size=shard_size, resume=resume)
     batch_size = _check_batch_size(batch_size)
-    layer_ids = _check_layers(model, layers)
+    sites = position_sites(model, layers, "batch_get_activations")
     pos_list, single = _check_positions(positions)
     _check_not_empty(prompts)
-    group = dist.resolve_group(distributed)
     if out is not None:
         from .store.collect import positions_collection
 
-        collection = positions_collection(model, layer_ids, pos_list, single, dtype, batch_size)
+        collection = positions_collection(model, sites, pos_list, single, dtype, batch_size)
         return _write_store(collection, prompts, out, batch_size, shard_size, resume, progress, metadata, group)
     rows = _token_rows(model, prompts)
     index = _position_index([len(r) for r in rows], pos_list)  # validates every prompt before any forward runs
     model._check_length([len(r) for r in rows])
     if group is not None and len(rows) >= dist.size(group):
-        acts = _gather_sharded(model, rows, index, layer_ids, single, batch_size, progress, group)
+        acts = _gather_sharded(model, rows, index, sites, single, batch_size, progress, group)
     else:
         with tqdm(total=len(rows), disable=not progress, unit="prompt", desc="activations", leave=True) as bar:
-            acts = gather_rows(model, rows, index, layer_ids, single, batch_size, bar)
+            acts = gather_rows(model, rows, index, sites, single, batch_size, bar)
     if dtype is not None:
         from .store.collect import storage_dtype
 
@@ -136,7 +146,7 @@ def batch_get_activations(model: WrappedModel, prompts: Any, layers: Optional[Se
     return acts
 
 
-def _gather_sharded(model: WrappedModel, rows: List[List[int]], index: np.ndarray, layer_ids: List[int], single: bool,
+def _gather_sharded(model: WrappedModel, rows: List[List[int]], index: np.ndarray, sites: List[Site], single: bool,
                     batch_size: int, progress: bool, group: Any) -> Dict[str, mx.array]:
     """:func:`gather_rows` over this rank's share of the prompts (every ``size``-th by length, so every rank
     gets a like mix of lengths), then every rank's rows gathered back into prompt order."""
@@ -144,7 +154,7 @@ def _gather_sharded(model: WrappedModel, rows: List[List[int]], index: np.ndarra
     mine = np.array(dist.my_items(order, group), dtype=np.int64)
     with tqdm(total=len(mine), disable=not (progress and dist.rank(group) == 0), unit="prompt",
               desc="activations (this rank)", leave=True) as bar:
-        local = gather_rows(model, [rows[j] for j in mine], index[mine], layer_ids, single, batch_size, bar)
+        local = gather_rows(model, [rows[j] for j in mine], index[mine], sites, single, batch_size, bar)
     back = mx.array(np.argsort(order).astype(np.int32))  # each prompt's place in the length order
     return {k: mx.take(dist.gather_array_items(v, len(rows), group), back, axis=0) for k, v in local.items()}
 
@@ -159,13 +169,17 @@ def _write_store(collection: Any, prompts: Any, out: PathLike, batch_size: int, 
         shard_size = _check_batch_size(shard_size, "shard_size")
     if not isinstance(resume, bool):
         raise ValueError(f"resume must be True or False, got {resume!r}")
-    folder = write_store(collection, _prompt_list(prompts), out, batch_size=batch_size, shard_size=shard_size,
+    folder = write_store(collection, prompts, out, batch_size=batch_size, shard_size=shard_size,
                          resume=resume, progress=progress, group=group, metadata=metadata)
     return ActivationStore(folder)
 
 
 def _prompt_list(prompts: Any) -> Sequence[Any]:
-    """Prompts as a sequence of single prompts (text or token-id lists) for the store."""
+    """Prompts as a sequence of single prompts (text or token-id lists) for the store. An iterator (a
+    generator, a ``map``) is read once into a list: the store hashes every prompt before any forward (its
+    manifest keeps the prompts' hashes so that a rerun can resume), and reads windows of prompts by index."""
+    if isinstance(prompts, collections.abc.Iterator):
+        prompts = list(prompts)
     if isinstance(prompts, str):
         return [prompts]
     if isinstance(prompts, (mx.array, np.ndarray)):
@@ -182,22 +196,23 @@ def _check_batch_size(value: Any, name: str = "batch_size") -> int:
     return int(value)
 
 
-def gather_rows(model: WrappedModel, rows: List[List[int]], index: np.ndarray, layer_ids: List[int], single: bool,
+def gather_rows(model: WrappedModel, rows: List[List[int]], index: np.ndarray, sites: List[Site], single: bool,
                 batch_size: int, bar: Any = None) -> Dict[str, mx.array]:
-    """The core of :func:`batch_get_activations` on checked token rows: ``{"layer_{i}": array}`` with
+    """The core of :func:`batch_get_activations` on checked token rows: ``{site key: array}`` with
     ``len(rows)`` rows in their order, ``index[row]`` the positions gathered from each (``bar`` is updated by
     the prompts done)."""
     n = len(rows)
-    chunks: Dict[int, List[mx.array]] = {i: [] for i in layer_ids}
+    keys = [site.key for site in sites]
+    chunks: Dict[str, List[mx.array]] = {k: [] for k in keys}
     done = []
     for ids, tokens, chunk_index in padded_batches(model, rows, batch_size, index):
         done.append(ids)
-        gathered = _gather(model, mx.array(tokens), chunk_index, layer_ids)
+        gathered = _gather(model, mx.array(tokens), chunk_index, sites)
         real = len(ids)
-        kept = [gathered[i][:real] if tokens.shape[0] != real else gathered[i] for i in layer_ids]
+        kept = [gathered[k][:real] if tokens.shape[0] != real else gathered[k] for k in keys]
         mx.eval(kept)
-        for i, a in zip(layer_ids, kept):
-            chunks[i].append(a)
+        for k, a in zip(keys, kept):
+            chunks[k].append(a)
         del gathered, kept
         if bar is not None:
             bar.update(real)
@@ -208,15 +223,15 @@ def gather_rows(model: WrappedModel, rows: List[List[int]], index: np.ndarray, l
     inverse_mx = mx.array(inverse)
     identity = bool(np.all(order == np.arange(n)))
     out: Dict[str, mx.array] = {}
-    for i in layer_ids:
-        parts = chunks.pop(i)
+    for k in keys:
+        parts = chunks.pop(k)
         stacked = parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=0)
         del parts
         result = stacked if identity else mx.take(stacked, inverse_mx, axis=0)
         if single:
             result = result[:, 0]
         mx.eval(result)
-        out[f"layer_{i}"] = result
+        out[k] = result
         del stacked
     return out
 
@@ -256,9 +271,13 @@ def collect_activations(model: WrappedModel, inputs: Any, layers: Optional[Seque
         model: an :class:`~mlxterp.InterpretableModel`.
         inputs: anything ``model.trace`` accepts (lists of prompts are right-padded; rows past
             ``metadata["lengths"]`` are padding). With ``out=``: a prompt, a list of prompts or of
-            token-id lists, or any sequence of them (e.g. :class:`mlxterp.store.PromptFile`).
-        layers: module names in any accepted form (``"layers.3"``, ``"layers.3.attn"``,
-            ``"model.model.layers.3.mlp"``) or layer indices; ``None`` = every layer's output.
+            token-id lists, any sequence of them (e.g. :class:`mlxterp.store.PromptFile`), or an iterator
+            of them (read once into a list, as in :func:`batch_get_activations`).
+        layers: layer indices or names of anything a trace reads (:mod:`mlxterp.sites`): modules in any
+            accepted form (``"layers.3"``, ``"layers.3.attn"``, ``"model.model.layers.3.mlp"``), attention
+            internals (``"layers.3.attn.q"``, ``"layers.3.attn.pattern"``: into a store, only values with one
+            row per token) and residual values (``"layers.3.resid_pre"``, ``"layers.3.resid_mid"``,
+            ``"layers.3.resid_post"``, which is the layer's output); ``None`` = every layer's output.
         out: a folder: write the outputs there, shard by shard, one row per real token (padding dropped),
             and return an :class:`~mlxterp.ActivationStore` of it. A rerun with the same arguments
             continues an interrupted collection (see :func:`batch_get_activations`).
@@ -273,6 +292,7 @@ def collect_activations(model: WrappedModel, inputs: Any, layers: Optional[Seque
             script was launched on several (``mlx.launch``), ``True`` to require that (an error
             otherwise), ``False`` for this process alone. In memory every rank returns every row; with
             ``out=`` each rank writes its own shards of the one store (a folder every rank can reach).
+            Every rank must pass the same arguments (checked before any work: ``DistributedMismatchError``).
 
     Returns:
         An ``ActivationCache`` keyed by short names (``"layers.3"``, ``"layers.3.self_attn"``) whose
@@ -280,74 +300,49 @@ def collect_activations(model: WrappedModel, inputs: Any, layers: Optional[Seque
         "lengths", "layers"}``; with ``out=``, an ``ActivationStore`` with the same keys.
     """
     _check_model(model)
-    index = model._index
-    paths = _module_paths(index, layers)
-    keys = [_short_key(index, p) for p in paths]
-    _check_not_empty(inputs)
     group = dist.resolve_group(distributed)
+    if out is not None:
+        inputs = _prompt_list(inputs)
+    dist.check_same_call(group, "collect_activations", inputs=inputs, layers=layers, dtype=dtype,
+                         out=out is not None, shard_size=shard_size, resume=resume)
+    sites = activation_sites(model._index, layers)
+    _check_not_empty(inputs)
     if out is not None:
         from .store.collect import tokens_collection
 
         batch_size = _check_batch_size(batch_size)
-        return _write_store(tokens_collection(model, paths, keys, dtype, batch_size), inputs, out, batch_size,
+        return _write_store(tokens_collection(model, sites, dtype, batch_size), inputs, out, batch_size,
                             shard_size, resume, progress, metadata, group)
     batch = model._batch(inputs)
     n = len(batch.lengths)
     if group is not None and n >= dist.size(group):  # each rank traces its rows, at the full padded width
         mine = mx.array(np.array(dist.my_items(range(n), group), dtype=np.int32))
-        values = _module_outputs(model, batch.tokens[mine], paths, keys)
+        values = _site_values(model, batch.tokens[mine], sites)
         values = {k: dist.gather_array_items(v, n, group) for k, v in values.items()}
     else:
-        values = _module_outputs(model, batch.tokens, paths, keys)
+        values = _site_values(model, batch.tokens, sites)
     metadata = {
         "model_class": type(model.model).__name__,
         "input_shape": [int(s) for s in batch.tokens.shape],
         "lengths": [int(n) for n in batch.lengths],
-        "layers": keys,
+        "layers": [site.key for site in sites],
     }
     return ActivationCache(values, metadata=metadata, resolve=cache_resolver(model))
 
 
-def _module_outputs(model: WrappedModel, tokens: mx.array, paths: List[str], keys: List[str]) -> Dict[str, mx.array]:
-    """One traced forward of ``tokens`` saving each module's output under its key (evaluated)."""
+def _site_values(model: WrappedModel, tokens: mx.array, sites: List[Site]) -> Dict[str, mx.array]:
+    """One traced forward of ``tokens`` saving each site's value under its key (evaluated)."""
     with model.trace(tokens, compile="auto", capture="saved") as tr:
-        for path, key in zip(paths, keys):
-            target = model.module(path) if path else model
-            target.output.save(key)
-    values = {key: tr.saved_values[key] for key in keys}
-    for key, value in values.items():
-        if not isinstance(value, mx.array):
-            raise ValueError(f"module {key!r} returns a {type(value).__name__}, not an array; collect one of "
-                             f"its sub-modules instead ({', '.join(model._index.children(_path_of(model._index, key))) or 'none'})")
+        for site in sites:
+            read_site(model, site).save(site.key)
+    values = {site.key: tr.saved_values[site.key] for site in sites}
+    for site in sites:
+        if not isinstance(values[site.key], mx.array):
+            children = model._index.children(site.path) if site.phase == "output" else []
+            raise ValueError(f"module {site.key!r} returns a {type(values[site.key]).__name__}, not an array; collect "
+                             f"one of its sub-modules instead ({', '.join(children) or 'none'})")
     mx.eval(list(values.values()))
     return values
-
-
-def _module_paths(index: Any, layers: Any) -> List[str]:
-    """Canonical module paths of ``collect_activations``' ``layers`` (de-duplicated, in order)."""
-    if layers is None:
-        return [index.layer_path(i) for i in range(len(index))]
-    if isinstance(layers, (str, int)) and not isinstance(layers, bool):
-        layers = [layers]
-    if not isinstance(layers, (list, tuple)) or not layers:
-        raise ValueError(f"layers must be a non-empty list of module names such as 'layers.3' or "
-                         f"'layers.3.mlp' (or None for every layer), got {layers!r}")
-    paths: List[str] = []
-    n = len(index)
-    for name in layers:
-        if isinstance(name, (int, np.integer)) and not isinstance(name, bool):
-            if not -n <= int(name) < n:
-                raise ValueError(f"layer index {int(name)} is out of range: the model has {n} layers "
-                                 f"(valid indices 0 to {n - 1})")
-            path = index.layer_path(int(name))
-        elif isinstance(name, str):
-            path = index.resolve(name)  # ModuleNameError (a ValueError) lists close names
-        else:
-            raise ValueError(f"layers must contain module names (str) such as 'layers.3' or layer "
-                             f"indices (int), got {type(name).__name__} {name!r}")
-        if path not in paths:
-            paths.append(path)
-    return paths
 
 
 def cache_resolver(model: WrappedModel) -> Callable[[str], str]:
@@ -356,7 +351,7 @@ def cache_resolver(model: WrappedModel) -> Callable[[str], str]:
     index = model._index
 
     def resolve(name: str) -> str:
-        return _short_key(index, index.resolve(name))
+        return activation_sites(index, [name])[0].key
 
     return resolve
 
@@ -384,8 +379,11 @@ def _check_model(model: WrappedModel) -> None:
                         "wrap it first: InterpretableModel(module, tokenizer=...)")
 
 
-def _check_layers(model: WrappedModel, layers: Any) -> List[int]:
-    return resolve_layers(layers, len(model._index), sort=False)
+def position_sites(model: WrappedModel, layers: Any, what: str) -> List[Site]:
+    """The sites of ``layers`` (ints keyed ``layer_{i}``), checked to have one row per token."""
+    sites = activation_sites(model._index, layers, layer_key="index")
+    sequence_specs(model, sites, what)
+    return sites
 
 
 def _check_positions(positions: Any) -> Tuple[List[int], bool]:
@@ -426,24 +424,26 @@ def _position_index(lengths: Sequence[int], positions: List[int], offset: int = 
     return index.astype(np.int32)
 
 
-def _gather(model: WrappedModel, tokens: mx.array, index: np.ndarray, layer_ids: List[int]) -> Dict[int, mx.array]:
-    """One forward that keeps only ``layers[i].output[row, index[row]]``: ``{i: (B, P, hidden)}``. The
-    trace is a program cached on the model per (layers, token shape, positions): later chunks of the same
+def _gather(model: WrappedModel, tokens: mx.array, index: np.ndarray, sites: List[Site]) -> Dict[str, mx.array]:
+    """One forward that keeps only ``value[row, index[row]]`` of each site: ``{key: (B, P, *trailing)}``. The
+    trace is a program cached on the model per (sites, token shape, positions): later chunks of the same
     shape replay it compiled with their tokens and index (see :mod:`.analysis.programs`)."""
-    key = (tuple(layer_ids), tuple(tokens.shape), index.shape[1])
+    key = (tuple((s.key, s.path, s.phase) for s in sites), tuple(tokens.shape), index.shape[1])
     out = run_program(model, "activations", key, tokens, {"index": mx.array(index[:, :, None])},
-                      lambda params: _record_gather(model, layer_ids, params["index"]))
-    return {i: out[f"layer_{i}"] for i in layer_ids}
+                      lambda params: _record_gather(model, sites, params["index"]))
+    return {s.key: out[s.key] for s in sites}
 
 
-def _record_gather(model: WrappedModel, layer_ids: List[int], index: Any) -> None:
-    """Inside a trace: save ``take_along_axis(layers[i].output, index, axis=1)`` as ``layer_i``."""
-    for n, i in enumerate(layer_ids):
-        out = model.layers[i].output
-        if n == 0 and len(out.shape) != 3:
-            raise ValueError(f"layer {i}'s output has shape {tuple(out.shape)}; get_activations needs "
-                             "(batch, seq, hidden) layer outputs (use collect_activations for others)")
-        apply(mx.take_along_axis, out, index, axis=1).save(f"layer_{i}")
+def _record_gather(model: WrappedModel, sites: List[Site], index: Any) -> None:
+    """Inside a trace: save each site's value at the ``index`` positions (axis 1) under its key."""
+    for site in sites:
+        apply(take_positions, read_site(model, site), index).save(site.key)
+
+
+def take_positions(value: mx.array, index: mx.array) -> mx.array:
+    """``value[row, index[row]]``: ``(B, P, *trailing)`` from a ``(B, seq, *trailing)`` value and a
+    ``(B, P, 1)`` index."""
+    return mx.take_along_axis(value, index.reshape(index.shape[:2] + (1,) * (value.ndim - 2)), axis=1)
 
 
 def _token_rows(model: WrappedModel, prompts: Any, offset: int = 0) -> List[List[int]]:
@@ -482,14 +482,3 @@ def _prompt_ids(model: WrappedModel, prompt: Any, k: int) -> List[int]:
 
 def _next_pow2(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
-
-
-def _short_key(index: Any, path: str) -> str:
-    return index.short(path) if path else "model"
-
-
-def _path_of(index: Any, key: str) -> str:
-    try:
-        return index.resolve(key)
-    except ValueError:
-        return ""

@@ -1,12 +1,19 @@
 """Sharding work over ``mx.distributed``: which items this process runs, and gathering everyone's results.
 
-Every sweep that can run on several processes uses these four functions and nothing else: resolve the
-group from the caller's ``distributed=`` switch (:func:`resolve_group`), take this rank's items of a list
+Every sweep that can run on several processes uses these functions and nothing else: resolve the
+group from the caller's ``distributed=`` switch (:func:`resolve_group`), check that every rank was given
+the same arguments (:func:`check_same_call`, before any work), take this rank's items of a list
 of work items (:func:`my_items`: round-robin, so each rank gets a similar mix of cheap and costly
 items), run them, then :func:`gather` everyone's results (the group's ``all_gather``) and put them back in
 item order (:func:`assemble`). Every rank returns the full result. There is no scheduler: the processes
 are the ones ``mlx.launch`` (or ``MLX_RANK`` + ``MLX_HOSTFILE``) started, and every rank makes the same
 calls in the same order, as collectives require.
+
+Ranks given different arguments would each compute their share of a different call and gather them into
+one result that is no call's result (half the rows from one rank's prompts, half from the other's). So
+every sharded entry point first calls :func:`check_same_call` with its arguments: one ``all_gather`` of
+a few 64-bit digests (:mod:`mlxterp.digest`), and on a difference every rank raises
+:class:`DistributedMismatchError` naming the arguments that differ and what each rank had.
 """
 
 from __future__ import annotations
@@ -14,14 +21,17 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, TypeVar, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 import mlx.core as mx
 import numpy as np
 
+from .digest import describe, digest
+
 T = TypeVar("T")
 Distributed = Union[bool, str, Any]  # True, False, "auto", or an mx.distributed.Group
 
+SLOTS = 16  # digests one check exchanges per rank: the call and up to 15 arguments
 LAUNCH_HINT = ("launch the script on several processes, e.g. 'mlx.launch --backend ring -n 2 python script.py' "
                "(or start each process with MLX_RANK and MLX_HOSTFILE set)")
 
@@ -53,6 +63,79 @@ def resolve_group(distributed: Distributed = "auto") -> Optional[Any]:
     raise RuntimeError(f"distributed={distributed!r} needs a distributed group of more than one process, but "
                        f"this process is alone (group size {group.size()}); {LAUNCH_HINT}, or pass "
                        "distributed='auto' to run here alone")
+
+
+class DistributedMismatchError(ValueError):
+    """The ranks of a sharded call were given different arguments (raised on every rank)."""
+
+
+def check_same_call(group: Optional[Any], call: str, **arguments: Any) -> None:
+    """Raise :class:`DistributedMismatchError` on every rank unless every rank passed equal ``arguments``.
+
+    Each rank digests the call's name and argument names and each argument (:func:`mlxterp.digest.digest`:
+    arrays by their bytes, functions by their qualified name and code) and one ``all_gather`` exchanges the
+    ``SLOTS`` digests. All ranks see the same table, so all raise together; on a difference a second
+    ``all_gather`` exchanges a short description of each differing argument for the message. Alone
+    (``group`` None), nothing is checked.
+
+    Args:
+        group: from :func:`resolve_group`.
+        call: the entry point's name, for the message.
+        arguments: the call's arguments as the user passed them (at most ``SLOTS - 1``).
+    """
+    if group is None:
+        return
+    if len(arguments) >= SLOTS:
+        raise ValueError(f"check_same_call takes at most {SLOTS - 1} arguments, got {len(arguments)}")
+    names = list(arguments)
+    own = np.zeros(SLOTS, dtype=np.uint64)
+    own[0] = digest((call, names))
+    own[1:len(names) + 1] = [digest(value) for value in arguments.values()]
+    table = _all_gather(mx.array(own.view(np.uint8)), group)
+    table = np.array(table).view(np.uint64).reshape(size(group), SLOTS)
+    differ = [j for j in range(SLOTS) if len(set(table[:, j].tolist())) > 1]
+    if not differ:
+        return
+    shown = {"(the call)": f"{call}({', '.join(names)})"} if 0 in differ else {}
+    shown.update({names[j - 1]: describe(arguments[names[j - 1]]) for j in differ if 0 < j <= len(names)})
+    texts = gather(np.frombuffer(json.dumps(shown).encode(), dtype=np.uint8), group)
+    seen = [json.loads(t.tobytes().decode()) for t in texts]
+    raise DistributedMismatchError(_mismatch_message(call, seen, table, names, differ))
+
+
+def _mismatch_message(call: str, seen: List[Dict[str, str]], table: np.ndarray, names: List[str],
+                      differ: List[int]) -> str:
+    parts = []
+    for j in differ:
+        name = "(the call)" if j == 0 else names[j - 1]
+        each = "; ".join(f"rank {r}: {s.get(name, '?')} [digest {int(table[r, j]):016x}]"[:160]
+                         for r, s in enumerate(seen))
+        parts.append(f"{name} differs ({each})")
+    return (f"{call}: the {len(seen)} ranks were given different arguments, so their shares would be gathered "
+            f"into one result that is no single call's: {'; '.join(parts)}. Every rank must make the same call "
+            "with the same arguments (load the same data on every rank, and do not branch on the rank before "
+            "a sharded call); pass distributed=False for a call that is meant to differ per rank")
+
+
+def run_on_leader(group: Optional[Any], fn: Any, errors: Tuple[Type[BaseException], ...] = ()) -> None:
+    """Run ``fn()`` on rank 0 alone and let every rank learn how it ended: when it raises, rank 0 raises
+    that exception and every other rank raises one of the same class (if it is one of ``errors``, else a
+    RuntimeError) with the same message, so no rank goes on to a collective that rank 0 never reaches."""
+    failure: Optional[BaseException] = None
+    if rank(group) == 0:
+        try:
+            fn()
+        except Exception as exc:  # re-raised below, after the other ranks were told
+            failure = exc
+    if group is not None:
+        text = "" if failure is None else json.dumps([type(failure).__name__, str(failure)])
+        status = gather(np.frombuffer(text.encode(), dtype=np.uint8), group)[0].tobytes().decode()
+        if status and failure is None:
+            kind, message = json.loads(status)
+            cls = next((e for e in errors if e.__name__ == kind), None)
+            raise cls(message) if cls is not None else RuntimeError(f"rank 0 failed ({kind}): {message}")
+    if failure is not None:
+        raise failure
 
 
 def rank(group: Optional[Any]) -> int:

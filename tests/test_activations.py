@@ -271,10 +271,12 @@ def test_layer_validation(model, fn):
     for bad in ([4], [-5], [0, 99]):
         with pytest.raises(ValueError, match=r"out of range.*4 layers \(valid indices 0 to 3"):
             fn(model, ["hi"], layers=bad)
-    for bad in ([1.5], ["layers.1"], [True], "x"):
-        with pytest.raises(ValueError, match=r"valid indices 0 to 3"):
+    for bad in ([1.5], [True], [None]):
+        with pytest.raises(ValueError, match=r"neither a layer index \(an int; the model has 4 layers, valid indices 0 to 3"):
             fn(model, ["hi"], layers=bad)
-    with pytest.raises(ValueError, match=r"layers: expected at least one layer index \(or None for all\), got an empty list"):
+    with pytest.raises(ModuleNameError, match=r"unknown module name 'x'"):
+        fn(model, ["hi"], layers="x")
+    with pytest.raises(ValueError, match=r"layers: expected a layer index, a name .* or a non-empty list of them"):
         fn(model, ["hi"], layers=[])
 
 
@@ -309,7 +311,7 @@ def test_collect_activations_validation(model):
         collect_activations(model, "hi", layers=[9])
     with pytest.raises(ValueError, match=r"non-empty list"):
         collect_activations(model, "hi", layers=[])
-    with pytest.raises(ValueError, match=r"module names"):
+    with pytest.raises(ValueError, match=r"neither a layer index .* nor a site name"):
         collect_activations(model, "hi", layers=[1.5])
     with pytest.raises(ValueError, match=r"prompts is empty"):
         collect_activations(model, [])

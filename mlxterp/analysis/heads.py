@@ -84,6 +84,8 @@ def head_patching(model: InterpretableModel, clean_text: Any, corrupted_text: An
     :meth:`mlxterp.analysis.methods.AnalysisMixin.head_patching` for the arguments."""
     batch_size = check_positive_int(batch_size, "batch_size", allow_none=True)
     group = dist.resolve_group(distributed)
+    dist.check_same_call(group, "head_patching", clean_text=clean_text, corrupted_text=corrupted_text, layers=layers,
+                         heads=heads, metric=metric, target=target, foil=foil)
     tokens = prompt_pair(model, clean_text, corrupted_text)
     layer_ids = resolve_layers(layers, len(model.layers))
     sites = {layer: dataclasses.replace(site, cell_axis=2)

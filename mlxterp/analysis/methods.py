@@ -103,7 +103,8 @@ class AnalysisMixin:
             foil: ``logit_diff``'s foil token; default: the corrupted prompt's top prediction.
             distributed: shard the variants over ``mx.distributed`` processes: ``"auto"`` (default) when the
                 script was launched on several (``mlx.launch``), ``True`` to require that (an error
-                otherwise), ``False`` for this process alone. Every rank returns the full result.
+                otherwise), ``False`` for this process alone. Every rank returns the full result; every rank
+                must pass the same arguments (checked before any work: ``DistributedMismatchError``).
 
         Returns:
             ``{layer: recovery percent}``.
@@ -154,7 +155,8 @@ class AnalysisMixin:
             foil: ``logit_diff``'s foil token; default: the corrupted prompt's top prediction.
             distributed: shard the variants over ``mx.distributed`` processes: ``"auto"`` (default) when the
                 script was launched on several (``mlx.launch``), ``True`` to require that (an error
-                otherwise), ``False`` for this process alone. Every rank returns the full result.
+                otherwise), ``False`` for this process alone. Every rank returns the full result; every rank
+                must pass the same arguments (checked before any work: ``DistributedMismatchError``).
 
         Returns:
             A :class:`mlxterp.analysis.patching.PatchingGrid` (``.grid`` numpy array, ``.layers``,
@@ -240,7 +242,8 @@ class AnalysisMixin:
             foil: ``logit_diff``'s foil token; default: the corrupted prediction.
             distributed: shard the variants over ``mx.distributed`` processes: ``"auto"`` (default) when the
                 script was launched on several (``mlx.launch``), ``True`` to require that (an error
-                otherwise), ``False`` for this process alone. Every rank returns the full result.
+                otherwise), ``False`` for this process alone. Every rank returns the full result; every rank
+                must pass the same arguments (checked before any work: ``DistributedMismatchError``).
 
         Returns:
             A :class:`mlxterp.analysis.heads.HeadPatchingGrid` (``.grid``, ``.layers``, ``.heads``,

@@ -140,6 +140,8 @@ def activation_patching(model: InterpretableModel, clean_text: Any, corrupted_te
     """
     batch_size = check_positive_int(batch_size, "batch_size", allow_none=True)
     group = dist.resolve_group(distributed)
+    dist.check_same_call(group, "activation_patching", clean_text=clean_text, corrupted_text=corrupted_text,
+                         component=component, layers=layers, metric=metric, target=target, foil=foil)
     s = _setup(model, clean_text, corrupted_text, component, layers, metric, target, foil)
     cells = [(layer, None) for layer in s.layers]
     result = sharded_sweep(model, s.tokens, s.sites, cells, s.metric, norm_path=s.norm_path, group=group,
@@ -172,6 +174,9 @@ def patching_grid(model: InterpretableModel, clean_text: Any, corrupted_text: An
     """
     batch_size = check_positive_int(batch_size, "batch_size", allow_none=True)
     group = dist.resolve_group(distributed)
+    dist.check_same_call(group, "patching_grid", clean_text=clean_text, corrupted_text=corrupted_text,
+                         component=component, layers=layers, positions=positions, metric=metric, target=target,
+                         foil=foil)
     s = _setup(model, clean_text, corrupted_text, component, layers, metric, target, foil)
     cols = resolve_positions(positions, s.tokens.shape[1])
     cells = [(layer, p) for layer in s.layers for p in cols]

@@ -4,8 +4,10 @@ Write one with ``batch_get_activations(..., out=DIR)``, ``collect_activations(..
 ``mlxterp activations --out DIR``; read it with :class:`ActivationStore`.
 """
 
+from .integrity import StoreIntegrityError
+from .lock import StoreLockedError
 from .manifest import StoreMismatchError
 from .prompts import PromptFile
 from .reader import ActivationStore
 
-__all__ = ["ActivationStore", "PromptFile", "StoreMismatchError"]
+__all__ = ["ActivationStore", "PromptFile", "StoreIntegrityError", "StoreLockedError", "StoreMismatchError"]

@@ -3,8 +3,8 @@
 - ``"positions"`` (``batch_get_activations(..., out=)``): one row per prompt, the layers' outputs at
   chosen token positions, computed by the same batched, compiled gather as in memory.
 - ``"tokens"`` (``collect_activations(..., out=)``): one row per real token of every prompt (padding
-  dropped), for any modules' ``(batch, seq, hidden)`` outputs; the shard also keeps each prompt's
-  length so every row maps back to its prompt and position.
+  dropped), for any sites' ``(batch, seq, ...)`` values (:mod:`mlxterp.sites`); the shard also keeps each
+  prompt's length so every row maps back to its prompt and position.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import numpy as np
 
 from ..activations import _position_index, _token_rows, gather_rows, padded_batches
 from ..core import WrappedModel
+from ..sites import Site, read_site, sequence_specs
 from .manifest import model_identity
-from .writer import LENGTHS_KEY, Collection
+from .integrity import LENGTHS_KEY
+from .writer import Collection
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
-PROBE_LEN = 8  # tokens of the probe forward that gives the modules' output shapes
 
 
 def storage_dtype(dtype: Any, natural: Any) -> Any:
@@ -38,21 +39,6 @@ def dtype_name(dtype: Any) -> str:
     return str(dtype).rsplit(".", 1)[-1]
 
 
-def _output_specs(model: WrappedModel, paths: List[str], what: str) -> List[tuple]:
-    """``(shape, dtype)`` of each module's output on a ``(1, PROBE_LEN)`` probe; ValueError unless it is a
-    ``(batch, seq, hidden)`` array."""
-    probe = model._probe(mx.zeros((1, PROBE_LEN), dtype=mx.int32))
-    specs = []
-    for path in paths:
-        spec = probe.values.get((path, 0, "output"))
-        if not (isinstance(spec, tuple) and len(spec[0]) == 3 and spec[0][:2] == (1, PROBE_LEN)):
-            shown = f"shape {spec[0]}" if isinstance(spec, tuple) else f"a {spec}"
-            raise ValueError(f"{what} {path!r} returns {shown}; an activation store needs (batch, seq, hidden) "
-                             "outputs (pick one of its sub-modules)")
-        specs.append(spec)
-    return specs
-
-
 def check_lengths(model: WrappedModel, prompts: Sequence[Any], first: int) -> np.ndarray:
     """Token counts of ``prompts`` (numbered from ``first``), each tokenized and range-checked, and the
     longest checked against the model's position limit."""
@@ -62,17 +48,17 @@ def check_lengths(model: WrappedModel, prompts: Sequence[Any], first: int) -> np
     return lengths
 
 
-def positions_collection(model: WrappedModel, layer_ids: List[int], positions: List[int], single: bool, dtype: Any,
+def positions_collection(model: WrappedModel, sites: List[Site], positions: List[int], single: bool, dtype: Any,
                          batch_size: int) -> Collection:
-    """Rows = prompts: ``layer_{i}`` of shape ``(hidden,)`` (one position) or ``(positions, hidden)``."""
-    paths = [model._index.layer_path(i) for i in layer_ids]
-    specs = _output_specs(model, paths, "layer")
+    """Rows = prompts: each site (``layer_{i}``, or a named site) of shape ``(hidden,)`` (one position) or
+    ``(positions, hidden)`` (``hidden``: the site's trailing shape)."""
+    specs = sequence_specs(model, sites, "an activation store")
     store_dtype = storage_dtype(dtype, specs[0][1])
-    keys = [f"layer_{i}" for i in layer_ids]
-    row_shapes = {k: ([] if single else [len(positions)]) + [int(s[0][2])] for k, s in zip(keys, specs)}
-    spec = {"kind": "positions", "model": model_identity(model), "layers": list(layer_ids), "keys": keys,
-            "modules": paths, "positions": list(positions), "single_position": single,
-            "dtype": dtype_name(store_dtype), "row_shapes": row_shapes}
+    keys = [site.key for site in sites]
+    row_shapes = {k: ([] if single else [len(positions)]) + list(s[0]) for k, s in zip(keys, specs)}
+    spec = {"kind": "positions", "model": model_identity(model), "layers": [site.label for site in sites],
+            "keys": keys, "modules": [site.name for site in sites], "positions": list(positions),
+            "single_position": single, "dtype": dtype_name(store_dtype), "row_shapes": row_shapes}
 
     def check(prompts: Sequence[Any], first: int) -> np.ndarray:
         lengths = check_lengths(model, prompts, first)
@@ -82,20 +68,21 @@ def positions_collection(model: WrappedModel, layer_ids: List[int], positions: L
     def compute(prompts: Sequence[Any], first: int, bar: Any) -> Dict[str, mx.array]:
         rows = _token_rows(model, prompts, offset=first)
         index = _position_index([len(r) for r in rows], positions, offset=first)
-        out = gather_rows(model, rows, index, layer_ids, single, batch_size, bar)
+        out = gather_rows(model, rows, index, sites, single, batch_size, bar)
         return {k: v.astype(store_dtype) for k, v in out.items()}
 
     per_prompt = sum(int(np.prod(s)) for s in row_shapes.values()) * store_dtype.size
     return Collection(spec, check, compute, bytes_per_prompt=per_prompt)
 
 
-def tokens_collection(model: WrappedModel, paths: List[str], keys: List[str], dtype: Any, batch_size: int) -> Collection:
-    """Rows = tokens: every real token's output of each module, ``(hidden,)`` per row."""
-    specs = _output_specs(model, paths, "module")
+def tokens_collection(model: WrappedModel, sites: List[Site], dtype: Any, batch_size: int) -> Collection:
+    """Rows = tokens: every real token's value of each site, ``(hidden,)`` per row (its trailing shape)."""
+    specs = sequence_specs(model, sites, "an activation store")
     store_dtype = storage_dtype(dtype, specs[0][1])
-    row_shapes = {k: [int(s[0][2])] for k, s in zip(keys, specs)}
-    spec = {"kind": "tokens", "model": model_identity(model), "layers": list(keys), "keys": list(keys),
-            "modules": list(paths), "positions": "all", "single_position": False,
+    keys = [site.key for site in sites]
+    row_shapes = {k: list(s[0]) for k, s in zip(keys, specs)}
+    spec = {"kind": "tokens", "model": model_identity(model), "layers": list(keys), "keys": keys,
+            "modules": [site.name for site in sites], "positions": "all", "single_position": False,
             "dtype": dtype_name(store_dtype), "row_shapes": row_shapes}
 
     def check(prompts: Sequence[Any], first: int) -> np.ndarray:
@@ -103,32 +90,33 @@ def tokens_collection(model: WrappedModel, paths: List[str], keys: List[str], dt
 
     def compute(prompts: Sequence[Any], first: int, bar: Any) -> Dict[str, mx.array]:
         rows = _token_rows(model, prompts, offset=first)
-        out = token_outputs(model, rows, paths, keys, batch_size, bar)
+        out = token_outputs(model, rows, sites, batch_size, bar)
         out = {k: v.astype(store_dtype) for k, v in out.items()}
         out[LENGTHS_KEY] = mx.array([len(r) for r in rows], dtype=mx.int32)
         return out
 
-    per_token = sum(s[0] for s in row_shapes.values()) * store_dtype.size
+    per_token = sum(int(np.prod(s)) for s in row_shapes.values()) * store_dtype.size
     return Collection(spec, check, compute, bytes_per_token=per_token)
 
 
-def token_outputs(model: WrappedModel, rows: List[List[int]], paths: List[str], keys: List[str], batch_size: int,
+def token_outputs(model: WrappedModel, rows: List[List[int]], sites: List[Site], batch_size: int,
                   bar: Any = None) -> Dict[str, mx.array]:
-    """Each module's output at every real token of ``rows``, ``(total tokens, hidden)``, prompts in order."""
+    """Each site's value at every real token of ``rows``, ``(total tokens, *trailing)``, prompts in order."""
+    keys = [site.key for site in sites]
     lengths = np.array([len(r) for r in rows], dtype=np.int64)
     pieces: Dict[str, List[mx.array]] = {k: [] for k in keys}
     starts = np.zeros(len(rows), dtype=np.int64)  # where each prompt's tokens begin in the batch-order rows
     done = 0
     for ids, tokens, _ in padded_batches(model, rows, batch_size):
         with model.trace(mx.array(tokens), compile=True, capture="saved") as tr:
-            for path, key in zip(paths, keys):
-                (model.module(path) if path else model).output.save(key)
+            for site in sites:
+                read_site(model, site).save(site.key)
         width = tokens.shape[1]
         flat = np.concatenate([r * width + np.arange(lengths[j]) for r, j in enumerate(ids)])
         take = mx.array(flat.astype(np.int32))
         for key in keys:
             value = tr.saved_values[key]
-            pieces[key].append(mx.take(value.reshape(-1, value.shape[-1]), take, axis=0))
+            pieces[key].append(mx.take(value.reshape(-1, *value.shape[2:]), take, axis=0))
         mx.eval([p[-1] for p in pieces.values()])
         starts[ids] = done + np.concatenate([[0], np.cumsum(lengths[ids])[:-1]])
         done += int(lengths[ids].sum())

@@ -1,6 +1,9 @@
 """``ActivationStore``: a lazy, memory-mapped reader of an activation store folder.
 
-Only the shards the manifest lists are read (a killed writer's leftovers never are). Rows are numbered
+Only the shards the manifest lists are read (a killed writer's leftovers never are), and each is checked
+against the manifest when the store is opened (:func:`.integrity.verify_shard`: its window, size, tensors
+and prompt hashes), so an exchanged, truncated or foreign shard, or a window listed twice, is an error
+naming the file instead of wrong rows. Rows are numbered
 across shards in prompt order: a row is one prompt for a ``"positions"`` store
 (``batch_get_activations(..., out=)``) and one token for a ``"tokens"`` store
 (``collect_activations(..., out=)``). Shards are memory-mapped on first use (one map per shard file, at
@@ -17,9 +20,9 @@ import mlx.core as mx
 import numpy as np
 
 from .collect import storage_dtype
-from .files import DTYPES, read_header, to_mx
-from .manifest import read_manifest, windows
-from .writer import HASH_KEY, LENGTHS_KEY
+from .files import DTYPES, to_mx
+from .integrity import HASH_KEY, LENGTHS_KEY, StoreIntegrityError, check_listing, verify_shard
+from .manifest import digest, read_manifest, windows
 
 OPEN_SHARDS = 64  # memory maps kept open at once (one file descriptor each)
 Layers = Union[None, int, str, Sequence[Union[int, str]]]
@@ -44,7 +47,9 @@ class ActivationStore:
 
     Raises:
         FileNotFoundError: no store (no ``manifest.json``) in ``path``, or a listed shard is missing.
-        ValueError: an unfinished store without ``allow_partial``, or an unknown layer.
+        StoreIntegrityError: a listed shard that is not what the manifest says (exchanged, truncated, of
+            other prompts, listed twice); the file and the difference are named.
+        ValueError: an unfinished store without ``allow_partial``, a damaged manifest, or an unknown layer.
     """
 
     def __init__(self, path: Union[str, Path], *, layers: Layers = None, allow_partial: bool = False):
@@ -57,14 +62,14 @@ class ActivationStore:
         self.kind: str = manifest["kind"]
         self.dtype = storage_dtype(manifest["dtype"], None)
         self._np_dtype = np.uint16 if self.dtype == mx.bfloat16 else np.dtype(manifest["dtype"])
-        self._shards = sorted(manifest["shards"], key=lambda e: e["window"])
+        self._shards = check_listing(self.path, manifest)
         self._check_complete(allow_partial)
-        for entry in self._shards:
-            if not (self.path / entry["file"]).is_file():
-                raise FileNotFoundError(f"activation store {str(self.path)!r}: shard {entry['file']!r} is listed in "
-                                        "the manifest but missing; rerun the collection to write it again")
-        self._bounds = np.cumsum([0] + [e["rows"] for e in self._shards])
+        self._headers = [verify_shard(self.path, entry, manifest) for entry in self._shards]
         self._open: "collections.OrderedDict[str, tuple]" = collections.OrderedDict()
+        if self.complete and digest(self.prompt_hashes()) != manifest["prompts_sha256"]:
+            raise StoreIntegrityError(f"activation store {str(self.path)!r}: its shards' prompt hashes, in order, "
+                                      "are not the prompt list its manifest describes")
+        self._bounds = np.cumsum([0] + [e["rows"] for e in self._shards])
         self.keys: List[str] = self._select(layers) if layers is not None else list(manifest["keys"])
 
     # -- description -----------------------------------------------------------------------------
@@ -104,13 +109,14 @@ class ActivationStore:
 
     # -- reading ---------------------------------------------------------------------------------
     def get(self, key: Union[int, str], rows: Any = None, dtype: Any = None) -> mx.array:
-        """Rows of one key as an ``mx.array``: all of them, a ``slice``, or an array of row numbers."""
+        """Rows of one key as an ``mx.array``: all of them, a ``slice``, or integer row numbers (negative ones
+        count from the end; anything but integers is a TypeError)."""
         key = self._key(key)
         if isinstance(rows, slice):
             span = range(len(self))[rows]
             rows = np.arange(span.start, span.stop, span.step, dtype=np.int64)
         elif rows is not None:
-            rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+            rows = _row_numbers(rows).reshape(-1)
             rows = np.where(rows < 0, rows + len(self), rows)  # negative rows count from the end
         return self._read(key, rows, dtype)
 
@@ -192,9 +198,8 @@ class ActivationStore:
         if name in self._open:
             self._open.move_to_end(name)
             return self._open[name]
-        path = self.path / name
-        offset, header = read_header(path)
-        opened = (np.memmap(path, dtype=np.uint8, mode="r"), offset, header)
+        offset, header = self._headers[i]
+        opened = (np.memmap(self.path / name, dtype=np.uint8, mode="r"), offset, header)
         self._open[name] = opened
         while len(self._open) > OPEN_SHARDS:
             self._open.popitem(last=False)
@@ -236,3 +241,14 @@ class ActivationStore:
             sel = np.flatnonzero(shard == i)
             out[sel] = self._tensor(int(i), key)[rows[sel] - self._bounds[i]]
         return out
+
+
+def _row_numbers(rows: Any) -> np.ndarray:
+    """``rows`` as int64 row numbers; TypeError for anything but integers (a float or a boolean mask would
+    otherwise be truncated or read as the rows 0 and 1)."""
+    array = np.asarray(rows)
+    if array.size and array.dtype.kind not in "iu":
+        hint = " (for a boolean mask, pass np.flatnonzero(mask))" if array.dtype.kind == "b" else ""
+        raise TypeError(f"rows must be integer row numbers (an int list or array, or a slice){hint}; got "
+                        f"{array.dtype} values {array.reshape(-1)[:4].tolist()}")
+    return array.astype(np.int64)

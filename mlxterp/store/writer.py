@@ -5,18 +5,22 @@ rerun sees the same windows). Each window is computed in memory, written as one 
 (temporary name, fsync, rename) and then added to the manifest (rewritten atomically the same way), so
 memory holds one window at a time and a run killed at any point loses at most the windows in flight. A
 rerun with the same settings deletes what a killed run left unlisted (temporary files, a shard renamed but
-not yet listed), skips the listed windows and computes the rest: every prompt ends up in the store once.
+not yet listed), collects again the listed shards that fail their checks (:mod:`.integrity`), skips the
+others and computes the rest: every prompt ends up in the store once. A lost manifest is rebuilt from the
+shards' own descriptions first. The writer holds the store's lock (:mod:`.lock`) from before it reads the
+manifest until it returns.
 
-On several processes (:mod:`mlxterp.distributed`) the windows still to do are dealt out in rounds, one
-per rank per round; each rank writes its own shards, the ranks' records are gathered after each round
-and rank 0 alone writes the manifest. The folder must be one that every rank can reach (a shared file
-system across hosts).
+On several processes (:mod:`mlxterp.distributed`) the ranks first check that they collect the same thing
+with the same model; rank 0 then locks, reads (or rebuilds) and prepares the store while the others wait
+(its errors are raised on every rank). The windows still to do are dealt out in rounds, one per rank per
+round; each rank writes its own shards, the ranks' records are gathered after each round and rank 0 alone
+writes the manifest. The folder must be one that every rank can reach (a shared file system across
+hosts).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -27,16 +31,17 @@ from tqdm.auto import tqdm
 
 from .. import distributed as dist
 from .files import remove_temporaries, write_safetensors_atomic
-from .manifest import (auto_shard_size, check_match, digest, new_manifest, prompt_hashes, read_manifest,
-                       shard_name, windows, write_manifest)
+from .integrity import HASH_KEY, StoreIntegrityError, rebuild_manifest, shard_metadata, verify_shard
+from .lock import StoreLockedError, WriterLock
+from .manifest import (StoreMismatchError, auto_shard_size, check_match, digest, new_manifest, prompt_hashes,
+                       read_manifest, shard_name, windows, write_manifest)
 
 log = logging.getLogger(__name__)
 
 CHECK_CHUNK = 4096  # prompts tokenized at a time by the up-front check
 ROUNDS = 4  # on several ranks, auto-sized shards give every rank at least this many windows
-SHARD_KEY = "mlxterp.shard"  # safetensors metadata entry describing a shard (JSON)
-HASH_KEY = "_prompt_hash"  # each shard's (prompts,) uint64 prompt hashes
-LENGTHS_KEY = "_lengths"  # each token-level shard's (prompts,) int32 prompt lengths
+# what rank 0's start of a store may raise, raised as the same class on the other ranks
+LEADER_ERRORS = (StoreLockedError, StoreMismatchError, StoreIntegrityError, FileExistsError, ValueError)
 
 
 @dataclasses.dataclass
@@ -49,7 +54,7 @@ class Collection:
         check: ``check(prompts, first_index) -> token counts``: tokenizes and validates prompts (raises a
             ValueError naming the bad prompt by its index in the whole list), keeping nothing.
         compute: ``compute(prompts, first_index, bar) -> {name: array}`` for one window: the stored keys
-            (cast to the store's dtype here) plus :data:`LENGTHS_KEY` for token-level rows.
+            (cast to the store's dtype here) plus :data:`.integrity.LENGTHS_KEY` for token-level rows.
         bytes_per_token: activation bytes one token adds (token-level rows), else 0.
         bytes_per_prompt: activation bytes one prompt adds (position rows), else 0.
     """
@@ -68,31 +73,52 @@ def write_store(collection: Collection, prompts: Sequence[Any], out: Any, *, bat
 
     Raises:
         FileExistsError: ``out`` holds a store and ``resume`` is False, or ``out`` is a file.
+        StoreLockedError: another process is writing the store (it is named).
         StoreMismatchError: ``out`` holds a store collected with other settings (each difference named).
+        StoreIntegrityError: shards in ``out`` that cannot be trusted or rebuilt from (see :mod:`.integrity`).
+        DistributedMismatchError: ranks with different models or collections.
         ValueError: a prompt that cannot be collected (its index named), before any forward runs.
     """
     folder = _folder(out)
     hashes = prompt_hashes(prompts)
-    stored = read_manifest(folder)
+    spec = dict(collection.spec)
+    dist.check_same_call(group, "activation store", model=spec.pop("model"), collection=spec, prompts=digest(hashes))
+    wanted = new_manifest(collection.spec, hashes, shard_size or 1, batch_size, metadata)
+    lock = WriterLock(folder, dist.size(group)) if dist.rank(group) == 0 else None
+    try:  # rank 0 locks, reads (or rebuilds) and prepares the store; the others start once it has
+        dist.run_on_leader(group, lambda: _start(lock, collection, prompts, folder, wanted, shard_size is not None,
+                                                 resume, dist.size(group)), errors=LEADER_ERRORS)
+        _run(collection, prompts, hashes, folder, read_manifest(folder), progress, group)
+        dist.barrier(group)
+    finally:
+        if lock is not None:
+            lock.release()
+    return folder
+
+
+def _start(lock: WriterLock, collection: Collection, prompts: Sequence[Any], folder: Path, wanted: Dict[str, Any],
+           shard_size_given: bool, resume: bool, world: int) -> None:
+    """Rank 0, holding the lock: the store to continue (its manifest, or one rebuilt from its shards when
+    the manifest is lost) checked against this run, the prompts still to do checked, the folder prepared."""
+    lock.acquire()
+    stored, rebuilt = read_manifest(folder), False
+    if stored is None:
+        stored = rebuild_manifest(folder)
+        rebuilt = stored is not None
+    if rebuilt:
+        log.warning("activation store %s: manifest.json was missing; rebuilt it from %d shard(s)", folder,
+                    len(stored["shards"]))
     if stored is not None and not resume:
         raise FileExistsError(f"{str(folder)!r} already holds an activation store ({len(stored['shards'])} "
                               "shards); pass resume=True to continue it, or give another folder")
-    wanted = new_manifest(collection.spec, hashes, shard_size or 1, batch_size, metadata)
     if stored is not None:
-        check_match(stored, wanted, folder, shard_size is not None)
+        check_match(stored, wanted, folder, shard_size_given)
     done = {e["window"] for e in stored["shards"]} if stored else set()
-    todo = [(s, e) for w, s, e in windows(stored)
-            if w not in done] if stored else [(0, len(prompts))]
+    todo = [(s, e) for w, s, e in windows(stored) if w not in done] if stored else [(0, wanted["n_prompts"])]
     tokens = _check_prompts(collection, prompts, todo)
-    if stored is None:
-        wanted["shard_size"] = shard_size or _auto_size(collection, tokens, dist.size(group))
-    if dist.rank(group) == 0:
-        _prepare(folder, stored or wanted, new=stored is None)
-    dist.barrier(group)
-    manifest = read_manifest(folder)
-    _run(collection, prompts, hashes, folder, manifest, progress, group)
-    dist.barrier(group)
-    return folder
+    if stored is None and not shard_size_given:
+        wanted["shard_size"] = _auto_size(collection, tokens, world)
+    _prepare(folder, stored or wanted, write=stored is None or rebuilt)
 
 
 def _folder(out: Any) -> Path:
@@ -120,29 +146,30 @@ def _auto_size(collection: Collection, tokens: np.ndarray, world: int) -> int:
     return size if world == 1 else max(1, min(size, -(-len(tokens) // (ROUNDS * world))))
 
 
-def _prepare(folder: Path, manifest: Dict[str, Any], new: bool) -> None:
-    """Rank 0, before any shard is written: the manifest on disk, what a killed run left unlisted
-    deleted, listed shards that are gone (or of the wrong size) dropped so they are collected again."""
+def _prepare(folder: Path, manifest: Dict[str, Any], write: bool) -> None:
+    """Rank 0, before any shard is written: listed shards that fail their checks (missing, truncated,
+    exchanged, listed twice) dropped so they are collected again, what a killed run left unlisted deleted,
+    and the manifest written when it is new or changed."""
+    kept: List[Dict[str, Any]] = []
+    for entry in sorted(manifest["shards"], key=lambda e: e["window"]):
+        try:
+            if kept and kept[-1]["window"] == entry["window"]:
+                raise StoreIntegrityError(f"window {entry['window']} is listed twice")
+            verify_shard(folder, entry, manifest)
+            kept.append(entry)
+        except (OSError, ValueError) as exc:
+            log.warning("activation store %s: collecting the prompts of listed shard %s again: %s", folder,
+                        entry["file"], exc)
     removed = remove_temporaries(folder)
-    listed = {e["file"] for e in manifest["shards"]}
+    listed = {e["file"] for e in kept}
     for path in folder.glob("shard-*.safetensors"):
         if path.name not in listed:
             path.unlink()
             removed += 1
     if removed:
         log.info("activation store %s: removed %d unfinished file(s) of an interrupted run", folder, removed)
-    kept = [e for e in manifest["shards"] if _intact(folder, e)]
-    if len(kept) != len(manifest["shards"]):
-        lost = sorted(set(listed) - {e["file"] for e in kept})
-        log.warning("activation store %s: listed shard(s) %s are missing or truncated; collecting their "
-                    "prompts again", folder, ", ".join(lost))
-    if new or len(kept) != len(manifest["shards"]):
+    if write or len(kept) != len(manifest["shards"]):
         write_manifest(folder, {**manifest, "shards": kept})
-
-
-def _intact(folder: Path, entry: Dict[str, Any]) -> bool:
-    path = folder / entry["file"]
-    return path.is_file() and path.stat().st_size == entry["bytes"]
 
 
 def _run(collection: Collection, prompts: Sequence[Any], hashes: np.ndarray, folder: Path,
@@ -157,21 +184,24 @@ def _run(collection: Collection, prompts: Sequence[Any], hashes: np.ndarray, fol
         for k in range(-(-len(todo) // dist.size(group))):  # rounds: every rank joins each round's gather
             record = np.array([[-1, 0, 0]], dtype=np.int64)
             if k < len(mine):
-                record = _write_window(collection, prompts, hashes, folder, mine[k], bar if leader else None)
+                record = _write_window(collection, prompts, hashes, folder, manifest, mine[k], dist.rank(group),
+                                       bar if leader else None)
             records = np.concatenate(dist.gather(record, group))
             if leader:
                 _list(folder, manifest, records, hashes, bar)
 
 
 def _write_window(collection: Collection, prompts: Sequence[Any], hashes: np.ndarray, folder: Path,
-                  window: tuple, bar: Any) -> np.ndarray:
-    """Compute one window and write its shard; returns its record ``[[window, rows, bytes]]``."""
+                  manifest: Dict[str, Any], window: tuple, rank: int, bar: Any) -> np.ndarray:
+    """Compute one window and write its shard (describing itself: see :mod:`.integrity`); returns its
+    record ``[[window, rows, bytes]]``."""
     w, start, stop = window
     arrays = collection.compute(prompts[start:stop], start, bar)
     arrays[HASH_KEY] = mx.array(hashes[start:stop])
     rows = int(arrays[collection.spec["keys"][0]].shape[0])
-    info = {"window": w, "start": start, "stop": stop, "prompts_sha256": digest(hashes[start:stop])}
-    size = write_safetensors_atomic(folder / shard_name(w), arrays, {SHARD_KEY: json.dumps(info)})
+    entry = {"window": w, "start": start, "stop": stop, "rows": rows, "rank": rank,
+             "prompts_sha256": digest(hashes[start:stop])}
+    size = write_safetensors_atomic(folder / shard_name(w), arrays, shard_metadata(manifest, entry))
     return np.array([[w, rows, size]], dtype=np.int64)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from mlxterp.compiler import Graph, Op, to_text
 from mlxterp.compiler.passes.lift import as_param
+from mlxterp.compiler.structure import node_key
 
 from .. import distributed as dist
 from ..core import WrappedModel
@@ -133,7 +134,8 @@ class Program:
 
         ``distributed`` splits the ``K`` variants over ``mx.distributed`` processes (:mod:`mlxterp.distributed`):
         ``"auto"`` when the script was launched on several (``mlx.launch``), ``True`` to require that,
-        ``False`` for this process alone; every rank returns all ``K``."""
+        ``False`` for this process alone; every rank returns all ``K``. Every rank must run the same program
+        with the same tokens and values (checked before any work: ``DistributedMismatchError``)."""
         if not values:
             raise ValueError(f"batched() needs at least one param with a leading variant axis; this program's "
                              f"params are: {', '.join(self.params) or 'none'}")
@@ -141,6 +143,8 @@ class Program:
         if len(set(k.values())) != 1:
             raise ValueError(f"batched() params must share their leading (variant) axis, got sizes {k}")
         group = dist.resolve_group(distributed)
+        if group is not None:
+            dist.check_same_call(group, "Program.batched", program=self._structure(), tokens=tokens, values=values)
         n = next(iter(k.values()))
         if group is not None and n >= dist.size(group):  # this rank's variants, then everyone's gathered
             mine = mx.array(np.array(dist.my_items(range(n), group), dtype=np.int32))
@@ -151,6 +155,11 @@ class Program:
         if group is None or n < dist.size(group):
             return out
         return {name: dist.gather_array_items(value, n, group) for name, value in out.items()}
+
+    def _structure(self) -> tuple:
+        """What this program computes, for comparing it across processes: its graph's nodes (op, target,
+        wiring; never the source lines) and its params' default values."""
+        return tuple(node_key(n) for n in self.graph), tuple(self._defaults)
 
     # -- inputs ----------------------------------------------------------------------------------
     def _tokens(self, tokens: Any) -> mx.array:

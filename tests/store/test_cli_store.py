@@ -10,6 +10,7 @@ import pytest
 
 from mlxterp import ActivationStore, InterpretableModel, batch_get_activations
 from mlxterp.cli import main
+from mlxterp.store.lock import LOCK_FILE
 from tests.models import STORIES
 from tests.test_cli import assert_one_line_error, needs_stories
 
@@ -61,10 +62,10 @@ def test_store_end_to_end_then_rerun_and_mismatch(capsys, tmp_path, prompts_file
     assert store.keys == ["layer_0", "layer_4"] and store.manifest["metadata"]["model"] == str(STORIES)
     for key, value in memory.items():
         assert mx.array_equal(store.get(key), value.astype(mx.float16)).item(), key
-    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    code, _, err = run(capsys, *argv)  # the same command again: nothing left to do
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != LOCK_FILE}
+    code, _, err = run(capsys, *argv)  # the same command again: nothing left to do (only the lock is taken)
     assert code == 0, err
-    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != LOCK_FILE} == before
     code, _, err = run(capsys, *argv[:-6], "--layers", "1", "--out", out)
     assert code == 2
     assert_one_line_error(err, "layers: the store has [0, 4], this run [1]")

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from mlxterp.store import ActivationStore, files
+from mlxterp.store.lock import LOCK_FILE
 from mlxterp.store.manifest import prompt_hashes
 from tests.store import collect_child as child
 
@@ -67,7 +68,7 @@ def assert_same_store(got: ActivationStore, want: ActivationStore) -> None:
         assert a.shape == b.shape and a.dtype == b.dtype
         assert mx.array_equal(a, b).item(), key
     names = sorted(p.name for p in got.path.iterdir())
-    assert names == sorted(["manifest.json"] + [e["file"] for e in got.manifest["shards"]])
+    assert names == sorted(["manifest.json", LOCK_FILE] + [e["file"] for e in got.manifest["shards"]])
 
 
 def test_kill_9_from_outside_then_rerun_gives_the_uninterrupted_result(tmp_path, reference):
@@ -140,10 +141,10 @@ def test_crash_at_each_commit_step_then_rerun(tmp_path, model, reference, kind, 
 def test_rerun_of_a_finished_store_computes_nothing(tmp_path, model, reference, monkeypatch):
     out = tmp_path / "store"
     child.collect(model, str(out), "positions")
-    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != LOCK_FILE}
     monkeypatch.setattr(files, "commit", lambda *a: pytest.fail("a finished store was written again"))
     store = child.collect(model, str(out), "positions")
-    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != LOCK_FILE} == before
     assert_same_store(store, reference["positions"])
 
 
