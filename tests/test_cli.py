@@ -29,12 +29,12 @@ GIRL = "Once upon a time there was a little girl"
 BOY = "Once upon a time there was a little boy"
 SUBCOMMANDS = {
     "demo": ["--model", "--out-dir", "--prompt", "--corrupted", "--no-grid"],
-    "logit-lens": ["--model", "--layers", "--top-k", "--position", "--plot", "TEXT"],
+    "logit-lens": ["--model", "--layers", "--top-k", "--position", "--plot", "--html", "TEXT"],
     "patch": ["--model", "--clean", "--corrupted", "--component", "--layers", "--metric", "--target", "--foil",
-              "--plot"],
+              "--plot", "--html"],
     "activations": ["--model", "--prompts", "--layers", "--out", "--batch-size", "--positions"],
     "generate": ["--model", "--max-new-tokens", "--temperature", "--seed", "--chat", "--steer-toward",
-                 "--steer-away", "--layer", "--alpha", "TEXT"],
+                 "--steer-away", "--layer", "--alpha", "--html", "TEXT"],
     "models": [],
 }
 

@@ -104,7 +104,7 @@ def _array_ref(value: Any, arrays: Dict[str, np.ndarray], where: str) -> Dict[st
     if is_mlx:
         data = np.array(value.view(mx.uint16) if value.dtype == mx.bfloat16 else value)
     else:
-        data = np.ascontiguousarray(value)
+        data = np.array(value, order="C", copy=True)  # (np.ascontiguousarray makes a 0-d array 1-d)
     name = f"a{len(arrays)}"
     arrays[name] = data
     return {"__array__": name, "dtype": dtype, "mlx": is_mlx}
@@ -115,7 +115,8 @@ def _array_from(data: np.ndarray, dtype: str, is_mlx: bool) -> Any:
         return np.array(data, dtype=np.dtype(dtype))
     if dtype == "bfloat16":
         return mx.array(data).view(mx.bfloat16)
-    return mx.array(data, dtype=getattr(mx, dtype))  # mx.array(float64 data) alone would give float32
+    # dtype given: mx.array(float64 data) alone would give float32
+    return mx.array(data, dtype=mx.bool_ if dtype == "bool" else getattr(mx, dtype))
 
 
 def _scalar(value: np.generic, where: str) -> Dict[str, Any]:

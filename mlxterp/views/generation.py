@@ -29,8 +29,9 @@ def generation_page(result: GenerationResult, *, values: Any = None, label: Opti
         result: the generation (``gen.result()``, or a loaded one).
         values: what colours the new tokens: the key of a save with one number per step and row (e.g.
             ``apply(probe, model.layers[8].output[:, -1]).save("probe")``: shape ``(steps, rows)`` or
-            ``(steps, rows, 1)``), or an array of one value per new token, ``(rows, n)`` (``(n,)`` for one
-            prompt; ``n`` at least the longest row's new tokens, NaN for none); None leaves them plain.
+            ``(steps, rows, 1)``), or one value per new token: an array ``(rows, n)`` (``(n,)`` for one
+            prompt; ``n`` at least the longest row's new tokens, NaN for none) or lists of each row's values
+            (None for none; e.g. :func:`token_probabilities`); None leaves the tokens plain.
         label: the value's name on the page (default: the save's key, or ``"value"``).
 
     Raises:
@@ -55,6 +56,9 @@ def token_values(result: GenerationResult, values: Any) -> Values:
     lengths = [len(t) for t in result.new_tokens]
     if isinstance(values, str):
         return _from_save(result, values, lengths)
+    if isinstance(values, list) and len(values) == len(lengths) and all(
+            isinstance(row, list) and len(row) == n for row, n in zip(values, lengths)):
+        return [[None if v is None else _number(v) for v in row] for row in values]  # already one per token
     array = _floats(values, "values")
     if array.ndim == 1 and len(lengths) == 1:
         array = array[None]
@@ -99,3 +103,26 @@ def _settings(provenance: dict) -> str:
     arguments = provenance.get("arguments") or {}
     shown = {k: v for k, v in arguments.items() if v not in (None, [], False)}
     return ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in shown.items()) or "(not recorded)"
+
+
+def token_probabilities(result: GenerationResult, logits: str) -> Values:
+    """The probability each new token had when it was chosen, from a save of each step's last-position logits
+    (``model.output[:, -1].save(logits)`` inside the generation): ``softmax(logits at step k)[token k]``.
+
+    Returns:
+        One value per new token of each row (for ``values=`` of :func:`generation_page`).
+
+    Raises:
+        ValueError: no such save, or not one ``(rows, vocab)`` array per step.
+    """
+    if logits not in result.saved_values:
+        raise ValueError(f"logits: no save {logits!r}; the saves are {sorted(result.saved_values)}")
+    saved, steps = result.saved_values[logits], result.saved_steps[logits]
+    rows = len(result.new_tokens)
+    if not isinstance(saved, mx.array) or saved.ndim != 3 or saved.shape[:2] != (len(steps), rows):
+        raise ValueError(f"logits: save {logits!r} must hold each step's ({rows}, vocab) logits, stacked as "
+                         f"({len(steps)}, {rows}, vocab); got {getattr(saved, 'shape', type(saved).__name__)}")
+    probs = np.array(mx.softmax(saved.astype(mx.float32), axis=-1))
+    at = {step: i for i, step in enumerate(steps)}
+    return [[_number(probs[at[k], r, token]) if k in at else None for k, token in enumerate(tokens)]
+            for r, tokens in enumerate(result.new_tokens)]

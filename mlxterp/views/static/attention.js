@@ -103,7 +103,7 @@ MX.views.attention = function (root, d) {
   const canvas = MX.el("canvas", "pattern-canvas");
   canvas.width = T * cell;
   canvas.height = T * cell;
-  pattern.append(MX.el("div"), keys, queries, canvas);
+  pattern.append(MX.el("div", "corner"), keys, queries, canvas); // labels stick to the edges while scrolling
   const box = MX.el("div", "scroll");
   box.append(pattern);
   right.append(box);

@@ -5,8 +5,12 @@ const MX = {
   views: {},
 
   start() {
-    const data = JSON.parse(document.getElementById("mlxterp-data").textContent);
-    MX.views[data.view](document.getElementById("view"), data);
+    try {
+      const data = JSON.parse(document.getElementById("mlxterp-data").textContent);
+      MX.views[data.view](document.getElementById("view"), data);
+    } finally {
+      window.MX_READY = performance.now(); // drawn (or failed: the error is on the console): for tests and timings
+    }
   },
 
   el(tag, cls, text) {
