@@ -51,8 +51,13 @@ class LogitLensResult(dict, Saveable, Viewable):
         self.ids, self.probs, self.strings, self.lens = ids, probs, dict(strings), lens
 
     def _record_fields(self) -> Dict[str, Any]:
-        return {"layers": self.layers, "input_ids": self.input_ids, "input_tokens": self.input_tokens,
-                "ids": self.ids, "probs": self.probs, "strings": self.strings, "lens": self.lens}
+        fields = {"layers": self.layers, "input_ids": self.input_ids, "input_tokens": self.input_tokens,
+                  "ids": self.ids, "probs": self.probs, "strings": self.strings, "lens": self.lens}
+        if dict(self) != dict(LogitLensResult(**fields)):  # the record holds the arrays: they must still agree
+            raise ValueError("this logit-lens result's dict was changed after it was made, so it no longer matches "
+                             "its arrays (.ids, .probs, .strings), which are what saving writes; save an unchanged "
+                             "result, or build a new LogitLensResult from edited arrays")
+        return fields
 
     @classmethod
     def _from_record(cls, data: Dict[str, Any]) -> "LogitLensResult":

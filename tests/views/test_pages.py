@@ -167,3 +167,10 @@ def test_save_html_writes_the_page_and_repr_html_frames_it(results, tmp_path):
     assert "<script" not in frame  # the whole page is an escaped attribute value
     with pytest.raises(ValueError, match="does not exist"):
         grid.save_html(tmp_path / "missing" / "grid.html")
+
+
+def test_a_generation_shows_its_view_only_once_it_has_run(tiny):
+    gen = tiny.generate("ab", max_new_tokens=2)
+    assert gen._repr_html_() is None and gen._rows is None  # showing it did not run it
+    gen.run()
+    assert gen._repr_html_().startswith("<iframe srcdoc=")

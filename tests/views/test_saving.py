@@ -174,3 +174,10 @@ def test_dataclass_results_compare_field_by_field(results, tmp_path):
     back = HeadScores.load(scores.save(tmp_path / "s.json"))
     for field in dataclasses.fields(HeadScores):
         assert same(getattr(back, field.name), getattr(scores, field.name)), field.name
+
+
+def test_an_edited_lens_dict_is_not_saved_as_its_stale_arrays(results, tmp_path):
+    lens = LogitLensResult.from_dict(results["logit_lens"].to_dict())
+    del lens[lens.layers[0]]
+    with pytest.raises(ValueError, match="dict was changed after it was made"):
+        lens.save(tmp_path / "lens.json")
