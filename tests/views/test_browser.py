@@ -14,6 +14,13 @@ from mlxterp.analysis.patterns import AttentionPatterns
 from tests.views.conftest import HOSTILE, softmax_patterns
 
 
+def shown(token: str) -> str:
+    """A token as the views show it (common.js's MX.show): marks for line breaks and tabs, and for the spaces of a
+    token that is only spaces."""
+    text = token.replace("\n", "\u21b5").replace("\r", "\u240d").replace("\t", "\u21e5")
+    return text.replace(" ", "\u2423") if text and set(text) == {" "} else text
+
+
 def tip(view) -> Dict[str, str]:
     """The tooltip's fields: ``{field: text}`` (labels as ``field-label``)."""
     return view.page.eval_on_selector_all("#tip [data-field]", "els => Object.fromEntries(els.map("
@@ -66,7 +73,7 @@ def test_attention_view(results, open_view):
     for q, k in [(0, 0), (seq - 1, 2), (5, 5), (3, 1)]:
         hover_canvas_cell(view, q, k, seq)
         fields = tip(view)
-        assert fields["query"] == patterns.tokens[q] and fields["key"] == patterns.tokens[k]
+        assert fields["query"] == shown(patterns.tokens[q]) and fields["key"] == shown(patterns.tokens[k])
         assert fields["weight"] == shown_weight(patterns.patterns[layers[0]][0, q, k]), (q, k)
     assert_not_blank(view)
 
@@ -122,14 +129,14 @@ def test_lens_view(results, open_view):
     for row, col in [(0, 0), (n_layers - 1, seq - 1), (1, 3)]:
         layer_index = n_layers - 1 - row  # the last layer is the top row
         cell = view.page.locator(f'.cell[data-row="{row}"][data-col="{col}"]')
-        assert cell.text_content() == lens.strings[int(lens.ids[layer_index, col, 0])]
+        assert cell.text_content() == shown(lens.strings[int(lens.ids[layer_index, col, 0])])
         cell.hover()
         fields = tip(view)
-        assert fields["input"] == lens.input_tokens[col]
+        assert fields["input"] == shown(lens.input_tokens[col])
         for rank in range(k):
-            assert fields[f"top{rank}-label"] == lens[lens.layers[layer_index]][col][rank][2]
-            shown = float(fields[f"top{rank}"].rstrip("%"))
-            assert abs(shown - 100 * lens[lens.layers[layer_index]][col][rank][1]) <= 0.005 + 1e-9
+            assert fields[f"top{rank}-label"] == shown(lens[lens.layers[layer_index]][col][rank][2])
+            percent = float(fields[f"top{rank}"].rstrip("%"))
+            assert abs(percent - 100 * lens[lens.layers[layer_index]][col][rank][1]) <= 0.005 + 1e-9
     assert cells.count() > 0
     assert_not_blank(view)
 
@@ -168,8 +175,8 @@ def test_patching_views(results, open_view, name):
     assert '"abcdef"' in header and '"abcxef"' in header and str(result.metric) in header
     for i, j in {(0, 0), (grid.shape[0] - 1, grid.shape[1] - 1), (1, grid.shape[1] // 2)}:
         view.page.locator(f'.cell[data-row="{i}"][data-col="{j}"]').hover()
-        shown = float(tip(view)["recovery"].rstrip("%"))
-        assert abs(shown - grid[i, j]) <= 0.005 + 1e-9, (i, j, shown, grid[i, j])
+        percent = float(tip(view)["recovery"].rstrip("%"))
+        assert abs(percent - grid[i, j]) <= 0.005 + 1e-9, (i, j, percent, grid[i, j])
     assert_not_blank(view)
 
 
@@ -187,7 +194,7 @@ def test_generation_view_coloured_by_a_saved_probe(results, open_view):
         for step in range(len(tokens)):
             view.page.locator(f'.tok.gen[data-row="{row}"][data-step="{step}"]').hover()
             fields = tip(view)
-            assert fields["token"] == gen.new_labels[row][step] and fields["id"] == str(tokens[step])
+            assert fields["token"] == shown(gen.new_labels[row][step]) and fields["id"] == str(tokens[step])
             assert fields["value-label"] == "probe"
             assert float(fields["value"]) == pytest.approx(float(probe[step, row]), rel=1e-5, abs=1e-9)
     assert_not_blank(view)
@@ -214,3 +221,16 @@ def test_generation_view_of_hostile_tokens(results, open_view):
     assert_clean(view)
     assert view.page.locator('.tok.gen[data-row="0"]').all_text_contents() == HOSTILE[:5]
     assert view.page.locator(".tok.prompt").all_text_contents() == HOSTILE[:4]
+
+
+def test_small_negatives_show_without_a_minus_and_blank_tokens_show_their_spaces(open_view):
+    from mlxterp.analysis.patching import PatchingGrid
+
+    grid = PatchingGrid(np.array([[-0.001, -0.3, 12.345]]), [4], [0, 1, 2], [" ", "\n", "x*"], "l2", "output",
+                        "activation patching", 1.0)
+    view = open_view(grid)
+    assert_clean(view)
+    assert view.page.locator(".cell").all_text_contents() == ["0", "0", "12"]
+    assert view.page.locator(".col-label").all_text_contents() == ["\u2423", "\u21b5", "x*"]
+    view.page.locator('.cell[data-col="0"]').hover()
+    assert tip(view)["recovery"] == "0.00%"

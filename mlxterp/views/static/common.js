@@ -20,14 +20,16 @@ const MX = {
     return e;
   },
 
-  // A token as text on one line: line breaks and tabs become visible marks.
+  // A token as text on one line: line breaks and tabs become visible marks, and so do the spaces of a token
+  // that is nothing else (it would look empty).
   show(token) {
-    return String(token).replace(/\n/g, "\u21b5").replace(/\r/g, "\u240d").replace(/\t/g, "\u21e5");
+    const text = String(token).replace(/\n/g, "\u21b5").replace(/\r/g, "\u240d").replace(/\t/g, "\u21e5");
+    return /^ +$/.test(text) ? text.replace(/ /g, "\u2423") : text;
   },
 
   fmt(x, digits) {
     if (x === null || x === undefined || Number.isNaN(x)) return "n/a";
-    return Number(x).toFixed(digits);
+    return Number(x).toFixed(digits).replace(/^-(0(\.0+)?)$/, "$1"); // -0.3 to 0 decimals is "0", not "-0"
   },
 
   // ---- tooltip: a title and [label, value, field] rows; value cells carry data-field for tests and tools
