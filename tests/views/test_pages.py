@@ -174,3 +174,14 @@ def test_a_generation_shows_its_view_only_once_it_has_run(tiny):
     assert gen._repr_html_() is None and gen._rows is None  # showing it did not run it
     gen.run()
     assert gen._repr_html_().startswith("<iframe srcdoc=")
+
+
+def test_every_static_file_is_installed_with_the_package():
+    import fnmatch
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib", reason="tomllib (to read pyproject.toml) is in Python >= 3.11 only")
+    repo = Path(__file__).resolve().parents[2]
+    globs = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["mlxterp.views"]
+    static = [p.relative_to(repo / "mlxterp" / "views").as_posix() for p in (repo / "mlxterp/views/static").iterdir()]
+    assert static and all(any(fnmatch.fnmatch(name, g) for g in globs) for name in static), (static, globs)
