@@ -34,14 +34,7 @@ VERSION = 1  # of the record's layout (format, kind, provenance, data); each kin
 PathLike = Union[str, Path]
 T = TypeVar("T", bound="Saveable")
 
-_KINDS: Dict[str, Type["Saveable"]] = {}
-# kinds defined in modules that may not be imported yet when load_result meets them
-_KIND_MODULES = {
-    "logit_lens": "mlxterp.analysis.lens", "layer_patching": "mlxterp.analysis.patching",
-    "patching_grid": "mlxterp.analysis.patching", "head_patching": "mlxterp.analysis.heads",
-    "attention_patterns": "mlxterp.analysis.patterns", "head_scores": "mlxterp.analysis.patterns",
-    "generation": "mlxterp.generation.result",
-}
+_KINDS: Dict[str, Type["Saveable"]] = {}  # filled as result classes are defined (Saveable.__init_subclass__)
 
 
 class ResultMismatchError(ValueError):
@@ -86,14 +79,14 @@ class Saveable:
 
     # -- the record --------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
-        """The result as one record: ``{"format", "version", "kind", "kind_version", "mlxterp", "model",
-        "prompts", "arguments", "data"}``; ``data`` holds the result's fields, arrays as numpy or mlx
+        """The result as one record: ``{"format", "version", "kind", "kind_version", "module", "mlxterp",
+        "model", "prompts", "arguments", "data"}`` (``module`` defines the kind's class); ``data`` holds the result's fields, arrays as numpy or mlx
         arrays (``save`` writes them to a side file). ``from_dict`` inverts it."""
         from .. import __version__
 
         prov = self.provenance
         return {"format": FORMAT, "version": VERSION, "kind": self.kind, "kind_version": self.kind_version,
-                "mlxterp": prov.get("mlxterp", __version__), "model": prov.get("model"),
+                "module": type(self).__module__, "mlxterp": prov.get("mlxterp", __version__), "model": prov.get("model"),
                 "prompts": prov.get("prompts"), "arguments": prov.get("arguments"), "data": self._record_fields()}
 
     @classmethod
@@ -181,18 +174,23 @@ def read_record(path: PathLike) -> Dict[str, Any]:
 def load_result(path: PathLike, *, model: Any = None, strict: bool = False) -> Saveable:
     """Read any saved result, as the class its record names (see :meth:`Saveable.load`)."""
     record = read_record(path)
-    return result_class(record["kind"]).from_dict(record, model=model, strict=strict)
+    return result_class(record["kind"], record.get("module")).from_dict(record, model=model, strict=strict)
 
 
-def result_class(kind: str) -> Type[Saveable]:
-    """The class that reads results of ``kind``; ValueError listing the known kinds."""
-    if kind not in _KINDS and kind in _KIND_MODULES:
+def result_class(kind: str, module: Optional[str] = None) -> Type[Saveable]:
+    """The class that reads results of ``kind``, importing ``module`` (the one the record names, if it is one of
+    mlxterp's: a file never makes another package load) when the kind is not known yet; ValueError listing the
+    known kinds."""
+    if kind not in _KINDS and isinstance(module, str) and (module == "mlxterp" or module.startswith("mlxterp.")):
         import importlib
 
-        importlib.import_module(_KIND_MODULES[kind])
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass  # moved or removed: the error below lists the kinds this mlxterp knows
     if kind not in _KINDS:
-        raise ValueError(f"unknown result kind {kind!r}; known kinds: {', '.join(sorted(set(_KINDS) | set(_KIND_MODULES)))}"
-                         " (import the package that defines it first)")
+        raise ValueError(f"unknown result kind {kind!r}; known kinds: {', '.join(sorted(_KINDS))} (import the package "
+                         "that defines it first)")
     return _KINDS[kind]
 
 

@@ -181,3 +181,23 @@ def test_an_edited_lens_dict_is_not_saved_as_its_stale_arrays(results, tmp_path)
     del lens[lens.layers[0]]
     with pytest.raises(ValueError, match="dict was changed after it was made"):
         lens.save(tmp_path / "lens.json")
+
+
+def test_load_result_imports_the_module_a_record_names_only_if_it_is_mlxterps(results, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    path = results["head_scores"].save(tmp_path / "scores.json")
+    code = ("import sys; from mlxterp.views import load_result; assert 'mlxterp.analysis.patterns' not in sys.modules;"
+            f" print(type(load_result({str(path)!r})).__name__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "HeadScores", done.stderr
+    (tmp_path / "planted_module.py").write_text("import builtins\nbuiltins.PLANTED = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps(dict(record, kind="planted", module="planted_module")))
+    with pytest.raises(ValueError, match="unknown result kind 'planted'"):
+        load_result(path)
+    import builtins
+
+    assert not hasattr(builtins, "PLANTED")
