@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "Load a small model, show the logit lens of 'The capital of France is' layer by layer "
                            "(where does ' Paris' appear?), then patch MLP outputs from that clean prompt into the "
                            "corrupted 'The capital of Italy is' to find the layers that carry the fact. Prints "
-                           "tables and timings; writes PNG figures into --out-dir.",
+                           "tables and timings; writes PNG figures and their interactive HTML views into --out-dir.",
                            "  mlxterp demo\n  mlxterp demo --out-dir figs --no-grid\n"
                            "  mlxterp demo --prompt 'The capital of Japan is' --corrupted 'The capital of Spain is'"))
 

@@ -65,7 +65,8 @@ class LayerPatchingResult(dict, Saveable, Viewable):
     def _page(self) -> Page:
         from ..views.patching import patching_page
 
-        return patching_page(np.array(list(self.values()), dtype=np.float64)[:, None], list(self), [self.component], [f"{self.component} (all positions)"],
+        column = np.array(list(self.values()), dtype=np.float64)[:, None]
+        return patching_page(column, list(self), [self.component], [f"{self.component} (all positions)"],
                              axis="component", title="Activation patching", provenance=self.provenance,
                              details=_details(self.metric, self.component, "activation patching",
                                               self.corrupted_distance))

@@ -80,14 +80,16 @@ class Saveable:
     # -- the record --------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
         """The result as one record: ``{"format", "version", "kind", "kind_version", "module", "mlxterp",
-        "model", "prompts", "arguments", "data"}`` (``module`` defines the kind's class); ``data`` holds the result's fields, arrays as numpy or mlx
-        arrays (``save`` writes them to a side file). ``from_dict`` inverts it."""
+        "model", "prompts", "arguments", "data"}`` (``module`` defines the kind's class); ``data`` holds the
+        result's fields, arrays as numpy or mlx arrays (``save`` writes them to a side file). ``from_dict``
+        inverts it."""
         from .. import __version__
 
         prov = self.provenance
         return {"format": FORMAT, "version": VERSION, "kind": self.kind, "kind_version": self.kind_version,
-                "module": type(self).__module__, "mlxterp": prov.get("mlxterp", __version__), "model": prov.get("model"),
-                "prompts": prov.get("prompts"), "arguments": prov.get("arguments"), "data": self._record_fields()}
+                "module": type(self).__module__, "mlxterp": prov.get("mlxterp", __version__),
+                "model": prov.get("model"), "prompts": prov.get("prompts"), "arguments": prov.get("arguments"),
+                "data": self._record_fields()}
 
     @classmethod
     def from_dict(cls: Type[T], record: Dict[str, Any], *, model: Any = None, strict: bool = False) -> T:
