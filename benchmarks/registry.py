@@ -17,6 +17,7 @@ SUITES: dict[str, str] = {
     "attention": "benchmarks.suite_attention",
     "generate": "benchmarks.suite_generate",
     "gguf": "benchmarks.suite_gguf",
+    "views": "benchmarks.suite_views",
 }
 
 Case = Callable[..., Iterable]

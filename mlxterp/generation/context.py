@@ -22,6 +22,7 @@ from .loop import run_steps
 from .plan import Geometry, StepPlan, StepRange
 from .program import MlxLmEngine, Programs, StaticEngine, static_disagreement
 from .prompts import PromptBatch
+from .result import GenerationResult
 from .sampling import Rows, TokenEvent, eos_ids, stop_strings, token_sampler
 
 
@@ -114,7 +115,9 @@ class Generation:
 
     After the run: ``text`` / ``tokens`` / ``finish_reason`` (one per prompt, or a single value for a single
     prompt), ``saved_values``, ``saved_steps`` (the steps each save has values for), ``get(key)``,
-    ``num_steps`` (forward passes kept), ``mode`` (``"compiled"`` or ``"eager"``).
+    ``num_steps`` (forward passes kept), ``mode`` (``"compiled"`` or ``"eager"``); ``result()`` (a
+    :class:`~mlxterp.generation.result.GenerationResult`, which ``to_dict()``, ``save(path)`` and
+    ``save_html(path, values=...)`` go through; ``Generation.load(path)`` reads one back).
     """
 
     def __init__(self, owner: WrappedModel, prompt: Any, max_new_tokens: int, *, temperature: float = 0.0,
@@ -138,6 +141,10 @@ class Generation:
                                f"the prompt plus max_new_tokens={max_new_tokens} (less the last, never fed back)")
         self._recorder = _Recorder(owner, self.prompts.batch, interventions, compile,
                                    self.prompts.columns + max_new_tokens - 1)
+        self._origin: tuple = (prompt, dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                            top_k=top_k, seed=seed, stop=stop, ignore_eos=ignore_eos, chat=chat,
+                                            interventions=sorted(interventions or {}), compile=compile))
+        self._result: Optional[GenerationResult] = None
         self.steps = _Steps(self)
         self._entered = False
         self._rows: Optional[Rows] = None
@@ -220,6 +227,34 @@ class Generation:
         """A saved value by key (``"layers.3.output"``), or ``None``."""
         return self.saved_values.get(name)
 
+    # -- saving and viewing ------------------------------------------------------------------
+    load = GenerationResult.load  # Generation.load(path) reads a saved generation as a GenerationResult
+
+    def result(self) -> GenerationResult:
+        """The finished generation as a :class:`~mlxterp.generation.result.GenerationResult` (runs it first if
+        needed): tokens, text, saves and settings, with the model's fingerprint as it was when it ran."""
+        if self._result is None:
+            self._finished()
+            self._result = GenerationResult.of(self, self._identity, *self._origin)
+        return self._result
+
+    def to_dict(self) -> dict:
+        """The record of :meth:`result` (see :meth:`mlxterp.views.saving.Saveable.to_dict`)."""
+        return self.result().to_dict()
+
+    def save(self, path: Any) -> Any:
+        """Save :meth:`result` to ``path`` (a ``.json`` file, arrays beside it); returns the path."""
+        return self.result().save(path)
+
+    def save_html(self, path: Any, **options: Any) -> Any:
+        """Write the generation view (see :func:`mlxterp.views.generation.generation_page` for ``values=``,
+        ``label=``); returns the path."""
+        return self.result().save_html(path, **options)
+
+    def _repr_html_(self) -> Optional[str]:
+        """Jupyter's inline view once the generation has run (None before: showing it never runs it)."""
+        return self.result()._repr_html_() if self._rows is not None else None
+
     @property
     def graph(self) -> Graph:
         """The recorded program (every step runs a variant of it)."""
@@ -237,8 +272,11 @@ class Generation:
     # -- running ------------------------------------------------------------------------------
     def _run(self) -> None:
         # One forward of a model at a time (hooks, compile tracing): the generation holds the model's lock.
+        from ..store.manifest import model_identity
+
         with model_lock(self._owner.model):
             self._run_locked()
+            self._identity = model_identity(self._owner)  # the weights as they ran, for saved results
 
     def _run_locked(self) -> None:
         owner, recorder = self._owner, self._recorder
