@@ -235,7 +235,7 @@ class Generation:
         needed): tokens, text, saves and settings, with the model's fingerprint as it was when it ran."""
         if self._result is None:
             self._finished()
-            self._result = GenerationResult.of(self, self._identity, *self._origin)
+            self._result = GenerationResult.of(self, self._owner, *self._origin)
         return self._result
 
     def to_dict(self) -> dict:
@@ -272,11 +272,8 @@ class Generation:
     # -- running ------------------------------------------------------------------------------
     def _run(self) -> None:
         # One forward of a model at a time (hooks, compile tracing): the generation holds the model's lock.
-        from ..store.manifest import model_identity
-
         with model_lock(self._owner.model):
             self._run_locked()
-            self._identity = model_identity(self._owner)  # the weights as they ran, for saved results
 
     def _run_locked(self) -> None:
         owner, recorder = self._owner, self._recorder

@@ -51,9 +51,9 @@ class GenerationResult(Saveable, Viewable):
     num_steps: int
 
     @staticmethod
-    def of(gen: Generation, identity: Dict[str, Any], prompt: Any, arguments: Dict[str, Any]) -> "GenerationResult":
+    def of(gen: Generation, owner: Any, prompt: Any, arguments: Dict[str, Any]) -> "GenerationResult":
         """The result of a finished generation ``gen`` of ``prompt`` (as given) called with ``arguments``;
-        ``identity`` is its model's, taken when it ran."""
+        ``owner`` is its InterpretableModel (its identity is taken when the result is saved)."""
         from ..analysis.validate import token_labels
 
         owner, rows = gen._owner, gen._finished()
@@ -67,7 +67,7 @@ class GenerationResult(Saveable, Viewable):
             saved_steps={k: list(v) for k, v in gen.saved_steps.items()}, single=gen.prompts.single,
             mode=gen.mode, num_steps=gen.num_steps)
         prompts = [prompt] if gen.prompts.single else list(getattr(prompt, "tolist", lambda: prompt)())
-        return attach(result, identity, prompts, arguments)
+        return attach(result, owner, prompts, arguments)
 
     @property
     def text(self) -> Any:

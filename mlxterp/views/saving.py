@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Type, TypeVar, Union
 
@@ -74,8 +75,17 @@ class Saveable:
     @property
     def provenance(self) -> Dict[str, Any]:
         """``{"model", "prompts", "arguments", "mlxterp"}`` of the call that made this result (empty for a
-        result built by hand). ``model`` is ``{"class", "parameters", "fingerprint"}``."""
-        return getattr(self, "_provenance", None) or {}
+        result built by hand). ``model`` is ``{"class", "parameters", "fingerprint"}``: the fingerprint hashes
+        every weight byte (a second or so on a 135M model), so it is taken when first asked for (by
+        :meth:`save`, :meth:`to_dict` or here), from the model as it is then: save a result before editing
+        the weights of the model that made it."""
+        prov = getattr(self, "_provenance", None) or {}
+        if prov and prov.get("model") is None and getattr(self, "_model_ref", None) is not None:
+            model = self._model_ref()
+            if model is not None:
+                prov["model"] = _identity(model)
+            self._model_ref = None
+        return prov
 
     # -- the record --------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
@@ -137,13 +147,14 @@ class Saveable:
 
 
 def attach(result: T, model: Any, prompts: List[Any], arguments: Dict[str, Any]) -> T:
-    """Record on ``result`` the model's identity (``model``: an InterpretableModel, or its identity taken
-    earlier), the prompts and the call's arguments (made JSON-able: arrays become lists, functions their
-    names); returns ``result``."""
+    """Record on ``result`` the model (an InterpretableModel, whose identity is taken when first needed: see
+    :attr:`Saveable.provenance`; or its identity as a dict), the prompts and the call's arguments (made
+    JSON-able: arrays become lists, functions their names); returns ``result``."""
     from .. import __version__
 
-    identity = model if isinstance(model, dict) else _identity(model)
-    result._provenance = {"model": identity, "prompts": [_plain(p) for p in prompts],
+    lazy = not isinstance(model, dict)
+    result._model_ref = weakref.ref(model) if lazy else None
+    result._provenance = {"model": None if lazy else model, "prompts": [_plain(p) for p in prompts],
                           "arguments": {k: _plain(v) for k, v in arguments.items()}, "mlxterp": __version__}
     return result
 

@@ -201,3 +201,17 @@ def test_load_result_imports_the_module_a_record_names_only_if_it_is_mlxterps(re
     import builtins
 
     assert not hasattr(builtins, "PLANTED")
+
+
+def test_the_fingerprint_is_taken_when_saved_not_on_every_call(tiny, tmp_path, monkeypatch):
+    # Hashing every weight byte costs about a second on a 135M model: analysis calls must not pay it.
+    import mlxterp.store.manifest as manifest
+
+    calls = []
+    real = manifest.weights_fingerprint
+    monkeypatch.setattr(manifest, "weights_fingerprint", lambda params: calls.append(1) or real(params))
+    lens = tiny.logit_lens(CLEAN, layers=[0])
+    assert calls == []
+    back = LogitLensResult.load(lens.save(tmp_path / "lens.json"), model=tiny, strict=True)
+    assert back.provenance["model"] == model_identity(tiny)
+    assert len(calls) == 3  # the save, the comparison with `model` on load, and this test's own
