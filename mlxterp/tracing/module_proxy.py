@@ -47,11 +47,16 @@ class ModuleProxy:
 
     @property
     def module(self) -> nn.Module:
-        """The wrapped ``nn.Module``."""
-        found = self._owner._index.modules.get(self._path)
+        """The wrapped ``nn.Module`` (the one at this path now, if it was replaced since)."""
+        self._owner._sync_tree()
+        index = self._owner._index
+        found = index.modules.get(self._path)
         if found is None:
-            raise AttributeError(f"{self.name!r} is a value inside the attention module "
-                                 f"{self._owner._index.short(self._owner._index.point_owner(self._path))!r}, "
+            owner = index.point_owner(self._path)
+            if owner is None:
+                raise AttributeError(f"the model has no module {self.name!r} any more (its modules were replaced "
+                                     "since this proxy was made); look the name up again")
+            raise AttributeError(f"{self.name!r} is a value inside the attention module {index.short(owner)!r}, "
                                  "not a module; read it with .output inside a trace")
         return found
 
