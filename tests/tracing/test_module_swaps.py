@@ -12,29 +12,10 @@ import mlxterp as mt
 from mlxterp import InterpretableModel
 from mlxterp import interventions as iv
 from mlxterp.compiler import ModuleNotCalledError
-from tests.models import CharTokenizer, tiny_llama_module
+from tests.models import CharTokenizer, LoRALinear, tiny_llama_module
 from tests.reference import dequantized, llama_forward
 
 TOKENS = mx.array([[1, 5, 9, 13, 17, 21]])
-
-
-class LoRA(nn.Module):
-    """A LoRA-style wrapper: ``base(x) + scale * (x @ a) @ b``."""
-
-    def __init__(self, base: nn.Linear, rank: int = 4, scale: float = 0.5, seed: int = 0):
-        super().__init__()
-        out_dims, in_dims = base.weight.shape
-        key_a, key_b = mx.random.split(mx.random.key(seed))
-        self.base = base
-        self.a = 0.3 * mx.random.normal((in_dims, rank), key=key_a)
-        self.b = 0.3 * mx.random.normal((rank, out_dims), key=key_b)
-        self.scale = scale
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return self.base(x) + self.scale * (x @ self.a) @ self.b
-
-    def merged(self) -> mx.array:
-        return self.base.weight + self.scale * (self.a @ self.b).T
 
 
 @pytest.fixture()
@@ -120,10 +101,10 @@ def test_a_program_follows_the_current_module_tree(model, raw, swap):
         nn.quantize(raw.model, group_size=32, bits=4)
         reference = dequantized(raw)
     elif swap == "lora":
-        mlp.down_proj = LoRA(mlp.down_proj)
+        mlp.down_proj = LoRALinear(mlp.down_proj)
         reference = tiny_llama_module(seed=3, layers=3, hidden=64)
         reference.update(raw.parameters(), strict=False)
-        reference.model.layers[1].mlp.down_proj.weight = mlp.down_proj.merged()
+        reference.model.layers[1].mlp.down_proj.weight = mlp.down_proj.base.weight + mlp.down_proj.delta()
     else:
         raw.model.layers[1].mlp = llama.MLP(raw.args)
         mx.eval(raw.parameters())
@@ -145,13 +126,13 @@ def test_a_program_whose_module_is_gone_says_so(model, raw):
 def test_new_submodules_are_named_and_old_ones_gone(model, raw):
     """Before: the module index still held the old tree: ``q_proj.base`` was unknown."""
     attn = raw.model.layers[0].self_attn
-    attn.q_proj = LoRA(attn.q_proj)
+    attn.q_proj = LoRALinear(attn.q_proj)
     with model.trace(TOKENS, capture="saved") as tr:
         model.layers[0].attn.q_proj.base.output.save("base")
         model.layers[0].attn.q_proj.output.save("wrapped")
     x = raw.model.layers[0].input_layernorm(raw.model.embed_tokens(TOKENS))
     close(tr.saved_values["base"], x @ attn.q_proj.base.weight.T)
-    close(tr.saved_values["wrapped"], x @ attn.q_proj.merged().T)
+    close(tr.saved_values["wrapped"], x @ (attn.q_proj.base.weight + attn.q_proj.delta()).T)
     assert model.layers[0].attn.q_proj.module is attn.q_proj
     assert dict(model.named_modules())["model.layers.0.self_attn.q_proj.base"] is attn.q_proj.base
 
