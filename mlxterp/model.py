@@ -18,6 +18,7 @@ from .inputs import TokenBatch, to_token_batch
 from .names import ModuleIndex, ModuleNameError
 from .positions import PositionGuard, position_limit
 from .tokens import TokenizerMixin
+from .tracing import context
 from .tracing.module_proxy import LayerListProxy, ModuleProxy
 from .tracing.trace import Trace
 
@@ -102,7 +103,8 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, GenerationMixin):
         """Check that no module was replaced since the last check (a few microseconds; see
         :class:`mlxterp.compiler.ModuleTree`), rebuilding everything derived from the tree if one was.
         Every entry point calls it before using the index: ``trace`` and the analysis helpers (through
-        :meth:`_batch`), ``generate``, program calls, ``module()``, ``named_modules()``, ``proxy.module``."""
+        :meth:`_batch`), ``generate``, program calls, ``module()``, ``named_modules()``, ``proxy.module``,
+        and :meth:`_probe` outside a recording trace (a helper's setup)."""
         self._executor.sync()
 
     # -- tracing -----------------------------------------------------------------------------
@@ -164,7 +166,10 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, GenerationMixin):
         return checked
 
     def _probe(self, tokens: mx.array) -> Probe:
-        """Execution order and shapes for inputs of this shape (one lazy forward, cached)."""
+        """Execution order and shapes for inputs of this shape (one lazy forward, cached, of the current
+        module tree: checked here unless a trace on this model is recording, which checked it when it began)."""
+        if not context.recording_on(self):
+            self._sync_tree()
         key = (tuple(tokens.shape), tokens.dtype)  # the Dtype itself: hashable, and str() is slow
         found = self._probes.get(key)
         if found is None:

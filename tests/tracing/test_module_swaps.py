@@ -206,3 +206,11 @@ def test_nothing_but_a_swap_counts_as_a_tree_change(model, raw):
     prog(alpha=0.4)
     stats = model.compile_stats()
     assert stats["tree_changes"] == 0 and stats["misses"] == 2
+
+
+def test_the_probe_a_helper_reads_before_any_trace_is_of_the_current_tree(model, raw):
+    """Helpers (the activation store's setup) read shapes off the probe before they trace anything."""
+    model._probe(TOKENS)
+    attn = raw.model.layers[0].self_attn
+    attn.q_proj = LoRALinear(attn.q_proj)
+    assert ("model.layers.0.self_attn.q_proj.base", 0, "output") in model._probe(TOKENS).values
