@@ -121,6 +121,10 @@ def relower(owner: WrappedModel, recorded: Graph, tokens: mx.array, old: Any) ->
 class Program:
     """A recorded trace as a function (made by ``tr.program()``; see the module docstring).
 
+    A program is a function of the model's current state: it reads the weights at every call, and after a
+    module is replaced (``nn.quantize``, a LoRA wrapper, ``layer.mlp = other``) it is lowered again on the
+    new modules at its next call (a ``ModuleNotCalledError`` if a module it reads or writes is gone).
+
     Attributes:
         params: ``{name: ParamSpec}`` in call order.
         saves: the keys of the dict a call returns.

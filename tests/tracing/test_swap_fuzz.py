@@ -18,13 +18,12 @@ from mlx_lm.models import llama
 
 from mlxterp import InterpretableModel
 from tests.models import LoRALinear, tiny_llama_module
-from tests.tracing.test_reference_fuzz import Applier, programs, run_library, run_reference, values_for
+from tests.tracing.test_reference_fuzz import programs, run_library, run_reference, values_for
 
 LAYERS, HIDDEN, VOCAB = 2, 32, 128  # the generator's model
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
            "mlp.up_proj", "mlp.down_proj")
 SWAPS = ("new_mlp", "new_layer", "quantize_layer", "quantize_all", "lora")
-assert Applier  # the generator's applier is what run_library and run_reference share
 
 
 def swap(raw: nn.Module, kind: str, layer: int, choice: int) -> None:
