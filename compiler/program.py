@@ -28,13 +28,17 @@ class LoweredProgram:
         graph: the optimized graph (constants lifted to params ``0..n-1``).
         forward: its lowered forward.
         stats: counters shared with the model's executor (``traces`` counts compilations).
+        tree_version: the executor's ``tree_version`` it was lowered on (its forward hooks that tree's
+            module objects: a caller re-lowers once the executor's version moves on).
     """
 
-    def __init__(self, model: nn.Module, graph: Graph, forward: PatchedForward, stats: collections.Counter):
+    def __init__(self, model: nn.Module, graph: Graph, forward: PatchedForward, stats: collections.Counter,
+                 tree_version: int = 0):
         self.model = model
         self.graph = graph
         self.forward = forward
         self.stats = stats
+        self.tree_version = tree_version
         self._compiled: StateCompiled | None = None
         self._folded: dict[frozenset[int], StateCompiled] = {}
 

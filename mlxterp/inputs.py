@@ -73,6 +73,13 @@ def is_int(x: Any) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
+def as_number(x: Any) -> Any:
+    """A Python or numpy integer or float (not a bool) as a Python ``int``/``float``; ``None`` otherwise."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)):
+        return None
+    return x.item() if isinstance(x, np.generic) else x
+
+
 def _encode(tokenizer: Any, text: str) -> list[int]:
     if tokenizer is None:
         raise ValueError(

@@ -13,7 +13,7 @@ from ..views.saving import Saveable, attach
 from .display import show_if_interactive
 from .serial import holds_model_lock
 from .unembed import find_unembedding
-from .validate import check_positive_int, resolve_layers, single_prompt, token_labels
+from .validate import check_top_k, resolve_layers, single_prompt, token_labels
 
 if TYPE_CHECKING:
     from ..model import InterpretableModel
@@ -103,8 +103,8 @@ def get_token_predictions(model: InterpretableModel, hidden_state: Any, top_k: i
     """
     unembed = find_unembedding(model)
     h, single = _as_hidden(hidden_state, unembed.hidden_size)
+    top_k = check_top_k(top_k, unembed.vocab_size)
     logits = unembed.logits(h, apply_norm=False).astype(mx.float32)
-    top_k = check_positive_int(top_k, "top_k", upper=logits.shape[-1])
     idx, vals = top_k_sorted(logits, top_k)
     mx.eval(idx, vals)
     ids, scores = idx.tolist(), vals.tolist()
@@ -123,7 +123,7 @@ def logit_lens(model: InterpretableModel, text: Any, top_k: int = 1, layers: Opt
     tokens = single_prompt(model, text, "text")
     layer_ids = resolve_layers(layers, len(model.layers))
     unembed = find_unembedding(model)
-    top_k = check_positive_int(top_k, "top_k")
+    top_k = check_top_k(top_k, unembed.vocab_size)
     with model.trace(tokens, capture="saved"):
         handles = [model.layers[layer].output.save() for layer in layer_ids]
     hidden = mx.stack([_layer_state(h, layer) for h, layer in zip(handles, layer_ids)])
@@ -148,10 +148,7 @@ def _layer_state(handle: Any, layer: int) -> mx.array:
 def _project(unembed: Any, hidden: mx.array, top_k: int) -> Tuple[np.ndarray, np.ndarray]:
     """Top-k token ids and softmax probabilities, ``(layers, seq, k)``, in chunks of layers."""
     n_layers, seq = hidden.shape[0], hidden.shape[1]
-    vocab = int(unembed.logits(hidden[:1, :1]).shape[-1])
-    if top_k > vocab:
-        raise ValueError(f"top_k: expected a positive int at most the vocabulary size {vocab}, got {top_k}")
-    step = max(1, LENS_BUDGET // max(1, seq * vocab))
+    step = max(1, LENS_BUDGET // max(1, seq * unembed.vocab_size))
     ids, probs = [], []
     for start in range(0, n_layers, step):
         logits = unembed.logits(hidden[start:start + step]).astype(mx.float32)

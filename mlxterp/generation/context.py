@@ -273,6 +273,7 @@ class Generation:
     def _run(self) -> None:
         # One forward of a model at a time (hooks, compile tracing): the generation holds the model's lock.
         with model_lock(self._owner.model):
+            self._owner._sync_tree()  # run lazily (results read later): modules may have been replaced since
             self._run_locked()
 
     def _run_locked(self) -> None:

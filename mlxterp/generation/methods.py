@@ -48,6 +48,7 @@ class GenerationMixin:
         """
         from .context import Generation
 
+        self._sync_tree()  # a module replaced since the last run: names, vocabulary and step programs follow
         return Generation(self, prompt, max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                           seed=seed, stop=stop, ignore_eos=ignore_eos, stream=stream, chat=chat,
                           interventions=interventions, compile=compile)

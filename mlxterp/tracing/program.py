@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional
 import mlx.core as mx
 import numpy as np
 
-from mlxterp.compiler import Graph, Op, to_text
+from mlxterp.compiler import Graph, Op, TraceError, to_text
 from mlxterp.compiler.passes.lift import as_param
 from mlxterp.compiler.structure import node_key
 
@@ -86,16 +86,45 @@ def build_program(owner: WrappedModel, graph: Graph, tokens: mx.array, lengths: 
     saves_only = graph.with_captures(())
     lowered = owner._executor.program(saves_only, tokens, lambda: owner._probe(tokens))
     specs = []
-    for node in sorted((n for n in lowered.graph if n.op is Op.PARAM), key=lambda n: n.target):
+    for node in _param_nodes(lowered.graph):
         value = graph.node(node.meta["constant_id"]).meta["value"]
         array = as_param(value)
         specs.append(ParamSpec(node.meta.get("name") or f"const_{node.target}", tuple(array.shape), array.dtype,
                                value, bool(node.meta.get("weak")), node.source))
-    return Program(owner, lowered, tuple(specs), tokens, lengths)
+    return Program(owner, lowered, tuple(specs), tokens, lengths, saves_only)
+
+
+def _param_nodes(graph: Graph) -> list:
+    """The PARAM nodes of an optimized graph, in param order."""
+    return sorted((n for n in graph if n.op is Op.PARAM), key=lambda n: n.target)
+
+
+def relower(owner: WrappedModel, recorded: Graph, tokens: mx.array, old: Any) -> Any:
+    """``recorded`` lowered again on ``owner``'s current module tree, with the same params as ``old``.
+
+    Raises:
+        TraceError: the graph reads or writes a module the current model no longer calls (the message
+            says the model's modules were replaced since the program was recorded).
+    """
+    try:
+        new = owner._executor.program(recorded, tokens, lambda: owner._probe(tokens))
+    except TraceError as e:
+        raise type(e)(f"a module of the model was replaced since this program was recorded (nn.quantize, a LoRA "
+                      f"wrapper, an assignment), and the program no longer fits the current model: {e}. Record "
+                      "the trace again on the current model") from e
+    sources = [[n.meta["constant_id"] for n in _param_nodes(lowered.graph)] for lowered in (old, new)]
+    if sources[0] != sources[1]:  # the passes do not depend on the tree: this would be a compiler bug
+        raise RuntimeError(f"re-lowering a program after a module swap changed its params ({sources[0]} -> "
+                           f"{sources[1]}); record the trace again")
+    return new
 
 
 class Program:
     """A recorded trace as a function (made by ``tr.program()``; see the module docstring).
+
+    A program is a function of the model's current state: it reads the weights at every call, and after a
+    module is replaced (``nn.quantize``, a LoRA wrapper, ``layer.mlp = other``) it is lowered again on the
+    new modules at its next call (a ``ModuleNotCalledError`` if a module it reads or writes is gone).
 
     Attributes:
         params: ``{name: ParamSpec}`` in call order.
@@ -103,9 +132,11 @@ class Program:
         tokens, lengths: the recorded (default) tokens and each row's real length.
     """
 
-    def __init__(self, owner: WrappedModel, lowered: Any, specs: tuple, tokens: mx.array, lengths: tuple):
+    def __init__(self, owner: WrappedModel, lowered: Any, specs: tuple, tokens: mx.array, lengths: tuple,
+                 recorded: Graph):
         self._owner = owner
         self._lowered = lowered
+        self._recorded = recorded  # lowered again if a module of the model is replaced (see _current)
         self.params: Dict[str, ParamSpec] = {s.name: s for s in specs}
         self._index = {s.name: i for i, s in enumerate(specs)}
         self._defaults = [as_param(s.default) for s in specs]
@@ -117,12 +148,14 @@ class Program:
     def __call__(self, tokens: Any = None, **values: Any) -> Dict[str, mx.array]:
         """Replay with new ``tokens`` (anything ``model.trace`` accepts; default: the recorded ones) and
         param values by name (default: the recorded ones). Compiled; new shapes trace once each."""
-        return self._lowered(self._tokens(tokens), self._bind(values))
+        tokens = self._tokens(tokens)
+        return self._current()(tokens, self._bind(values))
 
     def fn(self, tokens: Any = None, params: Optional[Dict[str, Any]] = None) -> Dict[str, mx.array]:
         """The same function uncompiled and pure (``params`` by name, missing ones take their defaults):
         the form to put inside your own ``mx.compile``, ``mx.vmap`` or ``mx.grad``."""
-        return self._lowered.fn(self._tokens(tokens), self._bind(params or {}))
+        tokens = self._tokens(tokens)
+        return self._current().fn(tokens, self._bind(params or {}))
 
     def batched(self, tokens: Any = None, *, distributed: Any = "auto", **values: Any) -> Dict[str, mx.array]:
         """``K`` variants in one forward: every param given here has a leading axis of size ``K`` (one value
@@ -151,7 +184,8 @@ class Program:
             values = {name: mx.array(v)[mine] for name, v in values.items()}
         bound = self._bind(values, mapped=True)
         mapped = frozenset(self._index[name] for name in values)
-        out = self._lowered.folded(self._tokens(tokens), bound, mapped)
+        tokens = self._tokens(tokens)
+        out = self._current().folded(tokens, bound, mapped)
         if group is None or n < dist.size(group):
             return out
         return {name: dist.gather_array_items(value, n, group) for name, value in out.items()}
@@ -161,9 +195,21 @@ class Program:
         wiring; never the source lines) and its params' default values."""
         return tuple(node_key(n) for n in self.graph), tuple(self._defaults)
 
+    def _current(self) -> Any:
+        """The lowered program on the model's current module tree. A program is a function of the model's
+        current state: as it sees weight edits, it follows replaced modules (quantized, wrapped, swapped),
+        lowered again from its recorded graph on the first call after the change (the caller has checked
+        the tree: :meth:`_tokens` does)."""
+        lowered = self._lowered
+        if lowered.tree_version != self._owner._executor.tree_version:
+            lowered = self._lowered = relower(self._owner, self._recorded, self.tokens, lowered)
+        return lowered
+
     # -- inputs ----------------------------------------------------------------------------------
     def _tokens(self, tokens: Any) -> mx.array:
+        """The tokens of a call, checked (and the model's module tree checked, see ``model._sync_tree``)."""
         if tokens is None:
+            self._owner._sync_tree()
             return self.tokens  # checked when the trace recorded them
         if isinstance(tokens, mx.array):
             try:
