@@ -24,7 +24,7 @@ from .loop import run_steps
 from .plan import Geometry, StepPlan, StepRange
 from .program import MlxLmEngine, Programs, StaticEngine, decode_probe, static_disagreement
 from .prompts import PromptBatch
-from .sampling import Rows, TokenEvent, eos_ids, stop_strings, token_sampler
+from .sampling import Rows, TokenEvent, check_sampling, eos_ids, stop_strings, token_sampler
 
 
 class _Recorder(Trace):
@@ -155,12 +155,13 @@ class Generation:
         _require_cache_argument(owner.model)
         self._owner = owner
         self.max_new_tokens = max_new_tokens
-        self._settings = (temperature, top_p, top_k, seed)
-        token_sampler(*self._settings)  # checks the settings now
+        check_sampling(temperature, top_p, top_k, seed)
         self._stops = stop_strings(stop)
         self._eos = frozenset() if ignore_eos else eos_ids(owner.tokenizer)
         self._stream = stream
         self.prompts = PromptBatch.of(owner, prompt, chat)
+        self._settings = (temperature, top_p, top_k, seed, self._vocab() if top_k else None)
+        check_sampling(*self._settings)  # top_k against the vocabulary
         owner._positions.check(self.prompts.columns + max_new_tokens - 1,
                                f"the prompt plus max_new_tokens={max_new_tokens} (less the last, never fed back)")
         self._recorder = _Recorder(owner, self.prompts.batch, interventions, compile,
@@ -352,6 +353,11 @@ class Generation:
 
         keyed = self._point_node(KEY_AXIS_POINTS) is not None
         return token_axis.token_entries(graph, values_at, (longest, longest + 1), decode_at if keyed else None)
+
+    def _vocab(self) -> Optional[int]:
+        """Width of the logits tokens are sampled from (``None`` if the model's output is not one array)."""
+        found = self._probe(tuple(self.prompts.tokens.shape)).values.get(("", 0, "output"))
+        return found[0][-1] if isinstance(found, tuple) else None
 
     def _probe(self, shape: tuple) -> Any:
         return self._owner._probe(mx.zeros(shape, dtype=mx.int32))
