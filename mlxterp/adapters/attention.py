@@ -102,8 +102,8 @@ def explicit_attention(queries: mx.array, keys: mx.array, values: mx.array, *, s
         emit: ``emit(name, value) -> value`` at each point.
         sinks: per-head attention-sink logits, or ``None``.
         softcap: Gemma 2's ``attn_logit_softcapping`` (scores become ``tanh(s / c) * c``), or ``None``.
-        cache: the KV cache the keys and values came from (a decode step), or ``None``: ``k`` and ``v`` are
-            then this call's own columns, and writes there are stored in the cache (see
+        cache: the KV cache the keys and values came from in a decode step (``None`` otherwise). With one,
+            ``k`` and ``v`` are this call's own columns and writes there are stored in the cache (see
             :mod:`.attention_cache`).
     """
     dtype = mx.result_type(queries, keys, values)
