@@ -511,8 +511,21 @@ def test_generate_steered_beside_the_baseline(capsys):
     (["--layer", "2"], ["--layer", "only used with"]),
     (["--max-new-tokens", "0"], ["--max-new-tokens", "positive"]),
     (["--alpha", "big"], ["--alpha", "expected a number"]),
+    (["--alpha", "nan"], ["--alpha", "expected a finite number"]),
+    (["--temperature", "inf"], ["--temperature", "expected a finite number"]),
 ])
 def test_generate_usage_errors(capsys, argv, fragments):
+    code, _, err = run(capsys, "generate", "--model", str(STORIES), "hello", *argv)
+    assert code == 2
+    assert_one_line_error(err, *fragments)
+
+
+@needs_stories
+@pytest.mark.parametrize("argv, fragments", [
+    (["--seed", "-1"], ["seed=-1", "[0, 2**64)"]),
+    (["--seed", str(2**70), "--temperature", "0.5"], ["seed=1180591620717411303424"]),
+])
+def test_generate_bad_seed_is_a_usage_error(capsys, argv, fragments):
     code, _, err = run(capsys, "generate", "--model", str(STORIES), "hello", *argv)
     assert code == 2
     assert_one_line_error(err, *fragments)
