@@ -9,6 +9,9 @@ from typing import Any, Callable, Optional, Sequence
 import mlx.core as mx
 from mlx_lm.sample_utils import apply_top_k, apply_top_p, greedy_sampler
 
+from ..inputs import is_int
+from ..scalars import is_number
+
 Sampler = Callable[[mx.array], mx.array]
 
 
@@ -35,6 +38,7 @@ def token_sampler(temperature: float, top_p: float, top_k: int, seed: Optional[i
     without one they come from (and advance) the global state, as in mlx-lm.
     """
     _check_sampling(temperature, top_p, top_k, seed)
+    top_k, seed = int(top_k), None if seed is None else int(seed)  # numpy ints as Python ints, for MLX
     if temperature == 0:
         return greedy_sampler
     key = [mx.random.key(seed)] if seed is not None else None
@@ -54,16 +58,16 @@ def token_sampler(temperature: float, top_p: float, top_k: int, seed: Optional[i
 
 
 def _check_sampling(temperature: Any, top_p: Any, top_k: Any, seed: Any) -> None:
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+    if not (is_number(temperature) and math.isfinite(temperature) and temperature >= 0):
         raise ValueError(f"temperature={temperature!r}: expected a number >= 0 (0 is greedy)")
-    if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+    if not (is_number(top_p) and 0 < top_p <= 1):
         raise ValueError(f"top_p={top_p!r}: expected a number in (0, 1] (1 keeps every token)")
-    if not (isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 0):
+    if not (is_int(top_k) and top_k >= 0):
         raise ValueError(f"top_k={top_k!r}: expected an int >= 0 (0 keeps every token)")
     if temperature == 0 and (top_p < 1 or top_k > 0):
         raise ValueError(f"top_p={top_p} / top_k={top_k} need temperature > 0: greedy decoding takes the top "
                          "token, so filtering does nothing")
-    if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool)):
+    if seed is not None and not is_int(seed):
         raise ValueError(f"seed={seed!r}: expected an int or None")
 
 
