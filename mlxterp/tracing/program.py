@@ -58,7 +58,8 @@ def param(name: str, default: Any) -> Any:
 
     Args:
         name: a Python identifier (it becomes a keyword of the program's call), not ``"tokens"``.
-        default: an ``mx.array`` (or numpy array) or a Python number.
+        default: an ``mx.array`` (or numpy array) or a number (a Python or numpy int or float: weak, it
+            takes the dtype of the array it meets, as a Python number does in MLX).
     """
     return context.current(types.SimpleNamespace(name="mlxterp"), "param").param(name, default)
 

@@ -102,45 +102,63 @@ class Applier:
 
     def step(self, k: int, step: Step) -> None:
         cur, site, kind = self.get(step.site), step.site, step.kind
-        width, ndim = self.width(site), 3 if LAYOUTS[site[0]].head is None else 4
         if kind in ("save", "save_pos", "save_reduce"):
-            axis = self.axis(step, True)
-            self.save(f"s{k}", {"save": lambda: cur, "save_reduce": lambda: cur[..., : 1 + step.choice % width].sum(-1),
-                                "save_pos": lambda: cur[(slice(None),) * axis + (self.at(step, axis),)]}[kind]())
-        elif kind == "scale":
-            self.set(site, cur * self.factor(k, site))
-        elif kind == "add_vec":
-            self.set(site, cur + self.vector(k, width))
-        elif kind in ("set_pos", "set_pos_vec", "set_index"):
-            axis = self.axis(step, True)
-            where = self.index(k, self.size(site, axis)) if kind == "set_index" else self.at(step, axis)
-            cur[(slice(None),) * axis + (where,)] = self.vector(k, width) if kind == "set_pos_vec" else self.number(k)
+            self.save(f"s{k}", self.read(k, step, cur))
+        elif kind in ("set_pos", "set_pos_vec", "set_index", "set_slice"):
+            cur[self.where(k, step)] = self.vector(k, self.region_width(step)) if kind == "set_pos_vec" else self.number(k)
             self.set(site, cur)
-        elif kind == "set_slice":
-            axis = self.axis(step, False)
-            other = ndim - 1 if axis != ndim - 1 else LAYOUTS[site[0]].head
-            index = [slice(None)] * ndim
-            index[axis] = slice(self.at(step, axis), None)
-            index[other] = slice(None, 1 + step.choice % self.size(site, other))
-            cur[tuple(index)] = self.number(k)
-            self.set(site, cur)
-        elif kind == "tanh_mix":
-            self.set(site, apply(mx.tanh, cur * self.number(k)) + cur)
         elif kind == "cross":
             same = [v for s, v in self.earlier if s != site and LAYOUTS[s[0]].group == LAYOUTS[site[0]].group]
             self.set(site, cur + same[step.choice % len(same)] * self.factor(k, site) if same else cur - self.number(k))
-        elif kind == "replace_number":  # a named param is an array: written to an input, it would not broadcast
-            self.set(site, self.number(k, named=site[0] != "layer_in"))
         elif kind == "intervention":
             self.set(site, self.intervention(k, site)(cur))
-        elif kind == "dead_number":
-            junk = cur * self.number(k)  # noqa: F841 (never used)
-        elif kind == "dead_array":
-            junk = cur + mx.ones(width) * self.number(k, False)  # noqa: F841 (an array op: no traced value)
-        elif kind == "dead_function":
-            junk = apply(mx.exp, cur * self.number(k))  # noqa: F841
+        elif kind in ("dead_number", "dead_array", "dead_function"):
+            self.read(k, step, cur)  # and never used
         else:
-            raise AssertionError(kind)
+            self.set(site, {"scale": lambda: cur * self.factor(k, site),
+                            "add_vec": lambda: cur + self.vector(k, self.width(site)),
+                            "tanh_mix": lambda: apply(mx.tanh, cur * self.number(k)) + cur,
+                            # a named param is an array: written to an input, it would not broadcast
+                            "replace_number": lambda: self.number(k, named=site[0] != "layer_in")}[kind]())
+
+    def read(self, k: int, step: Step, cur: Any) -> Any:
+        """What a save or a dead expression computes."""
+        kind, width = step.kind, self.width(step.site)
+        if kind == "save":
+            return cur
+        if kind == "save_pos":
+            axis = self.axis(step, True)
+            return cur[(slice(None),) * axis + (self.at(step, axis),)]
+        if kind == "save_reduce":
+            return cur[..., : 1 + step.choice % width].sum(-1)
+        if kind == "dead_number":
+            return cur * self.number(k)
+        if kind == "dead_array":
+            return cur + mx.ones(width) * self.number(k, False)  # an array op: no traced value in it
+        return apply(mx.exp, cur * self.number(k))
+
+    def where(self, k: int, step: Step) -> tuple:
+        """The index a write assigns at: one index, an array of indices, or a slice along an axis (and the
+        first entries of another)."""
+        if step.kind == "set_slice":
+            axis = self.axis(step, False)
+            ndim = self.ndim(step.site)
+            other = ndim - 1 if axis != ndim - 1 else LAYOUTS[step.site[0]].head
+            index = [slice(None)] * ndim
+            index[axis] = slice(self.at(step, axis), None)
+            index[other] = slice(None, 1 + step.choice % self.size(step.site, other))
+            return tuple(index)
+        axis = self.axis(step, True)
+        at = self.index(k, self.size(step.site, axis)) if step.kind == "set_index" else self.at(step, axis)
+        return (slice(None),) * axis + (at,)
+
+    def ndim(self, site: tuple) -> int:
+        return 1 + len(self.shape(site))
+
+    def region_width(self, step: Step) -> int:
+        """The last axis of the region a one-index write assigns (the one before it when the index is there)."""
+        axis, ndim = self.axis(step, True), self.ndim(step.site)
+        return self.size(step.site, ndim - 1 if axis != ndim - 1 else ndim - 2)
 
 
 def run_reference(module, tokens: mx.array, program: Sequence[Step], values: Sequence[StepValues],
