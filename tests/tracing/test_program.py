@@ -228,3 +228,21 @@ def test_a_lossy_cast_of_a_param_value_is_refused(model):
     with pytest.raises(TypeError, match=r"param 'n' is mlx.core.int32 \(recorded from a Python int\); got a "
                                         r"mlx.core.float32 value, which would be truncated"):
         tr.program()(n=0.5)
+
+
+def test_vmap_over_a_program_saving_one_value_twice(model):
+    """Two saves of one value are one array among the outputs; MLX's vmap moved its mapped axis to the front
+    once per occurrence, so the second save came back permuted ((64, 3, 1, 6) for (3, 1, 6, 64))."""
+    with model.trace(TOKENS, capture="saved") as tr:
+        model.layers[1].output = mt.param("fill", 0.5)  # a broadcast number: its mapped axis is not first
+        model.layers[1].output.save("a")
+        model.layers[1].output.save("b")
+        model.output.save("logits")
+    prog = tr.program()
+    fills = mx.array([0.5, 1.0, -2.0])
+    out = mx.vmap(lambda f: prog.fn(params={"fill": f}))(fills)
+    for j in range(3):
+        one = prog(fill=fills[j].item())
+        for key in ("a", "b", "logits"):
+            assert out[key].shape == (3,) + one[key].shape, key
+            close(out[key][j], one[key])
