@@ -122,3 +122,16 @@ def test_list_prints_suites_and_cases(capsys):
     assert main(["--list"]) == 0
     out = capsys.readouterr().out
     assert "trace:" in out and "steering_sweep" in out
+
+
+def test_the_fuzzer_long_run_checks_every_executor_and_reports(capsys):
+    from benchmarks import fuzz as long_fuzz
+    from tests import fuzz
+
+    before = dict(fuzz.COVERAGE)
+    assert long_fuzz.main(["--examples", "2", "--max-steps", "3", "--variants", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("OK: 4 programs, every outcome equal to the reference")
+    assert fuzz.COVERAGE["eager"] == before.get("eager", 0) + 4  # one eager trace per program
+    with pytest.raises(SystemExit):
+        long_fuzz.main(["--variants", "1"])

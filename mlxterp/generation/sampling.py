@@ -7,10 +7,10 @@ import math
 from typing import Any, Callable, Optional, Sequence
 
 import mlx.core as mx
-import numpy as np
 from mlx_lm.sample_utils import apply_top_k, apply_top_p, greedy_sampler
 
 from ..inputs import is_int
+from ..scalars import is_number
 
 Sampler = Callable[[mx.array], mx.array]
 
@@ -41,11 +41,12 @@ def token_sampler(temperature: float, top_p: float, top_k: int, seed: Optional[i
     MLX's global random state unusable.
     """
     check_sampling(temperature, top_p, top_k, seed, vocab)
+    top_k, seed = int(top_k), None if seed is None else int(seed)  # numpy ints as Python ints, for MLX
     if temperature == 0:
         return greedy_sampler
-    key = [mx.random.key(int(seed))] if seed is not None else None
+    key = [mx.random.key(seed)] if seed is not None else None
     scale = 1.0 / float(temperature)
-    top_k = 0 if top_k == vocab else int(top_k)  # mlx-lm's filter takes a Python int
+    top_k = 0 if top_k == vocab else top_k
 
     def sample(logprobs: mx.array) -> mx.array:
         if 0 < top_p < 1:
@@ -65,12 +66,12 @@ _FLOAT32_MAX = 3.4028234663852886e38
 
 def check_sampling(temperature: Any, top_p: Any, top_k: Any, seed: Any, vocab: Optional[int] = None) -> None:
     """ValueError naming the first bad sampling argument (``vocab``: the model's, bounding ``top_k``)."""
-    if not (_is_number(temperature) and math.isfinite(temperature) and temperature >= 0):
+    if not (is_number(temperature) and math.isfinite(temperature) and temperature >= 0):
         raise ValueError(f"temperature={temperature!r}: expected a number >= 0 (0 is greedy)")
     if 0 < temperature and 1.0 / temperature > _FLOAT32_MAX:
         raise ValueError(f"temperature={temperature!r}: too small to divide logits by (1/temperature overflows "
                          "float32); use 0 for greedy decoding")
-    if not (_is_number(top_p) and 0 < top_p <= 1):
+    if not (is_number(top_p) and 0 < top_p <= 1):
         raise ValueError(f"top_p={top_p!r}: expected a number in (0, 1] (1 keeps every token)")
     top = "" if vocab is None else f" and <= {vocab} (the model's vocabulary)"
     if not (is_int(top_k) and 0 <= top_k and (vocab is None or top_k <= vocab)):
@@ -80,10 +81,6 @@ def check_sampling(temperature: Any, top_p: Any, top_k: Any, seed: Any, vocab: O
                          "token, so filtering does nothing")
     if seed is not None and not (is_int(seed) and 0 <= seed < 2**64):
         raise ValueError(f"seed={seed!r}: expected an int in [0, 2**64) (MLX's random keys are 64-bit) or None")
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
 
 
 def eos_ids(tokenizer: Any) -> frozenset[int]:

@@ -24,6 +24,8 @@ from mlxterp.compiler.structure import node_key
 
 from .. import distributed as dist
 from ..core import WrappedModel
+from ..inputs import array_batch
+from ..scalars import REAL_KINDS, is_complex, is_number, python_number
 from . import context
 
 TOKENS = "tokens"
@@ -57,7 +59,8 @@ def param(name: str, default: Any) -> Any:
 
     Args:
         name: a Python identifier (it becomes a keyword of the program's call), not ``"tokens"``.
-        default: an ``mx.array`` (or numpy array) or a Python number.
+        default: an ``mx.array`` (or numpy array) or a number (a Python or numpy int or float: weak, it
+            takes the dtype of the array it meets, as a Python number does in MLX).
     """
     return context.current(types.SimpleNamespace(name="mlxterp"), "param").param(name, default)
 
@@ -73,12 +76,12 @@ def check_param_name(name: Any, used: set) -> None:
 
 def param_default(name: str, default: Any) -> tuple[Any, bool]:
     """The default as stored in the graph (an array, or a Python number kept weak) and its weakness."""
-    if isinstance(default, bool) or not isinstance(default, (int, float, mx.array, np.ndarray)):
-        raise TypeError(f"param {name!r} needs an mx.array, a numpy array or a Python number as its default, "
-                        f"got {type(default).__name__}")
-    if isinstance(default, np.ndarray):
-        return mx.array(default), False
-    return default, isinstance(default, (int, float))
+    if is_number(default):
+        return python_number(default), True
+    if not isinstance(default, (mx.array, np.ndarray)):
+        raise TypeError(f"param {name!r} needs an mx.array, a numpy array or a number ({REAL_KINDS}) as its "
+                        f"default, got {type(default).__name__} {default!r}")
+    return (mx.array(default) if isinstance(default, np.ndarray) else default), False
 
 
 def build_program(owner: WrappedModel, graph: Graph, tokens: mx.array, lengths: tuple) -> "Program":
@@ -217,12 +220,17 @@ class Program:
             except (ValueError, RuntimeError) as e:  # MLX raises either, depending on how it is asked
                 if _ABSTRACT not in str(e):
                     raise
-                # Under mx.compile / mx.vmap the ids are placeholders: their range cannot be checked here.
-                if tokens.ndim != 2:
-                    raise ValueError(f"tokens inside a transform must be (batch, seq), got shape "
-                                     f"{tuple(tokens.shape)}") from None
-                return tokens
+            return self._placeholder_tokens(tokens)
         return self._owner._batch(tokens).tokens
+
+    def _placeholder_tokens(self, tokens: mx.array) -> mx.array:
+        """Tokens inside ``mx.compile`` / ``mx.vmap``: their ids are placeholders, so their range cannot be
+        checked here, but everything their shape decides is (dtype, sizes, the model's position limit)."""
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens inside a transform must be (batch, seq), got shape {tuple(tokens.shape)}")
+        batch = array_batch(tokens)
+        self._owner._check_length(batch.lengths)
+        return batch.tokens
 
     def _bind(self, values: Dict[str, Any], mapped: bool = False) -> list:
         params = list(self._defaults)
@@ -236,14 +244,19 @@ class Program:
 
     @staticmethod
     def _check(spec: ParamSpec, value: Any, mapped: bool) -> mx.array:
-        if isinstance(value, bool) or not isinstance(value, (int, float, mx.array, np.ndarray)):
-            raise TypeError(f"param {spec.name!r} takes an mx.array or a number, got {type(value).__name__}")
-        array = value if isinstance(value, mx.array) else mx.array(value)
+        if is_number(value) or is_complex(value):  # a complex one is refused by check_cast for a real param
+            array = mx.array(python_number(value))
+        elif isinstance(value, (mx.array, np.ndarray)):
+            array = value if isinstance(value, mx.array) else mx.array(value)
+        else:
+            raise TypeError(f"param {spec.name!r} takes an mx.array, a numpy array or a number ({REAL_KINDS}), "
+                            f"got {type(value).__name__} {value!r}")
         shape = tuple(array.shape[1:] if mapped else array.shape)
         if shape != spec.shape:
             lead = "(K, " + ", ".join(map(str, spec.shape)) + ")" if mapped else str(spec.shape)
             raise ValueError(f"param {spec.name!r} has shape {spec.shape}; got a value of shape "
                              f"{tuple(array.shape)} (expected {lead})")
+        check_cast(spec, array.dtype)
         return array if array.dtype == spec.dtype else array.astype(spec.dtype)
 
     # -- introspection ---------------------------------------------------------------------------
@@ -261,8 +274,25 @@ class Program:
         return f"Program(tokens {tuple(self.tokens.shape)}, params [{params}], saves {list(self.saves)})"
 
 
+def check_cast(spec: ParamSpec, dtype: Any) -> None:
+    """Refuse a value that casting to the param's dtype would change silently: a complex value for a real
+    param (its imaginary part dropped), a float one for an integer or boolean param (truncated)."""
+    kind = spec.dtype
+    if mx.issubdtype(dtype, mx.complexfloating) and not mx.issubdtype(kind, mx.complexfloating):
+        raise TypeError(f"param {spec.name!r} is real ({kind}); got a complex value ({dtype}), whose imaginary "
+                        "part would be dropped. Pass a real value (mx.real(v) if the real part is what you mean)")
+    if mx.issubdtype(dtype, mx.inexact) and not mx.issubdtype(kind, mx.inexact):
+        recorded = "a Python int" if spec.weak else f"an {kind} array"
+        raise TypeError(f"param {spec.name!r} is {kind} (recorded from {recorded}); got a {dtype} value, which "
+                        "would be truncated. Pass integers, or record the param as a float (e.g. 1.0 instead "
+                        "of 1) to give it fractional values")
+
+
 def _leading(name: str, value: Any) -> int:
     shape = getattr(value, "shape", ())
     if not shape:
         raise ValueError(f"batched() param {name!r} needs a leading variant axis, got a scalar")
+    if shape[0] == 0:
+        raise ValueError(f"batched() param {name!r} has shape {tuple(shape)}: no variants along its leading "
+                         "axis; give at least one (K >= 1)")
     return int(shape[0])

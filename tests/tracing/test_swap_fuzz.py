@@ -17,10 +17,10 @@ from mlx.utils import tree_flatten
 from mlx_lm.models import llama
 
 from mlxterp import InterpretableModel
-from tests.models import LoRALinear, tiny_llama_module
-from tests.tracing.test_reference_fuzz import programs, run_library, run_reference, values_for
+from tests.models import LoRALinear
+from tests.fuzz import LAYERS, VOCAB, fuzz_module, programs, run_reference, run_trace, values_for
 
-LAYERS, HIDDEN, VOCAB = 2, 32, 128  # the generator's model
+
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
            "mlp.up_proj", "mlp.down_proj")
 SWAPS = ("new_mlp", "new_layer", "quantize_layer", "quantize_all", "lora")
@@ -82,16 +82,10 @@ def check(got_logits, got_saves, expected, what):
         close(got_saves[key], saves[key], f"save {key} " + what)
 
 
-def traced(model, tokens, program, values, compile):
-    """``run_library`` (a trace), also returning the trace's program."""
-    made = []
-    original = model.trace
-    model.trace = lambda *args, **kwargs: made.append(original(*args, **kwargs)) or made[-1]
-    try:
-        logits, saves = run_library(model, tokens, program, values, compile)
-    finally:
-        del model.trace
-    return logits, saves, made[-1].program()
+def run_library(model, tokens, program, values, compile):
+    """The program in a trace: its logits and saves."""
+    run = run_trace(model, tokens, program, values, compile)
+    return run.logits, run.saves
 
 
 def check_program(prog, expected, what):
@@ -115,11 +109,11 @@ FUZZ = settings(max_examples=30, deadline=None, derandomize=True,
                                                     st.integers(0, 10_000)), min_size=1, max_size=2),
        seq=st.integers(2, 6), batch=st.integers(1, 2), seeds=st.tuples(st.integers(0, 99), st.integers(100, 199)))
 def test_every_executor_follows_swapped_modules(program, swaps, seq, batch, seeds):
-    raw = tiny_llama_module(seed=11, layers=LAYERS, hidden=HIDDEN, vocab=VOCAB)
+    raw = fuzz_module()
     model = InterpretableModel(raw)
     tokens = mx.array(np.random.default_rng(seq * 7 + batch).integers(1, VOCAB, size=(batch, seq)), dtype=mx.int32)
     first, second = values_for(program, seeds[0]), values_for(program, seeds[1])
-    *_, prog = traced(model, tokens, program, first, False)
+    prog = run_trace(model, tokens, program, first, False).trace.program()
     run_library(model, tokens, program, first, True)  # the structure is cached, and compiled
     changes = 0
     for n, (kind, layer, choice) in enumerate(swaps):
