@@ -10,7 +10,8 @@ Tags (a JSON object whose only key starts with ``__``) mark what plain JSON cann
 
 - ``{"__array__": name, "dtype": d, "mlx": bool}``: an array of the table (bfloat16, which numpy lacks, is
   stored as its uint16 bits and reinterpreted on the way back);
-- ``{"__scalar__": d, "value": v}``: a numpy scalar such as ``np.float32(0.5)``;
+- ``{"__scalar__": d, "value": v}``: a numpy scalar such as ``np.float32(0.5)`` (``"bits"``, its bytes in hex,
+  instead of ``"value"`` for a NaN or an infinity: sign and NaN payload kept);
 - ``{"__tuple__": [...]}``; ``{"__items__": [[key, value], ...]}``: a dict whose keys are not all plain
   strings (int layer keys); ``{"__float__": "nan" | "inf" | "-inf"}``: strict JSON has no such numbers.
 """
@@ -53,6 +54,8 @@ def decode(tree: Any, arrays: Dict[str, np.ndarray]) -> Any:
     if tag == "__array__":
         return _array_from(arrays[tree["__array__"]], tree["dtype"], tree["mlx"])
     if tag == "__scalar__":
+        if "bits" in tree:  # a NaN or an infinity, bit for bit (sign and NaN payload included)
+            return np.frombuffer(bytes.fromhex(tree["bits"]), dtype=np.dtype(tree["__scalar__"]))[0]
         return np.dtype(tree["__scalar__"]).type(tree["value"])
     if tag == "__tuple__":
         return tuple(decode(v, arrays) for v in tree["__tuple__"])
@@ -124,8 +127,8 @@ def _scalar(value: np.generic, where: str) -> Dict[str, Any]:
     if dtype not in NUMPY_DTYPES:
         raise TypeError(f"{where}: cannot save a numpy scalar of dtype {dtype}; supported: {', '.join(NUMPY_DTYPES)}")
     item = value.item()
-    if isinstance(item, float) and not math.isfinite(item):
-        item = repr(item)  # np.dtype(...).type("nan") parses it back
+    if isinstance(item, float) and not math.isfinite(item):  # strict JSON has no NaN; keep every bit
+        return {"__scalar__": dtype, "bits": value.tobytes().hex()}
     return {"__scalar__": dtype, "value": item}
 
 

@@ -62,6 +62,12 @@ trees = st.recursive(leaves, lambda inner: st.one_of(st.lists(inner, max_size=4)
                                                      st.dictionaries(keys, inner, max_size=4)), max_leaves=12)
 
 
+def test_non_finite_numpy_scalars_keep_their_bits():  # a negative NaN with a payload came back as plain NaN
+    odd = np.frombuffer(bytes.fromhex("0100c0ff"), dtype=np.float32)[0]
+    for value in (odd, np.float32("inf"), np.float16("-inf"), np.float64("nan")):
+        assert same(value, round_trip(value))
+
+
 @settings(max_examples=150, deadline=None)
 @given(trees)
 def test_any_tree_round_trips_exactly(tree):
