@@ -1,0 +1,175 @@
+"""The two programs DAS runs: the source run, and the base run with the interchange interventions.
+
+**Source.** One :class:`~mlxterp.Program` saves every site's activation at its positions; its forward stops
+after the last site.
+
+**Intervened base run.** ``K`` DAS sites are ``K`` variants of one program folded into one forward
+(:mod:`mlxterp.compiler.fold`): the program writes :func:`~.das_rotation.interchange` at every site, each
+with a ``gate`` param that is mapped over the variants (variant ``j``'s gates are row ``j`` of the identity),
+so variant ``j`` intervenes at site ``j`` only. The rotations and the source activations are params shared by
+every variant; the saved value is the last position's logits ``(K, batch, vocab)``.
+
+**Shared prefix.** An interchange at positions ``>= p0`` leaves every value at positions ``< p0`` as the base
+run has it, in every layer (attention is causal). So the base prompts' first ``p0`` tokens run once, on
+``batch`` rows, filling mlx-lm's KV cache (no interventions, nothing else computed past the last layer), and
+only the suffix (the last token, for ``position=-1``) runs in the folded, intervened forward, on the cache
+repeated for each variant: ``K`` variants then cost about ``K * suffix`` tokens, not ``K * seq``. That is what
+an mlx-lm decode step does; the program is the same graph either way (positions are counted from the end,
+so they index the same tokens in the prompt and in its suffix). Models whose cache is not mlx-lm's plain
+``KVCache`` (sliding windows, state-space layers) run the whole prompt in the folded forward, and each
+program checks once that both ways give the same logits before using the cache.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+import mlx.core as mx
+
+from mlxterp.compiler import Graph, Op, PatchedForward, run_passes
+from mlxterp.compiler.fold import FoldedRun, fold_tokens
+
+from ..analysis.patching import _sliceable_norm
+from ..analysis.sweep import last_position
+from ..generation.cache import cache_layers, static_eligible
+from ..generation.program import call_with_cache
+from ..tracing.program import Program, param
+from ..tracing.proxy import apply
+from .das_data import Site
+from .das_rotation import householder, initial_vectors, interchange, take_positions
+
+if TYPE_CHECKING:
+    from ..model import InterpretableModel
+
+PREFIX_TOLERANCE = 1e-4  # relative: the cached prefix's logits against the whole prompt's (float rounding only)
+
+
+class SourceProgram:
+    """The source run: each site's activation at its positions, ``[(batch, len(positions), width)]``."""
+
+    def __init__(self, model: "InterpretableModel", sites: Sequence[Site], tokens: mx.array):
+        seq_len = int(tokens.shape[1])
+        with model.trace(tokens, capture="saved") as tr:
+            for j, site in enumerate(sites):
+                value = tr.module_value(site.path, 0, site.phase)
+                apply(take_positions, value, site.offsets(seq_len)).save(f"source_{j}")
+        self.program: Program = tr.program()
+        self.count = len(sites)
+
+    def __call__(self, tokens: mx.array) -> list[mx.array]:
+        """The activations (the pure function: use it inside compiled or transformed functions too)."""
+        saves = self.program.fn(tokens)
+        return [saves[f"source_{j}"] for j in range(self.count)]
+
+
+class InterchangeProgram:
+    """The base run with ``K`` folded DAS interchanges (see the module docstring).
+
+    Args:
+        model: the InterpretableModel.
+        sites: the ``K`` resolved sites.
+        tokens: base token ids ``(batch, seq)`` of the shape the program runs on.
+        share_prefix: run the tokens before the first intervened position once, on a KV cache, when the
+            model's cache allows it (``False``: always the whole prompt).
+    """
+
+    def __init__(self, model: "InterpretableModel", sites: Sequence[Site], tokens: mx.array,
+                 share_prefix: bool = True):
+        self.model = model
+        self.sites = tuple(sites)
+        self.k = len(sites)
+        graph = _record(model, self.sites, tokens)
+        passes = run_passes(graph.with_captures(()), model._probe(tokens).events)
+        self.forward = PatchedForward(model.model, passes.after, passes.schedule, call=call_with_cache,
+                                      points=model._points, stop_early=False)
+        self._slots = {n.meta.get("name"): n.target for n in passes.after if n.op is Op.PARAM}
+        self._mapped = frozenset(self._slots[f"gate_{j}"] for j in range(self.k))
+        self.prefix_len = 0
+        self._prefix: Optional[PatchedForward] = None
+        first = min(p for s in self.sites for p in s.positions)
+        if share_prefix and first > 0 and static_eligible(model.model):
+            self._prefix = _prefix_forward(model, tokens)
+            self.prefix_len = first
+            self._check_prefix(tokens)
+
+    def logits(self, base: mx.array, rotations: Sequence[mx.array], sources: Sequence[mx.array]) -> mx.array:
+        """Last-position logits ``(K, batch, vocab)`` of the base run with site ``j``'s interchange in
+        variant ``j`` (a pure function of its arguments and the model's weights).
+
+        Args:
+            base: base token ids ``(batch, seq)``.
+            rotations: per site, ``(width, dim)`` orthonormal columns.
+            sources: per site, the source activations ``(batch, len(positions), width)``.
+        """
+        caches = self._caches(base[:, :self.prefix_len])
+        params: list[Any] = [None] * len(self._slots)
+        eye = mx.eye(self.k)
+        for j in range(self.k):
+            params[self._slots[f"rotation_{j}"]] = rotations[j]
+            params[self._slots[f"source_{j}"]] = sources[j]
+            params[self._slots[f"gate_{j}"]] = eye[:, j]
+        run = FoldedRun(self.forward, params, self.k, self._mapped)
+        suffix = fold_tokens(base[:, self.prefix_len:], self.k)
+        _, saves, _ = self.forward.execute(run, (suffix, caches))
+        return saves["logits"]
+
+    def _caches(self, prefix: mx.array) -> Optional[list]:
+        """The KV cache after the prefix, each layer's keys and values repeated for the ``K`` variants."""
+        if self._prefix is None:
+            return None
+        caches = cache_layers(self.model.model)
+        self._prefix((prefix, caches), [])
+        return [_repeated(cache, self.k) for cache in caches]
+
+    def _check_prefix(self, tokens: mx.array) -> None:
+        """Use the cache only if it gives the whole prompt's logits (to float rounding) on random values."""
+        rotations = [householder(initial_vectors(s.dim, s.width, seed=j)) for j, s in enumerate(self.sites)]
+        sources = [mx.random.normal((tokens.shape[0], len(s.positions), s.width), key=mx.random.key(j))
+                   for j, s in enumerate(self.sites)]
+        cached = self.logits(tokens, rotations, sources)
+        prefix, self._prefix, self.prefix_len = (self._prefix, self.prefix_len), None, 0
+        whole = self.logits(tokens, rotations, sources)
+        error = mx.max(mx.abs(cached - whole)).item()
+        scale = mx.max(mx.abs(whole)).item()
+        if error <= PREFIX_TOLERANCE * (scale + 1.0):
+            self._prefix, self.prefix_len = prefix
+        else:
+            warnings.warn(f"DAS: this model's KV cache does not reproduce the whole prompt's logits (max difference "
+                          f"{error:.3g}); the base prompts run whole in every variant (slower, same numbers)",
+                          stacklevel=3)
+
+
+def _record(model: "InterpretableModel", sites: Sequence[Site], tokens: mx.array) -> Graph:
+    """The intervened base run's graph: an interchange with named params at every site, the final norm cut to
+    the last position where that is safe, the last position's logits saved."""
+    batch, seq_len = (int(n) for n in tokens.shape)
+    norm_path = _sliceable_norm(model, tokens)
+    with model.trace(tokens, capture="saved") as tr:
+        for j, site in enumerate(sites):
+            value = tr.module_value(site.path, 0, site.phase)
+            rotation = param(f"rotation_{j}", mx.zeros((site.width, site.dim)))
+            source = param(f"source_{j}", mx.zeros((batch, len(site.positions), site.width)))
+            gate = param(f"gate_{j}", mx.array(0.0))
+            tr.write(site.path, 0, site.phase, apply(interchange, value, rotation, source, gate, site.offsets(seq_len)))
+        if norm_path is not None:
+            norm = model.module(norm_path)
+            norm.input = apply(last_position, norm.input)
+        model.output[:, -1, :].save("logits")
+    return tr.graph
+
+
+def _prefix_forward(model: "InterpretableModel", tokens: mx.array) -> PatchedForward:
+    """A forward that fills a KV cache and stops after the last layer (no norm, no vocabulary projection)."""
+    last = model.layers[len(model.layers) - 1].path
+    graph = Graph(captures=((last, 0),))
+    passes = run_passes(graph, model._probe(tokens).events)
+    return PatchedForward(model.model, passes.after, passes.schedule, call=call_with_cache, points=model._points)
+
+
+def _repeated(cache: Any, k: int) -> Any:
+    """A copy of an mlx-lm ``KVCache`` holding its keys and values ``k`` times along the batch axis."""
+    copy = type(cache)()
+    keys, values = cache.keys[..., :cache.offset, :], cache.values[..., :cache.offset, :]
+    copy.state = (fold_tokens(keys, k), fold_tokens(values, k), cache.offset)
+    return copy
