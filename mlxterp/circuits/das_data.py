@@ -18,8 +18,9 @@ from ..names import ModuleNameError
 if TYPE_CHECKING:
     from ..model import InterpretableModel
 
-SITE_KINDS = ("a layer's residual value (layers.N.resid_pre / resid_mid / resid_post, or layers.N), its attention "
-              "or MLP output (layers.N.attn, layers.N.mlp), or any module returning (batch, seq, width) values")
+SITE_KINDS = ("a layer's residual value (layers.N.resid_pre, resid_mid, resid_post; layers.N is resid_post), its "
+              "attention or MLP output (layers.N.attn, layers.N.mlp), or any module returning (batch, seq, width) "
+              "values")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +94,7 @@ def resolve_site(model: "InterpretableModel", name: Any, seq_len: int, tokens: m
     try:
         path, phase = model._index.resolve_site(name)
     except (ModuleNameError, AttributeError) as e:
-        raise ModuleNameError(f"DAS site {name!r}: {e}") from None
+        raise ModuleNameError(f"DAS site: {e}; a DAS site is {SITE_KINDS}") from None
     module_path, module_phase = (model._index.residual_site(path, phase) if phase == "resid_mid" else (path, phase))
     spec = model._probe(tokens).values.get((module_path, 0, module_phase))
     shape = spec[0] if isinstance(spec, tuple) else None
