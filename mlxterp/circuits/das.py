@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 FORMAT = "mlxterp.das"
 VERSION = 1
-DEFAULT_LR = 1e-2
+DEFAULT_LR = 0.05
 
 
 class DAS:
@@ -104,7 +104,8 @@ class DAS:
             labels: one per pair, the token the model should predict after the intervention (ids, or
                 single-token strings such as ``" Paris"``).
             steps: optimizer steps, each on ``batch_size`` pairs (batches cycle through shuffled pairs).
-            lr: Adam's learning rate (default 0.01).
+            lr: Adam's learning rate (default 0.05: the Householder vectors start with entries drawn from
+                N(0, 1), so an early step turns the subspace by at most about ``lr`` radians).
             batch_size: pairs per step (at most the number of pairs).
             seed: seeds the batch order.
             optimizer: an ``mlx.optimizers`` optimizer instead of Adam (then ``lr`` is not given).
@@ -266,7 +267,7 @@ def check_seed(seed: Any) -> int:
 
 
 def make_optimizer(lr: Any, optimizer: Any) -> Any:
-    """Adam at ``lr`` (default 0.01), or the given ``mlx.optimizers`` optimizer."""
+    """Adam at ``lr`` (default :data:`DEFAULT_LR`), or the given ``mlx.optimizers`` optimizer."""
     if optimizer is not None:
         if lr is not None:
             raise ValueError("give either lr= (for the default Adam) or optimizer=, not both")

@@ -26,13 +26,14 @@ import warnings
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import mlx.core as mx
+from mlx_lm.models.cache import KVCache
 
 from mlxterp.compiler import Graph, Op, PatchedForward, run_passes
 from mlxterp.compiler.fold import FoldedRun, fold_tokens
 
 from ..analysis.patching import _sliceable_norm
 from ..analysis.sweep import last_position
-from ..generation.cache import cache_layers, static_eligible
+from ..generation.cache import static_eligible
 from ..generation.program import call_with_cache
 from ..tracing.program import Program, param
 from ..tracing.proxy import apply
@@ -118,9 +119,9 @@ class InterchangeProgram:
         """The KV cache after the prefix, each layer's keys and values repeated for the ``K`` variants."""
         if self._prefix is None:
             return None
-        caches = cache_layers(self.model.model)
+        caches = [PrefixCache() for _ in range(len(self.model.layers))]
         self._prefix((prefix, caches), [])
-        return [_repeated(cache, self.k) for cache in caches]
+        return [cache.repeated(self.k) for cache in caches]
 
     def _check_prefix(self, tokens: mx.array) -> None:
         """Use the cache only if it gives the whole prompt's logits (to float rounding) on random values."""
@@ -167,9 +168,48 @@ def _prefix_forward(model: "InterpretableModel", tokens: mx.array) -> PatchedFor
     return PatchedForward(model.model, passes.after, passes.schedule, call=call_with_cache, points=model._points)
 
 
-def _repeated(cache: Any, k: int) -> Any:
-    """A copy of an mlx-lm ``KVCache`` holding its keys and values ``k`` times along the batch axis."""
-    copy = type(cache)()
-    keys, values = cache.keys[..., :cache.offset, :], cache.values[..., :cache.offset, :]
-    copy.state = (fold_tokens(keys, k), fold_tokens(values, k), cache.offset)
-    return copy
+class PrefixCache(KVCache):
+    """mlx-lm's ``KVCache`` holding exactly the keys and values it was given (mlx-lm's grows a zero-filled
+    buffer in steps of 256 positions): the prefix pass fills one on ``batch`` rows."""
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        if self.keys is None:
+            self.keys, self.values = keys, values
+        else:
+            self.keys = mx.concatenate([self.keys, keys], axis=2)
+            self.values = mx.concatenate([self.values, values], axis=2)
+        self.offset += keys.shape[2]
+        return self.keys, self.values
+
+    def repeated(self, k: int) -> "VariantCache":
+        """The cache as ``k`` variants of the batch see it (see :class:`VariantCache`)."""
+        return VariantCache(self.keys, self.values, k)
+
+
+class VariantCache(KVCache):
+    """A prefix's keys and values ``(batch, heads, p0, dim)`` seen by ``k`` variants of the batch (rows
+    ``j * batch .. (j + 1) * batch - 1``, as :func:`~mlxterp.compiler.fold.fold_tokens` lays them out): each
+    call's keys ``(k * batch, heads, n, dim)`` are joined to the shared prefix in one copy, never a repeated
+    copy of the prefix first."""
+
+    def __init__(self, keys: mx.array, values: mx.array, k: int):
+        super().__init__()
+        self.prefix = (keys, values)
+        self.k = k
+        self.offset = int(keys.shape[2])
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        self.keys, self.values = (_joined(shared, own, self.k) for shared, own in zip(self.prefix, (keys, values)))
+        self.prefix = (self.keys, self.values)  # a later call (none in DAS) would see these, as in mlx-lm
+        self.k = 1
+        self.offset += keys.shape[2]
+        return self.keys, self.values
+
+
+def _joined(shared: mx.array, own: mx.array, k: int) -> mx.array:
+    """``shared`` ``(b, h, p, d)`` (the same for the ``k`` variants) then ``own`` ``(k * b, h, n, d)`` along
+    the positions: ``(k * b, h, p + n, d)``."""
+    b = shared.shape[0]
+    view = mx.broadcast_to(shared[None], (k,) + tuple(shared.shape))
+    joined = mx.concatenate([view, own.reshape((k, b) + tuple(own.shape[1:]))], axis=3)
+    return joined.reshape((k * b,) + tuple(joined.shape[2:]))

@@ -41,8 +41,8 @@ def orthogonality_error(das: mt.DAS) -> float:
 
 def test_finds_the_planted_variable(planted, train_pairs, heldout_pairs):
     das = mt.DAS("layers.0.resid_post", position=-1, dim=1)
-    losses = das.train(planted, *train_pairs, steps=100, batch_size=16)
-    assert losses.shape == (100,) and losses[-10:].mean() < losses[:10].mean()
+    losses = das.train(planted, *train_pairs, steps=60, batch_size=16)
+    assert losses.shape == (60,) and losses[-10:].mean() < losses[:10].mean()
     assert das.iia(planted, *heldout_pairs) >= 0.95
     assert abs(float(np.array(das.direction) @ planted_direction())) >= 0.95
     assert orthogonality_error(das) <= 1e-5
@@ -51,8 +51,8 @@ def test_finds_the_planted_variable(planted, train_pairs, heldout_pairs):
 def test_several_sites_trained_together_find_it_where_it_is(planted, train_pairs, heldout_pairs):
     sites = ["layers.0.resid_pre", "layers.1.resid_mid", "layers.1.resid_post", "layers.0.attn"]
     dases = [mt.DAS(site, -1, dim) for site, dim in zip(sites, [1, 1, 2, 1])]
-    losses = mt.DAS.train_many(dases, planted, *train_pairs, steps=100, batch_size=16)
-    assert losses.shape == (100, 4)
+    losses = mt.DAS.train_many(dases, planted, *train_pairs, steps=60, batch_size=16)
+    assert losses.shape == (60, 4)
     iia = mt.DAS.iia_many(dases, planted, *heldout_pairs)
     assert np.all(iia[:3] >= 0.95)
     assert iia[3] < 0.8  # the attention output carries no copy of the variable: no subspace there makes it work
