@@ -30,10 +30,11 @@ from mlx_lm.models.cache import KVCache
 
 from mlxterp.compiler import Graph, Op, PatchedForward, run_passes
 from mlxterp.compiler.fold import FoldedRun, fold_tokens
+from mlxterp.compiler.locks import model_lock
 
 from ..analysis.patching import _sliceable_norm
 from ..analysis.sweep import last_position
-from ..generation.cache import static_eligible
+from ..generation.cache import cache_layers, static_eligible
 from ..generation.program import call_with_cache
 from ..tracing.program import Program, param
 from ..tracing.proxy import apply
@@ -91,8 +92,10 @@ class InterchangeProgram:
         first = min(p for s in self.sites for p in s.positions)
         if share_prefix and first > 0 and static_eligible(model.model):
             self._prefix = _prefix_forward(model, tokens)
+            self._layers = len(cache_layers(model.model))
             self.prefix_len = first
-            self._check_prefix(tokens)
+            with model_lock(model.model):  # eager runs: no other thread may hook the model meanwhile
+                self._check_prefix(tokens)
 
     def logits(self, base: mx.array, rotations: Sequence[mx.array], sources: Sequence[mx.array]) -> mx.array:
         """Last-position logits ``(K, batch, vocab)`` of the base run with site ``j``'s interchange in
@@ -119,7 +122,7 @@ class InterchangeProgram:
         """The KV cache after the prefix, each layer's keys and values repeated for the ``K`` variants."""
         if self._prefix is None:
             return None
-        caches = [PrefixCache() for _ in range(len(self.model.layers))]
+        caches = [PrefixCache() for _ in range(self._layers)]
         self._prefix((prefix, caches), [])
         return [cache.repeated(self.k) for cache in caches]
 
@@ -143,9 +146,10 @@ class InterchangeProgram:
 
 def _record(model: "InterpretableModel", sites: Sequence[Site], tokens: mx.array) -> Graph:
     """The intervened base run's graph: an interchange with named params at every site, the final norm cut to
-    the last position where that is safe, the last position's logits saved."""
+    the last position where that is safe (every site inside the layers), the last position's logits saved."""
     batch, seq_len = (int(n) for n in tokens.shape)
-    norm_path = _sliceable_norm(model, tokens)
+    inside = all(s.path.startswith(model._index.container + ".") for s in sites)
+    norm_path = _sliceable_norm(model, tokens) if inside else None
     with model.trace(tokens, capture="saved") as tr:
         for j, site in enumerate(sites):
             value = tr.module_value(site.path, 0, site.phase)

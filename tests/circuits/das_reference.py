@@ -19,8 +19,10 @@ from tests.reference import llama_forward
 SITES = {"resid_pre": "layer_in", "resid_mid": "resid_mid", "resid_post": "layer", "attn": "attn", "mlp": "mlp"}
 
 
-def reference_site(name: str) -> tuple[str, int]:
-    """``("layer", 2)`` for ``"layers.2.resid_post"`` (and ``"layers.2"``)."""
+def reference_site(name: str) -> tuple:
+    """``("layer", 2)`` for ``"layers.2.resid_post"`` (and ``"layers.2"``); ``("embed",)`` for ``"embed"``."""
+    if name == "embed":
+        return ("embed",)
     parts = name.split(".")
     kind = parts[2] if len(parts) > 2 else "resid_post"
     return SITES[kind], int(parts[1])

@@ -16,7 +16,7 @@ from mlxterp.circuits.das_train import interchange_program, site_losses, source_
 from tests.circuits.das_reference import reference_logits, reference_site, reference_values
 from tests.reference import llama_forward
 
-SITES = ["layers.0.resid_pre", "layers.1.resid_mid", "layers.2.resid_post", "layers.1.attn", "layers.3.mlp"]
+SITES = ["layers.0.resid_pre", "layers.1.resid_mid", "layers.2.resid_post", "layers.1.attn", "layers.3.mlp", "embed"]
 POSITIONS = [(-1,), (2, 4)]
 
 
@@ -148,3 +148,36 @@ def hand_loss(module: nn.Module, base: mx.array, source: mx.array, site: str, po
 
     logits = llama_forward(module, base, hook)[:, -1]
     return nn.losses.cross_entropy(logits, labels).mean()
+
+
+def test_a_quantized_model_equals_the_hand_forward_of_its_dequantized_weights(prompts):
+    from mlxterp import InterpretableModel
+    from tests.models import tiny_llama_module
+    from tests.reference import dequantized
+
+    module = tiny_llama_module(quantize=True)
+    model, base, source = InterpretableModel(module), *prompts
+    das = das_with_random_subspace("layers.2.resid_post", (-1,), 3)
+    sites = [site_on(model, das.site, das.position, 3, base)]
+    program = interchange_program(model, sites, base)
+    assert program.prefix_len == 5
+    acts = source_program(model, sites, source)(source)
+    expected = reference_logits(dequantized(module), base, np.array(acts[0]), das.site, [5], np.array(das.rotation))
+    close(program.logits(base, [das.rotation], acts)[0], expected, tol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "qwen2"])
+def test_other_families_share_the_prefix_with_the_same_numbers(family, prompts):
+    from mlxterp import InterpretableModel
+    from tests.models import tiny_gpt2_module, tiny_qwen2_module
+
+    module = tiny_gpt2_module() if family == "gpt2" else tiny_qwen2_module()
+    model, base, source = InterpretableModel(module, layer_attr="h" if family == "gpt2" else "layers"), *prompts
+    das = das_with_random_subspace("layers.1.resid_post", (3, -1), 2)
+    sites = [site_on(model, das.site, das.position, 2, base)]
+    shared, whole = (interchange_program(model, sites, base, share) for share in (True, False))
+    assert (shared.prefix_len, whole.prefix_len) == (3, 0)
+    acts = source_program(model, sites, source)(source)
+    close(shared.logits(base, [das.rotation], acts), whole.logits(base, [das.rotation], acts))
+    losses = das.train(model, base, source, [5, 6, 7], steps=2, batch_size=3)
+    assert np.all(np.isfinite(losses)) and das.steps == 2

@@ -94,3 +94,17 @@ def test_source_activations_of_several_positions(model):
     with model.trace(SOURCES, capture="saved"):
         out = model.layers[1].output.save()
     np.testing.assert_array_equal(np.array(acts), np.array(out)[:, [1, 4]])
+
+
+def test_a_site_after_the_layers_keeps_every_position(model):
+    # the final norm's input is cut to the last position only when every site is inside the layers
+    from mlxterp.circuits.das_data import site_on
+    from mlxterp.circuits.das_train import interchange_program, source_program
+
+    das = random_das("final_norm", position=[-2, -1])
+    base = mx.array([PROMPT] * 3)
+    sites = [site_on(model, das.site, das.position, das.dim, base)]
+    acts = source_program(model, sites, mx.array(SOURCES))(mx.array(SOURCES))
+    got = interchange_program(model, sites, base).logits(base, [das.rotation], acts)[0]
+    expected = traced_logits(model, base, {das.site: das.intervention(acts[0])})
+    np.testing.assert_allclose(np.array(got), np.array(expected), atol=1e-5)
