@@ -141,8 +141,7 @@ class DAS:
                 das._vectors, das.width = new[f"site_{j}"], sites[j].width
                 das.steps += 1
 
-        losses, _ = fit(trainer, vectors, pairs, steps, batch_size, check_seed(seed), keep, progress)
-        return losses
+        return fit(trainer, vectors, pairs, steps, batch_size, check_seed(seed), keep, progress)
 
     # -- evaluation ----------------------------------------------------------------------------
     def iia(self, model: "InterpretableModel", base_prompts: Any, source_prompts: Any, labels: Any, *,

@@ -9,7 +9,6 @@ intervenes at site ``j`` alone), so training ``K`` sites together gives each wha
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import mlx.core as mx
@@ -95,14 +94,13 @@ class Trainer:
 
 
 def fit(trainer: Trainer, vectors: dict, pairs: Pairs, steps: int, batch_size: int, seed: Optional[int],
-        on_step: Any, progress: bool) -> tuple[np.ndarray, float]:
+        on_step: Any, progress: bool) -> np.ndarray:
     """Train for ``steps`` steps on batches of ``pairs``; ``on_step(vectors)`` after every finished step (Ctrl-C
-    is taken between steps). Returns each step's per-site losses ``(steps, K)`` and the seconds taken."""
+    is taken between steps). Returns each step's per-site losses ``(steps, K)``."""
     from tqdm.auto import tqdm
 
     batches: Iterator[np.ndarray] = batch_indices(len(pairs), batch_size, seed)
     losses = []
-    start = time.perf_counter()
     with tqdm(total=steps, desc="DAS", unit="step", disable=not progress) as bar:
         for _ in range(steps):
             with at_step_end():
@@ -111,7 +109,7 @@ def fit(trainer: Trainer, vectors: dict, pairs: Pairs, steps: int, batch_size: i
                 on_step(vectors)
             losses.append(np.array(per_site, dtype=np.float64))
             bar.update(1)
-    return np.stack(losses), time.perf_counter() - start
+    return np.stack(losses)
 
 
 def predictions(model: "InterpretableModel", sites: Sequence[Site], rotations: Sequence[mx.array], pairs: Pairs,
