@@ -14,7 +14,7 @@ intervened run predicts the label.
 Everything runs on programs (:mod:`.das_program`): the source activations come from one program, the
 intervened base run is a program whose params are the rotation, the source activations and a gate, and
 one training step (both programs, the gradient, the optimizer update) is one compiled function. Several
-DAS are trained together (:meth:`DAS.train_many`) as variants folded into one forward.
+DAS are trained together (:meth:`DAS.train_many`) as variants of one forward, each born at its site's layer.
 """
 
 from __future__ import annotations
@@ -122,7 +122,8 @@ class DAS:
                    labels: Any, *, steps: int = 100, lr: Optional[float] = None, batch_size: int = 32,
                    seed: int = 0, optimizer: Any = None, progress: bool = False) -> np.ndarray:
         """Train several DAS on the same pairs together: one forward per step runs every one of them (each a
-        variant of one folded program). Each gets what training it alone gives. Arguments as :meth:`train`.
+        block of rows of one program, born at its site's layer). Each gets what training it alone gives.
+        Arguments as :meth:`train`.
 
         Returns:
             Each step's loss per DAS ``(steps, len(dases))``.
@@ -153,7 +154,7 @@ class DAS:
     @staticmethod
     def iia_many(dases: Sequence["DAS"], model: "InterpretableModel", base_prompts: Any, source_prompts: Any,
                  labels: Any, *, batch_size: int = 32) -> np.ndarray:
-        """The IIA of several DAS on the same pairs, ``(len(dases),)``, in one folded forward per batch."""
+        """The IIA of several DAS on the same pairs, ``(len(dases),)``, in one forward per batch."""
         dases = check_dases(dases)
         pairs = interchange_pairs(model, base_prompts, source_prompts, labels)
         batch_size = check_positive_int(batch_size, "batch_size")

@@ -3,20 +3,20 @@
 **Source.** One :class:`~mlxterp.Program` saves every site's activation at its positions; its forward stops
 after the last site.
 
-**Intervened base run.** ``K`` DAS sites are ``K`` variants of one program folded into one forward
-(:mod:`mlxterp.compiler.fold`): the program writes :func:`~.das_rotation.interchange` at every site, each
-with a ``gate`` param that is mapped over the variants (variant ``j``'s gates are row ``j`` of the identity),
-so variant ``j`` intervenes at site ``j`` only. The rotations and the source activations are params shared by
-every variant; the saved value is the last position's logits ``(K, batch, vocab)``.
+**Intervened base run.** ``K`` DAS sites are ``K`` variants of one program run in one forward, each a block of
+``batch`` rows born at its site's layer (a staircase, :mod:`.das_staircase`): the program grows the batch at
+those layers' inputs and writes :func:`~.das_rotation.interchange` at every site on its variant's block only.
+The rotations and the source activations are its params; the saved value is the last position's logits,
+returned as ``(K, batch, vocab)``.
 
 **Shared prefix.** An interchange at positions ``>= p0`` leaves every value at positions ``< p0`` as the base
 run has it, in every layer (attention is causal). So the base prompts' first ``p0`` tokens run once, on
 ``batch`` rows, filling mlx-lm's KV cache (no interventions, nothing else computed past the last layer), and
-only the suffix (the last token, for ``position=-1``) runs in the folded, intervened forward, on the cache
-repeated for each variant: ``K`` variants then cost about ``K * suffix`` tokens, not ``K * seq``. That is what
+only the suffix (the last token, for ``position=-1``) runs in the intervened forward, each layer's cache
+seen by every block running through it: ``K`` variants then cost about ``K * suffix`` tokens, not ``K * seq``. That is what
 an mlx-lm decode step does; the program is the same graph either way (positions are counted from the end,
 so they index the same tokens in the prompt and in its suffix). Models whose cache is not mlx-lm's plain
-``KVCache`` (sliding windows, state-space layers) run the whole prompt in the folded forward, and each
+``KVCache`` (sliding windows, state-space layers) run the whole prompt in every block, and each
 program checks once that both ways give the same logits before using the cache.
 """
 
@@ -29,7 +29,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import KVCache
 
 from mlxterp.compiler import Graph, Op, PatchedForward, run_passes
-from mlxterp.compiler.fold import FoldedRun, fold_tokens
+from mlxterp.compiler.fold import fold_tokens
 from mlxterp.compiler.locks import model_lock
 
 from ..analysis.patching import _sliceable_norm
@@ -39,7 +39,8 @@ from ..generation.program import call_with_cache
 from ..tracing.program import Program, param
 from ..tracing.proxy import apply
 from .das_data import Site
-from .das_rotation import householder, initial_vectors, interchange, take_positions
+from .das_rotation import householder, initial_vectors, take_positions
+from .das_staircase import Staircase, grow_blocks, interchange_rows, staircase
 
 if TYPE_CHECKING:
     from ..model import InterpretableModel
@@ -66,7 +67,7 @@ class SourceProgram:
 
 
 class InterchangeProgram:
-    """The base run with ``K`` folded DAS interchanges (see the module docstring).
+    """The base run with ``K`` DAS interchanges, one variant each (see the module docstring).
 
     Args:
         model: the InterpretableModel.
@@ -81,12 +82,13 @@ class InterchangeProgram:
         self.model = model
         self.sites = tuple(sites)
         self.k = len(sites)
-        graph = _record(model, self.sites, tokens)
+        self.stairs = staircase(model, self.sites, tokens)
+        graph = _record(model, self.sites, tokens, self.stairs)
         passes = run_passes(graph.with_captures(()), model._probe(tokens).events)
         self.forward = PatchedForward(model.model, passes.after, passes.schedule, call=call_with_cache,
                                       points=model._points, stop_early=False)
         self._slots = {n.meta.get("name"): n.target for n in passes.after if n.op is Op.PARAM}
-        self._mapped = frozenset(self._slots[f"gate_{j}"] for j in range(self.k))
+        self._unorder = mx.array([self.stairs.order.index(j) for j in range(self.k)])
         self.prefix_len = 0
         self._prefix: Optional[PatchedForward] = None
         first = min(p for s in self.sites for p in s.positions)
@@ -108,23 +110,21 @@ class InterchangeProgram:
         """
         caches = self._caches(base[:, :self.prefix_len])
         params: list[Any] = [None] * len(self._slots)
-        eye = mx.eye(self.k)
         for j in range(self.k):
             params[self._slots[f"rotation_{j}"]] = rotations[j]
             params[self._slots[f"source_{j}"]] = sources[j]
-            params[self._slots[f"gate_{j}"]] = eye[:, j]
-        run = FoldedRun(self.forward, params, self.k, self._mapped)
-        suffix = fold_tokens(base[:, self.prefix_len:], self.k)
-        _, saves, _ = self.forward.execute(run, (suffix, caches))
-        return saves["logits"]
+        suffix = fold_tokens(base[:, self.prefix_len:], self.stairs.start_blocks())
+        _, saves, _ = self.forward((suffix, caches), params)
+        logits = saves["logits"]  # (K * batch, vocab), the variants in birth order
+        return mx.take(logits.reshape((self.k, -1, logits.shape[-1])), self._unorder, axis=0)
 
     def _caches(self, prefix: mx.array) -> Optional[list]:
-        """The KV cache after the prefix, each layer's keys and values repeated for the ``K`` variants."""
+        """The KV cache after the prefix, each layer's seen by every block running through the layer."""
         if self._prefix is None:
             return None
         caches = [PrefixCache() for _ in range(self._layers)]
         self._prefix((prefix, caches), [])
-        return [cache.repeated(self.k) for cache in caches]
+        return [cache.repeated(self.stairs.blocks_at(i)) for i, cache in enumerate(caches)]
 
     def _check_prefix(self, tokens: mx.array) -> None:
         """Use the cache only if it gives the whole prompt's logits (to float rounding) on random values."""
@@ -144,19 +144,25 @@ class InterchangeProgram:
                           stacklevel=3)
 
 
-def _record(model: "InterpretableModel", sites: Sequence[Site], tokens: mx.array) -> Graph:
-    """The intervened base run's graph: an interchange with named params at every site, the final norm cut to
-    the last position where that is safe (every site inside the layers), the last position's logits saved."""
+def _record(model: "InterpretableModel", sites: Sequence[Site], tokens: mx.array, stairs: Staircase) -> Graph:
+    """The intervened base run's graph: the batch grown at the layers where variants are born, an interchange
+    with named params at every site on its variant's block, the final norm cut to the last position where that
+    is safe (every site inside the layers), the last position's logits saved."""
     batch, seq_len = (int(n) for n in tokens.shape)
     inside = all(s.path.startswith(model._index.container + ".") for s in sites)
     norm_path = _sliceable_norm(model, tokens) if inside else None
-    with model.trace(tokens, capture="saved") as tr:
+    with model.trace(fold_tokens(tokens, stairs.start_blocks()), capture="saved") as tr:
+        for layer, count in stairs.births():
+            path = model.layers[layer].path
+            grown = apply(grow_blocks, tr.module_value(path, 0, "input"), stairs.blocks_before(layer), count,
+                          layer != stairs.last_birth)
+            tr.write(path, 0, "input", grown)
         for j, site in enumerate(sites):
             value = tr.module_value(site.path, 0, site.phase)
             rotation = param(f"rotation_{j}", mx.zeros((site.width, site.dim)))
             source = param(f"source_{j}", mx.zeros((batch, len(site.positions), site.width)))
-            gate = param(f"gate_{j}", mx.array(0.0))
-            tr.write(site.path, 0, site.phase, apply(interchange, value, rotation, source, gate, site.offsets(seq_len)))
+            tr.write(site.path, 0, site.phase,
+                     apply(interchange_rows, value, rotation, source, stairs.block(j), site.offsets(seq_len)))
         if norm_path is not None:
             norm = model.module(norm_path)
             norm.input = apply(last_position, norm.input)

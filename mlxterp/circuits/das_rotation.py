@@ -66,7 +66,7 @@ def position_selector(positions: Sequence[int], length: int, dtype: Any) -> mx.a
     return (wanted[:, None] == mx.arange(length)[None, :]).astype(dtype)
 
 
-def interchange(base: mx.array, rotation: mx.array, source: mx.array, gate: Any, positions: tuple) -> mx.array:
+def interchange(base: mx.array, rotation: mx.array, source: mx.array, positions: tuple) -> mx.array:
     """The interchange intervention at ``positions`` (see the module docstring).
 
     Args:
@@ -74,8 +74,6 @@ def interchange(base: mx.array, rotation: mx.array, source: mx.array, gate: Any,
         rotation: ``(n, d)`` orthonormal columns.
         source: ``(batch or 1, len(positions), n)`` (or anything broadcasting to it): the source run's
             activation at the same positions.
-        gate: ``1`` applies the intervention, ``0`` leaves ``base`` as it is (a number or scalar array; how
-            several DAS sites folded into one forward each act in their own variant only).
         positions: token positions (ints; negative count from the end of ``base``'s token axis).
 
     Returns:
@@ -85,7 +83,7 @@ def interchange(base: mx.array, rotation: mx.array, source: mx.array, gate: Any,
     select = position_selector(positions, base.shape[1], rotation.dtype)  # (P, seq)
     picked = select @ base.astype(rotation.dtype)  # (batch, P, n): exact (one-hot rows)
     delta = ((source.astype(rotation.dtype) - picked) @ rotation) @ rotation.T
-    return (base + gate * (select.T @ delta)).astype(base.dtype)
+    return (base + select.T @ delta).astype(base.dtype)
 
 
 def take_positions(x: mx.array, positions: tuple) -> mx.array:
@@ -107,7 +105,7 @@ class DASIntervention(Intervention):
         self.positions = positions
 
     def __call__(self, x: Any) -> Any:
-        return apply(interchange, x, self.rotation, self.source, 1.0, self.positions)
+        return apply(interchange, x, self.rotation, self.source, self.positions)
 
     def __repr__(self) -> str:
         n, d = self.rotation.shape

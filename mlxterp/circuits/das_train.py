@@ -1,7 +1,7 @@
 """Interchange-intervention training of DAS subspaces, and their accuracy (IIA), as compiled functions.
 
 One training step is one compiled function of the Householder vectors, the optimizer's state and a batch of
-pairs: the source program, the intervened base program (``K`` sites folded into one forward), the
+pairs: the source program, the intervened base program (``K`` sites, ``K`` variants of one forward), the
 cross-entropy of the last position's logits on the labels, its gradient (``mx.value_and_grad`` through the
 program) and the optimizer's update. Each site's loss depends on its own vectors only (variant ``j``
 intervenes at site ``j`` alone), so training ``K`` sites together gives each what training it alone gives.

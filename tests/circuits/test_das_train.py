@@ -117,7 +117,7 @@ def test_a_failing_step_leaves_the_model_and_the_subspace_as_they_were(model, to
     def explode(*args):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(das_program, "interchange", explode)  # recorded into the (fresh) program
+    monkeypatch.setattr(das_program, "interchange_rows", explode)  # recorded into the (fresh) program
     das = mt.DAS("layers.1.resid_post", -1, 1)
     with pytest.raises(NodeExecutionError, match="boom"):
         das.train(model, *random_pairs(), steps=3, batch_size=4)

@@ -108,3 +108,34 @@ def test_a_site_after_the_layers_keeps_every_position(model):
     got = interchange_program(model, sites, base).logits(base, [das.rotation], acts)[0]
     expected = traced_logits(model, base, {das.site: das.intervention(acts[0])})
     np.testing.assert_allclose(np.array(got), np.array(expected), atol=1e-5)
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_variants_born_at_the_start_at_layers_and_after_them_each_see_only_their_own_site(model, share_prefix):
+    from mlxterp.circuits.das_data import site_on
+    from mlxterp.circuits.das_train import interchange_program, source_program
+
+    specs = [("final_norm", -1), ("layers.3.resid_pre", -1), ("embed", -2), ("layers.1.mlp", -1),
+             ("layers.1.resid_post", -2), ("layers.3.attn", -1)]
+    dases = [random_das(site, position, dim=4, seed=j) for j, (site, position) in enumerate(specs)]
+    base, source = mx.array([PROMPT] * 3), mx.array(SOURCES)
+    sites = [site_on(model, d.site, d.position, d.dim, base) for d in dases]
+    program = interchange_program(model, sites, base, share_prefix)
+    assert program.stairs.order == (0, 2, 3, 4, 1, 5)  # the start (in site order), then by layer
+    acts = source_program(model, sites, source)(source)
+    got = program.logits(base, [d.rotation for d in dases], acts)
+    for j, das in enumerate(dases):
+        expected = traced_logits(model, base, {das.site: das.intervention(acts[j])})
+        np.testing.assert_allclose(np.array(got[j]), np.array(expected), atol=1e-5)
+
+
+def test_the_batch_grows_at_the_sites_layers_and_drops_the_base_after_the_last(model):
+    from mlxterp.circuits.das_data import site_on
+    from mlxterp.circuits.das_staircase import staircase
+
+    base = mx.array([PROMPT] * 2)
+    names = ["layers.2.mlp", "layers.0.resid_post", "layers.2.resid_pre", "layers.3.attn"]
+    stairs = staircase(model, [site_on(model, n, (-1,), 1, base) for n in names], base)
+    assert stairs.births() == [(0, 1), (2, 2), (3, 1)] and stairs.start_blocks() == 1
+    assert [stairs.blocks_at(i) for i in range(4)] == [2, 2, 4, 4]  # base + born so far; no base in layer 3
+    assert [stairs.block(j) for j in range(4)] == [2, 1, 3, 3]
