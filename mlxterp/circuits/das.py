@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 FORMAT = "mlxterp.das"
 VERSION = 1
 DEFAULT_LR = 0.05
+DEFAULT_BATCH = 32  # pairs per training step when batch_size is not given (fewer if there are fewer pairs)
 
 
 class DAS:
@@ -92,7 +93,7 @@ class DAS:
 
     # -- training ------------------------------------------------------------------------------
     def train(self, model: "InterpretableModel", base_prompts: Any, source_prompts: Any, labels: Any, *,
-              steps: int = 100, lr: Optional[float] = None, batch_size: int = 32, seed: int = 0,
+              steps: int = 100, lr: Optional[float] = None, batch_size: Optional[int] = None, seed: int = 0,
               optimizer: Any = None, progress: bool = False) -> np.ndarray:
         """Train the subspace by interchange interventions (continuing from the current one, if any).
 
@@ -106,7 +107,7 @@ class DAS:
             steps: optimizer steps, each on ``batch_size`` pairs (batches cycle through shuffled pairs).
             lr: Adam's learning rate (default 0.05: the Householder vectors start with entries drawn from
                 N(0, 1), so an early step turns the subspace by at most about ``lr`` radians).
-            batch_size: pairs per step (at most the number of pairs).
+            batch_size: pairs per step, at most the number of pairs (default: all of them, at most 32).
             seed: seeds the batch order.
             optimizer: an ``mlx.optimizers`` optimizer instead of Adam (then ``lr`` is not given).
             progress: show a progress bar.
@@ -119,7 +120,7 @@ class DAS:
 
     @staticmethod
     def train_many(dases: Sequence["DAS"], model: "InterpretableModel", base_prompts: Any, source_prompts: Any,
-                   labels: Any, *, steps: int = 100, lr: Optional[float] = None, batch_size: int = 32,
+                   labels: Any, *, steps: int = 100, lr: Optional[float] = None, batch_size: Optional[int] = None,
                    seed: int = 0, optimizer: Any = None, progress: bool = False) -> np.ndarray:
         """Train several DAS on the same pairs together: one forward per step runs every one of them (each a
         block of rows of one program, born at its site's layer). Each gets what training it alone gives.
@@ -131,7 +132,8 @@ class DAS:
         dases = check_dases(dases)
         pairs = interchange_pairs(model, base_prompts, source_prompts, labels)
         steps = check_positive_int(steps, "steps")
-        batch_size = check_positive_int(batch_size, "batch_size", upper=len(pairs))
+        batch_size = check_positive_int(batch_size, "batch_size", allow_none=True, upper=len(pairs))
+        batch_size = min(DEFAULT_BATCH, len(pairs)) if batch_size is None else batch_size
         optimizer = make_optimizer(lr, optimizer)
         sites = [das._bind(model, pairs.base) for das in dases]
         trainer = Trainer(model, sites, pairs, optimizer)

@@ -173,3 +173,9 @@ def test_resid_mid_of_a_family_without_one():
         pytest.skip("the adapter registry recognised the model; no family without resid_mid to test here")
     with pytest.raises(ModuleNameError, match=r"DAS site: layers.1.resid_mid does not exist: this model's family has no adapter"):
         train(wrapped, mt.DAS("layers.1.resid_mid"))
+
+
+def test_the_default_batch_is_every_pair_up_to_32(model):
+    das = mt.DAS("layers.1.resid_post")
+    das.train(model, BASE, SOURCE, LABELS, steps=1)  # two pairs: a batch of two, not an error about 32
+    assert das.steps == 1

@@ -141,3 +141,9 @@ def test_ctrl_c_is_taken_between_steps(model, tokens, monkeypatch):
         das.train(model, *random_pairs(), steps=10, batch_size=4)
     assert das.steps == 3 and das.width == 64  # the interrupted step finished and was kept
     assert_restored(model, before, tokens, raw)
+
+
+def test_progress_bar(model, capsys):
+    mt.DAS("layers.1.resid_post").train(model, *random_pairs(), steps=3, batch_size=4, progress=True)
+    err = capsys.readouterr().err
+    assert "DAS" in err and "3/3" in err
