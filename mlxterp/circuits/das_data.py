@@ -82,7 +82,7 @@ def check_position(position: Any) -> tuple[int, ...]:
     return tuple(int(p) for p in items)
 
 
-def resolve_site(model: "InterpretableModel", name: Any, seq_len: int, tokens: mx.array) -> tuple[str, str, int]:
+def resolve_site(model: "InterpretableModel", name: Any, tokens: mx.array) -> tuple[str, str, int]:
     """``(path, phase, width)`` of DAS site ``name`` on ``model`` for prompts of ``tokens``' shape.
 
     Raises:
@@ -108,7 +108,7 @@ def resolve_site(model: "InterpretableModel", name: Any, seq_len: int, tokens: m
 def site_on(model: "InterpretableModel", name: str, position: tuple, dim: int, tokens: mx.array) -> Site:
     """The DAS site ``name`` at ``position`` with ``dim`` dimensions, resolved for prompts of ``tokens``."""
     seq_len = int(tokens.shape[1])
-    path, phase, width = resolve_site(model, name, seq_len, tokens)
+    path, phase, width = resolve_site(model, name, tokens)
     if dim > width:
         raise ValueError(f"dim: {dim} is more than the width of site {name!r} ({width}); choose 1 to {width}")
     positions = tuple(sorted(resolve_positions(list(position), seq_len, arg="position")))

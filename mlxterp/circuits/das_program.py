@@ -53,7 +53,7 @@ class SourceProgram:
 
     def __init__(self, model: "InterpretableModel", sites: Sequence[Site], tokens: mx.array):
         seq_len = int(tokens.shape[1])
-        with model.trace(tokens, capture="saved") as tr:
+        with model.trace(tokens[:1], capture="saved") as tr:  # recorded on one row: it replays on any batch
             for j, site in enumerate(sites):
                 value = tr.module_value(site.path, 0, site.phase)
                 apply(take_positions, value, site.offsets(seq_len)).save(f"source_{j}")
@@ -72,7 +72,7 @@ class InterchangeProgram:
     Args:
         model: the InterpretableModel.
         sites: the ``K`` resolved sites.
-        tokens: base token ids ``(batch, seq)`` of the shape the program runs on.
+        tokens: base token ids ``(batch, seq)`` of the prompts' length (the program runs on any batch).
         share_prefix: run the tokens before the first intervened position once, on a KV cache, when the
             model's cache allows it (``False``: always the whole prompt).
     """
@@ -82,6 +82,7 @@ class InterchangeProgram:
         self.model = model
         self.sites = tuple(sites)
         self.k = len(sites)
+        tokens = tokens[:1]  # recorded and checked on one row: the program runs on any batch
         self.stairs = staircase(model, self.sites, tokens)
         graph = _record(model, self.sites, tokens, self.stairs)
         passes = run_passes(graph.with_captures(()), model._probe(tokens).events)
