@@ -12,9 +12,9 @@ first ``dim`` columns of a rotation kept orthogonal by construction (Householder
 intervened run predicts the label.
 
 Everything runs on programs (:mod:`.das_program`): the source activations come from one program, the
-intervened base run is a program whose params are the rotation, the source activations and a gate, and
-one training step (both programs, the gradient, the optimizer update) is one compiled function. Several
-DAS are trained together (:meth:`DAS.train_many`) as variants of one forward, each born at its site's layer.
+intervened base run is a program whose params are the rotation and the source activations, and one
+training step (both programs, the gradient, the optimizer update) is one compiled function. Several DAS
+are trained together (:meth:`DAS.train_many`) as variants of one forward, each born at its site's layer.
 """
 
 from __future__ import annotations
