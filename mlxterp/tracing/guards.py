@@ -173,8 +173,12 @@ def _probe_shape(trace: Any, event: tuple, node_id: int | None = None) -> tuple 
 
 
 def _input_rewritten(trace: Any) -> bool:
+    """Whether an input was written with a value that may have another shape (an invoke's row write keeps
+    it: its value fills the invoke's rows of the batch value)."""
+    graph = trace.graph
     for binding, node_id in trace._versions.items():
-        if binding[2] == "input" and trace.graph.node(node_id).op is Op.REPLACE:
+        node = graph.node(node_id)
+        if binding[2] == "input" and node.op is Op.REPLACE and "invoke" not in graph.node(node.args[0].id).meta:
             return True
     return False
 

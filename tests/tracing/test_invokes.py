@@ -392,3 +392,12 @@ def test_the_model_is_unchanged_after_invoke_errors(model, tokens):
             with tr.invoke(CORRUPT):
                 model.layers[1].output[:, 2] = late
     assert_restored(model, before, tokens, raw)
+
+
+def test_indices_are_checked_after_an_input_write_inside_an_invoke(model):
+    """A row write keeps the input's shape, so later indices are still checked against the prompt's."""
+    with pytest.raises(IndexError, match="index 11 is out of range for axis 1 of layers.3 output"):
+        with model.trace() as tr:
+            with tr.invoke(CORRUPT):
+                model.layers[1].input = model.layers[1].input * 2.0
+                model.layers[3].output[:, 11] = 0.0
