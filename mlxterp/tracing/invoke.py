@@ -22,6 +22,7 @@ column wider (or narrower) differ exactly on the axes that follow the sequence.
 from __future__ import annotations
 
 import keyword
+import weakref
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import mlx.core as mx
@@ -49,11 +50,24 @@ class InvokeError(RuntimeError):
 # -- views -------------------------------------------------------------------------------------------
 
 
+# The width of the zero tokens whose probe is compared with an invoke's (see ``view_index``), by shape.
+_OTHER: dict[tuple, mx.array] = {}
+# Per model: the axes each (module tree, tokens shape, event) cuts, so that traces of a sweep (new invokes of
+# known shapes) look them up instead of comparing probes again. Weak: a model's entries go with it.
+_CUTS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+
 def other_width(tokens: mx.array) -> mx.array:
     """Tokens of the same rows one column narrower (or wider, for one column): their probe differs from
-    ``tokens``' exactly on the axes that follow the sequence."""
+    ``tokens``' exactly on the axes that follow the sequence (only their shape matters to a probe)."""
     rows, width = tokens.shape
-    return tokens[:, :-1] if width > 1 else mx.zeros((rows, 2), dtype=tokens.dtype)
+    shape = (rows, width - 1 if width > 1 else 2)
+    found = _OTHER.get(shape)
+    if found is None:
+        found = _OTHER[shape] = mx.zeros(shape, dtype=mx.int32)
+        if len(_OTHER) > 256:
+            _OTHER.clear()
+    return found
 
 
 def view_index(owner: Any, tokens: mx.array, first_row: int, event: tuple) -> tuple:
@@ -65,22 +79,33 @@ def view_index(owner: Any, tokens: mx.array, first_row: int, event: tuple) -> tu
         ModuleNotCalledError: the forward never reaches ``event``.
         InvokeError: the value there is not an array with the batch as its first axis.
     """
+    cache = _CUTS.setdefault(owner, {})
+    key = (owner._executor.tree_version, tuple(tokens.shape), event)
+    cuts = cache.get(key)
+    if cuts is None:
+        if len(cache) > 4096:
+            cache.clear()
+        cuts = cache[key] = _cuts(owner, tokens, event)
+    return (slice(first_row, first_row + tokens.shape[0]),) + cuts
+
+
+def _cuts(owner: Any, tokens: mx.array, event: tuple) -> tuple:
+    """The index of the axes after the batch axis (see :func:`view_index`), trailing full slices dropped."""
     rows = tokens.shape[0]
     own = owner._probe(tokens).values.get(event)
     alt = owner._probe(other_width(tokens)).values.get(event)
-    name = f"the {event[2]} of {owner._index.short(event[0]) or '<model>'}"
+    name = f"the {event[2]} of {owner._index.short(event[0]) or '<model>'}{_call(event)}"
     if own is None:
-        raise ModuleNotCalledError(f"{name}{_call(event)} is never reached by this model's forward; "
-                                   "read a module the forward calls")
+        raise ModuleNotCalledError(f"{name} is never reached by this model's forward; read a module the forward "
+                                   "calls")
     if not (isinstance(own, tuple) and isinstance(alt, tuple) and len(own[0]) == len(alt[0]) and own[0]
             and own[0][0] == rows == alt[0][0]):
         held = own if not isinstance(own, tuple) else f"an array of shape {own[0]}"
         raise InvokeError(f"{name} is {held} for {rows} prompt row(s) of {tokens.shape[1]} tokens: an invoke reads "
                           "and writes arrays with one row per prompt first (batch, ...), and this value is not one; "
                           "read it in a trace given its inputs (model.trace(prompt))")
-    parts = [slice(first_row, first_row + rows)]
-    parts += [slice(None) if n == m else slice(0, n) for n, m in zip(own[0][1:], alt[0][1:])]
-    while len(parts) > 1 and parts[-1] == slice(None):
+    parts = [slice(None) if n == m else slice(0, n) for n, m in zip(own[0][1:], alt[0][1:])]
+    while parts and parts[-1] == slice(None):
         parts.pop()
     return tuple(parts)
 
