@@ -401,3 +401,24 @@ def test_indices_are_checked_after_an_input_write_inside_an_invoke(model):
             with tr.invoke(CORRUPT):
                 model.layers[1].input = model.layers[1].input * 2.0
                 model.layers[3].output[:, 11] = 0.0
+
+
+@pytest.mark.realmodel
+def test_invokes_on_a_real_checkpoint_equal_separate_traces(stories):
+    prompts = ["Once upon a time there was a", "The dog ran"]
+    with stories.trace(capture="saved") as tr:
+        with tr.invoke(prompts[0]):
+            h = stories.layers[2].output[:, 2]
+            a = stories.output.save("a")
+        with tr.invoke(prompts[1]):
+            stories.layers[3].output[:, 2] = h
+            b = stories.output.save("b")
+    assert tr.lengths[0] != tr.lengths[1]
+    with stories.trace(prompts[0], capture="saved"):
+        h = stories.layers[2].output[:, 2].save()
+        a_alone = stories.output.save()
+    with stories.trace(prompts[1], capture="saved"):
+        stories.layers[3].output[:, 2] = h
+        b_alone = stories.output.save()
+    close(a, a_alone)
+    close(b, b_alone)
