@@ -302,19 +302,26 @@ class Invokes:
                 f"{tuple(spec[0])} (its {invoke.tokens.shape[0]} row(s) x {invoke.tokens.shape[1]} tokens), the "
                 f"value has shape {shape}; traced at {format_source(src)}. An invoke writes its own rows only")
 
-    def check_rows(self, proxy: Proxy, index: Any) -> None:
-        """A write through an index selecting no row of the invoke's view is refused (an integer row out of
-        range is an IndexError of the index check)."""
+    def check_item_write(self, proxy: Proxy, index: Any) -> None:
+        """``proxy[index] = value`` on a module value writes the open invoke's rows: refused for another
+        invoke's value (its rows are not the open invoke's) and for an index selecting none of its rows (an
+        integer row out of range is an IndexError of the index check)."""
         node = self.trace.graph.node(proxy._node)
         if not node.meta.get("view"):
             return
+        where, owner = self._describe(node.meta["event"]), node.meta["invoke"]
+        invoke = self.open_invoke(where)
+        if invoke is not None and invoke.name != owner:
+            raise InvokeError(f"{where} of invoke {owner!r} is written inside invoke {invoke.name!r} at "
+                              f"{format_source(user_source())}: an invoke writes its own rows only; write "
+                              f"{where} inside invoke {owner!r}, or write this invoke's own value with it")
         first = index[0] if type(index) is tuple and index else index
         if type(first) is slice:
             rows = self.trace.abstract(proxy._node).shape[0]
             if len(range(*first.indices(rows))) == 0:
-                raise IndexError(f"index {format_index(index)} selects no row of {self._describe(node.meta['event'])} "
-                                 f"in invoke {node.meta['invoke']!r}, which has {rows} row(s): an invoke writes its "
-                                 f"own rows only; traced at {format_source(user_source())}")
+                raise IndexError(f"index {format_index(index)} selects no row of {where} in invoke {owner!r}, which "
+                                 f"has {rows} row(s): an invoke writes its own rows only; traced at "
+                                 f"{format_source(user_source())}")
 
     def abstract(self, node: Any) -> mx.array:
         """A stand-in with the shape and dtype of a view (what the invoke's prompt alone gives)."""

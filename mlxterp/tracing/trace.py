@@ -340,7 +340,7 @@ class Trace:
         where = self._owner._index.short(proxy._binding[0]) + f" {proxy._binding[2]}" if proxy._binding else None
         self._check_index(proxy, index)
         if self._invokes is not None:
-            self._invokes.check_rows(proxy, index)
+            self._invokes.check_item_write(proxy, index)
         src = user_source()
         guards.check_item_value(value, f"{where or 'a traced value'}{format_index(index)}", src)
         # the assigned value is data (lifted); the index is structure

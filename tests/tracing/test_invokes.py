@@ -338,6 +338,21 @@ def test_writes_to_rows_an_invoke_does_not_have_are_refused_at_the_line(model):
                 model.layers[1].output = mx.zeros((2, 11, 64))
 
 
+def test_writing_another_invokes_value_is_refused(model):
+    """Its rows are not the open invoke's: with prompts of one length it would land in the wrong rows."""
+    with pytest.raises(InvokeError, match="output of layers.1 of invoke 'a' is written inside invoke 'b'"):
+        with model.trace() as tr:
+            with tr.invoke("abcd", name="a"):
+                h = model.layers[1].output
+            with tr.invoke("efgh", name="b"):
+                h[:, 0] = 0.0
+    with pytest.raises(InvokeError, match="outside any invoke"):
+        with model.trace() as tr:
+            with tr.invoke("abcd", name="a"):
+                h = model.layers[1].output
+            h[:, 0] = 0.0
+
+
 def test_module_access_outside_any_invoke_and_a_trace_without_prompts_are_refused(model):
     with pytest.raises(InvokeError, match="output of layers.1 is read or written outside any invoke"):
         with model.trace() as tr:
