@@ -9,6 +9,7 @@ from .activations import batch_get_activations, collect_activations, get_activat
 from .model import InterpretableModel
 from .names import ModuleNameError
 from .store import ActivationStore
+from .tracing.invoke import Invoke, InvokeError
 from .tracing.module_proxy import LayerListProxy, ModuleProxy
 from .tracing.program import ParamSpec, Program, param
 from .tracing.proxy import Proxy, apply
@@ -22,6 +23,8 @@ __all__ = [
     "ActivationCache",
     "ActivationStore",
     "InterpretableModel",
+    "Invoke",
+    "InvokeError",
     "LayerListProxy",
     "ModuleNameError",
     "ModuleProxy",

@@ -254,6 +254,11 @@ def test_programs_of_invokes_fold_and_vmap_constant_and_mapped_writes(model):
         for out in (folded, mapped):
             close(out["a"][k], a)
             close(out["b"][k], b)
+    # a new prompt for one invoke (another length): laid out again under fold and as prog.fn's params
+    folded = prog.batched(invoke_1="Paris is", steer=vectors[:2])
+    single = prog.fn(params={"invoke_1": "Paris is", "steer": vectors[1]})
+    for k, out in ((0, folded["b"][0]), (1, folded["b"][1]), (1, single["b"])):
+        close(out, reference(model, ids(model, "Paris is"), {("layer", 2): patch_at(-1, vectors[k])})[0][:, -1])
 
 
 def test_program_inputs_are_checked(model):
