@@ -107,7 +107,8 @@ def invokes_program(ctx: Context) -> Iterator[Row]:
         timings = _compare(ctx, lambda: mx.eval(raw(tokens)), lambda: mx.eval(prog()))
         yield ratio_row(SUITE, "invokes_program", name, shape_text(k, seq), BASELINE,
                         f"program of {k} invokes replayed (last logits saved)", timings, INVOKE_TARGET,
-                        note=f"{(timings[1].median - timings[0].median) * 1e3:+.3f} ms CPU/call; max abs diff {diff:.1e}")
+                        note=f"{(timings[1].median - timings[0].median) * 1e3:+.3f} ms CPU/call; "
+                             f"max abs diff {diff:.1e}")
 
 
 CASES: dict[str, Callable[[Context], Iterable[Row]]] = {
