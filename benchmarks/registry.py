@@ -19,6 +19,7 @@ SUITES: dict[str, str] = {
     "gguf": "benchmarks.suite_gguf",
     "views": "benchmarks.suite_views",
     "das": "benchmarks.suite_das",
+    "invoke": "benchmarks.suite_invoke",
 }
 
 Case = Callable[..., Iterable]

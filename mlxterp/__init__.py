@@ -10,6 +10,7 @@ from .circuits import DAS
 from .model import InterpretableModel
 from .names import ModuleNameError
 from .store import ActivationStore
+from .tracing.invoke import Invoke, InvokeError
 from .tracing.module_proxy import LayerListProxy, ModuleProxy
 from .tracing.program import ParamSpec, Program, param
 from .tracing.proxy import Proxy, apply
@@ -24,6 +25,8 @@ __all__ = [
     "ActivationStore",
     "DAS",
     "InterpretableModel",
+    "Invoke",
+    "InvokeError",
     "LayerListProxy",
     "ModuleNameError",
     "ModuleProxy",

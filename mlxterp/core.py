@@ -37,7 +37,7 @@ class WrappedModel(Protocol):
     _save_names: dict  # default save keys by (path, call, phase), shared by every trace
     _embedding_rows: Optional[int]  # rows of the token embedding (the valid token ids)
 
-    def trace(self, inputs: Any, interventions: Optional[dict] = None, compile: Any = "auto",
+    def trace(self, inputs: Any = None, interventions: Optional[dict] = None, compile: Any = "auto",
               capture: Any = "all") -> "Trace":
         """A tracing context: saves and interventions recorded inside ``with`` run on exit."""
 

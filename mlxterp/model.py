@@ -108,20 +108,25 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, GenerationMixin):
         self._executor.sync()
 
     # -- tracing -----------------------------------------------------------------------------
-    def trace(self, inputs: Union[str, List[str], mx.array, List[int]],
+    def trace(self, inputs: Union[str, List[str], mx.array, List[int], None] = None,
               interventions: Optional[Dict[str, Callable]] = None, compile: Union[bool, str] = "auto",
               capture: Union[str, List[str]] = "all") -> Trace:
         """A tracing context: record saves and interventions inside ``with``; they run on exit.
 
         Args:
             inputs: a prompt, a list of prompts (right-padded; ``trace.lengths`` keeps real lengths),
-                token ids (list of int) or an integer ``mx.array`` of shape ``(batch, seq)``.
+                token ids (list of int) or an integer ``mx.array`` of shape ``(batch, seq)``. ``None``: the
+                prompts come from ``with tr.invoke(prompt):`` blocks inside the trace, one batch of all of
+                them (see :meth:`Trace.invoke`).
             interventions: ``{module name: fn}``, each ``fn(activation) -> activation``.
             compile: ``False`` eager, ``True`` compiled, ``"auto"`` eager the first time a graph
                 structure is seen and compiled once it repeats.
             capture: which module outputs land in ``trace.activations``: ``"all"`` (default),
                 ``"saved"`` (none beyond ``.save()``), or a list of module names.
         """
+        if inputs is None:
+            self._sync_tree()  # as _batch does: the trace records against the current module tree
+            return Trace(self, None, interventions, compile, capture)
         return Trace(self, self._batch(inputs), interventions, compile, capture)
 
     def _batch(self, inputs: Any) -> TokenBatch:

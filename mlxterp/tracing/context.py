@@ -64,3 +64,8 @@ def recording_on(owner: Any) -> bool:
     """Whether this thread's innermost open trace records on the wrapped model ``owner``."""
     stack = getattr(_LOCAL, "stack", None)
     return bool(stack) and stack[-1]._owner is owner
+
+
+def is_open(trace: Any) -> bool:
+    """Whether ``trace``'s block is open in this thread."""
+    return any(t is trace for t in getattr(_LOCAL, "stack", ()) or ())

@@ -129,7 +129,7 @@ def _is_int(value: Any) -> bool:
 def _out_of_range(proxy: Proxy, index: int, axis: int, shape: tuple) -> str:
     n = shape[axis]
     valid = f"valid indices are {-n} to {n - 1}" if n else "the axis is empty"
-    tokens = proxy._trace.tokens.shape
+    tokens = proxy._trace.recording_tokens(proxy._node).shape
     hint = ""
     if proxy._binding is not None and axis == 1 and len(shape) >= 2 and n == tokens[1] and shape[0] == tokens[0]:
         hint = f" (axis 1 is the token position: the input has {n} token{'s' if n != 1 else ''})"
@@ -151,7 +151,7 @@ def known_shape(proxy: Proxy) -> tuple | None:
     if _input_rewritten(trace):  # an input write may change the shapes the probe recorded downstream
         return None
     if proxy._binding is not None:  # a module's value, written or not: writes keep its shape
-        return _probe_shape(trace, proxy._binding)
+        return _probe_shape(trace, proxy._binding, proxy._node)
     if not _shape_is_safe(trace, proxy._node):
         return None
     try:
@@ -161,17 +161,22 @@ def known_shape(proxy: Proxy) -> tuple | None:
     return tuple(value.shape) if isinstance(value, mx.array) else None
 
 
-def _probe_shape(trace: Any, event: tuple) -> tuple | None:
+def _probe_shape(trace: Any, event: tuple, node_id: int | None = None) -> tuple | None:
+    """The shape the probe gives at ``event`` (for the tokens of node ``node_id``'s invoke, if it has one)."""
     path, idx, phase = event
     if phase not in ("output", "input"):  # a residual value (resid_mid): read at a module's input
         path, phase = trace._owner._index.residual_site(path, phase)
-    spec = trace._owner._probe(trace.tokens).values.get((path, idx, phase))
+    spec = trace._owner._probe(trace.recording_tokens(node_id)).values.get((path, idx, phase))
     return tuple(spec[0]) if isinstance(spec, tuple) else None
 
 
 def _input_rewritten(trace: Any) -> bool:
+    """Whether an input was written with a value that may have another shape (an invoke's row write keeps
+    it: its value fills the invoke's rows of the batch value)."""
+    graph = trace.graph
     for binding, node_id in trace._versions.items():
-        if binding[2] == "input" and trace.graph.node(node_id).op is Op.REPLACE:
+        node = graph.node(node_id)
+        if binding[2] == "input" and node.op is Op.REPLACE and "invoke" not in graph.node(node.args[0].id).meta:
             return True
     return False
 
@@ -185,6 +190,8 @@ def _shape_is_safe(trace: Any, node_id: int) -> bool:
             continue
         seen.add(nid)
         node = graph.node(nid)
+        if node.meta.get("view"):  # an invoke's view of a module value: its shape is its invoke's (known)
+            continue
         if node.op not in _SHAPE_OPS or (node.op is Op.CALL_FUNCTION and not _mlx_function(node.target)):
             return False
         if node.op in (Op.MODULE_OUTPUT, Op.MODULE_INPUT):

@@ -134,7 +134,8 @@ class ModuleProxy:
     def _point(self, trace: Any, name: str) -> str:
         """Path of attention internal ``name`` of this module, checked to exist in this trace's forward."""
         path = f"{self._path}.{name}"
-        if (path, self._call, "output") not in trace._owner._probe(trace.tokens).values:
+        tokens = trace.recording_tokens(what=f"{self.name}.{name}")  # in a trace with invokes: the open one's
+        if (path, self._call, "output") not in trace._owner._probe(tokens).values:
             raise AttributeError(
                 f"{self.name}.{name}: this attention ({type(self.module).__name__}) exposes no internals: its "
                 "__call__ never calls mlx-lm's scaled_dot_product_attention, which mlxterp replaces by an explicit "

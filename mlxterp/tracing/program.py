@@ -84,8 +84,10 @@ def param_default(name: str, default: Any) -> tuple[Any, bool]:
     return (mx.array(default) if isinstance(default, np.ndarray) else default), False
 
 
-def build_program(owner: WrappedModel, graph: Graph, tokens: mx.array, lengths: tuple) -> "Program":
-    """Lower ``graph`` (saves only, no captures) for ``owner``'s model into a :class:`Program`."""
+def build_program(owner: WrappedModel, graph: Graph, tokens: mx.array, lengths: tuple, kind: Optional[type] = None,
+                  **extra: Any) -> "Program":
+    """Lower ``graph`` (saves only, no captures) for ``owner``'s model into a :class:`Program` (or ``kind``, a
+    subclass, given ``extra`` arguments)."""
     saves_only = graph.with_captures(())
     lowered = owner._executor.program(saves_only, tokens, lambda: owner._probe(tokens))
     specs = []
@@ -94,7 +96,7 @@ def build_program(owner: WrappedModel, graph: Graph, tokens: mx.array, lengths: 
         array = as_param(value)
         specs.append(ParamSpec(node.meta.get("name") or f"const_{node.target}", tuple(array.shape), array.dtype,
                                value, bool(node.meta.get("weak")), node.source))
-    return Program(owner, lowered, tuple(specs), tokens, lengths, saves_only)
+    return (kind or Program)(owner, lowered, tuple(specs), tokens, lengths, saves_only, **extra)
 
 
 def _param_nodes(graph: Graph) -> list:
@@ -151,14 +153,14 @@ class Program:
     def __call__(self, tokens: Any = None, **values: Any) -> Dict[str, mx.array]:
         """Replay with new ``tokens`` (anything ``model.trace`` accepts; default: the recorded ones) and
         param values by name (default: the recorded ones). Compiled; new shapes trace once each."""
-        tokens = self._tokens(tokens)
-        return self._current()(tokens, self._bind(values))
+        tokens, values, lowered = self._prepare(tokens, values)
+        return lowered(tokens, self._bind(values))
 
     def fn(self, tokens: Any = None, params: Optional[Dict[str, Any]] = None) -> Dict[str, mx.array]:
         """The same function uncompiled and pure (``params`` by name, missing ones take their defaults):
         the form to put inside your own ``mx.compile``, ``mx.vmap`` or ``mx.grad``."""
-        tokens = self._tokens(tokens)
-        return self._current().fn(tokens, self._bind(params or {}))
+        tokens, params, lowered = self._prepare(tokens, dict(params or {}))
+        return lowered.fn(tokens, self._bind(params))
 
     def batched(self, tokens: Any = None, *, distributed: Any = "auto", **values: Any) -> Dict[str, mx.array]:
         """``K`` variants in one forward: every param given here has a leading axis of size ``K`` (one value
@@ -172,6 +174,7 @@ class Program:
         ``"auto"`` when the script was launched on several (``mlx.launch``), ``True`` to require that,
         ``False`` for this process alone; every rank returns all ``K``. Every rank must run the same program
         with the same tokens and values (checked before any work: ``DistributedMismatchError``)."""
+        tokens, values, lowered = self._prepare(tokens, values)
         if not values:
             raise ValueError(f"batched() needs at least one param with a leading variant axis; this program's "
                              f"params are: {', '.join(self.params) or 'none'}")
@@ -187,8 +190,7 @@ class Program:
             values = {name: mx.array(v)[mine] for name, v in values.items()}
         bound = self._bind(values, mapped=True)
         mapped = frozenset(self._index[name] for name in values)
-        tokens = self._tokens(tokens)
-        out = self._current().folded(tokens, bound, mapped)
+        out = lowered.folded(tokens, bound, mapped)
         if group is None or n < dist.size(group):
             return out
         return {name: dist.gather_array_items(value, n, group) for name, value in out.items()}
@@ -209,6 +211,10 @@ class Program:
         return lowered
 
     # -- inputs ----------------------------------------------------------------------------------
+    def _prepare(self, tokens: Any, values: Dict[str, Any]) -> tuple[mx.array, Dict[str, Any], Any]:
+        """A call's tokens (checked), its param values, and the lowered program that runs them."""
+        return self._tokens(tokens), values, self._current()
+
     def _tokens(self, tokens: Any) -> mx.array:
         """The tokens of a call, checked (and the model's module tree checked, see ``model._sync_tree``)."""
         if tokens is None:

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import mlx.core as mx
 import numpy as np
 
-from mlxterp.compiler import Graph, Op, Ref, to_dot, to_json, to_text
+from mlxterp.compiler import CausalityError, Graph, Op, Ref, to_dot, to_json, to_text
 from mlxterp.compiler.ir import map_refs
 from mlxterp.compiler import structure as keys
 from mlxterp.compiler.semantics import evaluate, format_index
@@ -16,6 +16,7 @@ from mlxterp.compiler.semantics import evaluate, format_index
 from ..core import WrappedModel
 from ..scalars import python_number
 from . import context, guards
+from .invoke import Invoke, InvokeError, Invokes, explain_causality
 from .program import Program, build_program, check_param_name, param_default
 from .proxy import _UNSET, Proxy, apply
 from .results import ActivationDict, PendingActivations, rebind_in_frame
@@ -60,14 +61,19 @@ class Trace:
     After the block: ``output`` (the model's output), ``saved_values`` (``.save()``-d values by key),
     ``activations`` (captured module outputs, keyed ``"model." + path``), ``get``/``get_activation``,
     ``graph`` (the recorded IR), ``optimized_graph`` (after passes), ``mode`` ("eager"/"compiled").
+
+    Given no inputs (``batch`` ``None``), the trace takes its prompts from ``with tr.invoke(prompt):``
+    blocks (see :mod:`.invoke`); ``invokes`` lists them, and ``tokens`` / ``lengths`` are their batch
+    once the block has ended.
     """
 
     def __init__(self, owner: WrappedModel, batch: Any, interventions: dict | None, compile: Any, capture: Any):
         if compile not in COMPILE_CHOICES:
             raise ValueError(f"compile={compile!r} is not valid; choose True, False, 'auto', 'eager' or 'compiled'")
         self._owner = owner
-        self.tokens: mx.array = batch.tokens
-        self.lengths: tuple[int, ...] = batch.lengths
+        self._invokes = Invokes(self) if batch is None else None
+        self.tokens: mx.array = None if batch is None else batch.tokens
+        self.lengths: tuple[int, ...] = () if batch is None else batch.lengths
         self.compile_mode = COMPILE_CHOICES[compile]
         self.graph = Graph(captures=owner._capture_spec(capture))
         self._interventions = owner._check_interventions(interventions)
@@ -86,12 +92,17 @@ class Trace:
     # -- context protocol --------------------------------------------------------------------
     def __enter__(self) -> "Trace":
         context.push(self)
+        if self._invokes is not None:
+            self._invokes.whole = True  # interventions= apply to every invoke's rows
         try:
             for site, fn, name in self._interventions:
                 self._apply_intervention(site, fn, name)
         except BaseException:
             context.pop(self)
             raise
+        finally:
+            if self._invokes is not None:
+                self._invokes.whole = False
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
@@ -99,8 +110,16 @@ class Trace:
         self.finished = True
         if exc_type is not None:
             return False
-        result = self._owner._executor.run(self.graph, self.tokens, lambda: self._owner._probe(self.tokens),
-                                           self.compile_mode)
+        if self._invokes is not None:
+            batch = self._invokes.finish()
+            self.tokens, self.lengths = batch.tokens, batch.lengths
+        try:
+            result = self._owner._executor.run(self.graph, self.tokens, lambda: self._owner._probe(self.tokens),
+                                               self.compile_mode)
+        except CausalityError as e:
+            if self._invokes is None:
+                raise
+            raise explain_causality(self._owner, self.graph, self._owner._probe(self.tokens).events, e) from e
         self._bind(result)
         rebind_in_frame(sys._getframe(1), {id(p): p._value for p in self._saved})
         # Proxies point at their trace; the trace lets go of them (and of the shape stand-ins) so that a
@@ -116,6 +135,33 @@ class Trace:
         current = self.module_value(path, 0, phase)
         value = fn(current) if isinstance(fn, Intervention) else apply(fn, current)
         self.write(path, 0, phase, value, guards.intervention_origin(name, fn))
+
+    # -- invokes ------------------------------------------------------------------------------
+    def invoke(self, inputs: Any, name: str | None = None) -> Invoke:
+        """``with tr.invoke(prompt):``: one more prompt (or list of prompts) of this trace's batch, in a trace
+        opened without inputs (``with model.trace() as tr:``). Inside its block, module values are the
+        invoke's own: its rows of the batch, cut to its token width, as its prompt alone gives them.
+
+        Args:
+            inputs: what ``model.trace`` takes (a prompt, a list of prompts, token ids).
+            name: a Python identifier naming the invoke (default ``invoke_0``, ``invoke_1``, ...): the prefix of
+                its default save keys and the keyword that replaces its prompt in ``tr.program()``.
+        """
+        if self._invokes is None:
+            raise InvokeError("tr.invoke(...) needs a trace opened without inputs: `with model.trace() as tr:`, "
+                              "then one `with tr.invoke(prompt):` block per prompt; this trace was given its inputs "
+                              "(a list of prompts there is one batch already)")
+        return self._invokes.create(inputs, name)
+
+    @property
+    def invokes(self) -> list[Invoke]:
+        """The invokes of this trace, in their rows' order (empty for a trace given its inputs)."""
+        return [] if self._invokes is None else list(self._invokes.done)
+
+    def recording_tokens(self, node_id: int | None = None, what: str = "a module value") -> mx.array:
+        """The tokens whose probe gives the shapes of the values recorded now (of node ``node_id``'s
+        invoke, in a trace with invokes; ``what`` names what asks, for the error outside any invoke)."""
+        return self.tokens if self._invokes is None else self._invokes.tokens_for(node_id, what)
 
     # -- recording ---------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -215,6 +261,10 @@ class Trace:
             raise RuntimeError("tr.program() is available after the `with model.trace(...)` block has ended")
         if self._result is None:
             raise RuntimeError("this trace raised before it ran, so it has no program; fix the error and trace again")
+        if self._invokes is not None:
+            from .invoke_program import build_invoke_program
+
+            return build_invoke_program(self._owner, self.graph, self.tokens, self.lengths, self._invokes.done)
         return build_program(self._owner, self.graph, self.tokens, self.lengths)
 
     def module_value(self, path: str, call_idx: int, phase: str) -> Proxy:
@@ -230,11 +280,18 @@ class Trace:
         binding = (path, call_idx, phase)
         node_id = self._versions.get(binding)
         if node_id is None:
-            op = Op.MODULE_OUTPUT if phase == "output" else Op.MODULE_INPUT
-            node_id = self.graph.add(op, (path, call_idx), (), None, _meta(user_source()),
-                                     keys.module_key(op, path, call_idx)).id
-            self._versions[binding] = node_id
+            node_id = self.module_node(path, call_idx, phase)
+        if self._invokes is not None:  # the open invoke's rows of it
+            node_id = self._invokes.view(node_id, binding)
         return Proxy(self, node_id, binding)
+
+    def module_node(self, path: str, call_idx: int, phase: str) -> int:
+        """The node of a module call's value as the model computes it (before any write), made on first use."""
+        op = Op.MODULE_OUTPUT if phase == "output" else Op.MODULE_INPUT
+        node_id = self.graph.add(op, (path, call_idx), (), None, _meta(user_source()),
+                                 keys.module_key(op, path, call_idx)).id
+        self._versions[(path, call_idx, phase)] = node_id
+        return node_id
 
     def write(self, path: str, call_idx: int, phase: str, value: Any, origin: str | None = None) -> None:
         """Replace a module call's output (or input) with ``value`` (phase ``"resid_mid"``: see
@@ -246,10 +303,12 @@ class Trace:
             return
         src = user_source()
         value, extra = guards.written_value(value, f"the {phase} of {path or '<model>'}", src, origin)
+        target = (path, call_idx, phase)
+        if self._invokes is not None:  # the batch value with the open invoke's rows written
+            value, extra = self._invokes.row_write(target, value, extra, src)
         ref = self._lift(value, (int, float), src)
         if type(ref) is not Ref:
             ref = self._constant(value, isinstance(value, (int, float)), src)
-        target = (path, call_idx, phase)
         node = self.graph.add(Op.REPLACE, target, (ref,), None, _meta(src) if extra is None else dict(extra, source=src),
                               keys.replace_key(path, call_idx, phase, ref.id))
         self._versions[target] = node.id
@@ -286,6 +345,8 @@ class Trace:
             )
         where = self._owner._index.short(proxy._binding[0]) + f" {proxy._binding[2]}" if proxy._binding else None
         self._check_index(proxy, index)
+        if self._invokes is not None:
+            self._invokes.check_item_write(proxy, index)
         src = user_source()
         guards.check_item_value(value, f"{where or 'a traced value'}{format_index(index)}", src)
         # the assigned value is data (lifted); the index is structure
@@ -295,6 +356,8 @@ class Trace:
             path, idx, phase = proxy._binding
             self.write(path, idx, phase, new)
             proxy._node = self._versions[proxy._binding]
+            if self._invokes is not None:  # the written batch value, seen through the invoke again
+                proxy._node = self.module_value(path, idx, phase)._node
         else:
             proxy._node = new._node
 
@@ -323,7 +386,7 @@ class Trace:
                 if self._owner._index.point_owner(path) is not None:  # an attention internal: no phase
                     head = short
                 key = names[proxy._binding] = head if idx == 0 else f"{head}#{idx}"
-            return key
+            return key if self._invokes is None else self._invokes.save_key(proxy._node, key)
         node = self.graph.node(proxy._node)
         return f"{node.op.value}_{node.id}"
 
@@ -335,10 +398,12 @@ class Trace:
         return self._abstract[node_id]
 
     def _abstract_value(self, node: Any) -> Any:
+        if self._invokes is not None and node.meta.get("view"):
+            return self._invokes.abstract(node)
         if node.op in (Op.MODULE_OUTPUT, Op.MODULE_INPUT):
             path, idx = node.target
             event = (path, idx, "output" if node.op is Op.MODULE_OUTPUT else "input")
-            spec = self._owner._probe(self.tokens).values.get(event)
+            spec = self._owner._probe(self.recording_tokens()).values.get(event)
             if not isinstance(spec, tuple):
                 raise RuntimeError(f"{self._owner._index.short(path) or '<model>'} {event[2]} has no array shape "
                                    f"(call {idx} {'returns' if event[2] == 'output' else 'receives'} {spec})")
