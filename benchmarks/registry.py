@@ -18,6 +18,7 @@ SUITES: dict[str, str] = {
     "generate": "benchmarks.suite_generate",
     "gguf": "benchmarks.suite_gguf",
     "views": "benchmarks.suite_views",
+    "edits": "benchmarks.suite_edits",
 }
 
 Case = Callable[..., Iterable]

@@ -119,7 +119,8 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, GenerationMixin, EditMix
         Args:
             inputs: a prompt, a list of prompts (right-padded; ``trace.lengths`` keeps real lengths),
                 token ids (list of int) or an integer ``mx.array`` of shape ``(batch, seq)``.
-            interventions: ``{module name: fn}``, each ``fn(activation) -> activation``.
+            interventions: ``{module name: fn}``, each ``fn(activation) -> activation`` (applied after the
+                model's edits, if it has any: see :meth:`edit`).
             compile: ``False`` eager, ``True`` compiled, ``"auto"`` eager the first time a graph
                 structure is seen and compiled once it repeats.
             capture: which module outputs land in ``trace.activations``: ``"all"`` (default),

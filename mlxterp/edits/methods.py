@@ -43,6 +43,7 @@ class EditMixin:
             TypeError: ``edits`` not a dict of callables.
         """
         _check_inplace(inplace)
+        self._sync_tree()  # names resolve on the current module tree
         if edits is None:
             return EditRecording(self, inplace)
         if isinstance(edits, dict) and not edits:
@@ -74,6 +75,7 @@ class EditMixin:
                 value of the wrong shape or dtype. Nothing is modified.
         """
         _check_inplace(inplace)
+        self._sync_tree()
         planned = plan(self, weights, user_source())
         return with_edits(self, tuple(p.record for p in planned), inplace, edited_tree(self, planned))
 

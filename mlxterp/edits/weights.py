@@ -57,7 +57,7 @@ def plan(model: Any, weights: Any, source: Any) -> list[_Planned]:
             raise EditError(f"edit_weights: {name!r} and {seen[where]!r} name the same weight; give it once")
         seen[where] = name
         planned.append(entry)
-    mx.eval([p.value for p in planned])
+    mx.eval([p.value for p in planned], [p.layer.parameters() for p in planned if p.layer is not None])
     return planned
 
 
@@ -189,9 +189,10 @@ def edited_tree(model: Any, planned: list[_Planned]) -> nn.Module:
     """The edited module tree (see the module docstring), built holding the model's lock (no forward of it
     runs meanwhile, so no module is copied while hooked)."""
     with model_lock(model.model):
-        tree = CopyOnWrite(model.model)
+        tree, dequantized = CopyOnWrite(model.model), set()
         for entry in planned:
-            if entry.layer is not None:
+            if entry.layer is not None and entry.path not in dequantized:  # one float layer per quantized one
                 tree.replace(entry.path, entry.layer)
+                dequantized.add(entry.path)
             tree.own(entry.path)[entry.key] = entry.value
     return tree.root

@@ -109,7 +109,7 @@ def test_zero_out_heads_checks_its_heads(model):
         run(model.edit({"layers.1.attn.heads": iv.zero_out_heads([0, 4])}))
     with model.edit() as ed:  # no shapes while recording: checked when each forward runs
         model.layers[1].attn.heads = iv.zero_out_heads(-5)(model.layers[1].attn.heads)  # HEADS-HERE
-    where = rf"mlxterp.interventions._zeroed_heads .*{HERE}:{line_of('HEADS-HERE')}"
+    where = rf"mlxterp.interventions._zeroed_heads\] .*{HERE}:{line_of('HEADS-HERE')}"
     with pytest.raises(NodeExecutionError, match=rf"{where}.*head -5 is out of range"):
         run(ed.model)
 

@@ -216,3 +216,30 @@ def test_inplace_edits_and_clear_edits(model):
     model.clear_edits()
     assert model.edits == () and mx.array_equal(run(model), raw)
     assert model.activation_patching([1, 5, 9, 13], [1, 5, 40, 13], component="mlp") == pytest.approx(before)
+
+
+def test_an_edited_models_program_folds_vmaps_and_differentiates(model):
+    edited = model.edit({"layers.2.attn.heads": iv.zero_out_heads([1])})
+    with edited.trace(TOKENS, capture="saved") as tr:
+        s = mt.param("s", mx.zeros(64))
+        edited.layers[3].output[:, -1] = edited.layers[3].output[:, -1] + s
+        edited.output[:, -1].save("logits")
+    prog = tr.program()
+    steers = mx.random.normal((3, 64), key=mx.random.key(4))
+
+    def reference(steer):
+        def hook(site, value):
+            if site == ("heads", 2):
+                return zero_heads(value, [1])
+            if site == ("layer", 3):
+                return mx.concatenate([value[:, :-1], value[:, -1:] + steer], axis=1)
+            return value
+        return llama_forward(model.model, TOKENS, hook)[:, -1]
+
+    want = mx.stack([reference(steers[i]) for i in range(3)])
+    np.testing.assert_allclose(np.array(prog.batched(s=steers)["logits"]), np.array(want), rtol=1e-4, atol=1e-4)
+    vmapped = mx.vmap(lambda v: prog.fn(params={"s": v})["logits"])(steers)
+    np.testing.assert_allclose(np.array(vmapped), np.array(want), rtol=1e-4, atol=1e-4)
+    grad = mx.grad(lambda v: prog.fn(params={"s": v})["logits"].sum())(steers[0])
+    ref_grad = mx.grad(lambda v: reference(v).sum())(steers[0])
+    np.testing.assert_allclose(np.array(grad), np.array(ref_grad), rtol=1e-3, atol=1e-4)

@@ -186,3 +186,25 @@ def test_an_edited_models_fingerprint_differs_from_its_bases(model):
     other = model_identity(model.edit({"layers.1": iv.scale(0.25)}))
     assert first["fingerprint"] == again["fingerprint"] != base["fingerprint"]
     assert other["fingerprint"] != first["fingerprint"] and len(first["edits"]) == 1
+
+
+def test_two_edits_of_one_quantized_layer_edit_one_float_layer():
+    from tests.models import tiny_gpt2_module
+
+    def quantized_gpt2():
+        module = tiny_gpt2_module(seed=1)
+        nn.quantize(module, group_size=32, bits=4)
+        mx.eval(module.parameters())
+        return module
+
+    model = InterpretableModel(quantized_gpt2(), layer_attr="h")
+    edited = model.edit_weights({"h.0.mlp.c_fc.weight": lambda w: w * 0.5, "h.0.mlp.c_fc.bias": lambda b: b + 1.0})
+    reference = quantized_gpt2()  # the same layer dequantized and edited by hand
+    q = reference.model.h[0].mlp.c_fc
+    layer = nn.Linear(q.weight.shape[1] * 32 // q.bits, q.weight.shape[0])
+    layer.weight = mx.dequantize(q.weight, q.scales, q.biases, group_size=q.group_size, bits=q.bits) * 0.5
+    layer.bias = q.bias + 1.0
+    reference.model.h[0].mlp.c_fc = layer
+    tokens = mx.array([[1, 5, 9, 13, 17]])
+    np.testing.assert_allclose(np.array(run(edited, tokens)), np.array(reference(tokens)), rtol=1e-4, atol=1e-4)
+    assert [e.name for e in edited.edits] == ["h.0.mlp.c_fc.weight", "h.0.mlp.c_fc.bias"]
