@@ -20,6 +20,7 @@ SUITES: dict[str, str] = {
     "views": "benchmarks.suite_views",
     "das": "benchmarks.suite_das",
     "invoke": "benchmarks.suite_invoke",
+    "edits": "benchmarks.suite_edits",
 }
 
 Case = Callable[..., Iterable]

@@ -21,7 +21,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .ir import Graph
-from .locks import serialised
+from .locks import model_lock, serialised
 from .lowering import PatchedForward, default_call
 from .passes import PassResult, run_passes
 from .passes.lift import param_sources, param_values
@@ -94,9 +94,27 @@ class Executor:
             return False
         return self._renew()
 
+    def share_cache(self, other: "Executor") -> None:
+        """Keep lowerings (and statistics) in ``other``'s cache: both executors run the same module tree, so a
+        lowering built by one hooks the modules the other runs. Keys are graph structures: two graphs share
+        an entry only where they are the same program."""
+        if other.model is not self.model:
+            raise ValueError("executors share a cache only when they run the same module tree")
+        self._cache, self.stats = other._cache, other.stats
+
+    def rebase(self, model: nn.Module) -> None:
+        """Run ``model`` from now on: another module tree (an edited copy of this one, sharing its lock: see
+        :func:`.locks.share_lock`). Handled as a tree change: ``on_tree_change`` is called and ``tree_version``
+        goes up, so programs lowered on the old tree are lowered again; the cache starts empty and is this
+        executor's own (one it shared still serves the old tree's executors)."""
+        with model_lock(self.model):
+            self.model = model
+            self._cache = collections.OrderedDict()
+            self._renew(force=True)
+
     @serialised(lambda executor: executor.model)
-    def _renew(self) -> bool:
-        if self._tree.current():  # another thread renewed it while this one waited for the lock
+    def _renew(self, force: bool = False) -> bool:
+        if not force and self._tree.current():  # another thread renewed it while this one waited for the lock
             return False
         tree = ModuleTree(self.model)
         self._cache.clear()

@@ -127,7 +127,8 @@ def target_name(target: Any) -> str:
     """Readable form of a node target (functions by qualified name)."""
     if callable(target) and hasattr(target, "__qualname__"):
         module = getattr(target, "__module__", "") or ""
-        prefix = "mx." if module.startswith("mlx") else (module + "." if module else "")
+        # mx.* for MLX's own functions only (mlxterp's names start with "mlx" too)
+        prefix = "mx." if module == "mlx.core" or module.startswith("mlx.core.") else (module + "." if module else "")
         return prefix + target.__qualname__
     if isinstance(target, tuple) and len(target) >= 2 and isinstance(target[0], str):
         path, idx = target[0] or "<model>", target[1]

@@ -38,6 +38,16 @@ def model_lock(model: nn.Module) -> threading.RLock:
         return entry[1]
 
 
+def share_lock(model: nn.Module, like: nn.Module) -> threading.RLock:
+    """Make ``model`` use ``like``'s lock, and return it. For module trees that share modules (a copy of a
+    tree along some paths, the rest shared): a forward of either hooks and, while ``mx.compile`` traces,
+    swaps the arrays of the modules they share, so their forwards must not run at the same time."""
+    lock = model_lock(like)
+    with _REGISTRY:
+        _LOCKS[id(model)] = (weakref.ref(model, functools.partial(_forget, id(model))), lock)
+    return lock
+
+
 def _forget(key: int, ref: weakref.ref) -> None:
     with _REGISTRY:
         if key in _LOCKS and _LOCKS[key][0] is ref:

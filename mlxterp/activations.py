@@ -39,7 +39,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 # ---------------------------------------------------------------------------------------------------
 def get_activations(model: WrappedModel, prompts: Any, layers: Optional[Sequence[int]] = None,
                     positions: Positions = -1) -> Dict[str, mx.array]:
-    """Layer outputs at chosen token positions, from one traced forward.
+    """Layer outputs at chosen token positions, from one traced forward (one per prompt length for an
+    edited model whose edits may count positions from the end, e.g. a recorded ``[:, -1]`` write).
 
     Args:
         model: an :class:`~mlxterp.InterpretableModel`.
@@ -66,7 +67,12 @@ def get_activations(model: WrappedModel, prompts: Any, layers: Optional[Sequence
     _check_not_empty(prompts)
     batch = model._batch(prompts)
     index = _position_index(batch.lengths, pos_list)
-    gathered = _gather(model, batch.tokens, index, sites)
+    if model._padding_safe() or not batch.padded:
+        gathered = _gather(model, batch.tokens, index, sites)
+    else:  # edits that may count positions from the end: one forward per prompt length (see padded_batches)
+        data = np.array(batch.tokens)
+        rows = [data[k, :n].tolist() for k, n in enumerate(batch.lengths)]
+        gathered = gather_rows(model, rows, index, sites, False, len(rows))
     out = {key: (a[:, 0] if single else a) for key, a in gathered.items()}
     mx.eval(list(out.values()))
     return out
@@ -241,15 +247,16 @@ def padded_batches(model: WrappedModel, rows: List[List[int]], batch_size: int, 
     """Prompts sorted by length in chunks of ``batch_size``: ``(row ids, right-padded int32 tokens,
     their rows of index)`` per chunk. Widths are bucketed (:func:`bucket_length`) and batch heights rounded
     up to a power of two (at most ``batch_size``), so a handful of compiled programs serve a whole run;
-    the padding rows are not in ``row ids``."""
+    the padding rows are not in ``row ids``. A model whose edits are not padding-safe (an edit may count
+    positions from the end: ``model._padding_safe()``) gets chunks of prompts of one length, unpadded."""
     lengths = np.asarray([len(r) for r in rows])
     order = np.argsort(lengths, kind="stable")
     pad_id = model._pad_id()
     limit = model._positions.max_positions
     cols = 0 if index is None else index.shape[1]
-    for start in range(0, len(rows), batch_size):
-        ids = order[start:start + batch_size]
-        width = bucket_length(int(lengths[ids].max()), limit)
+    exact = not model._padding_safe()
+    for ids in _chunks(order, lengths, batch_size, exact):
+        width = int(lengths[ids].max()) if exact else bucket_length(int(lengths[ids].max()), limit)
         height = min(batch_size, _next_pow2(len(ids)))
         tokens = np.full((height, width), pad_id, dtype=np.int32)
         chunk_index = np.zeros((height, cols), dtype=np.int32)
@@ -258,6 +265,15 @@ def padded_batches(model: WrappedModel, rows: List[List[int]], batch_size: int, 
             if index is not None:
                 chunk_index[r] = index[j]
         yield ids, tokens, chunk_index
+
+
+def _chunks(order: np.ndarray, lengths: np.ndarray, size: int, exact: bool) -> Iterator[np.ndarray]:
+    """``order`` (prompts sorted by length) in chunks of at most ``size``; with ``exact``, each chunk's
+    prompts have one length."""
+    runs = np.split(order, np.flatnonzero(np.diff(lengths[order])) + 1) if exact else [order]
+    for run in runs:
+        for start in range(0, len(run), size):
+            yield run[start:start + size]
 
 
 def collect_activations(model: WrappedModel, inputs: Any, layers: Optional[Sequence[Union[str, int]]] = None, *,
@@ -315,6 +331,11 @@ def collect_activations(model: WrappedModel, inputs: Any, layers: Optional[Seque
                             shard_size, resume, progress, metadata, group)
     batch = model._batch(inputs)
     n = len(batch.lengths)
+    if batch.padded and not model._padding_safe():
+        raise ValueError(f"collect_activations: this model's edits may count positions from the end (a recorded "
+                         f"edit such as output[:, -1] = ...), which right padding would move onto padding; the "
+                         f"prompts have lengths {sorted(set(batch.lengths))}. Collect prompts of one length per "
+                         "call, or into a store (out=...), which batches them by length")
     if group is not None and n >= dist.size(group):  # each rank traces its rows, at the full padded width
         mine = mx.array(np.array(dist.my_items(range(n), group), dtype=np.int32))
         values = _site_values(model, batch.tokens[mine], sites)

@@ -65,8 +65,14 @@ class WrappedModel(Protocol):
     def _capture_spec(self, capture: Any) -> Any:
         """A trace's ``capture=`` argument as graph captures."""
 
-    def _check_interventions(self, interventions: Any) -> list:
+    def _check_interventions(self, interventions: Any, kind: str = "interventions") -> list:
         """An ``interventions=`` dict as checked ``((path, phase), fn, key)`` entries."""
+
+    def _apply_edits(self, trace: "Trace") -> None:
+        """Record the model's edits into ``trace`` as it begins (see :mod:`mlxterp.edits`)."""
+
+    def _padding_safe(self) -> bool:
+        """Whether right-padding prompts together keeps each one exact under the model's edits."""
 
     def _activation_name(self, captured: str) -> str:
         """The ``trace.activations`` key of a module path."""

@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Union
 
 import mlx.core as mx
+import numpy as np
 
+from .inputs import is_int
 from .scalars import REAL_KINDS, is_number, python_number
 from .tracing.proxy import apply
 
@@ -117,6 +119,66 @@ class noise(Intervention):  # noqa: N801
         return x + apply(_gaussian_like, x) * float(self.std)
 
 
+def _zeroed_heads(x: mx.array, heads: tuple, axis: int) -> mx.array:
+    """``x`` with the entries of ``heads`` along ``axis`` set to zero (checked against ``x``'s shape)."""
+    _check_heads(tuple(x.shape), heads, axis)
+    keep = np.ones(x.shape[axis], dtype=bool)
+    keep[list(heads)] = False
+    mask = mx.array(keep).reshape([-1 if a == axis % x.ndim else 1 for a in range(x.ndim)])
+    return mx.where(mask, x, mx.zeros((), dtype=x.dtype))
+
+
+def _check_heads(shape: tuple, heads: tuple, axis: int) -> None:
+    if not -len(shape) <= axis < len(shape):
+        raise ValueError(f"zero_out_heads(axis={axis}): the activation has shape {shape}, no axis {axis}; heads are "
+                         "axis 2 of layers.N.attn.heads (batch, seq, heads, head_dim), axis 1 of pattern and scores")
+    n = shape[axis]
+    bad = [h for h in heads if not -n <= h < n]
+    if bad:
+        raise IndexError(f"zero_out_heads: head {bad[0]} is out of range; the activation has {n} heads (axis {axis} "
+                         f"of shape {shape}): valid heads are {-n} to {n - 1}")
+
+
+class zero_out_heads(Intervention):  # noqa: N801
+    """Set some attention heads to zero: for ``layers.N.attn.heads`` (each head's output before the output
+    projection, ``(batch, seq, heads, head_dim)``) the listed heads then contribute nothing to the layer.
+
+    Args:
+        heads: a head index or a list of them (negative ones count from the end).
+        axis: the heads axis of the activation (2 for ``heads``, ``q``, ``k``, ``v``; 1 for ``pattern`` and
+            ``scores``).
+
+    Head indices are structure (as indices are in a trace), checked against the activation's shape when
+    it is known (in a trace; an edit recorded in a ``with model.edit()`` block has no shapes, so there
+    they are checked when each forward runs).
+    """
+
+    def __init__(self, heads: Any, axis: int = 2):
+        listed = [heads] if is_int(heads) else heads
+        if not isinstance(listed, (list, tuple)) or not listed or not all(is_int(h) for h in listed):
+            raise TypeError(f"zero_out_heads(heads) needs a head index or a non-empty list of them, got {heads!r}")
+        if not is_int(axis):
+            raise TypeError(f"zero_out_heads(axis) needs an int, got {axis!r}")
+        self.heads = [int(h) for h in listed]
+        self.axis = int(axis)
+
+    def __call__(self, x: Activation) -> Activation:
+        shape = _known_shape(x)
+        if shape is not None:  # a mistake shows at the caller's line, before anything runs
+            _check_heads(shape, tuple(self.heads), self.axis)
+        return apply(_zeroed_heads, x, tuple(self.heads), self.axis)
+
+
+def _known_shape(x: Activation) -> Optional[tuple]:
+    """The activation's shape, or ``None`` where it is not known (a value recorded in an edit)."""
+    from .edits import EditError
+
+    try:
+        return tuple(x.shape)
+    except EditError:
+        return None
+
+
 class InterventionComposer(Intervention):
     """Compose interventions left to right: ``compose().add(f).add(g).build()`` computes ``g(f(x))``."""
 
@@ -153,4 +215,4 @@ def compose() -> InterventionComposer:
 
 
 __all__ = ["Intervention", "InterventionComposer", "add_vector", "clamp", "compose", "noise", "replace_with",
-           "scale", "zero_out"]
+           "scale", "zero_out", "zero_out_heads"]

@@ -13,6 +13,7 @@ from mlxterp.compiler import Executor, Probe, probe
 from .adapters import Architecture, architecture_for
 from .adapters.attention import AttentionPoints
 from .analysis.methods import AnalysisMixin
+from .edits.methods import EditMixin
 from .generation.methods import GenerationMixin
 from .inputs import TokenBatch, to_token_batch
 from .names import ModuleIndex, ModuleNameError
@@ -25,7 +26,7 @@ from .tracing.trace import Trace
 CAPTURE_CHOICES = "'all' (every module output), 'saved' (only .save()-d values) or a list of module names"
 
 
-class InterpretableModel(TokenizerMixin, AnalysisMixin, GenerationMixin):
+class InterpretableModel(TokenizerMixin, AnalysisMixin, GenerationMixin, EditMixin):
     """An MLX model with tracing, interventions and analysis helpers.
 
     Args:
@@ -65,6 +66,8 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, GenerationMixin):
         self.model = model
         self.tokenizer = tokenizer
         self.layer_attr = layer_attr
+        self._edits: tuple = ()  # applied at the start of every trace (see mlxterp.edits)
+        self._root = model  # the module tree before weight edits (clear_edits returns to it)
         self._probes: collections.OrderedDict[tuple, Probe] = collections.OrderedDict()
         self._save_names: dict[tuple, str] = {}  # default save keys by (path, call, phase)
         # Compiled programs built by analysis helpers beside the executor's (e.g. attribution patching),
@@ -118,7 +121,8 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, GenerationMixin):
                 token ids (list of int) or an integer ``mx.array`` of shape ``(batch, seq)``. ``None``: the
                 prompts come from ``with tr.invoke(prompt):`` blocks inside the trace, one batch of all of
                 them (see :meth:`Trace.invoke`).
-            interventions: ``{module name: fn}``, each ``fn(activation) -> activation``.
+            interventions: ``{module name: fn}``, each ``fn(activation) -> activation`` (applied after the
+                model's edits, if it has any: see :meth:`edit`).
             compile: ``False`` eager, ``True`` compiled, ``"auto"`` eager the first time a graph
                 structure is seen and compiled once it repeats.
             capture: which module outputs land in ``trace.activations``: ``"all"`` (default),
@@ -153,20 +157,21 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, GenerationMixin):
             return tuple((self._index.resolve(c), 0) for c in capture)
         raise ValueError(f"capture={capture!r} is not valid; choose {CAPTURE_CHOICES}")
 
-    def _check_interventions(self, interventions: Optional[Dict[str, Callable]]) -> list[tuple[tuple[str, str], Callable, str]]:
+    def _check_interventions(self, interventions: Optional[Dict[str, Callable]],
+                             kind: str = "interventions") -> list[tuple[tuple[str, str], Callable, str]]:
         if interventions is None:
             return []
         if not isinstance(interventions, dict):
-            raise TypeError(f"interventions must be a dict {{module name: fn}}, got {type(interventions).__name__}")
+            raise TypeError(f"{kind} must be a dict {{module name: fn}}, got {type(interventions).__name__}")
         checked = []
         for name, fn in interventions.items():
             if not callable(fn):
-                raise TypeError(f"interventions[{name!r}] is a {type(fn).__name__}; expected a callable "
+                raise TypeError(f"{kind}[{name!r}] is a {type(fn).__name__}; expected a callable "
                                 "activation -> activation such as iv.scale(0.5)")
             try:
                 site = self._index.resolve_site(name)
             except AttributeError as exc:  # resid_mid of a layer without one: the reason, as a name error
-                raise ModuleNameError(f"interventions[{name!r}]: {exc}") from None
+                raise ModuleNameError(f"{kind}[{name!r}]: {exc}") from None
             checked.append((site, fn, name))
         return checked
 
@@ -259,7 +264,8 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, GenerationMixin):
     def __repr__(self) -> str:
         return (f"InterpretableModel({type(self.model).__name__}, {len(self.layers)} layers, "
                 f"tokenizer={'yes' if self.tokenizer is not None else 'none'}, "
-                f"weights={self.weight_form.summary!r} ({self.weight_form.choice}))")
+                f"weights={self.weight_form.summary!r} ({self.weight_form.choice})"
+                f"{f', {len(self._edits)} edit(s)' if self._edits else ''})")
 
 
 def _embedding_rows(index: ModuleIndex) -> Optional[int]:

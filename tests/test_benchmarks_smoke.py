@@ -46,7 +46,8 @@ def test_every_registered_case_reports_a_row(smoke_run):
                                         ("generate_steering", 1), ("generate_variants", 1), ("generate_saves", 1),
                                         ("replay", 1), ("steering_scan", 1), ("gradient", 1),
                                         ("gguf_forward", 1), ("gguf_demo", 1), ("sweep_interrupt", 2),
-                                        ("attention_view", 2), ("das_sites", 1)])
+                                        ("attention_view", 2), ("das_sites", 1), ("edited_forward", 4),
+                                        ("weight_edited_forward", 2)])
 def test_row_counts_per_case_on_one_model_and_shape(smoke_run, case, count):
     assert sum(row["case"] == case for row in smoke_run["rows"]) == count
 

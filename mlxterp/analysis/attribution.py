@@ -52,7 +52,7 @@ def _record(model: WrappedModel, sites: Dict[int, ComponentSite], norm_path: Opt
 def _grid(program: Program, tokens: mx.array, metric: Any) -> Tuple[mx.array, mx.array]:
     """``(layers, seq)`` sums ``<delta, grad>`` per cell and ``d(corrupted, clean)`` (lazy arrays) for
     ``tokens`` = (clean row, corrupted row)."""
-    names = list(program.params)
+    names = [name for name in program.params if name.startswith("delta_")]  # an edited model's edits add params
     clean = program.fn(tokens[0:1])
     clean_logits = mx.stop_gradient(clean["logits"])
 
@@ -60,7 +60,7 @@ def _grid(program: Program, tokens: mx.array, metric: Any) -> Tuple[mx.array, mx
         out = program.fn(tokens[1:2], dict(zip(names, deltas)))
         return distance(out["logits"], clean_logits, metric)[0], [out[f"act_{k}"] for k in range(len(names))]
 
-    zeros = [mx.zeros(spec.shape, spec.dtype) for spec in program.params.values()]
+    zeros = [mx.zeros(program.params[name].shape, program.params[name].dtype) for name in names]
     (d0, corrupted_acts), grads = mx.value_and_grad(objective)(zeros)
     rows = []
     for k, (corrupted, grad) in enumerate(zip(corrupted_acts, grads)):

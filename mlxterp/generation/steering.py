@@ -40,14 +40,22 @@ def _mean_residual(model: WrappedModel, prompts: Any, layer: int, positions: str
     items = [prompts] if isinstance(prompts, str) else list(prompts)
     if not items or not all(isinstance(p, str) and p for p in items):
         raise ValueError(f"{arg}={prompts!r}: expected a non-empty prompt or a non-empty list of them")
+    groups = [items]
+    if not model._padding_safe():  # edits that may count positions from the end: no padded columns
+        lengths = [len(model.encode(p)) for p in items]
+        groups = [[p for p, n in zip(items, lengths) if n == length] for length in sorted(set(lengths))]
+    parts = [_per_prompt(model, group, layer, positions) for group in groups]
+    return mx.concatenate([p for p, _ in parts]).mean(axis=0), parts[0][1]
+
+
+def _per_prompt(model: WrappedModel, items: list, layer: int, positions: str) -> tuple[mx.array, Any]:
+    """Each prompt's residual (float32, ``(len(items), hidden)``) from one right-padded trace, and its dtype."""
     with model.trace(items, capture="saved") as tr:
         hidden = model.layers[layer].output.save()
     dtype = hidden.dtype
     hidden = mx.array(hidden).astype(mx.float32)
     lengths = mx.array(tr.lengths)
     if positions == "last":
-        per_prompt = hidden[mx.arange(len(items)), lengths - 1]
-    else:  # right padding: a row's real tokens are its first `length` columns
-        real = (mx.arange(hidden.shape[1])[None, :] < lengths[:, None]).astype(mx.float32)
-        per_prompt = (hidden * real[..., None]).sum(axis=1) / lengths[:, None].astype(mx.float32)
-    return per_prompt.mean(axis=0), dtype
+        return hidden[mx.arange(len(items)), lengths - 1], dtype
+    real = (mx.arange(hidden.shape[1])[None, :] < lengths[:, None]).astype(mx.float32)  # a row's real tokens
+    return (hidden * real[..., None]).sum(axis=1) / lengths[:, None].astype(mx.float32), dtype

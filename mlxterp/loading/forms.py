@@ -213,7 +213,7 @@ def dequantize(model: nn.Module, dtype: mx.Dtype = mx.float32) -> None:
         ValueError: if a quantized layer is of a kind with no float counterpart here.
     """
     for path, module in quantized_layers(model).items():
-        layer = _float_layer(path, module, dtype)
+        layer = float_layer(path, module, dtype)
         mx.eval(layer.parameters())  # one layer at a time: the packed original is freed before the next
         model.update_modules(tree_unflatten([(path, layer)]))
     cast = [(k, v.astype(dtype)) for k, v in tree_flatten(model.parameters())
@@ -223,7 +223,7 @@ def dequantize(model: nn.Module, dtype: mx.Dtype = mx.float32) -> None:
         mx.eval(model.parameters())
 
 
-def _float_layer(path: str, module: nn.Module, dtype: mx.Dtype) -> nn.Module:
+def float_layer(path: str, module: nn.Module, dtype: mx.Dtype) -> nn.Module:
     """The float layer equal to a quantized one (its weight dequantized in float32, then cast)."""
     biases = module.get("biases")
     weight = mx.dequantize(module["weight"], module["scales"].astype(mx.float32),

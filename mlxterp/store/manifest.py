@@ -12,6 +12,8 @@ every byte of its data, so that any edit of any weight (one MLP neuron zeroed, o
 gives another fingerprint. It is computed once per call, reading the weights in place (no copy), at the
 speed of one thread of hashlib's SHA-256: on this project's CPU about 0.1 s for SmolLM2-135M quantized
 (115 MB) and 0.5-0.65 s in float32 (538 MB) (``python -m benchmarks --only store_fingerprint``).
+A model edited with ``model.edit`` (same weights, other activations) also has its edits in its fingerprint
+(see :mod:`mlxterp.edits.identity`), and the model's record lists them.
 Each prompt is identified by a 64-bit BLAKE2b hash of its text (or of its token ids); the store keeps
 every prompt's hash in its shards and the manifest keeps the SHA-256 of the whole list and of each
 shard's part.
@@ -28,6 +30,8 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
+from ..edits.identity import describe as describe_edits
+from ..edits.identity import edits_digest
 from .files import write_json_atomic
 
 if TYPE_CHECKING:
@@ -53,8 +57,14 @@ def model_identity(model: WrappedModel) -> Dict[str, Any]:
     """``{"class", "parameters", "fingerprint", "fingerprint_covers"}`` of an InterpretableModel's wrapped
     module (see the module docstring)."""
     params = tree_flatten(model.model.parameters())
-    return {"class": type(model.model).__name__, "parameters": int(sum(v.size for _, v in params)),
-            "fingerprint": weights_fingerprint(params), "fingerprint_covers": FINGERPRINT_COVERS}
+    identity = {"class": type(model.model).__name__, "parameters": int(sum(v.size for _, v in params)),
+                "fingerprint": weights_fingerprint(params), "fingerprint_covers": FINGERPRINT_COVERS}
+    edits = getattr(model, "_edits", ())
+    extra = edits_digest(edits)
+    if extra is not None:  # an edited model computes something else with the same weights
+        identity["fingerprint"] = hashlib.sha256(f"{identity['fingerprint']}|edits {extra}".encode()).hexdigest()[:32]
+        identity["edits"] = describe_edits(edits)
+    return identity
 
 
 def weights_fingerprint(params: List[Tuple[str, mx.array]]) -> str:
@@ -176,7 +186,9 @@ def _show(manifest: Dict[str, Any], field: str) -> str:
         scheme = "" if value.get("fingerprint_covers") == FINGERPRINT_COVERS else (
             ", a fingerprint of 64 sampled values per parameter by an older mlxterp, which cannot be compared "
             "with this one: collect into a new folder")
-        return f"{value['class']} ({value['parameters']} parameters, fingerprint {value['fingerprint'][:12]}{scheme})"
+        edited = f", {len(value['edits'])} edit(s)" if value.get("edits") else ""
+        return (f"{value['class']} ({value['parameters']} parameters{edited}, fingerprint "
+                f"{value['fingerprint'][:12]}{scheme})")
     if field == "prompts_sha256":
         return f"prompt list sha256 {value[:12]}"
     return repr(value)

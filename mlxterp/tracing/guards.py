@@ -47,12 +47,13 @@ def check_item_value(value: Any, what: str, src: Any) -> None:
         raise WriteTypeError(bad_write_message(what, describe_value(value), format_source(src)))
 
 
-def intervention_origin(name: str, fn: Callable) -> str:
-    """``interventions['layers.1'] = bad_hook (defined at file:line)``, for errors about its result."""
+def intervention_origin(name: str, fn: Callable, kind: str = "interventions") -> str:
+    """``interventions['layers.1'] = bad_hook (defined at file:line)``, for errors about its result (``kind``:
+    what the dict was, e.g. ``"edit"`` for a model's edits)."""
     label = getattr(fn, "__qualname__", None) or repr(fn)
     code = getattr(fn, "__code__", None)
     where = f" (defined at {code.co_filename}:{code.co_firstlineno})" if code is not None else ""
-    return f"interventions[{name!r}] = {label}{where}"
+    return f"{kind}[{name!r}] = {label}{where}"
 
 
 def _is_number(value: Any) -> bool:

@@ -95,6 +95,7 @@ class Trace:
         if self._invokes is not None:
             self._invokes.whole = True  # interventions= apply to every invoke's rows
         try:
+            self._owner._apply_edits(self)  # the model's edits come first (see mlxterp.edits)
             for site, fn, name in self._interventions:
                 self._apply_intervention(site, fn, name)
         except BaseException:
@@ -127,14 +128,15 @@ class Trace:
         self._saved, self._abstract = [], {}
         return False
 
-    def _apply_intervention(self, site: tuple[str, str], fn: Callable, name: str) -> None:
-        """``fn`` applied to the value at ``site`` (``(path, phase)``, see ``ModuleIndex.resolve_site``)."""
+    def _apply_intervention(self, site: tuple[str, str], fn: Callable, name: str, kind: str = "interventions") -> None:
+        """``fn`` applied to the value at ``site`` (``(path, phase)``, see ``ModuleIndex.resolve_site``);
+        ``kind`` names the dict it came from in errors (``"edit"`` for a model's edits)."""
         from ..interventions import Intervention
 
         path, phase = site
         current = self.module_value(path, 0, phase)
         value = fn(current) if isinstance(fn, Intervention) else apply(fn, current)
-        self.write(path, 0, phase, value, guards.intervention_origin(name, fn))
+        self.write(path, 0, phase, value, guards.intervention_origin(name, fn, kind))
 
     # -- invokes ------------------------------------------------------------------------------
     def invoke(self, inputs: Any, name: str | None = None) -> Invoke:
