@@ -1,0 +1,23 @@
+"""Circuits: direct logit attribution, residual decomposition, edge attribution (EAP, EAP-IG), exact edge
+patching and circuit faithfulness, built on programs (see README.md, "Circuits").
+
+The entry points are methods of :class:`mlxterp.InterpretableModel` (``model.direct_logit_attribution``,
+``model.decompose``, ``model.edge_attribution``, ``model.edge_patching``, ``model.evaluate_circuit``,
+``model.faithfulness_curve``); this package holds them and their results.
+"""
+
+from .dla import DirectLogitAttribution, ResidualDecomposition
+from .edges import Circuit, EdgeScores
+from .faithfulness import EdgePatching, Faithfulness, FaithfulnessCurve
+from .nodes import CircuitGraph
+
+__all__ = [
+    "Circuit",
+    "CircuitGraph",
+    "DirectLogitAttribution",
+    "EdgePatching",
+    "EdgeScores",
+    "Faithfulness",
+    "FaithfulnessCurve",
+    "ResidualDecomposition",
+]

@@ -1,0 +1,144 @@
+"""Edge attribution patching (EAP) and its integrated-gradients form (EAP-IG).
+
+The score of edge ``(u, r)`` is ``sum over rows, positions and hidden of (z_u(clean) - z_u(corrupted)) *
+g_r``, where ``z_u`` is sender ``u``'s output and ``g_r`` the gradient of the metric at receiver ``r``'s
+input: the first-order change of the metric when that one edge carries its clean value into the corrupted
+run. **EAP** takes ``g_r`` in the corrupted run. **EAP-IG** averages it over ``steps`` points of the path
+from the corrupted to the clean input embeddings, ``e(a) = (1 - a) e(corrupted) + a e(clean)`` at
+``a = k / steps`` for ``k = 0 .. steps - 1`` (a left Riemann sum: ``steps=1`` is EAP).
+
+**One forward and backward.** The points, plus the clean run (``a = 1``, whose senders give ``z(clean)``;
+``a = 0`` gives ``z(corrupted)``), are ``steps + 1`` variants of one program folded into the batch axis
+(``prog.batched``); ``mx.value_and_grad`` of the variants' weighted metric with respect to additive deltas at
+every receiver's input gives every ``g_r`` at once (the clean variant has weight 0). The whole computation is
+one compiled function, cached on the model.
+
+**A head's q, k and v inputs.** A head's query input is a copy of the layer's input ``x`` that feeds only
+that head's query: ``q_h = W_q[h] ln1(x_h) (+ b_q[h])``, then the model's own query norm and RoPE. The
+gradient at that copy, at ``x_h = x``, is by the chain rule ``J_ln1(x)^T W_q[h]^T dm/dq_h``, with
+``dm/dq_h`` the gradient at head ``h``'s slice of the q projection's output. So the program adds its deltas
+to the q, k and v projections' outputs (where one gradient per head is exact), and each head's gradient is
+taken back through its rows of the projection and through the norm's Jacobian at ``x`` (:func:`.ops.norm_vjp`);
+keys and values per key-value head. Exact edge patching (:mod:`.patching`) runs such copies for real.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, List
+
+import mlx.core as mx
+import numpy as np
+
+from mlxterp.compiler import StateCompiled
+from ..analysis.metrics import Metric
+from ..analysis.programs import cached_program, keep_program
+from ..tracing.program import Program
+from . import ops
+from .dla import sender_stack
+from .edges import EdgeScores
+from .inputs import check_steps, circuit_metric, prompt_pair
+from .nodes import CircuitGraph
+from .parts import Parts, circuit_parts
+from .runs import delta_width, gradient_program
+
+if TYPE_CHECKING:
+    from ..model import InterpretableModel
+
+METHODS = ("eap", "eap-ig")
+
+
+def edge_attribution(model: InterpretableModel, clean: Any, corrupted: Any, metric: Any = "logit_diff",
+                     method: str = "eap-ig", steps: int = 5, receivers: str = "heads", *, target: Any = None,
+                     foil: Any = None) -> EdgeScores:
+    """See :meth:`mlxterp.circuits.methods.CircuitsMixin.edge_attribution`."""
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    steps = 1 if method == "eap" else check_steps(steps)
+    parts = circuit_parts(model)
+    graph = parts.graph_for(receivers)
+    clean_tokens, corrupted_tokens = prompt_pair(model, clean, corrupted)
+    found = circuit_metric(model, metric, clean_tokens, corrupted_tokens, target, foil)
+    alphas = mx.array([k / steps for k in range(steps)] + [1.0], dtype=mx.float32)
+    weights = mx.array([1.0 / steps] * steps + [0.0], dtype=mx.float32)
+    fn = _compiled(model, parts, graph, corrupted_tokens, found, steps)
+    scores, values = fn(clean_tokens, corrupted_tokens, alphas, weights)
+    mx.eval(scores, values)
+    values = np.array(values, dtype=np.float64)
+    return EdgeScores(graph, np.array(scores, dtype=np.float64), method, steps, str(found), float(values[-1]),
+                      float(values[0]))
+
+
+def _compiled(model: InterpretableModel, parts: Parts, graph: CircuitGraph, tokens: mx.array, metric: Metric,
+              steps: int) -> StateCompiled:
+    """The compiled attribution function for this shape, granularity, metric and number of steps (cached)."""
+    key = (tuple(tokens.shape), graph.granularity, metric, steps)
+    found = cached_program(model, "circuits.attribution", key)
+    if found is None:
+        program = gradient_program(model, parts, tokens, graph.granularity)
+
+        def attribute(clean: mx.array, corrupted: mx.array, alphas: mx.array, weights: mx.array) -> Any:
+            return _attribute(program, parts, graph, metric, clean, corrupted, alphas, weights)
+
+        found = keep_program(model, "circuits.attribution", key,
+                             StateCompiled(attribute, model.model, model._executor.stats))
+    return found
+
+
+def _attribute(program: Program, parts: Parts, graph: CircuitGraph, metric: Metric, clean: mx.array,
+               corrupted: mx.array, alphas: mx.array, weights: mx.array) -> tuple:
+    """Edge scores ``(n_receivers, n_senders)`` and the metric of each variant ``(steps + 1,)``."""
+    k = alphas.shape[0]
+    names = [f"delta_{lp.index}" for lp in parts.layers] + ["delta_logits"]
+    zeros = [mx.zeros((k,) + program.params[n].shape, dtype=mx.float32) for n in names]
+    source = mx.broadcast_to(clean[None], (k,) + tuple(clean.shape))
+
+    def objective(deltas: List[mx.array]) -> tuple:
+        out = program.batched(corrupted, alpha=alphas, source=source, **dict(zip(names, deltas)))
+        logits = out["logits"]
+        values = metric.score(logits.reshape(-1, logits.shape[-1])).reshape(k, -1).mean(axis=1)
+        return (values * weights).sum(), values, out
+
+    (_, values, out), grads = mx.value_and_grad(objective)(zeros)
+    return _scores(parts, graph, out, grads), values
+
+
+def _scores(parts: Parts, graph: CircuitGraph, out: Dict[str, mx.array], grads: List[mx.array]) -> mx.array:
+    """The score matrix from the variants' saves and the deltas' gradients (see the module docstring); each
+    variant's gradients carry its weight already, so they are summed."""
+    n = graph.n_layers
+    clean = sender_stack({key: v[-1] for key, v in out.items()}, n).astype(mx.float32)
+    corrupted = sender_stack({key: v[0] for key, v in out.items()}, n).astype(mx.float32)
+    diff = clean - corrupted  # (senders, batch, seq, hidden)
+    rows = []
+    for lp in parts.layers:
+        rows += [_attn_gradients(parts, graph, lp, grads[lp.index], out[f"x_{lp.index}"]),
+                 _summed(grads[lp.index][..., -parts.hidden:])[None]]
+    received = mx.concatenate(rows, axis=0)  # (receivers - 1, batch, seq, hidden)
+    scores = received.reshape(received.shape[0], -1) @ diff.reshape(diff.shape[0], -1).T
+    at_logits = _summed(grads[-1])[:, -1]  # (batch, hidden)
+    logits_row = (diff[:, :, -1] * at_logits[None]).sum(axis=(1, 2))
+    scores = mx.concatenate([scores, logits_row[None]], axis=0)
+    return mx.where(mx.array(graph.valid()), scores, mx.zeros_like(scores))
+
+
+def _summed(grad: mx.array) -> mx.array:
+    """``grad`` summed over its leading variant axis, in float32."""
+    return grad.astype(mx.float32).sum(axis=0)
+
+
+def _attn_gradients(parts: Parts, graph: CircuitGraph, lp: Any, grad: mx.array, x: mx.array) -> mx.array:
+    """Gradients at layer ``lp``'s attention receivers' inputs ``(receivers, batch, seq, hidden)``, summed
+    over the variants. ``grad``: ``(variants, batch, seq, width)`` at the layer's deltas; ``x``: the layer's
+    input per variant."""
+    k, batch, seq, _ = grad.shape
+    offsets = delta_width(parts, graph.granularity)
+    if graph.granularity == "layers":
+        return _summed(grad[..., offsets[0]:offsets[1]])[None]
+    cotangents = []
+    for path, heads, (start, stop) in zip((lp.q, lp.k, lp.v), (graph.n_heads, graph.n_kv_heads, graph.n_kv_heads),
+                                          zip(offsets[:3], offsets[1:4])):
+        g = grad[..., start:stop].reshape(k * batch, seq, stop - start)
+        cotangents.append(ops.per_head_cotangents(g, heads, linear=parts.module(path)))
+    cot = mx.concatenate(cotangents, axis=0)  # (receivers, variants * batch, seq, hidden)
+    back = ops.norm_vjp(x.reshape(k * batch, seq, -1), cot, norm=parts.module(lp.ln1))
+    return _summed(back.reshape(back.shape[0], k, batch, seq, -1).transpose(1, 0, 2, 3, 4))

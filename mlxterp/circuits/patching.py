@@ -1,0 +1,178 @@
+"""Exact edge patching: every chosen edge of a circuit in one forward, ``K`` circuits as ``K`` row blocks of
+one batched forward.
+
+Receiver ``r``'s input is the residual stream ``x_r = sum_u z_u (+ biases)`` of the senders before it. An
+edge ``(u, r)`` *ablated* carries the sender's ablated value ``z_u'`` (its output in the corrupted run, or
+its mean over the corrupted prompts) instead of ``z_u``, its output in the same run:
+
+- patching edges ``P`` (:func:`edge_patching`): ``r`` reads ``x_r + sum_{u in P(r)} (z_u' - z_u)``;
+- a circuit ``C`` (every other edge ablated; :func:`evaluate_circuit`): ``r`` reads
+  ``x_r' + sum_{u in C(r)} (z_u - z_u')``, where ``x_r'`` is its ablated input (the same sum with every
+  sender ablated). Both are the same rule; the second form costs work only for the circuit's edges.
+
+``z_u`` is always the sender's output in the patched run itself, so an ablated edge upstream changes what
+later senders send. Receivers without edges in any row read ``x_r`` (patching) or ``x_r'`` (circuits); a
+layer's attention then runs as usual on that input. A head whose q, k or v input has edges gets its own input:
+its slice of the projection is recomputed from ``ln1`` of that input (:func:`.patch_ops.splice_projection`),
+the other heads keep the model's projection. The corrupted (source) prompts run as the first rows of the same
+forward, so their senders' outputs and residuals are at hand, layer by layer, when the variants' receivers
+need them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Tuple
+
+import mlx.core as mx
+import numpy as np
+
+from ..analysis.metrics import Metric
+from ..tracing.proxy import apply
+from . import ops, patch_ops
+from .nodes import CircuitGraph
+from .parts import Parts
+
+if TYPE_CHECKING:
+    from ..model import InterpretableModel
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One row block of a patched forward: ``mask`` ``(n_receivers, n_senders)`` bool edges, kept (a circuit)
+    or patched."""
+
+    mask: np.ndarray
+    kept: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class _Site:
+    kind: str  # "attn", "mlp" or "logits"
+    layer: int
+    receivers: range
+
+
+@dataclasses.dataclass(frozen=True)
+class _SitePlan:
+    special: Tuple[int, ...]  # receivers of the site (local indices) with an edge in some variant
+    picks: Tuple[Tuple[int, int], ...]  # (block, index) of each involved sender
+    weights: np.ndarray  # (variants, len(special), len(picks))
+
+
+def _sites(graph: CircuitGraph) -> List[_Site]:
+    out = []
+    for layer in range(graph.n_layers):
+        attn, mlp = graph.layer_receivers(layer)
+        out += [_Site("attn", layer, attn), _Site("mlp", layer, range(mlp, mlp + 1))]
+    return out + [_Site("logits", graph.n_layers, range(graph.logits_receiver, graph.logits_receiver + 1))]
+
+
+def _block(graph: CircuitGraph, sender: int) -> Tuple[int, int]:
+    """``(block, index)`` of a sender: block 0 the embedding, ``1 + 2L`` layer L's heads, ``2 + 2L`` its MLP."""
+    if sender == 0:
+        return 0, 0
+    layer, local = divmod(sender - 1, graph.n_heads + 1)
+    return (1 + 2 * layer, local) if local < graph.n_heads else (2 + 2 * layer, 0)
+
+
+def _plan(graph: CircuitGraph, site: _Site, variants: Sequence[Variant]) -> _SitePlan:
+    masks = np.stack([v.mask[site.receivers.start:site.receivers.stop] for v in variants])  # (K, n, senders)
+    special = np.flatnonzero(masks.any(axis=(0, 2)))
+    involved = np.flatnonzero(masks[:, special].any(axis=(0, 1)))
+    signs = np.array([1.0 if v.kept else -1.0 for v in variants])[:, None, None]
+    weights = masks[:, special][:, :, involved] * signs
+    return _SitePlan(tuple(int(r) for r in special), tuple(_block(graph, int(u)) for u in involved), weights)
+
+
+def record_patch(model: InterpretableModel, parts: Parts, graph: CircuitGraph, variants: Sequence[Variant],
+                 layout: patch_ops.Layout) -> None:
+    """Inside a trace on the layout's rows: rewrite every receiver's input (see the module docstring) and save
+    the last position's logits (``logits``)."""
+    plans = {(s.kind, s.layer): (s, _plan(graph, s, variants)) for s in _sites(graph)}
+    needed = {b for _, plan in plans.values() for b, _ in plan.picks}
+    blocks: Dict[int, Any] = {}
+    if 0 in needed:
+        blocks[0] = apply(_lead, model.module(parts.embed).output)
+    for lp in parts.layers:
+        _attention_site(model, parts, graph, lp, plans[("attn", lp.index)][1], blocks, layout)
+        if 1 + 2 * lp.index in needed:
+            blocks[1 + 2 * lp.index] = apply(parts.bind(ops.head_outputs, o_proj=lp.o), model.module(lp.attn).heads)
+        ln2 = model.module(lp.ln2)
+        x = ln2.input
+        new = _site_input(x, plans[("mlp", lp.index)][1], blocks, layout, last=False)
+        if new is not x:
+            ln2.input = new
+        if 2 + 2 * lp.index in needed:
+            blocks[2 + 2 * lp.index] = apply(_lead, model.module(lp.mlp).output)
+    final = model.module(parts.final_norm)
+    last = apply(ops.take_last, final.input)
+    final.input = _site_input(last, plans[("logits", graph.n_layers)][1], blocks, layout, last=True)
+    model.output[:, -1].save("logits")
+
+
+def _lead(x: mx.array) -> mx.array:
+    """``x[None]``: one sender as a block of one."""
+    return x[None]
+
+
+def _base(x: Any, layout: patch_ops.Layout) -> Any:
+    return apply(patch_ops.base_rows, x, layout=layout) if any(layout.kept) else x
+
+
+def _special(base: Any, plan: _SitePlan, blocks: Dict[int, Any], layout: patch_ops.Layout, last: bool) -> Any:
+    order = sorted({b for b, _ in plan.picks})
+    picks = tuple((order.index(b), i) for b, i in plan.picks)
+    return apply(patch_ops.special_inputs, base, mx.array(plan.weights, dtype=mx.float32), *[blocks[b] for b in order],
+                 layout=layout, picks=picks, last=last)
+
+
+def _site_input(x: Any, plan: _SitePlan, blocks: Dict[int, Any], layout: patch_ops.Layout, last: bool) -> Any:
+    """The input of a one-receiver site (an MLP, the logits)."""
+    base = _base(x, layout)
+    if not plan.special:
+        return base
+    return apply(patch_ops.pick, _special(base, plan, blocks, layout, last), 0)
+
+
+def _attention_site(model: InterpretableModel, parts: Parts, graph: CircuitGraph, lp: Any, plan: _SitePlan,
+                    blocks: Dict[int, Any], layout: patch_ops.Layout) -> None:
+    """Rewrite layer ``lp``'s attention input: every head reads the base input, and each head projection with
+    edges its own input."""
+    ln1 = model.module(lp.ln1)
+    x = ln1.input
+    base = _base(x, layout)
+    if base is not x:
+        ln1.input = base
+    if not plan.special:
+        return
+    inputs = _special(base, plan, blocks, layout, last=False)
+    if graph.granularity == "layers":
+        ln1.input = apply(patch_ops.pick, inputs, 0)
+        return
+    h, g = graph.n_heads, graph.n_kv_heads
+    for path, lo, n in ((lp.q, 0, h), (lp.k, h, g), (lp.v, h + g, g)):
+        chosen = [(row, r - lo) for row, r in enumerate(plan.special) if lo <= r < lo + n]
+        if chosen:
+            proj = model.module(path)
+            fn = parts.bind(patch_ops.splice_projection, norm=lp.ln1, linear=path)
+            proj.output = apply(fn, proj.output, inputs, tuple(c[0] for c in chosen), tuple(c[1] for c in chosen), n)
+
+
+def run_variants(model: InterpretableModel, parts: Parts, graph: CircuitGraph, clean: mx.array, source: mx.array,
+                 variants: Sequence[Variant], metric: Metric, mean: bool) -> Tuple[np.ndarray, float, mx.array]:
+    """One forward of the source rows and every variant's copy of the clean rows.
+
+    Returns:
+        The metric of each variant (mean over its rows), the metric of the source rows, and each variant's
+        last-position logits ``(variants, batch, vocab)``.
+    """
+    layout = patch_ops.Layout(int(source.shape[0]), int(clean.shape[0]), tuple(v.kept for v in variants), mean)
+    tokens = mx.concatenate([source] + [clean] * len(variants), axis=0)
+    with model.trace(tokens, capture="saved") as tr:
+        record_patch(model, parts, graph, variants, layout)
+    logits = tr.saved_values["logits"]
+    scores = np.array(metric.score(logits), dtype=np.float64)
+    values = scores[layout.sources:].reshape(len(variants), layout.batch).mean(axis=1)
+    rest = logits[layout.sources:]
+    return values, float(scores[:layout.sources].mean()), rest.reshape(len(variants), layout.batch, -1)
