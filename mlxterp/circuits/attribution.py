@@ -37,8 +37,8 @@ from . import ops
 from .dla import sender_stack
 from .edges import EdgeScores
 from .inputs import check_steps, circuit_metric, prompt_pair
-from .nodes import CircuitGraph
-from .parts import Parts, circuit_parts
+from .nodes import CircuitGraph, check_granularity
+from .parts import Parts, circuit_parts, find_parts
 from .runs import delta_width, gradient_program
 
 if TYPE_CHECKING:
@@ -54,10 +54,10 @@ def edge_attribution(model: InterpretableModel, clean: Any, corrupted: Any, metr
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
     steps = 1 if method == "eap" else check_steps(steps)
-    parts = circuit_parts(model)
-    graph = parts.graph_for(receivers)
+    graph = find_parts(model).graph_for(check_granularity(receivers))
     clean_tokens, corrupted_tokens = prompt_pair(model, clean, corrupted)
     found = circuit_metric(model, metric, clean_tokens, corrupted_tokens, target, foil)
+    parts = circuit_parts(model)
     alphas = mx.array([k / steps for k in range(steps)] + [1.0], dtype=mx.float32)
     weights = mx.array([1.0 / steps] * steps + [0.0], dtype=mx.float32)
     fn = _compiled(model, parts, graph, corrupted_tokens, found, steps)

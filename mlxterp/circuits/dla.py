@@ -124,8 +124,8 @@ def decompose(model: InterpretableModel, prompt: Any, *, last_only: bool = False
         prompt: a prompt, a list of prompts of one token length, or a ``(batch, seq)`` token array.
         last_only: keep the last position only (``seq`` becomes 1).
     """
-    parts = circuit_parts(model)
     tokens = prompt_rows(model, prompt, "prompt")
+    parts = circuit_parts(model)
     saves = capture_program(model, parts, tokens, last_only)()
     stack = sender_stack(saves, parts.graph.n_layers)
     error = saves["resid"][:, -1] - stack[:, :, -1].sum(axis=0)
@@ -202,11 +202,12 @@ class DirectLogitAttribution:
 def direct_logit_attribution(model: InterpretableModel, prompt: Any, target: Any = None, foil: Any = None, *,
                              plot: bool = False, save_path: Optional[PathLike] = None) -> DirectLogitAttribution:
     """See :meth:`mlxterp.circuits.methods.CircuitsMixin.direct_logit_attribution`."""
-    parts = circuit_parts(model)
     tokens = prompt_rows(model, prompt, "prompt")
-    saves = capture_program(model, parts, tokens, last_only=True)()
-    t = _target(model, target, saves["logits"])
+    given = None if target is None else token_id(model, target, "target")
     f = None if foil is None else token_id(model, foil, "foil")
+    parts = circuit_parts(model)
+    saves = capture_program(model, parts, tokens, last_only=True)()
+    t = int(mx.argmax(saves["logits"][0]).item()) if given is None else given
     if f == t:
         raise ValueError(f"target and foil are the same token {_show_token(model, t)}; the logit difference is 0")
     direction = _direction(model, saves["resid"], t, f)  # (batch, 1, hidden)
@@ -223,13 +224,6 @@ def direct_logit_attribution(model: InterpretableModel, prompt: Any, target: Any
         if plot:
             show_if_interactive(fig)
     return out
-
-
-def _target(model: InterpretableModel, target: Any, logits: mx.array) -> int:
-    """The target token's id: as given, or the first prompt's top prediction."""
-    if target is None:
-        return int(mx.argmax(logits[0]).item())
-    return token_id(model, target, "target")
 
 
 def _direction(model: InterpretableModel, resid: mx.array, target: int, foil: Optional[int]) -> mx.array:

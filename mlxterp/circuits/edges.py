@@ -30,6 +30,17 @@ class Circuit:
     graph: CircuitGraph
     mask: np.ndarray
 
+    def __post_init__(self) -> None:
+        shape = (self.graph.n_receivers, self.graph.n_senders)
+        mask = np.asarray(self.mask)
+        if mask.shape != shape or mask.dtype != bool:
+            raise ValueError(f"mask: expected a bool array of shape {shape} (receivers x senders), got "
+                             f"{mask.dtype} {mask.shape}")
+        if (mask & ~self.graph.valid()).any():
+            raise ValueError("mask: marks pairs that are no edge (a sender that runs after its receiver); "
+                             "graph.valid() says which pairs are edges")
+        self.mask = mask
+
     @classmethod
     def from_edges(cls, graph: CircuitGraph, edges: Iterable[Sequence[str]], arg: str = "edges") -> "Circuit":
         """The circuit of ``(sender, receiver)`` name pairs (checked: a ValueError names the first bad one)."""

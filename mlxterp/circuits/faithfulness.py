@@ -19,7 +19,8 @@ from ..analysis.display import show_if_interactive
 from .edges import Circuit, EdgeScores
 from .inputs import check_ablation, check_sizes, circuit_metric, prompt_pair
 from .nodes import CircuitGraph
-from .parts import circuit_parts
+from .nodes import check_granularity
+from .parts import circuit_parts, find_parts
 from .patching import Variant, run_variants
 
 if TYPE_CHECKING:
@@ -112,7 +113,8 @@ class FaithfulnessCurve:
 
 def _circuit(model: InterpretableModel, edges: Any, receivers: str, arg: str) -> Circuit:
     """A :class:`Circuit` (checked against this model), or one built from ``(sender, receiver)`` pairs."""
-    graph = circuit_parts(model).graph_for(receivers if not isinstance(edges, Circuit) else edges.graph.granularity)
+    granularity = edges.graph.granularity if isinstance(edges, Circuit) else check_granularity(receivers)
+    graph = find_parts(model).graph_for(granularity)
     if isinstance(edges, Circuit):
         if edges.graph != graph:
             raise ValueError(f"{arg}: this circuit belongs to another model's graph ({edges.graph}); this model's is "

@@ -50,8 +50,7 @@ class CircuitGraph:
     granularity: str = "heads"
 
     def __post_init__(self) -> None:
-        if self.granularity not in GRANULARITIES:
-            raise ValueError(f"receivers: expected one of {GRANULARITIES}, got {self.granularity!r}")
+        check_granularity(self.granularity)
 
     # -- senders -----------------------------------------------------------------------------------
     @property
@@ -188,6 +187,14 @@ class CircuitGraph:
         hint = f"closest: {', '.join(close)}; " if close else ""
         return (f"{hint}the model has {self.n_layers} layers of {self.n_heads} heads ({self.n_kv_heads} key-value "
                 f"heads); {role}s look like {', '.join(names[:2])}, ..., {names[-1]}")
+
+
+def check_granularity(receivers: object) -> str:
+    """``receivers`` if it is one of :data:`GRANULARITIES`, else a ValueError listing them."""
+    if receivers not in GRANULARITIES:
+        raise ValueError(f"receivers: expected one of {GRANULARITIES} (q/k/v inputs per head, or one input per "
+                         f"layer's attention), got {receivers!r}")
+    return receivers  # type: ignore[return-value]
 
 
 def canonical(name: str) -> str:

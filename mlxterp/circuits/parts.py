@@ -88,17 +88,25 @@ class Parts:
         return dataclasses.replace(self.graph, granularity=granularity)
 
 
-def circuit_parts(model: InterpretableModel) -> Parts:
-    """The model's :class:`Parts` (found, checked and cached on the first call).
+def find_parts(model: InterpretableModel) -> Parts:
+    """The model's :class:`Parts`, from its adapter and modules alone (no forward; cached).
 
     Raises:
         ValueError: the model's family is not one circuits can decompose (the reason is given).
     """
     found = cached_program(model, "circuits", "parts")
     if found is None:
-        found = _find(model)
+        found = keep_program(model, "circuits", "parts", _find(model))
+    return found
+
+
+def circuit_parts(model: InterpretableModel) -> Parts:
+    """:func:`find_parts`, checked once by a small forward (:func:`check_decomposition`): call it after the
+    arguments are checked, right before the work."""
+    found = find_parts(model)
+    if cached_program(model, "circuits", "checked") is None:
         check_decomposition(model, found)
-        keep_program(model, "circuits", "parts", found)
+        keep_program(model, "circuits", "checked", True)
     return found
 
 
