@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 
+from ..adapters.base import plain_logits
 from ..analysis.display import show_if_interactive
 from ..analysis.unembed import find_unembedding
 from ..analysis.validate import _show_token, token_id
@@ -26,17 +28,12 @@ from .inputs import prompt_rows
 from .nodes import CircuitGraph
 from .norms import freeze
 from .parts import circuit_parts
-from .runs import capture_program
+from .runs import capture_program, sender_stack
 
 if TYPE_CHECKING:
     from ..model import InterpretableModel
 
 PathLike = Union[str, Path]
-
-
-def sender_stack(saves: Dict[str, mx.array], n_layers: int) -> mx.array:
-    """Every sender's output stacked in the graph's sender order: ``(n_senders, batch, seq, hidden)``."""
-    return mx.concatenate([saves["embed"][None]] + [saves[f"senders_{i}"] for i in range(n_layers)], axis=0)
 
 
 @dataclasses.dataclass
@@ -127,7 +124,7 @@ def decompose(model: InterpretableModel, prompt: Any, *, last_only: bool = False
     tokens = prompt_rows(model, prompt, "prompt")
     parts = circuit_parts(model)
     saves = capture_program(model, parts, tokens, last_only)()
-    stack = sender_stack(saves, parts.graph.n_layers)
+    stack = sender_stack(parts, saves)
     error = saves["resid"][:, -1] - stack[:, :, -1].sum(axis=0)
     return ResidualDecomposition(parts.graph, stack, error, tokens)
 
@@ -212,7 +209,7 @@ def direct_logit_attribution(model: InterpretableModel, prompt: Any, target: Any
         raise ValueError(f"target and foil are the same token {_show_token(model, t)}; the logit difference is 0")
     direction = _direction(model, saves["resid"], t, f)  # (batch, 1, hidden)
     frozen = freeze(model._index.modules[parts.final_norm], saves["resid"])
-    stack = sender_stack(saves, parts.graph.n_layers)  # (senders, batch, 1, hidden)
+    stack = sender_stack(parts, saves)  # (senders, batch, 1, hidden)
     contributions = (frozen.linear(stack) * direction).sum(axis=(-1, -2))  # (senders, batch)
     logits = saves["logits"].astype(mx.float32)
     diff = logits[:, t] - (logits[:, f] if f is not None else 0.0)
@@ -227,9 +224,14 @@ def direct_logit_attribution(model: InterpretableModel, prompt: Any, target: Any
 
 
 def _direction(model: InterpretableModel, resid: mx.array, target: int, foil: Optional[int]) -> mx.array:
-    """The unembedding direction of ``logit(target) - logit(foil)`` at the normed residual: the output
-    projection's gradient there (its row difference for a plain linear head)."""
+    """The unembedding direction of ``logit(target) - logit(foil)`` at the normed residual: the difference of
+    the output projection's rows for a plain projection, else the logits' gradient there (a family that
+    scales or soft-caps its logits)."""
     unembed = find_unembedding(model)
+    arch = model._index.arch
+    if arch is not None and arch.logits is plain_logits and "bias" not in model._index.modules[unembed.head_path]:
+        rows = _rows(model._index.modules[unembed.head_path], [target] if foil is None else [target, foil])
+        return (rows[0] if foil is None else rows[0] - rows[1]).astype(mx.float32)
     normed = unembed.norm(resid) if unembed.norm is not None else resid
     vocab = int(model._index.modules[unembed.head_path].weight.shape[0])
     cot = mx.zeros((vocab,), dtype=mx.float32).at[target].add(1.0)
@@ -238,3 +240,14 @@ def _direction(model: InterpretableModel, resid: mx.array, target: int, foil: Op
     out = unembed.head(normed)
     cot = mx.broadcast_to(cot, out.shape).astype(out.dtype)
     return mx.vjp(unembed.head, [normed], [cot])[1][0].astype(mx.float32)
+
+
+def _rows(module: nn.Module, ids: List[int]) -> mx.array:
+    """Rows ``ids`` of a projection's ``(vocab, hidden)`` weight (a linear head or a tied embedding),
+    dequantized if quantized."""
+    index = mx.array(ids, dtype=mx.int32)
+    if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+        biases = module.get("biases")
+        return mx.dequantize(module.weight[index], module.scales[index], None if biases is None else biases[index],
+                             module.group_size, module.bits, mode=getattr(module, "mode", "affine"))
+    return module.weight[index]

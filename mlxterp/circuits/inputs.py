@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Tuple
 import mlx.core as mx
 
 from ..analysis.metrics import Metric
+from ..analysis.programs import cached_program, keep_program
 from ..analysis.validate import _show, check_positive_int, resolve_metric
 from ..inputs import is_int
 
@@ -68,7 +69,10 @@ def circuit_metric(model: InterpretableModel, metric: Any, clean: mx.array, corr
         raise ValueError(f"metric: circuit methods need a score of the logits, one number per prompt ('logit_diff', "
                          f"'logprob', 'prob', a Metric or a function logits -> score per row); {found.name!r} is a "
                          "distance from the clean logits")
-    check_reads_logits(found, rows=clean.shape[0], vocab=_vocab(model))
+    key = (found, int(clean.shape[0]))
+    if cached_program(model, "circuits.metrics", key) is None:  # a gradient over the vocabulary: once per metric
+        check_reads_logits(found, rows=key[1], vocab=_vocab(model))
+        keep_program(model, "circuits.metrics", key, True)
     return found
 
 

@@ -3,7 +3,9 @@
 The forward's rows are the source rows (the corrupted prompts, ``sources`` of them) followed by ``K``
 variants of the clean prompts (``batch`` rows each). A variant either *keeps* edges (a circuit: every
 receiver reads the ablated input plus its kept edges' differences) or *patches* them (every receiver reads
-its own input, with the patched edges' differences taken away).
+its own input, with the patched edges' differences taken away). Work is done per variant, for that variant's
+own edges only, so a circuit of ``n`` edges costs about ``n`` sender reads per row whatever the other
+variants hold.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .ops import head_projection, splice_heads
+
+Picks = Tuple[Tuple[int, int], ...]  # (block, index) of each sender a variant reads at a site
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,9 +37,10 @@ class Layout:
     kept: Tuple[bool, ...]
     mean: bool
 
-    @property
-    def variants(self) -> int:
-        return len(self.kept)
+    def rows(self, k: int) -> slice:
+        """Variant ``k``'s rows."""
+        start = self.sources + k * self.batch
+        return slice(start, start + self.batch)
 
 
 def _ablated(source: mx.array, layout: Layout, axis: int) -> mx.array:
@@ -51,52 +56,63 @@ def _ablated(source: mx.array, layout: Layout, axis: int) -> mx.array:
 def base_rows(x: mx.array, layout: Layout) -> mx.array:
     """The input every receiver of a site starts from, per row: the source rows' own, then for each variant the
     ablated value (a circuit) or the variant's own (patching). ``x``: ``(rows, seq, hidden)``."""
-    source, rest = x[:layout.sources], x[layout.sources:]
+    source = x[:layout.sources]
     ablated = _ablated(source, layout, 0).astype(x.dtype)
-    b = layout.batch
-    rows = [source] + [ablated if kept else rest[k * b:(k + 1) * b] for k, kept in enumerate(layout.kept)]
+    rows = [source] + [ablated if kept else x[layout.rows(k)] for k, kept in enumerate(layout.kept)]
     return mx.concatenate(rows, axis=0)
 
 
-def special_inputs(base: mx.array, weights: mx.array, *blocks: mx.array, layout: Layout,
-                   picks: Sequence[Tuple[int, int]], last: bool) -> mx.array:
-    """The inputs of a site's receivers that have edges: ``base + sum_u weights[k, r, u] * (z_u - z_u')`` in
-    variant ``k``'s rows, with ``z_u`` the sender's output in that row and ``z_u'`` its ablated value.
+def packed_inputs(base: mx.array, weights: Sequence[mx.array], *blocks: mx.array, layout: Layout,
+                  picks: Sequence[Picks], last: bool) -> mx.array:
+    """The inputs of the receivers that have edges, variant by variant, packed along the first axis: variant
+    ``k`` contributes ``weights[k].shape[0]`` receivers reading ``base + sum_u weights[k][r, u] * (z_u - z_u')``
+    over its rows, with ``z_u`` the sender's output there and ``z_u'`` its ablated value.
 
     Args:
         base: ``(rows, seq, hidden)`` from :func:`base_rows`.
-        weights: ``(variants, receivers, senders)``: +1 for a kept edge, -1 for a patched one, 0 for none.
+        weights: per variant, ``(receivers, senders)``: +1 for a kept edge, -1 for a patched one, 0 for none.
         blocks: sender outputs ``(n, rows, seq_all, hidden)`` (a layer's heads, an MLP, the embedding).
         layout: the rows' :class:`Layout`.
-        picks: ``(block, index)`` of each involved sender, in ``weights``' order.
+        picks: per variant, the ``(block, index)`` of each sender in its ``weights``' columns.
         last: the site reads the last position only (the logits).
 
     Returns:
-        ``(receivers, rows, seq, hidden)``; source rows get ``base``.
+        ``(sum of receivers, batch, seq, hidden)``.
     """
-    senders = mx.concatenate([blocks[b][i:i + 1] for b, i in picks], axis=0)
-    if last:
-        senders = senders[:, :, -1:]
-    n, _, seq, hidden = senders.shape
-    k, b = layout.variants, layout.batch
-    ablated = _ablated(senders[:, :layout.sources], layout, 1)
-    diff = senders[:, layout.sources:].reshape(n, k, b, seq, hidden) - ablated[:, None]
-    diff = diff.astype(mx.float32).transpose(1, 0, 2, 3, 4).reshape(k, n, -1)
-    delta = (weights.astype(mx.float32) @ diff).reshape(k, -1, b, seq, hidden)
-    receivers = delta.shape[1]
-    delta = delta.transpose(1, 0, 2, 3, 4).reshape(receivers, k * b, seq, hidden)
-    delta = mx.concatenate([mx.zeros((receivers, layout.sources, seq, hidden), mx.float32), delta], axis=1)
-    return base[None] + delta.astype(base.dtype)
+    out = []
+    for k, (w, chosen) in enumerate(zip(weights, picks)):
+        if not chosen:
+            continue
+        senders = mx.concatenate([blocks[b][i:i + 1] for b, i in chosen], axis=0)
+        if last:
+            senders = senders[:, :, -1:]
+        diff = senders[:, layout.rows(k)] - _ablated(senders[:, :layout.sources], layout, 1)
+        n, batch, seq, hidden = diff.shape
+        delta = w.astype(mx.float32) @ diff.astype(mx.float32).reshape(n, -1)
+        out.append(base[None, layout.rows(k)] + delta.reshape(-1, batch, seq, hidden).astype(base.dtype))
+    return mx.concatenate(out, axis=0)
 
 
-def splice_projection(projected: mx.array, inputs: mx.array, rows: Sequence[int], heads: Sequence[int],
+def replace_rows(base: mx.array, packed: mx.array, layout: Layout, where: Sequence[int]) -> mx.array:
+    """A one-receiver site's input: ``base``, with variant ``k``'s rows taken from ``packed[where[k]]`` where
+    ``where[k] >= 0``."""
+    rows = [base[:layout.sources]]
+    for k, at in enumerate(where):
+        rows.append(packed[at] if at >= 0 else base[layout.rows(k)])
+    return mx.concatenate(rows, axis=0)
+
+
+def splice_projection(projected: mx.array, packed: mx.array, layout: Layout, entries: Sequence[Tuple[Tuple[int, int], ...]],
                       n_heads: int, *, norm: nn.Module, linear: nn.Module) -> mx.array:
-    """``projected`` (a q, k or v projection's output) with each head in ``heads`` recomputed from its own
-    input ``inputs[rows[i]]`` (see :func:`.ops.head_projection`)."""
-    own = head_projection(inputs[mx.array(list(rows), dtype=mx.int32)], heads, n_heads, norm=norm, linear=linear)
-    return splice_heads(projected, own, heads, n_heads)
-
-
-def pick(inputs: mx.array, row: int) -> mx.array:
-    """``inputs[row]``."""
-    return inputs[row]
+    """``projected`` (a q, k or v projection's output, ``(rows, seq, n_heads * head_dim)``) with, in variant
+    ``k``'s rows, each head ``h`` of ``entries[k]`` (pairs ``(packed row, h)``) recomputed from its own input
+    ``packed[row]`` (see :func:`.ops.head_projection`)."""
+    blocks = [projected[:layout.sources]]
+    for k, pairs in enumerate(entries):
+        own = projected[layout.rows(k)]
+        if pairs:
+            inputs = packed[mx.array([p for p, _ in pairs], dtype=mx.int32)]
+            heads = [h for _, h in pairs]
+            own = splice_heads(own, head_projection(inputs, heads, n_heads, norm=norm, linear=linear), heads, n_heads)
+        blocks.append(own)
+    return mx.concatenate(blocks, axis=0)

@@ -55,9 +55,17 @@ class _Site:
 
 @dataclasses.dataclass(frozen=True)
 class _SitePlan:
-    special: Tuple[int, ...]  # receivers of the site (local indices) with an edge in some variant
-    picks: Tuple[Tuple[int, int], ...]  # (block, index) of each involved sender
-    weights: np.ndarray  # (variants, len(special), len(picks))
+    """A site's edges, per variant: the receivers (local indices) with edges, the senders they read and the
+    weights between them; ``offsets[k]`` is where variant ``k``'s receivers start in the packed inputs."""
+
+    receivers: Tuple[Tuple[int, ...], ...]
+    picks: Tuple[Tuple[Tuple[int, int], ...], ...]
+    weights: Tuple[np.ndarray, ...]
+    offsets: Tuple[int, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not any(self.receivers)
 
 
 def _sites(graph: CircuitGraph) -> List[_Site]:
@@ -77,37 +85,41 @@ def _block(graph: CircuitGraph, sender: int) -> Tuple[int, int]:
 
 
 def _plan(graph: CircuitGraph, site: _Site, variants: Sequence[Variant]) -> _SitePlan:
-    masks = np.stack([v.mask[site.receivers.start:site.receivers.stop] for v in variants])  # (K, n, senders)
-    special = np.flatnonzero(masks.any(axis=(0, 2)))
-    involved = np.flatnonzero(masks[:, special].any(axis=(0, 1)))
-    signs = np.array([1.0 if v.kept else -1.0 for v in variants])[:, None, None]
-    weights = masks[:, special][:, :, involved] * signs
-    return _SitePlan(tuple(int(r) for r in special), tuple(_block(graph, int(u)) for u in involved), weights)
+    receivers, picks, weights, offsets, at = [], [], [], [], 0
+    for v in variants:
+        mask = v.mask[site.receivers.start:site.receivers.stop]
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        receivers.append(tuple(int(r) for r in rows))
+        picks.append(tuple(_block(graph, int(u)) for u in cols))
+        weights.append(mask[rows][:, cols].astype(np.float32) * (1.0 if v.kept else -1.0))
+        offsets.append(at)
+        at += len(rows)
+    return _SitePlan(tuple(receivers), tuple(picks), tuple(weights), tuple(offsets))
 
 
 def record_patch(model: InterpretableModel, parts: Parts, graph: CircuitGraph, variants: Sequence[Variant],
                  layout: patch_ops.Layout) -> None:
     """Inside a trace on the layout's rows: rewrite every receiver's input (see the module docstring) and save
     the last position's logits (``logits``)."""
-    plans = {(s.kind, s.layer): (s, _plan(graph, s, variants)) for s in _sites(graph)}
-    needed = {b for _, plan in plans.values() for b, _ in plan.picks}
+    plans = {(s.kind, s.layer): _plan(graph, s, variants) for s in _sites(graph)}
+    needed = {b for plan in plans.values() for chosen in plan.picks for b, _ in chosen}
     blocks: Dict[int, Any] = {}
     if 0 in needed:
         blocks[0] = apply(_lead, model.module(parts.embed).output)
     for lp in parts.layers:
-        _attention_site(model, parts, graph, lp, plans[("attn", lp.index)][1], blocks, layout)
+        _attention_site(model, parts, graph, lp, plans[("attn", lp.index)], blocks, layout)
         if 1 + 2 * lp.index in needed:
             blocks[1 + 2 * lp.index] = apply(parts.bind(ops.head_outputs, o_proj=lp.o), model.module(lp.attn).heads)
         ln2 = model.module(lp.ln2)
         x = ln2.input
-        new = _site_input(x, plans[("mlp", lp.index)][1], blocks, layout, last=False)
+        new = _site_input(x, plans[("mlp", lp.index)], blocks, layout, last=False)
         if new is not x:
             ln2.input = new
         if 2 + 2 * lp.index in needed:
             blocks[2 + 2 * lp.index] = apply(_lead, model.module(lp.mlp).output)
     final = model.module(parts.final_norm)
     last = apply(ops.take_last, final.input)
-    final.input = _site_input(last, plans[("logits", graph.n_layers)][1], blocks, layout, last=True)
+    final.input = _site_input(last, plans[("logits", graph.n_layers)], blocks, layout, last=True)
     model.output[:, -1].save("logits")
 
 
@@ -120,19 +132,21 @@ def _base(x: Any, layout: patch_ops.Layout) -> Any:
     return apply(patch_ops.base_rows, x, layout=layout) if any(layout.kept) else x
 
 
-def _special(base: Any, plan: _SitePlan, blocks: Dict[int, Any], layout: patch_ops.Layout, last: bool) -> Any:
-    order = sorted({b for b, _ in plan.picks})
-    picks = tuple((order.index(b), i) for b, i in plan.picks)
-    return apply(patch_ops.special_inputs, base, mx.array(plan.weights, dtype=mx.float32), *[blocks[b] for b in order],
-                 layout=layout, picks=picks, last=last)
+def _packed(base: Any, plan: _SitePlan, blocks: Dict[int, Any], layout: patch_ops.Layout, last: bool) -> Any:
+    order = sorted({b for chosen in plan.picks for b, _ in chosen})
+    picks = tuple(tuple((order.index(b), i) for b, i in chosen) for chosen in plan.picks)
+    weights = tuple(mx.array(w) for w in plan.weights)
+    return apply(patch_ops.packed_inputs, base, weights, *[blocks[b] for b in order], layout=layout, picks=picks,
+                 last=last)
 
 
 def _site_input(x: Any, plan: _SitePlan, blocks: Dict[int, Any], layout: patch_ops.Layout, last: bool) -> Any:
-    """The input of a one-receiver site (an MLP, the logits)."""
+    """The input of a one-receiver site (an MLP, the logits, a layer's whole attention)."""
     base = _base(x, layout)
-    if not plan.special:
+    if plan.empty:
         return base
-    return apply(patch_ops.pick, _special(base, plan, blocks, layout, last), 0)
+    where = tuple(off if rs else -1 for off, rs in zip(plan.offsets, plan.receivers))
+    return apply(patch_ops.replace_rows, base, _packed(base, plan, blocks, layout, last), layout, where)
 
 
 def _attention_site(model: InterpretableModel, parts: Parts, graph: CircuitGraph, lp: Any, plan: _SitePlan,
@@ -140,23 +154,27 @@ def _attention_site(model: InterpretableModel, parts: Parts, graph: CircuitGraph
     """Rewrite layer ``lp``'s attention input: every head reads the base input, and each head projection with
     edges its own input."""
     ln1 = model.module(lp.ln1)
+    if graph.granularity == "layers":
+        x = ln1.input
+        new = _site_input(x, plan, blocks, layout, last=False)
+        if new is not x:
+            ln1.input = new
+        return
     x = ln1.input
     base = _base(x, layout)
     if base is not x:
         ln1.input = base
-    if not plan.special:
+    if plan.empty:
         return
-    inputs = _special(base, plan, blocks, layout, last=False)
-    if graph.granularity == "layers":
-        ln1.input = apply(patch_ops.pick, inputs, 0)
-        return
+    packed = _packed(base, plan, blocks, layout, last=False)
     h, g = graph.n_heads, graph.n_kv_heads
     for path, lo, n in ((lp.q, 0, h), (lp.k, h, g), (lp.v, h + g, g)):
-        chosen = [(row, r - lo) for row, r in enumerate(plan.special) if lo <= r < lo + n]
-        if chosen:
+        entries = tuple(tuple((off + i, r - lo) for i, r in enumerate(rs) if lo <= r < lo + n)
+                        for off, rs in zip(plan.offsets, plan.receivers))
+        if any(entries):
             proj = model.module(path)
             fn = parts.bind(patch_ops.splice_projection, norm=lp.ln1, linear=path)
-            proj.output = apply(fn, proj.output, inputs, tuple(c[0] for c in chosen), tuple(c[1] for c in chosen), n)
+            proj.output = apply(fn, proj.output, packed, layout, entries, n)
 
 
 def run_variants(model: InterpretableModel, parts: Parts, graph: CircuitGraph, clean: mx.array, source: mx.array,

@@ -6,8 +6,11 @@ embedding moved along the path of integrated gradients. Recorded once per shape 
 Saves (``B`` rows, ``S`` positions, or 1 with ``last_only``; ``D`` the residual width):
 
 ``embed``        ``(B, S, D)``: the embedding (after the interpolation, if any).
-``senders_L``    ``(n_heads + 1, B, S, D)``: layer ``L``'s heads' outputs (each through its slice of the
-                 output projection), then its MLP's output.
+``heads_L``      ``(B, S, n_heads, head_dim)``: layer ``L``'s ``attn.heads`` (:func:`sender_stack` takes
+                 each through its slice of the output projection).
+``mlp_L``        ``(B, S, D)``: layer ``L``'s MLP output.
+``senders_L``    ``(n_heads + 1, B, S, D)``: instead of the two above in the capture program (one variant):
+                 layer ``L``'s heads' outputs, then its MLP's, computed inside the compiled program.
 ``x_L``          ``(B, S, D)``: layer ``L``'s input, where its attention receivers read (with deltas only).
 ``resid``        ``(B, 1, D)``: the final norm's input at the last position.
 ``logits``       ``(B, vocab)``: the last position's logits (the final norm's input is cut to that position).
@@ -35,6 +38,16 @@ if TYPE_CHECKING:
     from ..model import InterpretableModel
 
 
+def sender_stack(parts: Parts, saves: Dict[str, mx.array]) -> mx.array:
+    """Every sender's output from one run's saves, in the graph's sender order: ``(n_senders, B, S, D)``."""
+    blocks = [saves["embed"][None]]
+    for lp in parts.layers:
+        found = saves.get(f"senders_{lp.index}")
+        blocks.append(found if found is not None else ops.stack_senders(
+            saves[f"heads_{lp.index}"], saves[f"mlp_{lp.index}"], o_proj=parts.module(lp.o)))
+    return mx.concatenate(blocks, axis=0)
+
+
 def delta_width(parts: Parts, granularity: str) -> Tuple[int, ...]:
     """Column offsets of one layer's delta: ``(q, k, v, mlp, end)`` for ``"heads"``, ``(attn, mlp, end)``
     for ``"layers"``."""
@@ -47,9 +60,9 @@ def delta_width(parts: Parts, granularity: str) -> Tuple[int, ...]:
 
 def record_run(model: InterpretableModel, parts: Parts, granularity: str = "heads", *,
                deltas: Optional[Dict[str, Any]] = None, alpha: Any = None, source: Any = None,
-               last_only: bool = False) -> None:
+               last_only: bool = False, stacked: bool = False) -> None:
     """Inside a trace: record the saves of the module docstring (``deltas``: traced params by name, or None;
-    ``alpha`` and ``source``: the interpolation's traced params, or None)."""
+    ``alpha`` and ``source``: the interpolation's traced params, or None; ``stacked``: save ``senders_L``)."""
     embed = model.module(parts.embed)
     embedded = embed.output
     if alpha is not None:
@@ -62,7 +75,11 @@ def record_run(model: InterpretableModel, parts: Parts, granularity: str = "head
         heads, mlp = model.module(lp.attn).heads, model.module(lp.mlp).output
         if last_only:
             heads, mlp = apply(ops.take_last, heads), apply(ops.take_last, mlp)
-        apply(parts.bind(ops.stack_senders, o_proj=lp.o), heads, mlp).save(f"senders_{lp.index}")
+        if stacked:
+            apply(parts.bind(ops.stack_senders, o_proj=lp.o), heads, mlp).save(f"senders_{lp.index}")
+        else:
+            heads.save(f"heads_{lp.index}")
+            mlp.save(f"mlp_{lp.index}")
     final = model.module(parts.final_norm)
     resid = apply(ops.take_last, final.input)
     resid.save("resid")
@@ -91,7 +108,7 @@ def capture_program(model: InterpretableModel, parts: Parts, tokens: mx.array, l
     program = cached_program(model, "circuits", key)
     if program is None:
         with model.trace(tokens, capture="saved", compile=False) as tr:
-            record_run(model, parts, last_only=last_only)
+            record_run(model, parts, last_only=last_only, stacked=True)
         program = keep_program(model, "circuits", key, tr.program())
     return program
 

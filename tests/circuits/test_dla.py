@@ -11,7 +11,7 @@ import pytest
 from mlxterp import InterpretableModel
 from mlxterp.circuits.norms import freeze
 from tests.circuits.conftest import CLEAN, FOIL, TARGET, assert_untouched, tokens, weights
-from tests.models import CharTokenizer, tiny_qwen2_module
+from tests.models import CharTokenizer, tiny_llama_module, tiny_qwen2_module
 from tests.reference import llama_forward
 
 
@@ -110,6 +110,16 @@ def test_tied_embeddings_and_biases_go_through_the_same_rule():
     qwen = InterpretableModel(tiny_qwen2_module(seed=2), tokenizer=CharTokenizer())  # tied head, q/k/v biases
     dla = qwen.direct_logit_attribution("hello", target=3, foil=9)
     assert abs(dla.error) < 1e-4, dla.error
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_quantized_model_is_attributed_with_its_dequantized_rows(tied):
+    module = tiny_llama_module(seed=6, tied=tied)
+    nn.quantize(module, group_size=32, bits=4)
+    mx.eval(module.parameters())
+    model = InterpretableModel(module, tokenizer=CharTokenizer())
+    dla = model.direct_logit_attribution(CLEAN, target=TARGET, foil=FOIL)
+    assert abs(dla.error) < 1e-3 * max(1.0, abs(dla.logit_diff)), (dla.error, dla.logit_diff)
 
 
 @pytest.mark.parametrize("target, foil, message", [(5, 5, "same token"), (10**6, None, "out of range"),
