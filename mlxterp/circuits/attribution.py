@@ -104,7 +104,7 @@ def _gradients(program: Program, parts: Parts, metric: Metric, clean: mx.array, 
     def objective(deltas: List[mx.array]) -> tuple:
         out = program.batched(corrupted, alpha=alphas, source=source, **dict(zip(names, deltas)))
         logits = out["logits"]
-        values = metric.score(logits.reshape(-1, logits.shape[-1])).reshape(k, -1).mean(axis=1)
+        values = mx.stack([metric.score(logits[j]).mean() for j in range(k)])  # the metric sees (batch, vocab)
         return (values * weights).sum(), values, out
 
     (_, values, out), grads = mx.value_and_grad(objective)(zeros)

@@ -35,7 +35,8 @@ class EdgePatching:
 
     Attributes:
         value: the metric with the edges patched (mean over the prompts).
-        corrupted: the metric of the corrupted prompts.
+        corrupted: the metric of the corrupted prompts (NaN with mean ablation over a different number of
+            prompts than the clean ones: a metric may read one target per clean prompt).
         logits: ``(batch, vocab)``: the last position's logits of the patched run.
         edges: the patched edges, as a :class:`~.edges.Circuit`.
         metric: the metric's label.

@@ -182,15 +182,17 @@ def run_variants(model: InterpretableModel, parts: Parts, graph: CircuitGraph, c
     """One forward of the source rows and every variant's copy of the clean rows.
 
     Returns:
-        The metric of each variant (mean over its rows), the metric of the source rows, and each variant's
-        last-position logits ``(variants, batch, vocab)``.
+        The metric of each variant (mean over its rows), the metric of the source rows (NaN unless they are as
+        many as the clean rows: a metric may read one target per clean prompt), and each variant's last-position
+        logits ``(variants, batch, vocab)``.
     """
     layout = patch_ops.Layout(int(source.shape[0]), int(clean.shape[0]), tuple(v.kept for v in variants), mean)
     tokens = mx.concatenate([source] + [clean] * len(variants), axis=0)
     with model.trace(tokens, capture="saved") as tr:
         record_patch(model, parts, graph, variants, layout)
     logits = tr.saved_values["logits"]
-    scores = np.array(metric.score(logits), dtype=np.float64)
-    values = scores[layout.sources:].reshape(len(variants), layout.batch).mean(axis=1)
-    rest = logits[layout.sources:]
-    return values, float(scores[:layout.sources].mean()), rest.reshape(len(variants), layout.batch, -1)
+    rest = logits[layout.sources:].reshape(len(variants), layout.batch, -1)
+    values = np.array([float(metric.score(rest[k]).mean()) for k in range(len(variants))])
+    same = layout.sources == layout.batch
+    source = float(metric.score(logits[:layout.sources]).mean()) if same else float("nan")
+    return values, source, rest

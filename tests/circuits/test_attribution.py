@@ -17,7 +17,8 @@ from tests.models import CharTokenizer, tiny_llama_module
 from tests.reference import dequantized
 
 
-def _loop(model, graph: CircuitGraph, clean: mx.array, corrupted: mx.array, steps: int, module=None) -> np.ndarray:
+def _loop(model, graph: CircuitGraph, clean: mx.array, corrupted: mx.array, steps: int, module=None,
+          score=metric) -> np.ndarray:
     """EAP-IG by hand: for each receiver, its gradient at ``steps`` points of the embedding path, averaged,
     dotted with each earlier sender's clean - corrupted output (``steps=1``: EAP)."""
     module = module if module is not None else model.model
@@ -27,7 +28,7 @@ def _loop(model, graph: CircuitGraph, clean: mx.array, corrupted: mx.array, step
     for k in range(steps):
         a = k / steps
         embed = (1 - a) * corrupted_senders["embed"] + a * clean_senders["embed"]
-        point = ref.receiver_gradients(module, corrupted, graph.receivers, metric, embed, graph.granularity)
+        point = ref.receiver_gradients(module, corrupted, graph.receivers, score, embed, graph.granularity)
         for r in graph.receivers:
             grads[r] = grads[r] + point[r] / steps
     out = np.zeros((graph.n_receivers, graph.n_senders))
@@ -46,6 +47,18 @@ def test_scores_equal_the_hand_written_loop(circuit_model, receivers, steps):
     scale = np.abs(expected).max()
     np.testing.assert_allclose(scores.scores, expected, atol=1e-5 * max(1.0, scale))
     assert scores.method == method and scores.steps == steps
+
+
+def test_a_metric_with_one_target_per_prompt(circuit_model):
+    targets = mx.array([TARGET, FOIL])
+
+    def per_prompt(logits: mx.array) -> mx.array:  # (prompts, vocab): the second prompt scores another token
+        return mx.take_along_axis(logits, targets[:, None], axis=-1)[:, 0] - logits.mean(axis=-1)
+
+    scores = circuit_model.edge_attribution(CLEAN, CORRUPTED, metric=per_prompt, steps=2)
+    expected = _loop(circuit_model, scores.graph, tokens(circuit_model, CLEAN), tokens(circuit_model, CORRUPTED), 2,
+                     score=per_prompt)
+    np.testing.assert_allclose(scores.scores, expected, atol=1e-5 * max(1.0, np.abs(expected).max()))
 
 
 def test_the_metric_of_the_clean_and_corrupted_runs_is_reported(circuit_model):

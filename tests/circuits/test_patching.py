@@ -152,11 +152,33 @@ def test_bad_sizes_and_circuit_choices_are_refused(circuit_model):
         scores.circuit(n_edges=-1)
 
 
+def test_a_metric_with_one_target_per_prompt(circuit_model):
+    targets = mx.array([3, 9])
+
+    def per_prompt(logits: mx.array) -> mx.array:
+        return mx.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+
+    graph = find_parts(circuit_model).graph_for("heads")
+    edges = _random_edges(graph, 40, 9)
+    out = circuit_model.evaluate_circuit(edges, CLEAN, CORRUPTED, metric=per_prompt)
+    outside = [(graph.senders[u], graph.receivers[r]) for r, u in np.argwhere(graph.valid() & ~Circuit.from_edges(
+        graph, edges).mask)]
+    _, ablated = ref.forward(circuit_model.model, tokens(circuit_model, CORRUPTED))
+
+    def receive(name, x, senders):
+        for u in _by_receiver(outside).get(name, ()):
+            x = x + (ablated[u] - senders[u])
+        return x
+
+    logits, _ = ref.forward(circuit_model.model, tokens(circuit_model, CLEAN), receive)
+    assert out.value == pytest.approx(float(per_prompt(logits[:, -1]).mean()), abs=1e-5)
+
+
 def test_mean_ablation_takes_any_number_of_reference_prompts(circuit_model):
     graph = find_parts(circuit_model).graph_for("heads")
     edges = _random_edges(graph, 10, 5)
     three = circuit_model.edge_patching(CLEAN, CORRUPTED + ["jolly wards"], edges, metric=metric, ablation="mean")
-    assert np.isfinite(three.value)
+    assert np.isfinite(three.value) and np.isnan(three.corrupted)  # 3 reference prompts for 2 clean ones
     assert three.value != pytest.approx(circuit_model.edge_patching(CLEAN, CORRUPTED, edges, metric=metric,
                                                                     ablation="mean").value, abs=1e-6)
 
