@@ -17,6 +17,7 @@ SUITES: dict[str, str] = {
     "attention": "benchmarks.suite_attention",
     "generate": "benchmarks.suite_generate",
     "gguf": "benchmarks.suite_gguf",
+    "circuits": "benchmarks.suite_circuits",
 }
 
 Case = Callable[..., Iterable]
