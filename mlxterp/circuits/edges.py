@@ -98,12 +98,15 @@ class EdgeScores:
     metric: str
     clean: float
     corrupted: float
+    _ranking: Optional[np.ndarray] = dataclasses.field(default=None, repr=False, compare=False)
 
     def ranking(self) -> np.ndarray:
-        """Flat indices (into ``scores``) of the existing edges, largest absolute score first."""
-        flat = np.flatnonzero(self.graph.valid().ravel())
-        order = np.argsort(-np.abs(self.scores.ravel()[flat]), kind="stable")
-        return flat[order]
+        """Flat indices (into ``scores``) of the existing edges, largest absolute score first (computed once:
+        ``scores`` is not meant to change)."""
+        if self._ranking is None:
+            flat = np.flatnonzero(self.graph.valid().ravel())
+            self._ranking = flat[np.argsort(-np.abs(self.scores.ravel()[flat]), kind="stable")]
+        return self._ranking
 
     def top(self, k: int = 20) -> List[Tuple[str, str, float]]:
         """The ``k`` edges of largest absolute score: ``(sender, receiver, score)``, largest first."""

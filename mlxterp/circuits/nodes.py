@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 from typing import Iterable, List, Sequence, Tuple
 
@@ -118,8 +119,8 @@ class CircuitGraph:
         return out
 
     def valid(self) -> np.ndarray:
-        """``(n_receivers, n_senders)`` bool: which edges exist."""
-        return np.arange(self.n_senders)[None, :] < self.reads()[:, None]
+        """``(n_receivers, n_senders)`` bool, read-only: which edges exist."""
+        return _valid(self)
 
     @property
     def n_edges(self) -> int:
@@ -187,6 +188,13 @@ class CircuitGraph:
         hint = f"closest: {', '.join(close)}; " if close else ""
         return (f"{hint}the model has {self.n_layers} layers of {self.n_heads} heads ({self.n_kv_heads} key-value "
                 f"heads); {role}s look like {', '.join(names[:2])}, ..., {names[-1]}")
+
+
+@functools.lru_cache(maxsize=8)
+def _valid(graph: CircuitGraph) -> np.ndarray:
+    out = np.arange(graph.n_senders)[None, :] < graph.reads()[:, None]
+    out.setflags(write=False)
+    return out
 
 
 def check_granularity(receivers: object) -> str:

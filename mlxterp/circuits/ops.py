@@ -8,7 +8,7 @@ component-major: ``(components, batch, seq, hidden)``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -32,21 +32,26 @@ def unhooked(module: nn.Module) -> Callable[[mx.array], mx.array]:
     return lambda x: call(module, x)
 
 
-def head_outputs(heads: mx.array, *, o_proj: nn.Module) -> mx.array:
+def head_outputs(heads: mx.array, which: Optional[Sequence[int]] = None, *, o_proj: nn.Module) -> mx.array:
     """Each head's contribution to the attention output: ``heads[..., h, :] @ W_O[:, h]^T``.
 
     Args:
         heads: ``(batch, seq, n_heads, head_dim)``, the attention's ``heads`` point.
+        which: the heads wanted (default: all), in this order.
         o_proj: the output projection (its bias, if any, belongs to no head).
 
     Returns:
-        ``(n_heads, batch, seq, hidden)``; summed over heads (plus the bias) it is the attention output.
+        ``(len(which), batch, seq, hidden)``; over every head, summed (plus the bias) it is the attention output.
     """
     batch, seq, n, dim = heads.shape
     weight = dense_weight(o_proj)
     per_head = weight.reshape(weight.shape[0], n, dim).transpose(1, 2, 0)  # (n, head_dim, hidden)
-    rows = heads.transpose(2, 0, 1, 3).reshape(n, batch * seq, dim)
-    return (rows @ per_head.astype(rows.dtype)).reshape(n, batch, seq, -1)
+    rows = heads.transpose(2, 0, 1, 3)
+    if which is not None and list(which) != list(range(n)):
+        index = mx.array(list(which), dtype=mx.int32)
+        per_head, rows = per_head[index], rows[index]
+    rows = rows.reshape(rows.shape[0], batch * seq, dim)
+    return (rows @ per_head.astype(rows.dtype)).reshape(rows.shape[0], batch, seq, -1)
 
 
 def stack_senders(heads: mx.array, mlp: mx.array, *, o_proj: nn.Module) -> mx.array:

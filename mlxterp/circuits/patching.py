@@ -22,12 +22,14 @@ need them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Tuple
 
 import mlx.core as mx
 import numpy as np
 
 from ..analysis.metrics import Metric
+from ..analysis.programs import run_program
 from ..tracing.proxy import apply
 from . import ops, patch_ops
 from .nodes import CircuitGraph
@@ -102,14 +104,22 @@ def record_patch(model: InterpretableModel, parts: Parts, graph: CircuitGraph, v
     """Inside a trace on the layout's rows: rewrite every receiver's input (see the module docstring) and save
     the last position's logits (``logits``)."""
     plans = {(s.kind, s.layer): _plan(graph, s, variants) for s in _sites(graph)}
-    needed = {b for plan in plans.values() for chosen in plan.picks for b, _ in chosen}
+    needed: Dict[int, set] = {}
+    for plan in plans.values():
+        for chosen in plan.picks:
+            for b, i in chosen:
+                needed.setdefault(b, set()).add(i)
+    # A block holds only the senders some edge reads (a layer's heads: those heads alone).
+    which = {b: tuple(sorted(indices)) for b, indices in needed.items()}
+    plans = {key: _renumber(plan, which) for key, plan in plans.items()}
     blocks: Dict[int, Any] = {}
     if 0 in needed:
         blocks[0] = apply(_lead, model.module(parts.embed).output)
     for lp in parts.layers:
         _attention_site(model, parts, graph, lp, plans[("attn", lp.index)], blocks, layout)
         if 1 + 2 * lp.index in needed:
-            blocks[1 + 2 * lp.index] = apply(parts.bind(ops.head_outputs, o_proj=lp.o), model.module(lp.attn).heads)
+            blocks[1 + 2 * lp.index] = apply(parts.bind(ops.head_outputs, o_proj=lp.o), model.module(lp.attn).heads,
+                                             which[1 + 2 * lp.index])
         ln2 = model.module(lp.ln2)
         x = ln2.input
         new = _site_input(x, plans[("mlp", lp.index)], blocks, layout, last=False)
@@ -121,6 +131,12 @@ def record_patch(model: InterpretableModel, parts: Parts, graph: CircuitGraph, v
     last = apply(ops.take_last, final.input)
     final.input = _site_input(last, plans[("logits", graph.n_layers)], blocks, layout, last=True)
     model.output[:, -1].save("logits")
+
+
+def _renumber(plan: _SitePlan, which: Dict[int, Tuple[int, ...]]) -> _SitePlan:
+    """``plan`` with each sender's index taken within its block's computed senders (``which``)."""
+    picks = tuple(tuple((b, which[b].index(i)) for b, i in chosen) for chosen in plan.picks)
+    return dataclasses.replace(plan, picks=picks)
 
 
 def _lead(x: mx.array) -> mx.array:
@@ -177,6 +193,14 @@ def _attention_site(model: InterpretableModel, parts: Parts, graph: CircuitGraph
             proj.output = apply(fn, proj.output, packed, layout, entries, n)
 
 
+def _digest(variants: Sequence[Variant]) -> str:
+    """A key of the variants' edges (their masks and kinds)."""
+    h = hashlib.sha1()
+    for v in variants:
+        h.update(np.packbits(v.mask).tobytes() + (b"k" if v.kept else b"p"))
+    return h.hexdigest()
+
+
 def run_variants(model: InterpretableModel, parts: Parts, graph: CircuitGraph, clean: mx.array, source: mx.array,
                  variants: Sequence[Variant], metric: Metric, mean: bool) -> Tuple[np.ndarray, float, mx.array]:
     """One forward of the source rows and every variant's copy of the clean rows.
@@ -188,9 +212,10 @@ def run_variants(model: InterpretableModel, parts: Parts, graph: CircuitGraph, c
     """
     layout = patch_ops.Layout(int(source.shape[0]), int(clean.shape[0]), tuple(v.kept for v in variants), mean)
     tokens = mx.concatenate([source] + [clean] * len(variants), axis=0)
-    with model.trace(tokens, capture="saved") as tr:
-        record_patch(model, parts, graph, variants, layout)
-    logits = tr.saved_values["logits"]
+    # The same edges on new prompts of the same shape replay the recorded program (no recording).
+    key = (tuple(tokens.shape), layout, graph, _digest(variants))
+    logits = run_program(model, "circuits.patch", key, tokens, {},
+                         lambda _: record_patch(model, parts, graph, variants, layout))["logits"]
     rest = logits[layout.sources:].reshape(len(variants), layout.batch, -1)
     values = np.array([float(metric.score(rest[k]).mean()) for k in range(len(variants))])
     same = layout.sources == layout.batch

@@ -10,6 +10,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from mlxterp import InterpretableModel
 from mlxterp.circuits import Circuit, CircuitGraph
 from mlxterp.circuits.parts import find_parts
 from tests.circuits import reference as ref
@@ -183,13 +184,15 @@ def test_mean_ablation_takes_any_number_of_reference_prompts(circuit_model):
                                                                     ablation="mean").value, abs=1e-6)
 
 
-def test_patching_an_edge_set_twice_reuses_the_compiled_forward(circuit_model):
+def test_the_same_edges_on_new_prompts_replay_the_recorded_program(circuit_model):
     graph = find_parts(circuit_model).graph_for("heads")
     edges = _random_edges(graph, 10, 7)
     circuit_model.edge_patching(CLEAN, CORRUPTED, edges, metric=metric)
     stats = circuit_model.compile_stats()
-    for _ in range(2):
-        circuit_model.edge_patching(CORRUPTED, CLEAN, edges, metric=metric)
+    replayed = [circuit_model.edge_patching(CORRUPTED, CLEAN, edges, metric=metric).value for _ in range(2)]
     after = circuit_model.compile_stats()
-    assert after["misses"] == stats["misses"] and after["traces"] <= stats["traces"] + 1
-    mx.eval(mx.zeros(1))
+    assert after["misses"] == stats["misses"] and after["eager_runs"] == stats["eager_runs"]
+    assert after["traces"] <= stats["traces"] + 1  # the program compiles once for these shapes
+    fresh = InterpretableModel(circuit_model.model, tokenizer=circuit_model.tokenizer)  # records anew
+    expected = fresh.edge_patching(CORRUPTED, CLEAN, edges, metric=metric).value
+    assert replayed == pytest.approx([expected] * 2, abs=1e-5)
