@@ -196,3 +196,14 @@ def test_the_same_edges_on_new_prompts_replay_the_recorded_program(circuit_model
     fresh = InterpretableModel(circuit_model.model, tokenizer=circuit_model.tokenizer)  # records anew
     expected = fresh.edge_patching(CORRUPTED, CLEAN, edges, metric=metric).value
     assert replayed == pytest.approx([expected] * 2, abs=1e-5)
+
+
+def test_projection_biases_and_tied_heads_keep_the_full_and_empty_circuit_identities():
+    from tests.models import CharTokenizer, tiny_qwen2_module
+
+    qwen = InterpretableModel(tiny_qwen2_module(seed=3), tokenizer=CharTokenizer())  # q/k/v biases, tied head
+    graph = find_parts(qwen).graph_for("heads")
+    full = qwen.evaluate_circuit(Circuit(graph, graph.valid().copy()), CLEAN, CORRUPTED, metric=metric)
+    empty = qwen.evaluate_circuit(Circuit(graph, np.zeros_like(graph.valid())), CLEAN, CORRUPTED, metric=metric)
+    assert full.value == pytest.approx(full.clean, abs=1e-4)
+    assert empty.value == pytest.approx(empty.baseline, abs=1e-4)
