@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mlxterp import InterpretableModel
+from tests.circuits import reference as ref
 from tests.reference import dequantized, llama_forward
 
 pytestmark = pytest.mark.realmodel
@@ -86,6 +87,24 @@ def _logprob_of(targets: mx.array):
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(np.argsort(np.argsort(a)), np.argsort(np.argsort(b)))[0, 1])
+
+
+def test_eap_equals_the_hand_written_loop_on_a_sample_of_receivers(smollm2):
+    clean, corrupted, targets = _induction_batch(smollm2, 1, seed=1)
+    metric = _logprob_of(targets)
+    scores = smollm2.edge_attribution(clean, corrupted, metric=metric, method="eap")
+    module = _float(smollm2)
+    _, clean_senders = ref.forward(module, clean)
+    _, corrupted_senders = ref.forward(module, corrupted)
+    sample = ["layers.18.attn.heads.6.q", "layers.18.attn.heads.2.k", "layers.23.attn.heads.0.v", "layers.20.mlp",
+              "logits"]
+    grads = ref.receiver_gradients(module, corrupted, sample, metric)
+    g = scores.graph
+    for name in sample:
+        i = g.receivers.index(name)
+        n = int(g.reads()[i])
+        expected = [float(((clean_senders[u] - corrupted_senders[u]) * grads[name]).sum()) for u in g.senders[:n]]
+        np.testing.assert_allclose(scores.scores[i, :n], expected, atol=1e-4 * max(1.0, np.abs(expected).max()))
 
 
 @pytest.fixture(scope="module")
