@@ -63,14 +63,14 @@ def edge_attribution(model: InterpretableModel, clean: Any, corrupted: Any, metr
     weights = mx.array([1.0 / steps] * steps + [0.0], dtype=mx.float32)
     gradients = _compiled(model, parts, graph, corrupted_tokens, found, steps)
     grads, xs, diffs, values = gradients(clean_tokens, corrupted_tokens, alphas, weights)
-    scores = _scores(parts, graph, grads, xs, dict(zip(_DIFFS(parts), diffs)))
+    scores = _scores(parts, graph, grads, xs, dict(zip(_diff_keys(parts), diffs)))
     mx.eval(scores, values)
     values = np.array(values, dtype=np.float64)
     return EdgeScores(graph, np.array(scores, dtype=np.float64), method, steps, str(found), float(values[-1]),
                       float(values[0]))
 
 
-def _DIFFS(parts: Parts) -> List[str]:
+def _diff_keys(parts: Parts) -> List[str]:
     """The saves whose clean - corrupted difference gives the senders' (see :func:`.runs.sender_stack`)."""
     return ["embed"] + [f"{kind}_{lp.index}" for lp in parts.layers for kind in ("heads", "mlp")]
 
@@ -94,7 +94,7 @@ def _compiled(model: InterpretableModel, parts: Parts, graph: CircuitGraph, toke
 def _gradients(program: Program, parts: Parts, metric: Metric, clean: mx.array, corrupted: mx.array,
                alphas: mx.array, weights: mx.array) -> tuple:
     """The deltas' gradients at the integration points (the clean variant, of weight 0, left out), each
-    layer's input there, the clean - corrupted differences of the savings senders are made of, and the metric
+    layer's input there, the clean - corrupted differences of the saves the senders are made of, and the metric
     of each variant ``(steps + 1,)``."""
     k = alphas.shape[0]
     names = [f"delta_{lp.index}" for lp in parts.layers] + ["delta_logits"]
@@ -102,14 +102,15 @@ def _gradients(program: Program, parts: Parts, metric: Metric, clean: mx.array, 
     source = mx.broadcast_to(clean[None], (k,) + tuple(clean.shape))
 
     def objective(deltas: List[mx.array]) -> tuple:
-        out = program.batched(corrupted, alpha=alphas, source=source, **dict(zip(names, deltas)))
+        # Every variant in this process: the backward needs them all here (no sharding over mx.distributed).
+        out = program.batched(corrupted, distributed=False, alpha=alphas, source=source, **dict(zip(names, deltas)))
         logits = out["logits"]
         values = mx.stack([metric.score(logits[j]).mean() for j in range(k)])  # the metric sees (batch, vocab)
         return (values * weights).sum(), values, out
 
     (_, values, out), grads = mx.value_and_grad(objective)(zeros)
     xs = [out[f"x_{lp.index}"][:-1] for lp in parts.layers]
-    diffs = [(out[name][-1] - out[name][0]).astype(mx.float32) for name in _DIFFS(parts)]
+    diffs = [(out[name][-1] - out[name][0]).astype(mx.float32) for name in _diff_keys(parts)]
     return [g[:-1] for g in grads], xs, diffs, values
 
 
