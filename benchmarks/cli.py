@@ -59,7 +59,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     overrides = {"models": args.models, "shapes": args.shapes, "repeats": args.repeats, "warmup": args.warmup,
                  "min_time": args.min_time, "sweep": args.sweep, "scan": args.scan,
                  "retrace_sweep": args.retrace_sweep, "analysis_seq": args.analysis_seq, "prompts": args.prompts,
-                 "gen_tokens": args.gen_tokens, "generate_models": args.models, "gguf": args.gguf}
+                 "gen_tokens": args.gen_tokens, "generate_models": args.models, "circuit_models": args.models,
+                 "gguf": args.gguf}
     unknown = [m for m in (args.models or ()) if m not in MODELS]
     if unknown:
         raise SystemExit(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
@@ -102,7 +103,8 @@ def report(info: dict, settings: Settings, rows: list[Row], seconds: float) -> s
         f"repeats >= {settings.repeats} (interleaved with the baseline); sweep {settings.sweep}; "
         f"retrace sweep {settings.retrace_sweep}; analysis prompts {settings.analysis_seq} tokens; "
         f"{settings.prompts} prompts for batch_get_activations; generation: {settings.gen_tokens} new tokens on "
-        f"{', '.join(settings.generate_models)}; GGUF model {settings.gguf}",
+        f"{', '.join(settings.generate_models)}; circuits on {', '.join(settings.circuit_models)}; "
+        f"GGUF model {settings.gguf}",
         "value: median over back-to-back pairs of candidate time / baseline time (unless a unit is given); "
         "base/cand ms: median times; min ratio: fastest candidate / fastest baseline",
         "",

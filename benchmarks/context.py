@@ -29,6 +29,7 @@ class Settings:
     prompts: int = 1000       # prompts in the batch_get_activations throughput case
     generate_models: tuple[str, ...] = ("stories260K", "smollm2-135m")  # the generate suite's models
     gen_tokens: int = 48      # new tokens per generation (a quarter of it on models of hidden >= 512)
+    circuit_models: tuple[str, ...] = ("smollm2-135m",)  # the circuits suite's models
     gguf: str = "smollm2-135m"  # the GGUF model of the gguf suite (a registered name or a .gguf path)
     quick: bool = False
 
@@ -39,7 +40,8 @@ class Settings:
     @classmethod
     def quick_preset(cls) -> "Settings":
         return cls(shapes=QUICK_SHAPES, repeats=3, warmup=1, min_time=0.15, sweep=20, scan=16, retrace_sweep=100,
-                   prompts=200, generate_models=("stories260K",), gen_tokens=16, quick=True)
+                   prompts=200, generate_models=("stories260K",), gen_tokens=16, circuit_models=("stories260K",),
+                   quick=True)
 
 
 def shape_text(batch: int, seq: int) -> str:

@@ -21,6 +21,7 @@ SUITES: dict[str, str] = {
     "das": "benchmarks.suite_das",
     "invoke": "benchmarks.suite_invoke",
     "edits": "benchmarks.suite_edits",
+    "circuits": "benchmarks.suite_circuits",
 }
 
 Case = Callable[..., Iterable]

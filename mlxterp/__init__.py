@@ -3,10 +3,10 @@
 Importing the package changes nothing global.
 """
 
-from . import interventions
+from . import circuits, interventions
 from .activation_cache import ActivationCache
 from .activations import batch_get_activations, collect_activations, get_activations
-from .circuits import DAS
+from .circuits import DAS, Circuit, EdgeScores
 from .model import InterpretableModel
 from .names import ModuleNameError
 from .store import ActivationStore
@@ -23,7 +23,9 @@ __version__ = "0.1.0"
 __all__ = [
     "ActivationCache",
     "ActivationStore",
+    "Circuit",
     "DAS",
+    "EdgeScores",
     "InterpretableModel",
     "Invoke",
     "InvokeError",
@@ -37,6 +39,7 @@ __all__ = [
     "Trace",
     "apply",
     "batch_get_activations",
+    "circuits",
     "collect_activations",
     "get_activations",
     "interventions",

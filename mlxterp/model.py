@@ -13,6 +13,7 @@ from mlxterp.compiler import Executor, Probe, probe
 from .adapters import Architecture, architecture_for
 from .adapters.attention import AttentionPoints
 from .analysis.methods import AnalysisMixin
+from .circuits.methods import CircuitsMixin
 from .edits.methods import EditMixin
 from .generation.methods import GenerationMixin
 from .inputs import TokenBatch, to_token_batch
@@ -26,7 +27,7 @@ from .tracing.trace import Trace
 CAPTURE_CHOICES = "'all' (every module output), 'saved' (only .save()-d values) or a list of module names"
 
 
-class InterpretableModel(TokenizerMixin, AnalysisMixin, GenerationMixin, EditMixin):
+class InterpretableModel(TokenizerMixin, AnalysisMixin, CircuitsMixin, GenerationMixin, EditMixin):
     """An MLX model with tracing, interventions and analysis helpers.
 
     Args:

@@ -29,14 +29,18 @@ def rms_norm(x: mx.array, weight: mx.array, eps: float) -> mx.array:
     return x * mx.rsqrt(mx.mean(x * x, axis=-1, keepdims=True) + eps) * weight
 
 
-def rope(x: mx.array, base: float, offset: int = 0) -> mx.array:
-    """Rotary embedding in the non-interleaved ("rotate half") layout, positions offset..offset+seq-1; ``x``
+def rope(x: mx.array, base: float, offset: int = 0, traditional: bool = False) -> mx.array:
+    """Rotary embedding in the non-interleaved ("rotate half") layout, or with ``traditional`` the interleaved
+    one (pairs ``(x0, x1), (x2, x3), ...``; GGUF llamas such as SmolLM2), positions offset..offset+seq-1; ``x``
     is ``(batch, heads, seq, head_dim)``."""
     dims = x.shape[-1]
     half = dims // 2
     freqs = base ** (-mx.arange(0, half, dtype=mx.float32) * 2 / dims)
     angles = mx.arange(offset, offset + x.shape[2], dtype=mx.float32)[:, None] * freqs[None, :]
     cos, sin = mx.cos(angles), mx.sin(angles)
+    if traditional:
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        return mx.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).reshape(x.shape)
     x1, x2 = x[..., :half], x[..., half:]
     return mx.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
 
@@ -46,7 +50,7 @@ def _identity(site: Site, value: mx.array) -> mx.array:
 
 
 def attention(attn: nn.Module, x: mx.array, base: float, at: Callable[[str, mx.array], mx.array] = _identity,
-              offset: int = 0, past: Optional[tuple] = None) -> tuple[mx.array, tuple]:
+              offset: int = 0, past: Optional[tuple] = None, traditional: bool = False) -> tuple[mx.array, tuple]:
     """Causal multi-head attention with grouped KV heads, softmax written out; ``at(name, value)`` is called
     at each internal point (``q``, ``k``, ``v``, ``scores``, ``pattern``, ``heads``, in the library's layouts).
     ``past``: keys and values of the ``offset`` earlier positions (``(batch, seq, kv_heads, head_dim)``, as
@@ -56,7 +60,7 @@ def attention(attn: nn.Module, x: mx.array, base: float, at: Callable[[str, mx.a
     q = (x @ attn.q_proj.weight.T).reshape(b, s, heads, -1).transpose(0, 2, 1, 3)
     k = (x @ attn.k_proj.weight.T).reshape(b, s, kv_heads, -1).transpose(0, 2, 1, 3)
     v = (x @ attn.v_proj.weight.T).reshape(b, s, kv_heads, -1).transpose(0, 2, 1, 3)
-    q, k = rope(q, base, offset), rope(k, base, offset)
+    q, k = rope(q, base, offset, traditional), rope(k, base, offset, traditional)
     q = at("q", q.transpose(0, 2, 1, 3))
     k = at("k", k.transpose(0, 2, 1, 3))
     v = at("v", v.transpose(0, 2, 1, 3))
@@ -83,8 +87,8 @@ def mlp(block: nn.Module, x: mx.array) -> mx.array:
 
 def llama_forward(model: nn.Module, tokens: mx.array, hook: Optional[Hook] = None, offset: int = 0,
                   past: Optional[list] = None, present: Optional[list] = None) -> mx.array:
-    """Logits of an mlx-lm llama (float weights, default RoPE), calling ``hook(site, value)`` at every site
-    (its return value replaces the site's value).
+    """Logits of an mlx-lm llama (float weights, RoPE as ``args.rope_traditional`` says), calling
+    ``hook(site, value)`` at every site (its return value replaces the site's value).
 
     Args:
         offset, past: ``tokens`` are positions ``offset..`` of a sequence whose earlier keys and values are
@@ -100,7 +104,7 @@ def llama_forward(model: nn.Module, tokens: mx.array, hook: Optional[Hook] = Non
         h = at(("layer_in", i), h)
         attn_out, kv = attention(layer.self_attn, rms_norm(h, layer.input_layernorm.weight, args.rms_norm_eps),
                                  args.rope_theta, lambda name, value, i=i: at((name, i), value), offset,
-                                 None if past is None else past[i])
+                                 None if past is None else past[i], getattr(args, "rope_traditional", False))
         if present is not None:
             present.append(kv)
         a = at(("attn", i), attn_out)

@@ -1,0 +1,158 @@
+"""Edge scores and circuits: matrices over a :class:`~.nodes.CircuitGraph`'s receivers x senders.
+
+An :class:`EdgeScores` holds one score per edge (entries where no edge exists are 0); a :class:`Circuit` is
+a set of edges (a boolean matrix of the same shape). Edges are ranked by absolute score, ties broken by
+the graph's order (earlier receiver, then earlier sender), so a ranking is deterministic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .nodes import CircuitGraph, Edge, canonical
+
+PathLike = Union[str, Path]
+
+
+@dataclasses.dataclass
+class Circuit:
+    """A set of edges of a model's circuit graph.
+
+    Attributes:
+        graph: the :class:`~.nodes.CircuitGraph` (its ``receivers`` granularity included).
+        mask: ``(n_receivers, n_senders)`` bool: which edges are in the circuit.
+    """
+
+    graph: CircuitGraph
+    mask: np.ndarray
+
+    def __post_init__(self) -> None:
+        shape = (self.graph.n_receivers, self.graph.n_senders)
+        mask = np.asarray(self.mask)
+        if mask.shape != shape or mask.dtype != bool:
+            raise ValueError(f"mask: expected a bool array of shape {shape} (receivers x senders), got "
+                             f"{mask.dtype} {mask.shape}")
+        if (mask & ~self.graph.valid()).any():
+            raise ValueError("mask: marks pairs that are no edge (a sender that runs after its receiver); "
+                             "graph.valid() says which pairs are edges")
+        self.mask = mask
+
+    @classmethod
+    def from_edges(cls, graph: CircuitGraph, edges: Iterable[Sequence[str]], arg: str = "edges") -> "Circuit":
+        """The circuit of ``(sender, receiver)`` name pairs (checked: a ValueError names the first bad one)."""
+        rows, cols = graph.edge_index(list(edges), arg)
+        mask = np.zeros((graph.n_receivers, graph.n_senders), dtype=bool)
+        mask[rows, cols] = True
+        return cls(graph, mask)
+
+    @property
+    def edges(self) -> List[Edge]:
+        """``(sender, receiver)`` pairs, in the graph's order."""
+        senders, receivers = self.graph.senders, self.graph.receivers
+        return [(senders[u], receivers[r]) for r, u in zip(*np.nonzero(self.mask))]
+
+    @property
+    def nodes(self) -> List[str]:
+        """Senders and receivers with at least one edge in the circuit (senders first, each in order)."""
+        senders = [self.graph.senders[u] for u in np.flatnonzero(self.mask.any(axis=0))]
+        return senders + [self.graph.receivers[r] for r in np.flatnonzero(self.mask.any(axis=1))]
+
+    def __len__(self) -> int:
+        return int(self.mask.sum())
+
+    def __contains__(self, edge: object) -> bool:
+        if not isinstance(edge, tuple) or len(edge) != 2:
+            return False
+        senders, receivers = self.graph.senders, self.graph.receivers
+        u, r = canonical(edge[0]), canonical(edge[1])
+        return u in senders and r in receivers and bool(self.mask[receivers.index(r), senders.index(u)])
+
+    def __repr__(self) -> str:
+        return f"Circuit({len(self)} edges of {self.graph.n_edges}, receivers={self.graph.granularity!r})"
+
+
+@dataclasses.dataclass
+class EdgeScores:
+    """Attribution scores of every edge (see :func:`mlxterp.circuits.attribution.edge_attribution`).
+
+    Attributes:
+        graph: the :class:`~.nodes.CircuitGraph`.
+        scores: ``(n_receivers, n_senders)`` float64; ``scores[r, u]`` estimates how much the metric changes
+            when edge ``(senders[u], receivers[r])`` takes its clean value in the corrupted run (0 where no
+            edge exists).
+        method: ``"eap"`` or ``"eap-ig"``.
+        steps: points of the integrated gradients (1 for EAP).
+        metric: the metric's label.
+        clean: the metric on the clean prompts (mean over rows).
+        corrupted: the metric on the corrupted prompts.
+    """
+
+    graph: CircuitGraph
+    scores: np.ndarray
+    method: str
+    steps: int
+    metric: str
+    clean: float
+    corrupted: float
+    _ranking: Optional[np.ndarray] = dataclasses.field(default=None, repr=False, compare=False)
+
+    def ranking(self) -> np.ndarray:
+        """Flat indices (into ``scores``) of the existing edges, largest absolute score first (computed once:
+        ``scores`` is not meant to change)."""
+        if self._ranking is None:
+            flat = np.flatnonzero(self.graph.valid().ravel())
+            self._ranking = flat[np.argsort(-np.abs(self.scores.ravel()[flat]), kind="stable")]
+        return self._ranking
+
+    def top(self, k: int = 20) -> List[Tuple[str, str, float]]:
+        """The ``k`` edges of largest absolute score: ``(sender, receiver, score)``, largest first."""
+        senders, receivers = self.graph.senders, self.graph.receivers
+        out = []
+        for flat in self.ranking()[:k]:
+            r, u = divmod(int(flat), self.graph.n_senders)
+            out.append((senders[u], receivers[r], float(self.scores[r, u])))
+        return out
+
+    def circuit(self, n_edges: Optional[int] = None, threshold: Optional[float] = None) -> Circuit:
+        """The circuit of the ``n_edges`` best edges, or of every edge with ``|score| >= threshold``."""
+        if (n_edges is None) == (threshold is None):
+            raise ValueError(f"circuit: give exactly one of n_edges (the best n edges) or threshold (every edge with "
+                             f"|score| >= threshold), got n_edges={n_edges!r}, threshold={threshold!r}")
+        mask = np.zeros(self.scores.size, dtype=bool)
+        ranked = self.ranking()
+        if n_edges is not None:
+            if isinstance(n_edges, bool) or not isinstance(n_edges, (int, np.integer)) or n_edges < 0:
+                raise ValueError(f"n_edges: expected a non-negative int (at most {len(ranked)}), got {n_edges!r}")
+            mask[ranked[:int(n_edges)]] = True
+        else:
+            if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or threshold < 0:
+                raise ValueError(f"threshold: expected a non-negative number, got {threshold!r}")
+            mask[ranked[np.abs(self.scores.ravel()[ranked]) >= threshold]] = True
+        return Circuit(self.graph, mask.reshape(self.scores.shape))
+
+    def node_scores(self) -> Dict[str, float]:
+        """Each sender's score: the sum of its edges' scores (its attribution as a node: its output patched
+        into every receiver at once, to first order)."""
+        return {name: float(v) for name, v in zip(self.graph.senders, self.scores.sum(axis=0))}
+
+    def head_scores(self) -> np.ndarray:
+        """``(n_layers, n_heads)``: each head's node score (:meth:`node_scores`)."""
+        g = self.graph
+        return self.scores.sum(axis=0)[1:].reshape(g.n_layers, g.n_heads + 1)[:, :-1]
+
+    def plot(self, save_path: Optional[PathLike] = None, *, n_edges: int = 50, figsize: Tuple[float, float] = (10, 8),
+             title: Optional[str] = None) -> Any:
+        """The ``n_edges`` best edges drawn as a graph: nodes by layer (rows) and head (columns), edges coloured
+        by sign and weighted by absolute score (see :func:`.plots.plot_edges`)."""
+        from .plots import plot_edges
+
+        return plot_edges(self, n_edges, figsize=figsize, save_path=save_path,
+                          title=title or f"{self.method.upper()} top {n_edges} edges ({self.metric})")
+
+    def __repr__(self) -> str:
+        return (f"EdgeScores({self.method}, {self.graph.n_edges} edges, metric {self.metric}: clean {self.clean:.4g}, "
+                f"corrupted {self.corrupted:.4g})")

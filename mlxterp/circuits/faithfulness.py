@@ -1,0 +1,189 @@
+"""Edge patching and circuit faithfulness (the public functions behind the model's methods).
+
+A circuit's faithfulness is ``(m(circuit) - m(empty)) / (m(full) - m(empty))``: the share of the full model's
+metric, measured from the run with every edge ablated, that the circuit's edges alone recover (1: as
+faithful as the model; 0: no better than nothing). With ``ablation="corrupted"`` the empty circuit is the
+corrupted run itself; with ``"mean"`` every edge carries its sender's mean over the corrupted prompts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, Union
+
+import mlx.core as mx
+import numpy as np
+
+from ..analysis.display import show_if_interactive
+from .edges import Circuit, EdgeScores
+from .inputs import check_ablation, check_sizes, circuit_metric, prompt_pair
+from .nodes import CircuitGraph
+from .nodes import check_granularity
+from .parts import circuit_parts, find_parts
+from .patching import Variant, run_variants
+
+if TYPE_CHECKING:
+    from ..model import InterpretableModel
+
+PathLike = Union[str, Path]
+
+
+@dataclasses.dataclass
+class EdgePatching:
+    """The metric of the clean prompts with some edges patched.
+
+    Attributes:
+        value: the metric with the edges patched (mean over the prompts).
+        corrupted: the metric of the corrupted prompts (NaN with mean ablation over a different number of
+            prompts than the clean ones: a metric may read one target per clean prompt).
+        logits: ``(batch, vocab)``: the last position's logits of the patched run.
+        edges: the patched edges, as a :class:`~.edges.Circuit`.
+        metric: the metric's label.
+    """
+
+    value: float
+    corrupted: float
+    logits: mx.array
+    edges: Circuit
+    metric: str
+
+
+@dataclasses.dataclass
+class Faithfulness:
+    """How much of the model's behaviour one circuit carries.
+
+    Attributes:
+        value: the metric with only the circuit's edges (every other edge ablated).
+        clean: the metric of the full model on the clean prompts.
+        baseline: the metric with every edge ablated (the corrupted run for ``ablation="corrupted"``).
+        n_edges: edges in the circuit.
+        ablation: ``"corrupted"`` or ``"mean"``.
+        metric: the metric's label.
+    """
+
+    value: float
+    clean: float
+    baseline: float
+    n_edges: int
+    ablation: str
+    metric: str
+
+    @property
+    def faithfulness(self) -> float:
+        """``(value - baseline) / (clean - baseline)`` (NaN when the full and empty runs score the same)."""
+        gap = self.clean - self.baseline
+        return (self.value - self.baseline) / gap if gap != 0 else float("nan")
+
+
+@dataclasses.dataclass
+class FaithfulnessCurve:
+    """Faithfulness of the best-``n`` circuits for several ``n`` (one batched forward).
+
+    Attributes:
+        sizes: edges in each circuit.
+        values: ``(len(sizes),)``: each circuit's metric.
+        clean, baseline, ablation, metric: as in :class:`Faithfulness`.
+    """
+
+    sizes: List[int]
+    values: np.ndarray
+    clean: float
+    baseline: float
+    ablation: str
+    metric: str
+
+    @property
+    def faithfulness(self) -> np.ndarray:
+        """``(values - baseline) / (clean - baseline)`` per size."""
+        gap = self.clean - self.baseline
+        return (self.values - self.baseline) / gap if gap != 0 else np.full(len(self.values), np.nan)
+
+    def to_dict(self) -> dict:
+        """``{n_edges: faithfulness}``."""
+        return {n: float(f) for n, f in zip(self.sizes, self.faithfulness)}
+
+    def plot(self, save_path: Optional[PathLike] = None, *, figsize: Tuple[float, float] = (8, 5),
+             title: Optional[str] = None) -> Any:
+        """Faithfulness against circuit size (log-scaled edges)."""
+        from .plots import plot_faithfulness
+
+        return plot_faithfulness(self, figsize=figsize, save_path=save_path,
+                                 title=title or f"Circuit faithfulness ({self.metric}, {self.ablation} ablation)")
+
+
+def _circuit(model: InterpretableModel, edges: Any, receivers: str, arg: str) -> Circuit:
+    """A :class:`Circuit` (checked against this model), or one built from ``(sender, receiver)`` pairs."""
+    granularity = edges.graph.granularity if isinstance(edges, Circuit) else check_granularity(receivers)
+    graph = find_parts(model).graph_for(granularity)
+    if isinstance(edges, Circuit):
+        if edges.graph != graph:
+            raise ValueError(f"{arg}: this circuit belongs to another model's graph ({edges.graph}); this model's is "
+                             f"{graph}")
+        return edges
+    if isinstance(edges, (str, bytes)) or not isinstance(edges, (list, tuple, set)):
+        raise ValueError(f"{arg}: expected a Circuit or a list of (sender, receiver) pairs, got {edges!r}")
+    return Circuit.from_edges(graph, edges, arg)
+
+
+def _setup(model: InterpretableModel, clean: Any, corrupted: Any, metric: Any, ablation: str, target: Any,
+           foil: Any) -> tuple:
+    ablation = check_ablation(ablation)
+    clean_tokens, source = prompt_pair(model, clean, corrupted, same_rows=ablation == "corrupted")
+    found = circuit_metric(model, metric, clean_tokens, source, target, foil)
+    return clean_tokens, source, found, ablation == "mean"
+
+
+def edge_patching(model: InterpretableModel, clean: Any, corrupted: Any, edges: Any, metric: Any = "logit_diff", *,
+                  ablation: str = "corrupted", receivers: str = "heads", target: Any = None,
+                  foil: Any = None) -> EdgePatching:
+    """See :meth:`mlxterp.circuits.methods.CircuitsMixin.edge_patching`."""
+    circuit = _circuit(model, edges, receivers, "edges")
+    clean_tokens, source, found, mean = _setup(model, clean, corrupted, metric, ablation, target, foil)
+    values, corrupted_value, logits = run_variants(model, circuit_parts(model), circuit.graph, clean_tokens, source,
+                                                   [Variant(circuit.mask, kept=False)], found, mean)
+    return EdgePatching(float(values[0]), corrupted_value, logits[0], circuit, str(found))
+
+
+def _evaluate(model: InterpretableModel, graph: CircuitGraph, masks: Sequence[np.ndarray], clean: Any,
+              corrupted: Any, metric: Any, ablation: str, target: Any, foil: Any) -> tuple:
+    """The metric of each circuit, of the full model and of the empty circuit, from one forward."""
+    clean_tokens, source, found, mean = _setup(model, clean, corrupted, metric, ablation, target, foil)
+    empty = np.zeros((graph.n_receivers, graph.n_senders), dtype=bool)
+    variants = [Variant(empty, kept=False)] + [Variant(m, kept=True) for m in masks]
+    if mean:
+        variants.append(Variant(empty, kept=True))
+    values, source_value, _ = run_variants(model, circuit_parts(model), graph, clean_tokens, source, variants,
+                                           found, mean)
+    baseline = float(values[-1]) if mean else source_value
+    return values[1:1 + len(masks)], float(values[0]), baseline, str(found)
+
+
+def evaluate_circuit(model: InterpretableModel, circuit: Any, clean: Any, corrupted: Any, metric: Any = "logit_diff",
+                     *, ablation: str = "corrupted", receivers: str = "heads", target: Any = None,
+                     foil: Any = None) -> Faithfulness:
+    """See :meth:`mlxterp.circuits.methods.CircuitsMixin.evaluate_circuit`."""
+    found = _circuit(model, circuit, receivers, "circuit")
+    values, full, baseline, label = _evaluate(model, found.graph, [found.mask], clean, corrupted, metric, ablation,
+                                              target, foil)
+    return Faithfulness(float(values[0]), full, baseline, len(found), ablation, label)
+
+
+def faithfulness_curve(model: InterpretableModel, edges: EdgeScores, clean: Any, corrupted: Any,
+                       sizes: Sequence[int] = (10, 20, 50, 100, 200, 500), metric: Any = "logit_diff", *,
+                       ablation: str = "corrupted", target: Any = None, foil: Any = None, plot: bool = False,
+                       save_path: Optional[PathLike] = None) -> FaithfulnessCurve:
+    """See :meth:`mlxterp.circuits.methods.CircuitsMixin.faithfulness_curve`."""
+    if not isinstance(edges, EdgeScores):
+        raise ValueError(f"edges: expected the EdgeScores of model.edge_attribution(...), got {type(edges).__name__}")
+    _circuit(model, edges.circuit(n_edges=0), edges.graph.granularity, "edges")  # same model's graph
+    sizes = check_sizes(sizes, edges.graph.n_edges)
+    masks = [edges.circuit(n_edges=n).mask for n in sizes]
+    values, full, baseline, label = _evaluate(model, edges.graph, masks, clean, corrupted, metric, ablation, target,
+                                              foil)
+    out = FaithfulnessCurve(sizes, np.asarray(values, dtype=np.float64), full, baseline, ablation, label)
+    if plot or save_path is not None:
+        fig = out.plot(save_path)
+        if plot:
+            show_if_interactive(fig)
+    return out
