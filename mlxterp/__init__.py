@@ -6,6 +6,7 @@ Importing the package changes nothing global.
 from . import interventions
 from .activation_cache import ActivationCache
 from .activations import batch_get_activations, collect_activations, get_activations
+from .conversation import Conversation
 from .model import InterpretableModel
 from .names import ModuleNameError
 from .store import ActivationStore
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ActivationCache",
     "ActivationStore",
+    "Conversation",
     "InterpretableModel",
     "LayerListProxy",
     "ModuleNameError",

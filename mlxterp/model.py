@@ -13,6 +13,7 @@ from mlxterp.compiler import Executor, Probe, probe
 from .adapters import Architecture, architecture_for
 from .adapters.attention import AttentionPoints
 from .analysis.methods import AnalysisMixin
+from .conversation.methods import ConversationMixin
 from .generation.methods import GenerationMixin
 from .inputs import TokenBatch, to_token_batch
 from .names import ModuleIndex, ModuleNameError
@@ -24,7 +25,7 @@ from .tracing.trace import Trace
 CAPTURE_CHOICES = "'all' (every module output), 'saved' (only .save()-d values) or a list of module names"
 
 
-class InterpretableModel(TokenizerMixin, AnalysisMixin, GenerationMixin):
+class InterpretableModel(TokenizerMixin, AnalysisMixin, GenerationMixin, ConversationMixin):
     """An MLX model with tracing, interventions and analysis helpers.
 
     Args:
