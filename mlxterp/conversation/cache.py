@@ -4,9 +4,13 @@ A generation of a conversation (see :class:`mlxterp.generation.Generation`, whic
 :meth:`keep` when its program records nothing) starts its engine from the longest prefix of token ids the
 cache holds and runs only the rest, then keeps the KV of everything it fed the model: the conversation and
 the new tokens. In a causal model a position's keys and values depend only on the tokens up to it, so any
-prefix of what was computed is exact for every conversation that starts with those tokens. The cache is
-kept for one model and its weights as they were (the weight arrays themselves, by identity): another
-model, or weights replaced since (``model.update``, ``load_weights``), start from nothing.
+prefix of what was computed is exact for every conversation that starts with those tokens.
+
+The cache is kept for one model and its weights as they were. It holds a view of every weight array (no
+copy) and the address of its data: weights replaced since (``model.update``, ``load_weights``) or written
+in place (``w[...] = x``: the held view keeps the old data, so the write lands in new memory) have other
+addresses, and the next generation starts from nothing. (The held views keep replaced weights in memory
+until the conversation's next generation or :meth:`ConversationCache.clear`.)
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from typing import Any, Optional, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx.utils import tree_flatten
 from mlx_lm.models.cache import KVCache
 
+from ..generation.cache import buffer_size
 from ..generation.program import MlxLmEngine, StaticEngine
 
 KV = list[tuple[mx.array, mx.array]]  # per layer: keys and values (batch 1, kv_heads, positions, head_dim)
@@ -36,7 +42,8 @@ class ConversationCache:
         self._tokens: tuple[int, ...] = ()
         self._kv: KV = []
         self._model: Optional[weakref.ref] = None
-        self._weights: tuple[weakref.ref, ...] = ()
+        self._weights: list[mx.array] = []  # views of the weights the KV was computed with (no copies)
+        self._addresses: tuple = ()  # where their data lies
         self.reused = 0
         self.computed = 0
 
@@ -50,9 +57,18 @@ class ConversationCache:
         """The token ids whose keys and values the cache holds."""
         return list(self._tokens)
 
+    def copy(self) -> "ConversationCache":
+        """A cache holding the same positions, independent from now on (the arrays are shared: MLX arrays are
+        values). Branches of a conversation that alternate evict each other's positions from a shared cache;
+        give each a copy: ``Conversation(tok, messages, cache=conv.cache.copy())``."""
+        other = ConversationCache()
+        other._tokens, other._kv, other._model = self._tokens, list(self._kv), self._model
+        other._weights, other._addresses = self._weights, self._addresses
+        return other
+
     def clear(self) -> None:
         """Forget everything (the next generation runs its whole prompt)."""
-        self._tokens, self._kv, self._model, self._weights = (), [], None, ()
+        self._tokens, self._kv, self._model, self._weights, self._addresses = (), [], None, [], ()
 
     def resume(self, model: nn.Module, engine: Any, row: Sequence[int]) -> int:
         """Start ``engine`` (no step run yet) from the cached KV of the longest common prefix of ``row`` and the
@@ -77,16 +93,31 @@ class ConversationCache:
         self._tokens = tuple(int(t) for t in tokens[:n])
         self._kv = [(k[:, :, :n], v[:, :, :n]) for k, v in kv]
         self._model = weakref.ref(model)
-        self._weights = tuple(weakref.ref(a) for _, a in tree_flatten(model.parameters()))
+        self._weights = [a.reshape(a.shape) for _, a in tree_flatten(model.parameters())]  # views: same data
+        mx.eval(self._weights)
+        self._addresses = _addresses(self._weights)
 
     def _valid_for(self, model: nn.Module) -> bool:
         if self._model is None or self._model() is not model:
             return False
-        current = [a for _, a in tree_flatten(model.parameters())]
-        return len(current) == len(self._weights) and all(ref() is a for ref, a in zip(self._weights, current))
+        now = _addresses([a for _, a in tree_flatten(model.parameters())])
+        return None not in now and now == self._addresses
 
     def __repr__(self) -> str:
         return f"ConversationCache({self.size} positions; last generation reused {self.reused}, ran {self.computed})"
+
+
+def _addresses(arrays: Sequence[mx.array]) -> tuple:
+    """Where each array's data lies, with its shape and dtype (None where unknown: a strided array)."""
+    out = []
+    for a in arrays:
+        view = memoryview(a)
+        if view.nbytes and not view.c_contiguous:
+            out.append(None)
+            continue
+        start = np.frombuffer(view.cast("B"), np.uint8).__array_interface__["data"][0] if view.nbytes else 0
+        out.append((start, a.shape, a.dtype))
+    return tuple(out)
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -108,10 +139,16 @@ def _seed(engine: Any, kv: KV, n: int) -> bool:
             cache.keys, cache.values, cache.offset = keys, values, n
         return True
     if isinstance(engine, StaticEngine) and len(kv) == engine.n_layers:
-        # the buffers grow from here as the engine needs (its size follows the positions it holds)
-        engine.buffers, engine.size, engine.idx = [a for pair in kv for a in pair], n, n
+        size = max(engine.size, buffer_size(n))  # the engine's buffer size, or one that holds the n positions
+        engine.buffers = [_padded(a, size) for pair in kv for a in pair]
+        engine.size, engine.idx = size, n
         return True
     return False
+
+
+def _padded(a: mx.array, size: int) -> mx.array:
+    """``a`` (``(batch, heads, n, dim)``) with empty columns up to ``size``."""
+    return mx.concatenate([a, mx.zeros(a.shape[:2] + (size - a.shape[2],) + a.shape[3:], a.dtype)], axis=2)
 
 
 def _captured(engine: Any) -> Optional[tuple[int, KV]]:

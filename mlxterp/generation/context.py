@@ -21,7 +21,7 @@ from .cache import buffer_size, cache_layers, static_eligible
 from .loop import run_steps
 from .plan import Geometry, StepPlan, StepRange
 from .program import MlxLmEngine, Programs, StaticEngine, static_disagreement
-from .prompts import PromptBatch
+from .prompts import PromptBatch, prefix_cache
 from .sampling import Rows, TokenEvent, eos_ids, stop_strings, token_sampler
 
 
@@ -133,6 +133,7 @@ class Generation:
         self._stops = stop_strings(stop)
         self._eos = frozenset() if ignore_eos else eos_ids(owner.tokenizer)
         self._stream = stream
+        self._prefix = prefix_cache(owner, prompt)  # a conversation's KV cache, resumed by a plain run
         self.prompts = PromptBatch.of(owner, prompt, chat)
         owner._positions.check(self.prompts.columns + max_new_tokens - 1,
                                f"the prompt plus max_new_tokens={max_new_tokens} (less the last, never fed back)")
@@ -250,9 +251,19 @@ class Generation:
         programs = Programs(owner.model, store, self._probe, self._count_trace, owner._executor.points)
         rows = Rows(self.prompts.size, self.max_new_tokens, self._eos, self._stops, self._decoder(), self._stream)
         sampler = token_sampler(*self._settings)  # a fresh key sequence per run
-        per_step = run_steps(plan, programs, engine, self.prompts.tokens, sampler, rows, recorder.graph)
+        resumes = self._resumes()
+        start = self._prefix.resume(owner.model, engine, self.prompts.rows[0]) if resumes else 0
+        per_step = run_steps(plan, programs, engine, self.prompts.tokens[:, start:], sampler, rows, recorder.graph)
+        if resumes:
+            self._prefix.keep(owner.model, engine, self.prompts.rows[0] + tuple(rows.tokens[0]))
         self._bind(per_step, plan)
         self._mode, self._num_steps, self._rows = engine.mode, len(per_step), rows
+
+    def _resumes(self) -> bool:
+        """Whether this run starts from its prompt's KV prefix cache (and keeps its own KV there): one prompt
+        that carries a cache (a conversation), and a program that records nothing (a write would change the
+        keys and values, and a read of the prompt pass would see only the positions it runs)."""
+        return self._prefix is not None and self.prompts.size == 1 and len(self._recorder.graph) == 0
 
     def _engine(self, layers: int) -> Any:
         mode = self._recorder.compile_mode
