@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OPENBLAS := /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3
 
-.PHONY: install demo test test-fast bench bench-distributed clean
+.PHONY: install demo test test-fast bench bench-distributed fuzz clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ bench-distributed: $(VENV)/.installed
 	else \
 		$(PY) -m benchmarks.distributed; \
 	fi
+
+# The differential fuzzer's long run: 2,000 random programs through every executor against the hand-written
+# forward (the test suite runs 140).
+fuzz: $(VENV)/.installed
+	$(PY) -m benchmarks.fuzz --examples 1000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -18,6 +18,7 @@ SUITES: dict[str, str] = {
     "generate": "benchmarks.suite_generate",
     "conversation": "benchmarks.suite_conversation",
     "gguf": "benchmarks.suite_gguf",
+    "views": "benchmarks.suite_views",
 }
 
 Case = Callable[..., Iterable]

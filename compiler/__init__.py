@@ -24,6 +24,7 @@ from .probe import Probe, probe
 from .program import LoweredProgram
 from .state_compile import StateCompiled
 from .structure import structure_key
+from .tree import ModuleTree
 from .verify import verify
 
 __all__ = [
@@ -31,5 +32,5 @@ __all__ = [
     "TraceError", "WriteTypeError", "MODES", "Executor", "RunResult", "to_dot", "to_json", "to_text",
     "hooks_installed", "is_hooked", "Graph", "Node", "Op", "Ref", "PatchedForward", "Points", "Runner",
     "LoweredProgram", "run_folded", "eliminate_dead_code", "lift_constants", "run_passes", "schedule", "Probe",
-    "probe", "StateCompiled", "structure_key", "verify",
+    "probe", "StateCompiled", "structure_key", "ModuleTree", "verify",
 ]

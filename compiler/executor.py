@@ -4,6 +4,11 @@
 forward, with the model's state as an implicit input so weight edits are seen) or ``"auto"`` (eager the
 first time a (structure, shapes) key is seen, compiled once it repeats). A cache hit skips every pass:
 only the constants' values are read off the new graph.
+
+Lowerings hook module objects, so they belong to one module tree: before every run the executor checks the
+model's tree (:class:`.tree.ModuleTree`, a few microseconds); when a module was replaced since (quantized,
+wrapped, swapped), every lowering is dropped, ``tree_version`` goes up, and whoever built the executor is
+told (``on_tree_change``) so that what it derived from the old tree is rebuilt before anything runs.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from .probe import Probe
 from .program import LoweredProgram
 from .state_compile import StateCompiled
 from .structure import structure_key
+from .tree import ModuleTree
 
 MODES = ("eager", "compiled", "auto")
 
@@ -55,17 +61,51 @@ class RunResult:
 
 
 class Executor:
-    """Runs graphs against one model; owns the compile cache and its statistics."""
+    """Runs graphs against one model; owns the compile cache and its statistics.
+
+    Args:
+        model: the module to run.
+        call: how the lowered forward calls the model.
+        max_entries: cached lowerings kept (least recently used dropped).
+        points: the model's points (see :mod:`.points`).
+        stop_early: let forwards stop after their last needed event.
+        on_tree_change: called (holding the model's lock) when :meth:`sync` finds the module tree changed,
+            before the new tree is accepted: if it raises, the next :meth:`sync` tries again.
+    """
 
     def __init__(self, model: nn.Module, *, call: Callable[[nn.Module, mx.array], Any] = default_call,
-                 max_entries: int = 256, points: Points | None = None, stop_early: bool = True):
+                 max_entries: int = 256, points: Points | None = None, stop_early: bool = True,
+                 on_tree_change: Callable[[], None] | None = None):
         self.model = model
         self.call = call
         self.points = points
         self.stop_early = stop_early
         self.max_entries = max_entries
+        self.on_tree_change = on_tree_change
         self._cache: collections.OrderedDict[Hashable, CacheEntry] = collections.OrderedDict()
         self.stats: collections.Counter = collections.Counter()
+        self._tree = ModuleTree(model)
+        self.tree_version = 0  # bumped by every change sync() finds; lowerings record the one they were built on
+
+    def sync(self) -> bool:
+        """Check the model's module tree; if a module was replaced since the last check, drop every cached
+        lowering, call ``on_tree_change`` and bump ``tree_version``. Returns whether it changed."""
+        if self._tree.current():  # reading the slots needs no lock: a running forward swaps classes, not modules
+            return False
+        return self._renew()
+
+    @serialised(lambda executor: executor.model)
+    def _renew(self) -> bool:
+        if self._tree.current():  # another thread renewed it while this one waited for the lock
+            return False
+        tree = ModuleTree(self.model)
+        self._cache.clear()
+        if self.on_tree_change is not None:
+            self.on_tree_change()
+        self._tree = tree
+        self.tree_version += 1
+        self.stats["tree_changes"] += 1
+        return True
 
     def key(self, graph: Graph, tokens: mx.array) -> Hashable:
         """Cache key: the graph's structure and the input's shape and dtype."""
@@ -76,6 +116,7 @@ class Executor:
         """Execute ``graph`` on ``tokens``; ``probe()`` gives the execution order on a cache miss."""
         if mode not in MODES:
             raise ValueError(f"compile mode {mode!r} is not one of {MODES} (True = 'compiled', False = 'eager')")
+        self.sync()
         entry = self.entry(graph, tokens, probe)
         params = param_values(graph, entry.sources)
         compiled = mode == "compiled" or (mode == "auto" and entry.runs > 0)
@@ -113,11 +154,13 @@ class Executor:
             self.stats["evictions"] += 1
         return entry
 
+    @serialised(lambda executor: executor.model)
     def program(self, graph: Graph, tokens: mx.array, probe: Callable[[], Probe]) -> LoweredProgram:
-        """``graph`` as a pure function ``(tokens, params) -> saves`` (see :mod:`.program`); its lowering
-        is shared with traces of the same structure."""
+        """``graph`` as a pure function ``(tokens, params) -> saves`` (see :mod:`.program`) of the current
+        module tree (its ``tree_version``); its lowering is shared with traces of the same structure."""
+        self.sync()
         entry = self.entry(graph, tokens, probe)
-        return LoweredProgram(self.model, entry.optimized, entry.forward, self.stats)
+        return LoweredProgram(self.model, entry.optimized, entry.forward, self.stats, self.tree_version)
 
     def _compile(self, entry: CacheEntry) -> Callable:
         entry.compiled = StateCompiled(entry.forward, self.model, self.stats)

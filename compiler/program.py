@@ -28,19 +28,23 @@ class LoweredProgram:
         graph: the optimized graph (constants lifted to params ``0..n-1``).
         forward: its lowered forward.
         stats: counters shared with the model's executor (``traces`` counts compilations).
+        tree_version: the executor's ``tree_version`` it was lowered on (its forward hooks that tree's
+            module objects: a caller re-lowers once the executor's version moves on).
     """
 
-    def __init__(self, model: nn.Module, graph: Graph, forward: PatchedForward, stats: collections.Counter):
+    def __init__(self, model: nn.Module, graph: Graph, forward: PatchedForward, stats: collections.Counter,
+                 tree_version: int = 0):
         self.model = model
         self.graph = graph
         self.forward = forward
         self.stats = stats
+        self.tree_version = tree_version
         self._compiled: StateCompiled | None = None
         self._folded: dict[frozenset[int], StateCompiled] = {}
 
     def fn(self, tokens: mx.array, params: list) -> dict:
         """The saves of one run, uncompiled (a pure function: transform it freely)."""
-        return self.forward(tokens, params)[1]
+        return distinct_outputs(self.forward(tokens, params)[1])
 
     def __call__(self, tokens: mx.array, params: list) -> dict:
         """:meth:`fn` under ``mx.compile`` (traced once per input shape and dtype)."""
@@ -64,3 +68,22 @@ class LoweredProgram:
 
     def _compile(self, body: Callable[[mx.array, list], Any]) -> StateCompiled:
         return StateCompiled(body, self.model, self.stats)
+
+
+def distinct_outputs(saves: dict) -> dict:
+    """``saves`` with no array under two keys (a later key gets its own array node holding the same value).
+
+    ``mx.vmap`` moves each output's mapped axis to the front once per occurrence of the array among the
+    outputs: an array returned twice whose mapped axis is not already first (a broadcast number, a transpose)
+    comes back permuted the second time (MLX 0.32: ``(64, 3, 1, 4)`` for ``(3, 1, 4, 64)``). Two saves of one
+    value (``output.save("a")``, ``output.save("b")``) are such outputs.
+    """
+    seen: set[int] = set()
+    out = {}
+    for key, value in saves.items():
+        if isinstance(value, mx.array):
+            if id(value) in seen:
+                value = mx.array(value)
+            seen.add(id(value))
+        out[key] = value
+    return out

@@ -72,8 +72,21 @@ def functional_setitem(node: Node, x: mx.array, index: Any, value: Any) -> mx.ar
             f"traced at {node.source}"
         ) from None
     out = mx.array(x)
-    out[index] = value
+    out[index] = _batched_like(value, region)
     return out
+
+
+def _batched_like(value: Any, region: mx.array) -> mx.array:
+    """``value`` broadcast to ``region``'s shape, as a value computed from ``region``.
+
+    Under ``mx.vmap`` (a user's, or a folded run's) MLX's rule for a slice assignment whose value is not
+    mapped writes only the first mapped element (MLX 0.32: ``out[:, -1] = 0.0`` on a mapped ``out`` leaves
+    the other elements unwritten). A value computed from the region is mapped exactly when the region is,
+    so the write lands in every element. ``region == region`` is false only at NaN, where both branches are
+    the value: the result is the value, whatever the region holds, and its gradient flows to the value only.
+    """
+    value = value if isinstance(value, mx.array) else mx.array(value)
+    return mx.where(region == region, value, value)
 
 
 def check_replacement(node: Node, original: Any, value: Any) -> Any:

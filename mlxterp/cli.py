@@ -96,15 +96,23 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_for(args: argparse.Namespace) -> tuple[Any, Optional[List[int]], Optional[Path]]:
-    """The common start of a subcommand: check --plot, load --model, check --layers."""
+def load_for(args: argparse.Namespace) -> tuple[Any, Optional[List[int]], Optional[Path], Optional[Path]]:
+    """The common start of a subcommand: check --plot and --html, load --model, check --layers."""
     plot = check_output_path(args.plot, "--plot")
+    html = check_output_path(args.html, "--html", ".html")
     model = load(args.model, args.weights)
-    return model, check_layers(args.layers, len(model.layers)), plot
+    return model, check_layers(args.layers, len(model.layers)), plot, html
+
+
+def write_html(result: Any, html: Optional[Path], **options: Any) -> None:
+    """``--html PATH``: write ``result``'s interactive view (one self-contained file) and say so."""
+    if html is not None:
+        result.save_html(html, **options)
+        print(f"wrote {html} (interactive view: open it in a browser)")
 
 
 def cmd_logit_lens(args: argparse.Namespace) -> int:
-    model, layers, plot = load_for(args)
+    model, layers, plot, html = load_for(args)
     n_tokens = len(call(model.encode, args.text, usage=True))
     if not -n_tokens <= args.position < n_tokens:
         raise UsageError(f"argument --position: {args.position} is outside the prompt, which has {n_tokens} tokens "
@@ -122,11 +130,12 @@ def cmd_logit_lens(args: argparse.Namespace) -> int:
         print(f"{layer:>5}  " + "   ".join(cells))
     if plot:
         print(f"wrote {plot}")
+    write_html(results, html)
     return 0
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
-    model, layers, plot = load_for(args)
+    model, layers, plot, html = load_for(args)
     _precheck_patch(model, args.clean, args.corrupted, args.component, layers)
     t1 = time.perf_counter()
     tokens = {k: v for k, v in (("target", args.target), ("foil", args.foil)) if v is not None}
@@ -138,6 +147,7 @@ def cmd_patch(args: argparse.Namespace) -> int:
     print_recovery(recovery)
     if plot:
         print(f"wrote {plot}")
+    write_html(recovery, html)
     return 0
 
 
@@ -276,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "Load a small model, show the logit lens of 'The capital of France is' layer by layer "
                            "(where does ' Paris' appear?), then patch MLP outputs from that clean prompt into the "
                            "corrupted 'The capital of Italy is' to find the layers that carry the fact. Prints "
-                           "tables and timings; writes PNG figures into --out-dir.",
+                           "tables and timings; writes PNG figures and their interactive HTML views into --out-dir.",
                            "  mlxterp demo\n  mlxterp demo --out-dir figs --no-grid\n"
                            "  mlxterp demo --prompt 'The capital of Japan is' --corrupted 'The capital of Spain is'"))
 
@@ -285,12 +295,15 @@ def build_parser() -> argparse.ArgumentParser:
             "predictions (with probabilities) at one token position, one row per layer.",
             "  mlxterp logit-lens --model smollm2-135m 'The capital of France is'\n"
             "  mlxterp logit-lens --model smollm2-135m 'The capital of France is' --layers 20-29 --top-k 3\n"
-            "  mlxterp logit-lens --model path/to/mlx-model 'Once upon a time' --position 2 --plot lens.png")
+            "  mlxterp logit-lens --model path/to/mlx-model 'Once upon a time' --position 2 --plot lens.png\n"
+            "  mlxterp logit-lens 'The capital of France is' --top-k 5 --html lens.html")
     p.add_argument("text", metavar="TEXT", help="the prompt")
     p.add_argument("--layers", type=layers_arg, help=f"layers to show ({LAYER_SPEC_HELP}); default: all")
     p.add_argument("--top-k", type=positive_int, default=1, help="predictions per layer (default 1)")
     p.add_argument("--position", type=int, default=-1, help="token position to show (default -1, the last)")
     p.add_argument("--plot", metavar="PNG", help="also write the layers x positions heatmap to this PNG")
+    p.add_argument("--html", metavar="PATH",
+                   help="also write the interactive view (layers x positions, hover for the top-k) to this HTML file")
 
     p = add("patch", cmd_patch, "activation patching: which layers restore the clean behaviour",
             "Run the clean and corrupted prompts, patch one component's clean output into the corrupted run at "
@@ -298,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  mlxterp patch --model smollm2-135m --clean 'The capital of France is' "
             "--corrupted 'The capital of Italy is'\n"
             "  mlxterp patch --model smollm2-135m --clean A --corrupted B --component self_attn --layers 0-9 "
-            "--metric cosine --plot patch.png\n"
+            "--metric cosine --plot patch.png --html patch.html\n"
             "  mlxterp patch --model smollm2-135m --clean 'The capital of France is' "
             "--corrupted 'The capital of Italy is' --component attn --metric logit_diff --target ' Paris' "
             "--foil ' Rome'")
@@ -318,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--foil", metavar="TOKEN", type=_token_arg,
                    help="foil token of logit_diff (text or id); default: the corrupted prompt's prediction")
     p.add_argument("--plot", metavar="PNG", help="write the recovery bar chart to this PNG")
+    p.add_argument("--html", metavar="PATH", help="write the interactive view (recovery per layer) to this HTML file")
 
     p = add("activations", cmd_activations, "collect layer activations for a file of prompts",
             "Run every prompt of --prompts in batches and save the chosen layers' outputs at the chosen token "

@@ -81,15 +81,16 @@ def check_layers(layers: Optional[Sequence[int]], n_layers: int) -> Optional[Lis
     return call(resolve_layers, list(layers), n_layers, arg="argument --layers", sort=False, usage=True)
 
 
-def check_output_path(path: Optional[str], option: str) -> Optional[Path]:
+def check_output_path(path: Optional[str], option: str, suffix: str = ".png") -> Optional[Path]:
     """The path of a file to write, checked before any work: UsageError when it names a directory, its folder
-    does not exist, or it cannot be written (the check creates and removes the file if it is new)."""
+    does not exist, or it cannot be written (the check creates and removes the file if it is new). ``suffix``
+    is the kind of file, for the example name the error suggests."""
     if path is None:
         return None
     target = Path(path).expanduser()
     if target.is_dir():
         raise UsageError(f"argument {option}: {path!r} is a directory; expected a file name, e.g. "
-                         f"{str(target / ('out' + (target.suffix or '.png')))!r}")
+                         f"{str(target / ('out' + (target.suffix or suffix)))!r}")
     if not target.parent.is_dir():
         raise UsageError(f"argument {option}: folder {str(target.parent)!r} of {path!r} does not exist")
     check_writable(target, option)

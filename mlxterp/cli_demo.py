@@ -18,7 +18,7 @@ LENS_TOP_K = 10  # enough to find the final prediction's rank in most layers
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", default="mlxterp-demo", metavar="DIR",
-                   help="folder for the PNG figures (created if missing; default ./mlxterp-demo)")
+                   help="folder for the PNG figures and their HTML views (created if missing; default ./mlxterp-demo)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"clean prompt (default {DEFAULT_PROMPT!r})")
     p.add_argument("--corrupted", default=DEFAULT_CORRUPTED,
                    help=f"corrupted prompt, same token count as --prompt (default {DEFAULT_CORRUPTED!r})")
@@ -69,7 +69,7 @@ def run_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     lens_png = out_dir / "logit_lens.png"
     results = call(model.logit_lens, args.prompt, top_k=LENS_TOP_K, save_path=str(lens_png))
-    written.append(lens_png)
+    written += [lens_png, results.save_html(lens_png.with_suffix(".html"))]
     final_id, final_p, final_tok = results[max(results)][-1][0]
     print(f"      last position ({tokens[-1]!r}), top prediction of each layer; rank of the model's final "
           f"prediction {final_tok!r} among each layer's top {LENS_TOP_K}:")
@@ -82,7 +82,8 @@ def run_demo(args: argparse.Namespace) -> int:
     first = becomes_top(results, final_id)
     print(f"      final prediction: {final_tok!r} ({final_p:.1%})")
     print(f"      {final_tok!r} becomes (and stays) the top prediction at layer {first} of {n_layers - 1}")
-    print(f"      wrote {lens_png}  ({seconds(t0)})", flush=True)
+    print(f"      wrote {lens_png} and its interactive view {lens_png.with_suffix('.html').name}  ({seconds(t0)})",
+          flush=True)
 
     # 2. activation patching per layer ------------------------------------------------------------
     _step(2, total, f"activation patching of {args.component!r}: clean {args.prompt!r} -> corrupted "
@@ -100,9 +101,9 @@ def run_demo(args: argparse.Namespace) -> int:
     bars_png = out_dir / f"patching_{args.component.replace('.', '_')}.png"
     recovery = call(model.activation_patching, args.prompt, args.corrupted, component=args.component,
                     metric="l2", progress=True, save_path=str(bars_png), usage=True)
-    written.append(bars_png)
+    written += [bars_png, recovery.save_html(bars_png.with_suffix(".html"))]
     print_recovery(recovery, top=5, indent="      ")
-    print(f"      wrote {bars_png}  ({seconds(t0)})", flush=True)
+    print(f"      wrote {bars_png} and {bars_png.with_suffix('.html').name}  ({seconds(t0)})", flush=True)
 
     # 3. layers x positions grid ------------------------------------------------------------------
     if not args.no_grid:
@@ -118,12 +119,12 @@ def run_demo(args: argparse.Namespace) -> int:
             grid_png = out_dir / "patching_grid.png"
             grid = call(model.patching_grid, args.prompt, args.corrupted, component="output", positions=positions,
                         metric="l2", progress=True, save_path=str(grid_png))
-            written.append(grid_png)
+            written += [grid_png, grid.save_html(grid_png.with_suffix(".html"))]
             for j, pos in enumerate(grid.positions):
                 strong = [layer for layer, row in zip(grid.layers, grid.grid) if row[j] > 50.0]
                 note = ", differs" if pos in diff else ""
                 print(f"      position {pos} ({tokens[pos]!r}{note}): recovery > 50% at layers {_ranges(strong)}")
-            print(f"      wrote {grid_png}  ({seconds(t0)})", flush=True)
+            print(f"      wrote {grid_png} and {grid_png.with_suffix('.html').name}  ({seconds(t0)})", flush=True)
     return _finish(t_start, written)
 
 

@@ -41,6 +41,9 @@ class WrappedModel(Protocol):
               capture: Any = "all") -> "Trace":
         """A tracing context: saves and interventions recorded inside ``with`` run on exit."""
 
+    def _sync_tree(self) -> None:
+        """Notice a replaced module (rebuilding the index and dropping every program built on the old tree)."""
+
     def _probe(self, tokens: mx.array) -> "Probe":
         """Execution order and shapes for inputs of this shape (one lazy forward, cached)."""
 

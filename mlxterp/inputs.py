@@ -51,9 +51,9 @@ def to_token_batch(inputs: Any, tokenizer: Any, vocab_rows: int | None, pad_id: 
     elif isinstance(inputs, PromptObject):
         rows = [inputs.token_ids(tokenizer)]
     elif isinstance(inputs, mx.array):
-        return _check_array_range(inputs, _from_array(inputs), vocab_rows)
+        return _check_array_range(inputs, array_batch(inputs), vocab_rows)
     elif isinstance(inputs, np.ndarray):
-        return check_range(_from_array(mx.array(inputs)), vocab_rows)
+        return check_range(array_batch(mx.array(inputs)), vocab_rows)
     elif isinstance(inputs, (list, tuple)):
         rows = _rows_from_sequence(inputs, tokenizer)
     else:
@@ -68,7 +68,7 @@ def token_rows(inputs: Any, tokenizer: Any) -> list[list[int]]:
     if isinstance(inputs, PromptObject):
         return [inputs.token_ids(tokenizer)]
     if isinstance(inputs, (mx.array, np.ndarray)):
-        return _from_array(mx.array(inputs)).tokens.tolist()
+        return array_batch(mx.array(inputs)).tokens.tolist()
     if isinstance(inputs, (list, tuple)):
         return _rows_from_sequence(inputs, tokenizer)
     raise TypeError(f"inputs has type {type(inputs).__name__}; expected {INPUT_KINDS}")
@@ -106,13 +106,16 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return ids
 
 
-def _from_array(tokens: mx.array) -> TokenBatch:
+def array_batch(tokens: mx.array) -> TokenBatch:
+    """A token array as a batch, checking what its dtype and shape say (not its ids: see :func:`check_range`).
+    This is all that can be checked of placeholder tokens inside ``mx.compile`` or ``mx.vmap``."""
     if not mx.issubdtype(tokens.dtype, mx.integer):
         raise TypeError(f"token array has dtype {tokens.dtype}; expected an integer dtype such as mx.int32")
     if tokens.ndim == 1:
         tokens = tokens[None]
-    if tokens.ndim != 2 or tokens.shape[1] == 0:
-        raise ValueError(f"token array has shape {tuple(tokens.shape)}; expected (seq,) or (batch, seq) with seq > 0")
+    if tokens.ndim != 2 or tokens.size == 0:
+        raise ValueError(f"token array has shape {tuple(tokens.shape)}; expected (seq,) or (batch, seq) with "
+                         "batch > 0 and seq > 0")
     return TokenBatch(tokens, (tokens.shape[1],) * tokens.shape[0])
 
 

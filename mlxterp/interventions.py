@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional, Union
 
 import mlx.core as mx
 
+from .scalars import REAL_KINDS, is_number, python_number
 from .tracing.proxy import apply
 
 Activation = Any  # an mx.array, or a traced value inside a trace
@@ -43,9 +44,10 @@ class scale(Intervention):  # noqa: N801 (the seed's name)
     """Multiply activations by ``factor``."""
 
     def __init__(self, factor: float):
-        if not isinstance(factor, (int, float, mx.array)) or isinstance(factor, bool):
-            raise TypeError(f"scale(factor) needs a number or mx.array, got {type(factor).__name__} {factor!r}")
-        self.factor = factor
+        if not (is_number(factor) or isinstance(factor, mx.array)):
+            raise TypeError(f"scale(factor) needs a number ({REAL_KINDS}) or an mx.array, got "
+                            f"{type(factor).__name__} {factor!r}")
+        self.factor = python_number(factor)
 
     def __call__(self, x: Activation) -> Activation:
         return x * self.factor
@@ -69,8 +71,9 @@ class replace_with(Intervention):  # noqa: N801
     """Replace activations with ``value`` (a number, or an array broadcastable to the activation)."""
 
     def __init__(self, value: Union[mx.array, float]):
-        if not isinstance(value, (int, float, mx.array)) or isinstance(value, bool):
-            raise TypeError(f"replace_with(value) needs a number or mx.array, got {type(value).__name__}")
+        if not (is_number(value) or isinstance(value, mx.array)):
+            raise TypeError(f"replace_with(value) needs a number ({REAL_KINDS}) or an mx.array, got "
+                            f"{type(value).__name__} {value!r}")
         self.value = value if isinstance(value, mx.array) else mx.array(float(value))
 
     def __call__(self, x: Activation) -> Activation:
@@ -83,6 +86,11 @@ class clamp(Intervention):  # noqa: N801
     def __init__(self, min_val: Optional[float] = None, max_val: Optional[float] = None):
         if min_val is None and max_val is None:
             raise ValueError("clamp needs min_val, max_val or both; got neither")
+        for name, bound in (("min_val", min_val), ("max_val", max_val)):
+            if bound is not None and not is_number(bound):
+                raise TypeError(f"clamp({name}) needs a number ({REAL_KINDS}) or None, got "
+                                f"{type(bound).__name__} {bound!r}")
+        min_val, max_val = python_number(min_val), python_number(max_val)
         if min_val is not None and max_val is not None and min_val > max_val:
             raise ValueError(f"clamp got min_val={min_val} > max_val={max_val}")
         self.min_val, self.max_val = min_val, max_val
@@ -101,9 +109,9 @@ class noise(Intervention):  # noqa: N801
     """Add Gaussian noise with standard deviation ``std`` (fresh noise on every run)."""
 
     def __init__(self, std: float = 0.1):
-        if not isinstance(std, (int, float)) or std < 0:
-            raise ValueError(f"noise(std) needs a non-negative number, got {std!r}")
-        self.std = std
+        if not is_number(std) or std < 0:
+            raise ValueError(f"noise(std) needs a non-negative number ({REAL_KINDS}), got {std!r}")
+        self.std = python_number(std)
 
     def __call__(self, x: Activation) -> Activation:
         return x + apply(_gaussian_like, x) * float(self.std)

@@ -19,6 +19,7 @@ from .inputs import TokenBatch, to_token_batch
 from .names import ModuleIndex, ModuleNameError
 from .positions import PositionGuard, position_limit
 from .tokens import TokenizerMixin
+from .tracing import context
 from .tracing.module_proxy import LayerListProxy, ModuleProxy
 from .tracing.trace import Trace
 
@@ -65,18 +66,47 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, GenerationMixin, Convers
         self.model = model
         self.tokenizer = tokenizer
         self.layer_attr = layer_attr
-        self._index = ModuleIndex(model, layer_attr, architecture_for(model))
-        self._points = AttentionPoints(self._index.attention)  # attention internals, computed where asked
-        self._executor = Executor(model, points=self._points)
         self._probes: collections.OrderedDict[tuple, Probe] = collections.OrderedDict()
         self._save_names: dict[tuple, str] = {}  # default save keys by (path, call, phase)
-        self._embedding_rows = self._vocab_rows()
-        # What positions the model handles (its family adapter's, else read from its modules/args).
-        self._positions = PositionGuard(position_limit(model, self._index.arch))
         # Compiled programs built by analysis helpers beside the executor's (e.g. attribution patching),
         # by kind; clear_compile_cache() empties them too.
         self._program_caches: dict[str, collections.OrderedDict] = {}
         self.layers = LayerListProxy(self)
+        self._derive_from_tree()
+        # The executor checks the module tree before every run and calls _tree_changed when a module was
+        # replaced (quantized, wrapped, swapped): everything derived from the old tree is rebuilt then.
+        self._executor = Executor(model, points=self._points, on_tree_change=self._tree_changed)
+
+    # -- the module tree ---------------------------------------------------------------------
+    def _derive_from_tree(self) -> None:
+        """Build what depends on which module sits where: the module index, the attention points, the
+        vocabulary size and the position limit (each computed before any is replaced, so a tree that is
+        not a valid model leaves the previous state in place)."""
+        index = ModuleIndex(self.model, self.layer_attr, architecture_for(self.model))
+        points = AttentionPoints(index.attention)  # attention internals, computed where asked
+        rows = _embedding_rows(index)
+        # What positions the model handles (its family adapter's, else read from its modules/args).
+        positions = PositionGuard(position_limit(self.model, index.arch))
+        self._index, self._points, self._embedding_rows, self._positions = index, points, rows, positions
+        self._probes.clear()
+        self._save_names.clear()
+        self.layers._proxies.clear()
+
+    def _tree_changed(self) -> None:
+        """The executor found the module tree changed (see :meth:`_sync_tree`): rebuild what was derived
+        from it and drop every program built on it (its lowerings hook the old module objects)."""
+        self._derive_from_tree()
+        self._executor.points = self._points
+        for cache in self._program_caches.values():
+            cache.clear()
+
+    def _sync_tree(self) -> None:
+        """Check that no module was replaced since the last check (a few microseconds; see
+        :class:`mlxterp.compiler.ModuleTree`), rebuilding everything derived from the tree if one was.
+        Every entry point calls it before using the index: ``trace`` and the analysis helpers (through
+        :meth:`_batch`), ``generate``, program calls, ``module()``, ``named_modules()``, ``proxy.module``,
+        and :meth:`_probe` outside a recording trace (a helper's setup)."""
+        self._executor.sync()
 
     # -- tracing -----------------------------------------------------------------------------
     def trace(self, inputs: Union[str, List[str], mx.array, List[int]],
@@ -96,6 +126,7 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, GenerationMixin, Convers
         return Trace(self, self._batch(inputs), interventions, compile, capture)
 
     def _batch(self, inputs: Any) -> TokenBatch:
+        self._sync_tree()  # the valid ids are the current embedding's, and callers go on to use the index
         batch = to_token_batch(inputs, self.tokenizer, self._embedding_rows, self._pad_id())
         self._check_length(batch.lengths)
         return batch
@@ -107,8 +138,7 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, GenerationMixin, Convers
 
     def _vocab_rows(self) -> Optional[int]:
         """Rows of the token embedding (to reject out-of-range ids), or ``None`` if there is none."""
-        path = self._index.token_embedding()
-        return None if path is None else int(self._index.modules[path].weight.shape[0])
+        return _embedding_rows(self._index)
 
     def _capture_spec(self, capture: Any) -> Any:
         if capture == "all":
@@ -137,7 +167,10 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, GenerationMixin, Convers
         return checked
 
     def _probe(self, tokens: mx.array) -> Probe:
-        """Execution order and shapes for inputs of this shape (one lazy forward, cached)."""
+        """Execution order and shapes for inputs of this shape (one lazy forward, cached, of the current
+        module tree: checked here unless a trace on this model is recording, which checked it when it began)."""
+        if not context.recording_on(self):
+            self._sync_tree()
         key = (tuple(tokens.shape), tokens.dtype)  # the Dtype itself: hashable, and str() is slow
         found = self._probes.get(key)
         if found is None:
@@ -168,10 +201,12 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, GenerationMixin, Convers
 
     def named_modules(self) -> Iterator[Tuple[str, nn.Module]]:
         """``(name, module)`` for every module of the wrapped model (canonical paths)."""
+        self._sync_tree()
         return iter(self._index.modules.items())
 
     def module(self, name: str) -> ModuleProxy:
         """A proxy for any module by name, e.g. ``model.module("layers.3.mlp.gate_proj")``."""
+        self._sync_tree()
         return ModuleProxy(self, self._index.resolve(name))
 
     @property
@@ -197,11 +232,12 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, GenerationMixin, Convers
     # -- compile cache -----------------------------------------------------------------------
     def compile_stats(self) -> dict:
         """Counters: ``traces`` (mx.compile traces), ``hits``, ``misses``, ``eager_runs``,
-        ``compiled_runs``, ``evictions``, ``cache_size``, and ``analysis_programs`` (entries kept beside
+        ``compiled_runs``, ``evictions``, ``tree_changes`` (module replacements noticed, each dropping
+        every cached program), ``cache_size``, and ``analysis_programs`` (entries kept beside
         the executor's: analysis helpers' compiled programs such as attribution patching's, and
         generation's step programs with its one per-model check of the compiled decode step)."""
         stats = {k: int(self._executor.stats.get(k, 0))
-                 for k in ("traces", "hits", "misses", "eager_runs", "compiled_runs", "evictions")}
+                 for k in ("traces", "hits", "misses", "eager_runs", "compiled_runs", "evictions", "tree_changes")}
         stats["cache_size"] = self._executor.cache_size()
         stats["analysis_programs"] = sum(len(c) for c in self._program_caches.values())
         return stats
@@ -220,3 +256,9 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, GenerationMixin, Convers
         return (f"InterpretableModel({type(self.model).__name__}, {len(self.layers)} layers, "
                 f"tokenizer={'yes' if self.tokenizer is not None else 'none'}, "
                 f"weights={self.weight_form.summary!r} ({self.weight_form.choice}))")
+
+
+def _embedding_rows(index: ModuleIndex) -> Optional[int]:
+    """Rows of the token embedding that ``index`` finds, or ``None`` if there is none."""
+    path = index.token_embedding()
+    return None if path is None else int(index.modules[path].weight.shape[0])

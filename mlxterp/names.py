@@ -20,6 +20,7 @@ import mlx.nn as nn
 
 from .adapters import LAYER_MODULES, MODEL_MODULES, RESIDUAL_VALUES, Architecture
 from .adapters.attention import POINTS
+from .inputs import is_int
 
 TOKEN_EMBEDDING_NAMES = ("embed_tokens", "wte", "tok_embeddings", "word_embeddings", "embed_in", "embedding")
 ALIASES = {"attn": ("self_attn", "attention"), "self_attn": ("attn", "attention"), "attention": ("self_attn", "attn")}
@@ -70,8 +71,9 @@ class ModuleIndex:
     def layer_path(self, idx: int) -> str:
         """Canonical path of layer ``idx`` (negative indices count from the end)."""
         n = len(self.layers)
-        if not isinstance(idx, int) or isinstance(idx, bool):
+        if not is_int(idx):
             raise TypeError(f"layer index must be an int, got {type(idx).__name__} {idx!r}")
+        idx = int(idx)  # a numpy integer too
         if not -n <= idx < n:
             raise IndexError(f"layer index {idx} is out of range: the model has {n} layers (0 to {n - 1})")
         return f"{self.container}.{idx % n}"
@@ -185,9 +187,10 @@ class ModuleIndex:
             children = self.children(path)
             match = next((c for c in _alias_variants(part) if f"{path}.{c}" in self.modules), None)
             if match is None:
+                points = list(POINTS) if path in self.attention and part == rest[-1] else []
                 inside = f"; its attention internals are: {', '.join(POINTS)}" if path in self.attention else ""
                 return (f"{name!r}: module {self.short(path)!r} has no component {part!r}{self.why_missing(path, part)}; "
-                        f"its components are: {', '.join(children) or '(none)'}{inside}")
+                        f"its components are: {', '.join(children) or '(none)'}{inside}{did_you_mean(part, children + points)}")
             path = f"{path}.{match}"
         return f"unknown module name {name!r}"
 
@@ -284,6 +287,13 @@ class ModuleIndex:
     def short_names(self) -> list[str]:
         """Every module's short name, for error messages."""
         return [self.short(p) for p in self.modules if p]
+
+
+def did_you_mean(name: str, valid: list[str]) -> str:
+    """``"; did you mean 'k'?"`` with the valid names closest to ``name`` (a one-letter name that starts it
+    counts: ``keys`` -> ``k``), or ``""``."""
+    close = [v for v in valid if len(v) == 1 and name.startswith(v)] + difflib.get_close_matches(name, valid, 3)
+    return f"; did you mean {' or '.join(repr(v) for v in dict.fromkeys(close))}?" if close else ""
 
 
 def _alias_variants(name: str) -> Iterator[str]:

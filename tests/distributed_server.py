@@ -26,8 +26,7 @@ import numpy as np
 
 from mlxterp import InterpretableModel, batch_get_activations, collect_activations
 from tests.models import CharTokenizer, tiny_llama_module
-from tests.tracing.test_reference_fuzz import (HIDDEN, LAYERS, VOCAB, Applier, Step, library_module,
-                                               make_intervention, sites_in_order, values_for)
+from tests.fuzz import Step, fuzz_module, run_trace, values_for
 
 _MODELS: Dict[str, InterpretableModel] = {}
 
@@ -40,41 +39,22 @@ def sweep_model(seed: int = 5) -> InterpretableModel:
 
 
 def fuzz_model() -> InterpretableModel:
-    """The reference fuzzer's model (``tests.tracing.test_reference_fuzz``: 2 layers, hidden 32)."""
+    """The reference fuzzer's model (``tests.fuzz``)."""
     if "fuzz" not in _MODELS:
-        _MODELS["fuzz"] = InterpretableModel(tiny_llama_module(seed=11, layers=LAYERS, hidden=HIDDEN, vocab=VOCAB))
+        _MODELS["fuzz"] = InterpretableModel(fuzz_module())
     return _MODELS["fuzz"]
 
 
 # -- random trace programs as batched scans ---------------------------------------------------------------
 def steps_of(program: list) -> list:
-    """A fuzzer program from its JSON form ``[[site, kind, choice], ...]``."""
-    return [Step(tuple(site), kind, int(choice)) for site, kind, choice in program]
+    """A fuzzer program from its JSON form ``[[site, kind, choice, mapped], ...]``."""
+    return [Step(tuple(site), kind, int(choice), bool(mapped)) for site, kind, choice, mapped in program]
 
 
 def record(model: InterpretableModel, inputs: Any, program: list, values: list) -> Any:
     """Record ``program`` with ``values`` (as the reference fuzzer's tracer side does, saving the logits)
     and return the finished trace."""
-    seq_len = max(len(r) for r in inputs) if isinstance(inputs, list) else inputs.shape[1]
-    interventions = {library_module(model, s.site).name: make_intervention(s, values[k][0], mx.array(values[k][1]))
-                     for k, s in enumerate(program) if s.kind == "intervention"}
-    applier = Applier(program, values, seq_len, lambda key, v: v.save(key), True)
-
-    def set_(site: tuple, value: Any) -> None:
-        m = library_module(model, site)
-        if site[0] == "layer_in":
-            m.input = value
-        else:
-            m.output = value
-
-    applier.get = lambda site: (library_module(model, site).input if site[0] == "layer_in"
-                                else library_module(model, site).output)
-    applier.set = set_
-    with model.trace(inputs, interventions=interventions or None, compile=False, capture="saved") as tr:
-        for site in sites_in_order():
-            applier.run_site(site)
-        model.output.save("logits")
-    return tr
+    return run_trace(model, inputs, program, values, compile=False).trace
 
 
 def program_scan(args: Dict[str, Any], distributed: Any) -> Dict[str, np.ndarray]:

@@ -79,3 +79,31 @@ def reference_llama_forward(model: nn.Module, tokens: mx.array,
             h = at_layer[i](h)
     h = inner.norm(h)
     return inner.embed_tokens.as_linear(h) if model.args.tie_word_embeddings else model.lm_head(h)
+
+
+class LoRALinear(nn.Module):
+    """A LoRA-style wrapper of a linear layer (float or quantized): ``base(x) + scale * (x @ a) @ b``."""
+
+    def __init__(self, base: nn.Module, rank: int = 4, scale: float = 0.5, seed: int = 0):
+        super().__init__()
+        out_dims, in_dims = self.dims(base)
+        key_a, key_b = mx.random.split(mx.random.key(seed))
+        self.base = base
+        self.a = 0.3 * mx.random.normal((in_dims, rank), key=key_a)
+        self.b = 0.3 * mx.random.normal((rank, out_dims), key=key_b)
+        self.scale = scale
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.base(x) + self.scale * (x @ self.a) @ self.b
+
+    @staticmethod
+    def dims(linear: nn.Module) -> tuple[int, int]:
+        """``(out, in)`` of a linear layer, quantized or wrapped."""
+        if isinstance(linear, LoRALinear):
+            return linear.b.shape[1], linear.a.shape[0]
+        packed = 32 // linear.bits if isinstance(linear, nn.QuantizedLinear) else 1
+        return linear.weight.shape[0], linear.weight.shape[1] * packed
+
+    def delta(self) -> mx.array:
+        """What the wrapper adds to the base's weight, ``(out, in)``."""
+        return self.scale * (self.a @ self.b).T

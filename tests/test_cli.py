@@ -29,12 +29,12 @@ GIRL = "Once upon a time there was a little girl"
 BOY = "Once upon a time there was a little boy"
 SUBCOMMANDS = {
     "demo": ["--model", "--out-dir", "--prompt", "--corrupted", "--no-grid"],
-    "logit-lens": ["--model", "--layers", "--top-k", "--position", "--plot", "TEXT"],
+    "logit-lens": ["--model", "--layers", "--top-k", "--position", "--plot", "--html", "TEXT"],
     "patch": ["--model", "--clean", "--corrupted", "--component", "--layers", "--metric", "--target", "--foil",
-              "--plot"],
+              "--plot", "--html"],
     "activations": ["--model", "--prompts", "--layers", "--out", "--batch-size", "--positions"],
     "generate": ["--model", "--max-new-tokens", "--temperature", "--seed", "--chat", "--steer-toward",
-                 "--steer-away", "--layer", "--alpha", "TEXT"],
+                 "--steer-away", "--layer", "--alpha", "--html", "TEXT"],
     "models": [],
 }
 
@@ -432,8 +432,8 @@ def test_demo_plumbing_on_stories(capsys, tmp_path):
                          "--out-dir", str(tmp_path))
     assert code == 0, err
     assert "becomes (and stays) the top prediction" in out and "top layers by recovery" in out
-    for name in ("logit_lens.png", "patching_mlp.png", "patching_grid.png"):
-        assert (tmp_path / name).stat().st_size > 0, name
+    for name in ("logit_lens", "patching_mlp", "patching_grid"):  # each figure, and its interactive view beside it
+        assert (tmp_path / f"{name}.png").stat().st_size > 0 and (tmp_path / f"{name}.html").stat().st_size > 0, name
 
 
 @needs_stories
@@ -511,8 +511,21 @@ def test_generate_steered_beside_the_baseline(capsys):
     (["--layer", "2"], ["--layer", "only used with"]),
     (["--max-new-tokens", "0"], ["--max-new-tokens", "positive"]),
     (["--alpha", "big"], ["--alpha", "expected a number"]),
+    (["--alpha", "nan"], ["--alpha", "expected a finite number"]),
+    (["--temperature", "inf"], ["--temperature", "expected a finite number"]),
 ])
 def test_generate_usage_errors(capsys, argv, fragments):
+    code, _, err = run(capsys, "generate", "--model", str(STORIES), "hello", *argv)
+    assert code == 2
+    assert_one_line_error(err, *fragments)
+
+
+@needs_stories
+@pytest.mark.parametrize("argv, fragments", [
+    (["--seed", "-1"], ["seed=-1", "[0, 2**64)"]),
+    (["--seed", str(2**70), "--temperature", "0.5"], ["seed=1180591620717411303424"]),
+])
+def test_generate_bad_seed_is_a_usage_error(capsys, argv, fragments):
     code, _, err = run(capsys, "generate", "--model", str(STORIES), "hello", *argv)
     assert code == 2
     assert_one_line_error(err, *fragments)

@@ -2,7 +2,7 @@
 
 Two ranks of :mod:`tests.distributed_server` start once for the module and receive every call:
 
-- random trace programs of the reference fuzzer (``tests.tracing.test_reference_fuzz``: saves, writes of
+- random trace programs of the reference fuzzer (``tests.fuzz``: saves, writes of
   numbers and vectors, slices, interventions, cross-layer reads; single prompts and right-padded batches)
   replayed as ``Program.batched(..., distributed=True)`` scans of ``K`` value sets: both ranks must return
   this process's ``distributed=False`` scan, and every variant must equal the forward written by hand
@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 from mlxterp import distributed as dist
 from mlxterp.store.lock import WriterLock
 from tests import distributed_server as server
-from tests.tracing.test_reference_fuzz import VOCAB, assert_close, programs, run_reference, values_for
+from tests.fuzz import VOCAB, assert_close, programs, run_reference, values_for
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_TOL = 1e-4  # recoveries (relative to their largest, at least 1 point; bit-identical on this CPU)
@@ -161,7 +161,7 @@ def padded(rows: list) -> mx.array:
 @given(program=programs(), rows=token_rows(), seeds=st.lists(st.integers(0, 999), min_size=2, max_size=5, unique=True))
 def test_random_programs_scanned_on_two_ranks_match_one_process_and_the_hand_written_forward(ranks, program, rows,
                                                                                             seeds):
-    args = {"program": [[list(s.site), s.kind, s.choice] for s in program], "tokens": rows, "seeds": seeds}
+    args = {"program": [[list(s.site), s.kind, s.choice, s.mapped] for s in program], "tokens": rows, "seeds": seeds}
     got = check_ranks(ranks, "program_scan", args, SCAN_TOL)
     got = got[0] if got else {}
     if not got:

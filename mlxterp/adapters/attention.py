@@ -22,6 +22,11 @@ padded position (after a prompt's last real token) attends to the real tokens an
 like any row; it is meaningless but, attention being causal, never reaches a real position, whose row
 gives padding (always later) weight 0.
 
+A decode step (a call with a KV cache) attends to every key the cache holds: there ``k`` and ``v`` are the
+call's own keys and values (its new tokens' columns, as a trace of the whole sequence has them at those
+positions), a write to them is stored in the cache, and ``scores``/``pattern`` have one key column per cached
+position (see :mod:`.attention_cache`).
+
 Gemma 2 does not call the fused kernel (it soft-caps its scores); its layers run :func:`softcap_runner`,
 the same steps written for its attention module.
 """
@@ -38,7 +43,10 @@ import mlx.nn as nn
 
 from mlxterp.compiler import Runner
 
+from . import attention_cache
+
 POINTS = ("q", "k", "v", "scores", "pattern", "heads")
+KEY_AXIS_POINTS = ("scores", "pattern")  # their last axis is the key axis: one column per attended position
 
 Emit = Callable[[str, Any], Any]
 
@@ -81,23 +89,26 @@ def _softmax(scores: mx.array, sinks: Optional[mx.array]) -> mx.array:
 
 
 def explicit_attention(queries: mx.array, keys: mx.array, values: mx.array, *, scale: float, mask: Any,
-                       emit: Emit, sinks: Optional[mx.array] = None, softcap: Optional[float] = None) -> mx.array:
+                       emit: Emit, sinks: Optional[mx.array] = None, softcap: Optional[float] = None,
+                       cache: Any = None) -> mx.array:
     """``softmax(scale * q @ k.T + mask) @ v`` on ``(batch, heads, seq, dim)`` arrays, emitting each point of
     :data:`POINTS` (see the module docstring). Returns ``(batch, heads, seq, v_dim)``, like the fused call.
 
     Args:
         queries, keys, values: after RoPE, ``(batch, heads, seq, dim)``; keys and values may have fewer
-            heads (grouped-query attention).
+            heads (grouped-query attention). With a ``cache``, keys and values are all it holds.
         scale: multiplies the queries.
         mask: ``None``, ``"causal"``, a boolean array (true = attend) or an additive array.
         emit: ``emit(name, value) -> value`` at each point.
         sinks: per-head attention-sink logits, or ``None``.
         softcap: Gemma 2's ``attn_logit_softcapping`` (scores become ``tanh(s / c) * c``), or ``None``.
+        cache: the KV cache the keys and values came from in a decode step (``None`` otherwise). With one,
+            ``k`` and ``v`` are this call's own columns and writes there are stored in the cache (see
+            :mod:`.attention_cache`).
     """
     dtype = mx.result_type(queries, keys, values)
     q = _by_head(emit("q", _by_head(queries.astype(dtype))))
-    k = _by_head(emit("k", _by_head(keys.astype(dtype))))
-    v = _by_head(emit("v", _by_head(values.astype(dtype))))
+    k, v = _keys_and_values(keys, values, cache, q.shape[2], dtype, emit)
     batch, n_heads, q_len, dim = q.shape
     n_kv = k.shape[1]
     repeats = n_heads // n_kv
@@ -110,12 +121,32 @@ def explicit_attention(queries: mx.array, keys: mx.array, values: mx.array, *, s
         scores = mx.tanh(scores / softcap) * softcap
     scores = _mask_scores(scores, mask, n_kv, repeats)
     k_len = scores.shape[-1]
-    scores = emit("scores", scores.reshape(batch, n_heads, q_len, k_len))
-    pattern = emit("pattern", _softmax(scores, sinks))
+    scores = _emitted(emit, "scores", scores.reshape(batch, n_heads, q_len, k_len), cache, None)
+    pattern = _emitted(emit, "pattern", _softmax(scores, sinks), cache, 0.0)
     if repeats > 1:
         pattern = pattern.reshape(batch, n_kv, repeats, q_len, k_len)
     out = (pattern @ v).reshape(batch, n_heads, q_len, v.shape[-1])
     return _by_head(emit("heads", _by_head(out)))
+
+
+def _keys_and_values(keys: mx.array, values: mx.array, cache: Any, n: int, dtype: Any, emit: Emit) -> tuple:
+    """Emit ``k`` and ``v``: the whole arrays without a cache, this call's own ``n`` columns with one (a write
+    there is stored in the cache). Returns the keys and values to attend to, ``(batch, heads, keys, dim)``."""
+    if cache is None:
+        return (_by_head(emit("k", _by_head(keys.astype(dtype)))),
+                _by_head(emit("v", _by_head(values.astype(dtype)))))
+    own_k, own_v = (_by_head(a.astype(dtype)) for a in attention_cache.newest(cache, keys, values, n))
+    k, v = emit("k", own_k), emit("v", own_v)
+    if k is not own_k or v is not own_v:  # written: what the cache holds for these positions from now on
+        keys, values = attention_cache.replace_newest(cache, keys, values, _by_head(k), _by_head(v))
+    return keys.astype(dtype), values.astype(dtype)
+
+
+def _emitted(emit: Emit, name: str, value: mx.array, cache: Any, fill: Optional[float]) -> mx.array:
+    """``emit(name, value)``; a written value keeps a padded row's padding columns hidden (see
+    :mod:`.attention_cache`)."""
+    out = emit(name, value)
+    return out if out is value or cache is None else attention_cache.keep_padding_hidden(cache, out, fill)
 
 
 def explicit_sdpa(queries: mx.array, keys: mx.array, values: mx.array, cache: Any, scale: float, mask: Any,
@@ -127,7 +158,7 @@ def explicit_sdpa(queries: mx.array, keys: mx.array, values: mx.array, cache: An
     if hasattr(cache, "bits"):
         raise ValueError("attention internals need an unquantized KV cache: this call received a quantized one "
                          f"({type(cache).__name__}, {cache.bits} bits)")
-    return explicit_attention(queries, keys, values, scale=scale, mask=mask, emit=emit, sinks=sinks)
+    return explicit_attention(queries, keys, values, scale=scale, mask=mask, emit=emit, sinks=sinks, cache=cache)
 
 
 def _explicit_call(original: Callable) -> Callable:
@@ -169,7 +200,7 @@ def softcap_runner(module: nn.Module, original: Callable, args: tuple, kwargs: d
     if cache is not None:
         keys, values = cache.update_and_fetch(keys, values)
     out = explicit_attention(queries, keys, values, scale=module.scale, mask=mask, emit=emit,
-                             softcap=module.attn_logit_softcapping)
+                             softcap=module.attn_logit_softcapping, cache=cache)
     return module.o_proj(_by_head(out).reshape(batch, seq, -1))
 
 

@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from .. import distributed as dist
+from ..views.page import Page, Viewable
+from ..views.saving import Saveable, attach
 from .components import resolve_sites
 from .display import show_if_interactive
 from .metrics import identical_logits_message
-from .patching import _sliceable_norm, sharded_sweep
+from .patching import _details, _sliceable_norm, sharded_sweep
 from .validate import (
     check_positive_int,
     prompt_pair,
@@ -37,8 +39,11 @@ HEADS = "attn.heads"
 
 
 @dataclasses.dataclass
-class HeadPatchingGrid:
+class HeadPatchingGrid(Saveable, Viewable):
     """A layers x heads grid of recovery percentages.
+
+    Saves and loads (``save(path)``, ``HeadPatchingGrid.load(path)``); ``save_html(path)`` writes the
+    interactive view.
 
     Attributes:
         grid: ``(len(layers), len(heads))`` float array; cell ``(i, j)`` is the recovery (%) when only head
@@ -48,6 +53,8 @@ class HeadPatchingGrid:
         metric: the metric used (``"l2"``, ``"logit_diff(' Paris' - ' Rome')"``, ...).
         corrupted_distance: the normaliser of every cell (see :class:`~.patching.PatchingGrid`).
     """
+
+    kind = "head_patching"
 
     grid: np.ndarray
     layers: List[int]
@@ -64,9 +71,17 @@ class HeadPatchingGrid:
                                   figsize=figsize, cmap=cmap, save_path=save_path, xlabel="head",
                                   title=title or f"Head patching (metric {self.metric})")
 
-    def to_dict(self) -> Dict[int, Dict[int, float]]:
+    def as_dict(self) -> Dict[int, Dict[int, float]]:
         """``{layer: {head: recovery}}``."""
         return {layer: {h: float(v) for h, v in zip(self.heads, row)} for layer, row in zip(self.layers, self.grid)}
+
+    def _page(self) -> Page:
+        from ..views.patching import patching_page
+
+        return patching_page(self.grid, self.layers, [f"H{h}" for h in self.heads], [f"head {h}" for h in self.heads],
+                             axis="head", title="Head patching", provenance=self.provenance,
+                             details=_details(self.metric, "attn.heads", "activation patching of each head's "
+                                              "output, every position", self.corrupted_distance))
 
     def top(self, k: int = 5) -> List[Tuple[int, int, float]]:
         """The ``k`` cells of largest absolute recovery, ``(layer, head, recovery)``, largest first."""
@@ -100,7 +115,9 @@ def head_patching(model: InterpretableModel, clean_text: Any, corrupted_text: An
     if result.corrupted == 0.0:
         raise ValueError(identical_logits_message(metric))
     grid = ((result.corrupted - result.patched) / result.corrupted * 100.0).reshape(len(layer_ids), len(head_ids))
-    out = HeadPatchingGrid(grid, layer_ids, head_ids, str(metric), result.corrupted)
+    out = HeadPatchingGrid(grid, layer_ids, head_ids, str(metric), float(result.corrupted))
+    attach(out, model, [clean_text, corrupted_text], dict(layers=layers, heads=heads, metric=str(metric),
+                                                          target=target, foil=foil))
     if plot or save_path is not None:
         fig = out.plot(save_path, figsize=figsize, cmap=cmap)
         if plot:

@@ -8,16 +8,65 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 import mlx.core as mx
 import numpy as np
 
+from ..views.page import Page, Viewable
+from ..views.saving import Saveable, attach
 from .display import show_if_interactive
 from .serial import holds_model_lock
 from .unembed import find_unembedding
-from .validate import check_positive_int, resolve_layers, single_prompt, token_labels
+from .validate import check_top_k, resolve_layers, single_prompt, token_labels
 
 if TYPE_CHECKING:
     from ..model import InterpretableModel
 
 # Logit elements (layers x positions x vocab) projected at once by the logit lens.
 LENS_BUDGET = 1 << 24
+
+
+class LogitLensResult(dict, Saveable, Viewable):
+    """What each layer predicts at each position: ``{layer: [[(token_id, probability, token_str), ...] per
+    position]}`` (a dict, as ``logit_lens`` always returned), with the arrays it was built from.
+
+    Saves and loads (``save(path)``, ``LogitLensResult.load(path)``); ``save_html(path, compare=None)``
+    writes the interactive view, with a second lens result (a tuned lens) beside it when ``compare`` is
+    given (see :func:`mlxterp.views.lens.lens_page`).
+
+    Attributes:
+        layers: the layers, in the dict's order.
+        input_ids: the prompt's token ids.
+        input_tokens: the prompt's tokens as text.
+        ids: ``(layers, seq, k)`` int64 top-k token ids, best first.
+        probs: ``(layers, seq, k)`` float32 softmax probabilities of ``ids``.
+        strings: ``{token_id: text}`` of every id in ``ids``.
+        lens: what projected the hidden states (``"logit lens"``; a tuned lens names itself).
+    """
+
+    kind = "logit_lens"
+
+    def __init__(self, layers: List[int], input_ids: List[int], input_tokens: List[str], ids: np.ndarray,
+                 probs: np.ndarray, strings: Dict[int, str], lens: str = "logit lens"):
+        super().__init__({layer: [[(int(i), float(p), strings[int(i)]) for i, p in zip(pos_ids, pos_probs)]
+                                  for pos_ids, pos_probs in zip(ids[n], probs[n])]
+                          for n, layer in enumerate(layers)})
+        self.layers, self.input_ids, self.input_tokens = list(layers), list(input_ids), list(input_tokens)
+        self.ids, self.probs, self.strings, self.lens = ids, probs, dict(strings), lens
+
+    def _record_fields(self) -> Dict[str, Any]:
+        fields = {"layers": self.layers, "input_ids": self.input_ids, "input_tokens": self.input_tokens,
+                  "ids": self.ids, "probs": self.probs, "strings": self.strings, "lens": self.lens}
+        if dict(self) != dict(LogitLensResult(**fields)):  # the record holds the arrays: they must still agree
+            raise ValueError("this logit-lens result's dict was changed after it was made, so it no longer matches "
+                             "its arrays (.ids, .probs, .strings), which are what saving writes; save an unchanged "
+                             "result, or build a new LogitLensResult from edited arrays")
+        return fields
+
+    @classmethod
+    def _from_record(cls, data: Dict[str, Any]) -> "LogitLensResult":
+        return cls(**data)
+
+    def _page(self, **options: Any) -> Page:
+        from ..views.lens import lens_page
+
+        return lens_page(self, **options)
 
 
 def top_k_sorted(scores: mx.array, k: int) -> Tuple[mx.array, mx.array]:
@@ -54,8 +103,8 @@ def get_token_predictions(model: InterpretableModel, hidden_state: Any, top_k: i
     """
     unembed = find_unembedding(model)
     h, single = _as_hidden(hidden_state, unembed.hidden_size)
+    top_k = check_top_k(top_k, unembed.vocab_size)
     logits = unembed.logits(h, apply_norm=False).astype(mx.float32)
-    top_k = check_positive_int(top_k, "top_k", upper=logits.shape[-1])
     idx, vals = top_k_sorted(logits, top_k)
     mx.eval(idx, vals)
     ids, scores = idx.tolist(), vals.tolist()
@@ -66,7 +115,7 @@ def get_token_predictions(model: InterpretableModel, hidden_state: Any, top_k: i
 @holds_model_lock
 def logit_lens(model: InterpretableModel, text: Any, top_k: int = 1, layers: Optional[List[int]] = None, plot: bool = False,
                max_display_tokens: int = 15, figsize: Tuple[float, float] = (16, 10), cmap: str = "viridis", *,
-               save_path: Optional[Union[str, Path]] = None) -> Dict[int, List[List[Tuple[int, float, str]]]]:
+               save_path: Optional[Union[str, Path]] = None) -> LogitLensResult:
     """Each layer's residual output, through the final norm and unembedding, at every position.
 
     See :meth:`mlxterp.analysis.methods.AnalysisMixin.logit_lens`.
@@ -74,15 +123,15 @@ def logit_lens(model: InterpretableModel, text: Any, top_k: int = 1, layers: Opt
     tokens = single_prompt(model, text, "text")
     layer_ids = resolve_layers(layers, len(model.layers))
     unembed = find_unembedding(model)
-    top_k = check_positive_int(top_k, "top_k")
+    top_k = check_top_k(top_k, unembed.vocab_size)
     with model.trace(tokens, capture="saved"):
         handles = [model.layers[layer].output.save() for layer in layer_ids]
     hidden = mx.stack([_layer_state(h, layer) for h, layer in zip(handles, layer_ids)])
     ids, probs = _project(unembed, hidden, top_k)
-    strings = _strings(model, np.unique(ids))
-    results = {layer: [[(int(i), float(p), strings[int(i)]) for i, p in zip(pos_ids, pos_probs)]
-                       for pos_ids, pos_probs in zip(ids[n], probs[n])]
-               for n, layer in enumerate(layer_ids)}
+    input_ids = tokens[0].tolist()
+    results = LogitLensResult(layer_ids, input_ids, token_labels(model, input_ids), ids.astype(np.int64), probs,
+                              _strings(model, np.unique(ids)))
+    attach(results, model, [text], {"top_k": top_k, "layers": layers})
     if plot or save_path is not None:
         _plot(model, results, tokens, max_display_tokens, figsize, cmap, save_path, plot)
     return results
@@ -99,10 +148,7 @@ def _layer_state(handle: Any, layer: int) -> mx.array:
 def _project(unembed: Any, hidden: mx.array, top_k: int) -> Tuple[np.ndarray, np.ndarray]:
     """Top-k token ids and softmax probabilities, ``(layers, seq, k)``, in chunks of layers."""
     n_layers, seq = hidden.shape[0], hidden.shape[1]
-    vocab = int(unembed.logits(hidden[:1, :1]).shape[-1])
-    if top_k > vocab:
-        raise ValueError(f"top_k: expected a positive int at most the vocabulary size {vocab}, got {top_k}")
-    step = max(1, LENS_BUDGET // max(1, seq * vocab))
+    step = max(1, LENS_BUDGET // max(1, seq * unembed.vocab_size))
     ids, probs = [], []
     for start in range(0, n_layers, step):
         logits = unembed.logits(hidden[start:start + step]).astype(mx.float32)

@@ -56,7 +56,9 @@ class AnalysisMixin:
         Returns:
             ``{layer: [[(token_id, probability, token_str), ...] per position]}`` with ``top_k`` entries per
             position, best first; the score is the softmax probability. The last layer's top-1 is the
-            model's own prediction.
+            model's own prediction. The dict is a :class:`mlxterp.analysis.lens.LogitLensResult`: it also
+            holds the arrays (``.ids``, ``.probs``), saves and loads (``.save(path)``), and writes an
+            interactive view (``.save_html(path)``).
 
         Raises:
             ValueError: bad ``layers`` (the valid range is listed), ``top_k`` or ``text``.
@@ -107,7 +109,8 @@ class AnalysisMixin:
                 must pass the same arguments (checked before any work: ``DistributedMismatchError``).
 
         Returns:
-            ``{layer: recovery percent}``.
+            ``{layer: recovery percent}``, a :class:`mlxterp.analysis.patching.LayerPatchingResult` (a dict
+            with ``.metric``, ``.component``, ``.save(path)`` and ``.save_html(path)``).
 
         Raises:
             ValueError: prompts of different token lengths, identical clean/corrupted logits, or a bad
@@ -160,7 +163,8 @@ class AnalysisMixin:
 
         Returns:
             A :class:`mlxterp.analysis.patching.PatchingGrid` (``.grid`` numpy array, ``.layers``,
-            ``.positions``, ``.position_labels``, ``.metric``, ``.plot(save_path=None)``).
+            ``.positions``, ``.position_labels``, ``.metric``, ``.plot(save_path=None)``, ``.save(path)``,
+            ``.save_html(path)``).
 
         Raises:
             ValueError: as :meth:`activation_patching`, and for bad ``positions``.
@@ -247,7 +251,7 @@ class AnalysisMixin:
 
         Returns:
             A :class:`mlxterp.analysis.heads.HeadPatchingGrid` (``.grid``, ``.layers``, ``.heads``,
-            ``.top(k)``, ``.plot(save_path=None)``).
+            ``.top(k)``, ``.plot(save_path=None)``, ``.save(path)``, ``.save_html(path)``).
 
         Raises:
             ValueError: as :meth:`activation_patching`, for bad ``heads``, and for a model without attention.
@@ -268,7 +272,8 @@ class AnalysisMixin:
         Returns:
             An :class:`mlxterp.analysis.patterns.AttentionPatterns`: ``[layer]`` is a ``(heads, seq, seq)``
             numpy array (row = query, column = key), ``.tokens`` the prompt's tokens, and
-            ``.plot(layer, heads=None, save_path=None)`` draws one head or a grid of heads, tokens on both axes.
+            ``.plot(layer, heads=None, save_path=None)`` draws one head or a grid of heads, tokens on both axes;
+            ``.save_html(path)`` writes the interactive view; ``.save(path)`` saves it.
 
         Raises:
             ValueError: bad ``layers`` or ``text``, or a model without attention.

@@ -18,6 +18,7 @@ import dataclasses
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import mlx.core as mx
+import numpy as np
 
 METRICS = ("l2", "cosine", "mse")
 SCORES = ("logit_diff", "logprob", "prob")
@@ -105,12 +106,19 @@ class Metric:
         return self.score(clean) - self.score(logits)
 
     def score(self, logits: mx.array) -> mx.array:
-        """A score metric's value for each row, in float32."""
+        """A score metric's value for each row, in float32 (a function may return an mx.array, a numpy array
+        or a numpy scalar)."""
         value = self.fn(logits.astype(mx.float32), *self.tokens)
-        if not isinstance(value, mx.array) or tuple(value.shape) != tuple(logits.shape[:-1]):
+        if isinstance(value, (np.ndarray, np.generic)) and value.dtype.kind in "biuf":
+            value = mx.array(value)
+        rows = tuple(logits.shape[:-1])
+        if not isinstance(value, mx.array):
+            raise ValueError(f"metric {self.name!r} must return an mx.array (or numpy array) of shape {rows}, one "
+                             f"number per row of the logits {tuple(logits.shape)}; it returned a "
+                             f"{type(value).__name__}")
+        if tuple(value.shape) != rows:
             raise ValueError(f"metric {self.name!r} must map logits of shape {tuple(logits.shape)} to one number per "
-                             f"row, shape {tuple(logits.shape[:-1])}; it returned "
-                             f"{getattr(value, 'shape', type(value).__name__)}")
+                             f"row, shape {rows}; it returned an array of shape {tuple(value.shape)}")
         return value.astype(mx.float32)
 
     def __str__(self) -> str:

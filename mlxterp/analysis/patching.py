@@ -19,6 +19,8 @@ import mlx.core as mx
 import numpy as np
 
 from .. import distributed as dist
+from ..views.page import Page, Viewable
+from ..views.saving import Saveable, attach
 from .attribution import attribution_grid
 from .components import ComponentSite, resolve_sites
 from .display import show_if_interactive
@@ -34,9 +36,54 @@ if TYPE_CHECKING:
 PathLike = Union[str, Path]
 
 
+class LayerPatchingResult(dict, Saveable, Viewable):
+    """Recovery (%) per layer, ``{layer: recovery}`` (a dict, as ``activation_patching`` always returned).
+
+    Saves and loads (``save(path)``, ``LayerPatchingResult.load(path)``); ``save_html(path)`` writes the
+    interactive view (one column of layers).
+
+    Attributes:
+        component: the patched component (``"mlp"``, ...).
+        metric: the metric used (``"l2"``, ``"logit_diff(' Paris' - ' Rome')"``, ...).
+        corrupted_distance: the normaliser of every layer (see :class:`PatchingGrid`).
+    """
+
+    kind = "layer_patching"
+
+    def __init__(self, recovery: Dict[int, float], component: str, metric: str, corrupted_distance: float):
+        super().__init__(recovery)
+        self.component, self.metric, self.corrupted_distance = component, metric, corrupted_distance
+
+    def _record_fields(self) -> Dict[str, Any]:
+        return {"recovery": dict(self), "component": self.component, "metric": self.metric,
+                "corrupted_distance": self.corrupted_distance}
+
+    @classmethod
+    def _from_record(cls, data: Dict[str, Any]) -> "LayerPatchingResult":
+        return cls(**data)
+
+    def _page(self) -> Page:
+        from ..views.patching import patching_page
+
+        column = np.array(list(self.values()), dtype=np.float64)[:, None]
+        return patching_page(column, list(self), [self.component], [f"{self.component} (all positions)"],
+                             axis="component", title="Activation patching", provenance=self.provenance,
+                             details=_details(self.metric, self.component, "activation patching",
+                                              self.corrupted_distance))
+
+
+def _details(metric: str, component: str, method: str, normaliser: float) -> List[Tuple[str, str]]:
+    """The header lines of a patching page after its prompts."""
+    return [("Metric", metric), ("Component", f"{component} ({method})"),
+            ("Normaliser", f"{normaliser:.6g} (d(corrupted, clean), or m(clean) - m(corrupted) for a score)")]
+
+
 @dataclasses.dataclass
-class PatchingGrid:
+class PatchingGrid(Saveable, Viewable):
     """A layers x positions grid of recovery percentages.
+
+    Saves and loads (``save(path)``, ``PatchingGrid.load(path)``); ``save_html(path)`` writes the
+    interactive view.
 
     Attributes:
         grid: ``(len(layers), len(positions))`` float array; cell ``(i, j)`` is the recovery (%) when only
@@ -53,6 +100,8 @@ class PatchingGrid:
         corrupted_distance: ``d(corrupted, clean)`` (for a score metric ``m(clean) - m(corrupted)``), the
             normaliser of every cell.
     """
+
+    kind = "patching_grid"
 
     grid: np.ndarray
     layers: List[int]
@@ -82,10 +131,19 @@ class PatchingGrid:
         return plot_patching_grid(self.grid, layer_labels=self.layers, position_labels=self.position_labels,
                                   figsize=figsize, cmap=cmap, title=title, save_path=save_path)
 
-    def to_dict(self) -> Dict[int, Dict[int, float]]:
+    def as_dict(self) -> Dict[int, Dict[int, float]]:
         """``{layer: {position: recovery}}``."""
         return {layer: {pos: float(v) for pos, v in zip(self.positions, row)}
                 for layer, row in zip(self.layers, self.grid)}
+
+    def _page(self) -> Page:
+        from ..views.patching import patching_page
+
+        titles = [f"position {p} {label!r}" for p, label in zip(self.positions, self.position_labels)]
+        return patching_page(self.grid, self.layers, self.position_labels, titles, axis="position",
+                             title=self.method.capitalize(), provenance=self.provenance,
+                             details=_details(self.metric, self.component, self.method, self.corrupted_distance)
+                             + [("Positions", "* marks a position where the clean and corrupted tokens differ")])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +191,7 @@ def activation_patching(model: InterpretableModel, clean_text: Any, corrupted_te
                         figsize: Tuple[float, float] = (12, 8), cmap: str = "RdBu_r", *,
                         batch_size: Optional[int] = None, progress: bool = False,
                         save_path: Optional[PathLike] = None, target: Any = None,
-                        foil: Any = None, distributed: dist.Distributed = "auto") -> Dict[int, float]:
+                        foil: Any = None, distributed: dist.Distributed = "auto") -> LayerPatchingResult:
     """Recovery (%) per layer when the component's clean output replaces the corrupted one (all positions).
 
     See :meth:`mlxterp.analysis.methods.AnalysisMixin.activation_patching` for the arguments.
@@ -149,7 +207,10 @@ def activation_patching(model: InterpretableModel, clean_text: Any, corrupted_te
     if result.corrupted == 0.0:
         raise ValueError(identical_logits_message(s.metric))
     rec = (result.corrupted - result.patched) / result.corrupted * 100.0
-    recovery = {layer: float(r) for layer, r in zip(s.layers, rec)}
+    recovery = LayerPatchingResult({layer: float(r) for layer, r in zip(s.layers, rec)}, component, str(s.metric),
+                                   float(result.corrupted))
+    attach(recovery, model, [clean_text, corrupted_text],
+           {"component": component, "layers": layers, "metric": str(s.metric), "target": target, "foil": foil})
     if plot or save_path is not None:
         from ..plotting import plot_patching_bars
 
@@ -186,7 +247,9 @@ def patching_grid(model: InterpretableModel, clean_text: Any, corrupted_text: An
         raise ValueError(identical_logits_message(s.metric))
     grid = ((result.corrupted - result.patched) / result.corrupted * 100.0).reshape(len(s.layers), len(cols))
     out = PatchingGrid(grid, s.layers, cols, _labels(model, s.tokens, cols), str(s.metric), component,
-                       "activation patching", result.corrupted)
+                       "activation patching", float(result.corrupted))
+    attach(out, model, [clean_text, corrupted_text], dict(component=component, layers=layers, positions=positions,
+                                                          metric=str(s.metric), target=target, foil=foil))
     _maybe_plot(out, plot, save_path, figsize, cmap)
     return out
 
@@ -220,7 +283,9 @@ def attribution_patching(model: InterpretableModel, clean_text: Any, corrupted_t
     cols = resolve_positions(positions, s.tokens.shape[1])
     grid, d0 = attribution_grid(model, s.tokens, s.sites, cols, s.metric, s.norm_path)
     out = PatchingGrid(grid, s.layers, cols, _labels(model, s.tokens, cols), str(s.metric), component,
-                       "attribution patching", d0)
+                       "attribution patching", float(d0))
+    attach(out, model, [clean_text, corrupted_text], dict(component=component, layers=layers, positions=positions,
+                                                          metric=str(s.metric), target=target, foil=foil))
     _maybe_plot(out, plot, save_path, figsize, cmap)
     return out
 

@@ -24,6 +24,8 @@ import mlx.core as mx
 import numpy as np
 
 from ..tracing.proxy import apply
+from ..views.page import Page, Viewable
+from ..views.saving import Saveable, attach
 from .display import show_if_interactive
 from .validate import (
     check_positive_int,
@@ -42,8 +44,11 @@ KINDS = ("induction", "previous_token", "duplicate_token")
 
 
 @dataclasses.dataclass
-class AttentionPatterns:
+class AttentionPatterns(Saveable, Viewable):
     """Attention patterns of one prompt.
+
+    Saves and loads (``save(path)``, ``AttentionPatterns.load(path)``); ``save_html(path, layer=None,
+    head=0)`` writes the interactive view (see :func:`mlxterp.views.attention.attention_page`).
 
     Attributes:
         patterns: ``{layer: (heads, seq, seq) array}``: row ``q`` holds query ``q``'s weights over the keys.
@@ -51,9 +56,16 @@ class AttentionPatterns:
         layers: the layers read.
     """
 
+    kind = "attention_patterns"
+
     patterns: Dict[int, np.ndarray]
     tokens: List[str]
     layers: List[int]
+
+    def _page(self, **options: Any) -> Page:
+        from ..views.attention import attention_page
+
+        return attention_page(self, **options)
 
     def __getitem__(self, layer: int) -> np.ndarray:
         return self.patterns[layer]
@@ -90,11 +102,12 @@ def attention_patterns(model: InterpretableModel, text: Any, layers: Optional[Li
     values = [h if isinstance(h, mx.array) else h.value for h in handles]
     mx.eval(values)
     patterns = {layer: np.array(v[0].astype(mx.float32)) for layer, v in zip(layer_ids, values)}
-    return AttentionPatterns(patterns, token_labels(model, tokens[0].tolist()), layer_ids)
+    out = AttentionPatterns(patterns, token_labels(model, tokens[0].tolist()), layer_ids)
+    return attach(out, model, [text], {"layers": layers})
 
 
 @dataclasses.dataclass
-class HeadScores:
+class HeadScores(Saveable):
     """Per-(layer, head) attention scores on repeated random tokens (see the module docstring).
 
     Attributes:
@@ -102,6 +115,8 @@ class HeadScores:
         layers: the layer of each row.
         tokens: the ``(batch, length)`` token ids the scores were measured on.
     """
+
+    kind = "head_scores"
 
     induction: np.ndarray
     previous_token: np.ndarray
@@ -194,4 +209,6 @@ def head_scores(model: InterpretableModel, seq_len: int = 50, batch: int = 4, la
                    for layer in layer_ids]
     values = [h if isinstance(h, mx.array) else h.value for h in handles]
     stacked = np.array(mx.stack(values))  # (layers, 3, heads)
-    return HeadScores(stacked[:, 0], stacked[:, 1], stacked[:, 2], layer_ids, np.array(tokens))
+    out = HeadScores(stacked[:, 0], stacked[:, 1], stacked[:, 2], layer_ids, np.array(tokens))
+    return attach(out, model, [], {"seq_len": seq_len, "batch": batch, "layers": layers, "seed": seed,
+                                   "token_range": token_range})

@@ -54,6 +54,11 @@ class Unembedding:
     tied: bool
     hidden_size: int
 
+    @functools.cached_property
+    def vocab_size(self) -> int:
+        """How many logits ``head`` gives per position (read off the shape of a graph that is never evaluated)."""
+        return int(self.head(mx.zeros((1, self.hidden_size))).shape[-1])
+
     def logits(self, hidden: mx.array, apply_norm: bool = True) -> mx.array:
         """``head(norm(hidden))`` (or ``head(hidden)`` with ``apply_norm=False``), in the model's dtype."""
         if apply_norm and self.norm is not None:

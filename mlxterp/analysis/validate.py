@@ -126,12 +126,36 @@ def token_id(model: InterpretableModel, token: Any, arg: str) -> int:
         raise ValueError(f"{arg}: expected a token id (int) or a token's text (str), got {token!r}")
     ids = model.encode(token)
     bos = getattr(model.tokenizer, "bos_token_id", None)
-    if len(ids) > 1 and ids[0] == bos:
+    if ids and ids[0] == bos:
         ids = ids[1:]
+    specials = special_ids(model.tokenizer)
+    if all(i in specials for i in ids):  # "" is the BOS alone: a score of it would be meaningless
+        shown = f" (only special tokens: {[model.token_to_str(i) for i in ids]})" if ids else ""
+        raise ValueError(f"{arg}: {token!r} encodes to no token besides the tokenizer's special tokens{shown}; give "
+                         "one token's text (often with its leading space, e.g. ' Paris') or its id")
     if len(ids) != 1:
         raise ValueError(f"{arg}: {token!r} is {len(ids)} tokens ({[model.token_to_str(i) for i in ids]}); give one "
                          "token's text (often with its leading space, e.g. ' Paris') or its id")
     return ids[0]
+
+
+def special_ids(tokenizer: Any) -> set:
+    """The ids of a tokenizer's special tokens (BOS, EOS, pad, and Hugging Face's ``all_special_ids``)."""
+    found = set(getattr(tokenizer, "all_special_ids", None) or ())
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if is_int(value):
+            found.add(int(value))
+    return found
+
+
+def check_top_k(top_k: Any, vocab: int) -> int:
+    """``top_k`` as an int from 1 to the vocabulary size ``vocab`` (a numpy integer is accepted), else a
+    ValueError naming the vocabulary size."""
+    if is_int(top_k) and int(top_k) > vocab:
+        raise ValueError(f"top_k: {int(top_k)} is more than the vocabulary size {vocab} (the tokens the model "
+                         f"predicts); give 1 to {vocab}")
+    return check_positive_int(top_k, "top_k")
 
 
 def resolve_metric(model: InterpretableModel, metric: Any, tokens: mx.array, target: Any = None, foil: Any = None) -> Metric:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 import mlx.core as mx
 import numpy as np
@@ -30,6 +30,7 @@ from ..analysis.serial import holds_model_lock
 from ..analysis.sweep import saved_value
 from ..analysis.validate import check_positive_int, require_attention, resolve_indices, resolve_layers
 from ..tracing.proxy import apply
+from ..views.saving import Saveable, attach
 from .conversation import Conversation
 
 if TYPE_CHECKING:
@@ -40,8 +41,9 @@ PROMPT = "generation prompt"
 
 
 @dataclasses.dataclass
-class TurnAttention:
-    """Attention mass between the segments of a conversation (see the module docstring).
+class TurnAttention(Saveable):
+    """Attention mass between the segments of a conversation (see the module docstring). Saves and loads
+    (``save(path)``, ``TurnAttention.load(path)``).
 
     Attributes:
         mass: ``(len(layers), heads, S, S)`` float64: from segment ``i`` (query) to segment ``j`` (key).
@@ -52,12 +54,18 @@ class TurnAttention:
         content_only: whether turn segments are the turns' contents.
     """
 
+    kind = "turn_attention"
+
     mass: np.ndarray
     outside: np.ndarray
     layers: List[int]
     labels: List[str]
     spans: List[Tuple[int, int]]
     content_only: bool
+
+    @classmethod
+    def _from_record(cls, data: Dict[str, Any]) -> "TurnAttention":
+        return cls(**dict(data, spans=[tuple(s) for s in data["spans"]]))
 
     @property
     def per_layer(self) -> np.ndarray:
@@ -168,4 +176,5 @@ def turn_attention(model: InterpretableModel, conv: Conversation, layers: Option
     found = np.array(values, dtype=np.float64)
     empty = np.array([stop <= start for start, stop in spans])
     found[:, :, empty, :] = np.nan
-    return TurnAttention(found[..., :-1], found[..., -1], layer_ids, labels, spans, content_only)
+    out = TurnAttention(found[..., :-1], found[..., -1], layer_ids, labels, spans, content_only)
+    return attach(out, model, [conv.messages], dict(layers=layers, content_only=content_only))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -22,9 +22,11 @@ from .. import distributed as dist
 from ..analysis.chunks import Span
 from ..analysis.display import show_if_interactive
 from ..analysis.metrics import identical_logits_message
-from ..analysis.patching import PatchingGrid, _setup, sharded_sweep
+from ..analysis.patching import PatchingGrid, _details, _setup, sharded_sweep
 from ..analysis.serial import holds_model_lock
 from ..analysis.validate import check_positive_int, resolve_indices
+from ..views.page import Page
+from ..views.saving import attach
 from .conversation import Conversation
 
 if TYPE_CHECKING:
@@ -37,7 +39,8 @@ PathLike = Union[str, Path]
 class TurnPatching(PatchingGrid):
     """A layers x turns grid of recovery percentages (a :class:`~mlxterp.analysis.patching.PatchingGrid`
     whose columns are turns: ``positions`` holds the turn indices, ``position_labels`` their ``"<index>
-    <role>"``, marked ``*`` where the two conversations' tokens of the turn differ).
+    <role>"``, marked ``*`` where the two conversations' tokens of the turn differ). Saves, loads and has an
+    HTML view as a patching grid does.
 
     Attributes:
         roles: the role of each column's turn.
@@ -45,9 +48,15 @@ class TurnPatching(PatchingGrid):
         content_only: whether the spans are the turns' contents (else the whole turns).
     """
 
+    kind = "turn_patching"
+
     roles: List[str]
     spans: List[Tuple[int, int]]
     content_only: bool
+
+    @classmethod
+    def _from_record(cls, data: Dict[str, Any]) -> "TurnPatching":
+        return cls(**dict(data, spans=[tuple(s) for s in data["spans"]]))
 
     def top(self, k: int = 5) -> List[Tuple[int, int, str, float]]:
         """The ``k`` cells of highest recovery: ``(layer, turn, role, recovery)``, best first."""
@@ -64,6 +73,16 @@ class TurnPatching(PatchingGrid):
         title = title or f"Turn patching: {self.component} over {part} (metric {self.metric})"
         return plot_patching_grid(self.grid, layer_labels=self.layers, position_labels=self.position_labels,
                                   figsize=figsize, cmap=cmap, title=title, save_path=save_path, xlabel="turn")
+
+    def _page(self) -> Page:
+        from ..views.patching import patching_page
+
+        part = "content" if self.content_only else "span"
+        titles = [f"turn {label} ({part} {a}:{b})" for label, (a, b) in zip(self.position_labels, self.spans)]
+        return patching_page(self.grid, self.layers, self.position_labels, titles, axis="turn",
+                             title="Turn patching", provenance=self.provenance,
+                             details=_details(self.metric, self.component, self.method, self.corrupted_distance)
+                             + [("Turns", "* marks a turn whose clean and corrupted tokens differ")])
 
 
 @holds_model_lock
@@ -96,6 +115,9 @@ def turn_patching(model: InterpretableModel, clean: Conversation, corrupted: Con
     roles = [clean.turns[t].role for t in turn_ids]
     out = TurnPatching(grid, s.layers, turn_ids, labels, str(s.metric), component, "turn patching", result.corrupted,
                        roles, [spans[t] for t in turn_ids], content_only)
+    attach(out, model, [clean.messages, corrupted.messages],
+           dict(component=component, layers=layers, turns=turns, metric=str(s.metric), target=target, foil=foil,
+                content_only=content_only))
     if plot or save_path is not None:
         fig = out.plot(save_path, figsize=figsize, cmap=cmap)
         if plot:

@@ -1,10 +1,12 @@
-"""KV caches for generation: mlx-lm's own (the eager path) and a fixed-size one a compiled step can carry.
+"""KV caches for generation: mlx-lm's own (the eager path) and a static-shaped one a compiled step can carry.
 
 mlx-lm's ``KVCache`` grows its buffers and keeps its write position as a Python int, so a compiled step
 would bake the position in. :class:`StaticKVCache` speaks the same protocol as mlx-lm's ``BatchKVCache``
-(``offset`` per row for RoPE, ``update_and_fetch``, ``make_mask``) over buffers of a fixed length, with the
-write position as an array: every decode step then has the same input shapes, and one compiled function
-serves them all.
+(``offset`` per row for RoPE, ``update_and_fetch``, ``make_mask``) over buffers whose length is part of the
+step's shape, with the write position as an array: every decode step then has the same input shapes, and
+one compiled function serves them all. The buffers grow with the generation (:func:`grown_size`: the power
+of two that holds the tokens so far), so a step attends over about the keys that exist, never over
+``max_new_tokens`` empty columns; each new size is one more compiled step.
 
 Batches are left-padded as mlx-lm's batch generation pads them: row ``b``'s real tokens start at column
 ``left_padding[b]``, its positions (RoPE offsets) count from there, and the mask hides the padding.
@@ -23,7 +25,8 @@ class StaticKVCache:
     """mlx-lm's cache protocol over buffers of ``size`` columns, written at the array position ``idx``.
 
     Args:
-        size: columns of the buffers (prompt plus new tokens, rounded up by :func:`buffer_size`).
+        size: columns of the buffers (:func:`grown_size`: they grow with the generation, a new size being a
+            new compiled step).
         idx: int32 scalar array, the column where this call's tokens go.
         left_padding: int32 array ``(batch,)``, padding columns before each row's first real token.
         keys, values: the buffers ``(batch, kv_heads, size, head_dim)``; ``None`` before the prompt pass
@@ -36,6 +39,7 @@ class StaticKVCache:
         self.left_padding = left_padding
         self.keys = keys
         self.values = values
+        self._new: tuple = ()  # this call's own keys and values, as update_and_fetch received them
 
     @property
     def offset(self) -> mx.array:
@@ -47,6 +51,19 @@ class StaticKVCache:
             batch, heads, _, dim = keys.shape
             self.keys = mx.zeros((batch, heads, self.size, dim), keys.dtype)
             self.values = mx.zeros((batch, heads, self.size, values.shape[3]), values.dtype)
+        self._new = (keys, values)
+        return self._store(keys, values)
+
+    def newest(self) -> tuple[mx.array, mx.array]:
+        """This call's own keys and values ``(batch, kv_heads, n, head_dim)`` (attention internals' ``k``/``v``)."""
+        return self._new
+
+    def replace_newest(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        """Store ``keys``/``values`` in place of this call's own (a write to ``k``/``v``); return the buffers."""
+        self._new = (keys.astype(self.keys.dtype), values.astype(self.values.dtype))
+        return self._store(*self._new)
+
+    def _store(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         start = self.idx.reshape(1)
         self.keys = mx.slice_update(self.keys, keys, start, axes=(2,))
         self.values = mx.slice_update(self.values, values, start, axes=(2,))
@@ -69,13 +86,32 @@ class StaticKVCache:
         return self.keys is None
 
 
+MIN_BUFFER = 64
+
+
 def buffer_size(needed: int) -> int:
-    """Columns of the static buffers for ``needed`` tokens: 64, 128, then multiples of 256, so that
-    prompts and lengths of similar size share one compiled step."""
-    for size in (64, 128):
-        if needed <= size:
-            return size
-    return -(-needed // 256) * 256
+    """Columns of a static buffer that holds ``needed`` tokens: a power of two, at least 64, so that prompts
+    and lengths of similar size share one compiled step and a growing buffer is compiled for ~log2 sizes."""
+    return max(MIN_BUFFER, 1 << (max(needed, 1) - 1).bit_length())
+
+
+def grown_size(size: int, needed: int, limit: int) -> int:
+    """The buffer size for ``needed`` tokens when ``size`` columns are made (``0``: none yet) and the
+    generation computes at most ``limit`` tokens: unchanged while they fit, else :func:`buffer_size` of
+    ``needed`` (never past that of ``limit``). So a buffer follows the tokens computed, not
+    ``max_new_tokens``: attention over it costs what the real keys cost, within a factor of 2."""
+    if needed <= size:
+        return size
+    return min(buffer_size(needed), buffer_size(limit))
+
+
+def grow(buffers: Sequence[mx.array], size: int) -> list[mx.array]:
+    """``buffers`` (``(batch, heads, columns, dim)``) extended with empty columns to ``size``."""
+    out = []
+    for b in buffers:
+        extra = mx.zeros(b.shape[:2] + (size - b.shape[2],) + b.shape[3:], b.dtype)
+        out.append(mx.concatenate([b, extra], axis=2))
+    return out
 
 
 def static_caches(n_layers: int, size: int, idx: mx.array, left_padding: mx.array,

@@ -9,20 +9,23 @@ from typing import Any, Callable, Optional
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlxterp.compiler import Graph, Op
+from mlxterp.compiler import Graph, Node, Op
 from mlxterp.compiler.locks import model_lock
 
+from ..adapters.attention import KEY_AXIS_POINTS
+from ..adapters.attention_cache import cache_support
 from ..core import WrappedModel
 from ..tracing import context
 from ..tracing.results import rebind_in_frame
 from ..tracing.trace import Trace
 from . import token_axis
-from .cache import buffer_size, cache_layers, static_eligible
+from .cache import cache_layers, static_eligible
 from .loop import run_steps
 from .plan import Geometry, StepPlan, StepRange
-from .program import MlxLmEngine, Programs, StaticEngine, static_disagreement
+from .program import MlxLmEngine, Programs, StaticEngine, decode_probe, static_disagreement
 from .prompts import PromptBatch, prefix_cache
-from .sampling import Rows, TokenEvent, eos_ids, stop_strings, token_sampler
+from .result import GenerationResult
+from .sampling import Rows, TokenEvent, check_sampling, eos_ids, stop_strings, token_sampler
 
 
 class _Recorder(Trace):
@@ -54,7 +57,8 @@ class _Recorder(Trace):
             # shapes while recording are the prompt pass's; a position past the prompt is computed at a later
             # step, so check again against every position the generation computes
             saved = self.tokens, self._abstract
-            self.tokens = mx.zeros((self.tokens.shape[0], self._positions), dtype=mx.int32)
+            length = min(self._positions, max(self.tokens.shape[1], token_axis.reach(index) + 1))
+            self.tokens = mx.zeros((self.tokens.shape[0], length), dtype=mx.int32)
             self._abstract = {}
             try:
                 super()._check_index(proxy, index)
@@ -62,27 +66,41 @@ class _Recorder(Trace):
                 self.tokens, self._abstract = saved
 
     def scope(self, first_id: int, steps: StepRange) -> None:
-        """Restrict the writes and saves recorded since node ``first_id`` to ``steps``."""
+        """Restrict what was recorded since node ``first_id`` to ``steps``: writes, saves, and the values read
+        and computed there (a module's value itself, and constants, exist at every step)."""
         for node_id in range(first_id, self.graph._next_id):
-            if node_id in self.graph and self.graph.node(node_id).op in (Op.SAVE, Op.REPLACE):
+            if node_id in self.graph and self.graph.node(node_id).op not in _EVERY_STEP:
                 self.scopes[node_id] = self.scopes.get(node_id, ()) + (steps,)
+
+
+_EVERY_STEP = (Op.MODULE_OUTPUT, Op.MODULE_INPUT, Op.CONSTANT, Op.PARAM)
 
 
 class StepScope:
     """``with gen.steps[...]:`` (see :attr:`Generation.steps`)."""
 
-    def __init__(self, recorder: _Recorder, steps: StepRange):
-        self._recorder = recorder
+    def __init__(self, generation: "Generation", steps: StepRange):
+        self._generation = generation
         self._steps = steps
         self._first: Optional[int] = None
 
     def __enter__(self) -> "StepScope":
-        self._recorder._check_open()
-        self._first = self._recorder.graph._next_id
+        generation = self._generation
+        generation._recorder._check_open()
+        common: Optional[StepRange] = self._steps
+        for outer in generation._open_scopes:
+            common = common and common.intersect(outer)
+        if common is None or not common.runs_below(generation.max_new_tokens):
+            outers = " inside ".join(s.show() for s in reversed(generation._open_scopes))
+            raise IndexError(f"{self._steps.show()} inside {outers}: no step is in all of them below "
+                             f"max_new_tokens={generation.max_new_tokens}, so what is recorded here would never run")
+        generation._open_scopes.append(self._steps)
+        self._first = generation._recorder.graph._next_id
         return self
 
     def __exit__(self, *exc: Any) -> bool:
-        self._recorder.scope(self._first, self._steps)
+        self._generation._open_scopes.pop()
+        self._generation._recorder.scope(self._first, self._steps)
         return False
 
 
@@ -91,21 +109,31 @@ class _Steps:
         self._generation = generation
 
     def __getitem__(self, key: Any) -> StepScope:
-        recorder = self._generation._recorder
-        if not self._generation._entered or recorder.finished:
+        generation = self._generation
+        recorder = generation._recorder
+        if not generation._entered or recorder.finished:
             raise RuntimeError("gen.steps[...] restricts what is recorded inside the `with model.generate(...) "
                                "as gen:` block; use it there")
-        return StepScope(recorder, StepRange.from_key(key))
+        steps = StepRange.from_key(key)
+        last = generation.max_new_tokens - 1
+        if not steps.runs_below(last + 1):
+            raise IndexError(f"{steps.show()} never runs: this generation's steps are 0 (the prompt pass) to {last} "
+                             f"(one per new token, max_new_tokens={generation.max_new_tokens}); what is recorded "
+                             "there would be dropped")
+        return StepScope(generation, steps)
 
 
 class Generation:
     """Generation with interventions (created by :meth:`InterpretableModel.generate`).
 
     Inside ``with model.generate(prompt, ...) as gen:`` the block records reads, writes and saves as a
-    trace does; on exit the prompt pass runs once on a KV cache, then one decode step per new token. Writes
-    apply at every step (``[:, -1]`` is the step's newest token), unless recorded inside
-    ``with gen.steps[k]:`` / ``gen.steps[a:b]:``; a token position ``p >= 0`` is absolute and applies at the
-    step that computes it. Each ``.save()`` keeps one value per step, stacked on a new first axis
+    trace does; on exit the prompt pass runs once on a KV cache, then one decode step per new token. Reads
+    and writes apply at every step (``[:, -1]`` is the step's newest token), unless recorded inside
+    ``with gen.steps[k]:`` / ``gen.steps[a:b]:`` (a step that never runs is an ``IndexError`` there); a
+    token position ``p >= 0`` is absolute and applies at the step that computes it. Attention ``k``/``v``
+    are each step's own keys and values (a write is stored in the KV cache); ``scores``/``pattern`` key
+    positions are absolute (a write at key ``p`` holds at every step; ``-1`` is each step's newest key), and
+    such programs decode eagerly. Each ``.save()`` keeps one value per step, stacked on a new first axis
     (a list when the shapes differ, e.g. a whole output: the prompt's columns, then one per step); a save
     that exists at one step only (inside ``gen.steps[k]``, or of an absolute position) is that step's value.
 
@@ -114,7 +142,9 @@ class Generation:
 
     After the run: ``text`` / ``tokens`` / ``finish_reason`` (one per prompt, or a single value for a single
     prompt), ``saved_values``, ``saved_steps`` (the steps each save has values for), ``get(key)``,
-    ``num_steps`` (forward passes kept), ``mode`` (``"compiled"`` or ``"eager"``).
+    ``num_steps`` (forward passes kept), ``mode`` (``"compiled"`` or ``"eager"``); ``result()`` (a
+    :class:`~mlxterp.generation.result.GenerationResult`, which ``to_dict()``, ``save(path)`` and
+    ``save_html(path, values=...)`` go through; ``Generation.load(path)`` reads one back).
     """
 
     def __init__(self, owner: WrappedModel, prompt: Any, max_new_tokens: int, *, temperature: float = 0.0,
@@ -128,18 +158,24 @@ class Generation:
         _require_cache_argument(owner.model)
         self._owner = owner
         self.max_new_tokens = max_new_tokens
-        self._settings = (temperature, top_p, top_k, seed)
-        token_sampler(*self._settings)  # checks the settings now
+        check_sampling(temperature, top_p, top_k, seed)
         self._stops = stop_strings(stop)
         self._eos = frozenset() if ignore_eos else eos_ids(owner.tokenizer)
         self._stream = stream
         self._prefix = prefix_cache(owner, prompt)  # a conversation's KV cache, resumed by a plain run
         self.prompts = PromptBatch.of(owner, prompt, chat)
+        self._settings = (temperature, top_p, top_k, seed, self._vocab() if top_k else None)
+        check_sampling(*self._settings)  # top_k against the vocabulary
         owner._positions.check(self.prompts.columns + max_new_tokens - 1,
                                f"the prompt plus max_new_tokens={max_new_tokens} (less the last, never fed back)")
         self._recorder = _Recorder(owner, self.prompts.batch, interventions, compile,
                                    self.prompts.columns + max_new_tokens - 1)
+        self._origin: tuple = (prompt, dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                            top_k=top_k, seed=seed, stop=stop, ignore_eos=ignore_eos, chat=chat,
+                                            interventions=sorted(interventions or {}), compile=compile))
+        self._result: Optional[GenerationResult] = None
         self.steps = _Steps(self)
+        self._open_scopes: list[StepRange] = []  # the `with gen.steps[...]:` blocks being recorded, outermost first
         self._entered = False
         self._rows: Optional[Rows] = None
         self._saved_values: dict[str, Any] = {}
@@ -207,7 +243,7 @@ class Generation:
 
     @property
     def mode(self) -> str:
-        """``"compiled"`` (decode steps as one compiled function on a fixed-size cache) or ``"eager"``."""
+        """``"compiled"`` (decode steps as one compiled function on a static cache) or ``"eager"``."""
         self._finished()
         return self._mode
 
@@ -220,6 +256,34 @@ class Generation:
     def get(self, name: str) -> Any:
         """A saved value by key (``"layers.3.output"``), or ``None``."""
         return self.saved_values.get(name)
+
+    # -- saving and viewing ------------------------------------------------------------------
+    load = GenerationResult.load  # Generation.load(path) reads a saved generation as a GenerationResult
+
+    def result(self) -> GenerationResult:
+        """The finished generation as a :class:`~mlxterp.generation.result.GenerationResult` (runs it first if
+        needed): tokens, text, saves and settings, with the model's fingerprint as it was when it ran."""
+        if self._result is None:
+            self._finished()
+            self._result = GenerationResult.of(self, self._owner, *self._origin)
+        return self._result
+
+    def to_dict(self) -> dict:
+        """The record of :meth:`result` (see :meth:`mlxterp.views.saving.Saveable.to_dict`)."""
+        return self.result().to_dict()
+
+    def save(self, path: Any) -> Any:
+        """Save :meth:`result` to ``path`` (a ``.json`` file, arrays beside it); returns the path."""
+        return self.result().save(path)
+
+    def save_html(self, path: Any, **options: Any) -> Any:
+        """Write the generation view (see :func:`mlxterp.views.generation.generation_page` for ``values=``,
+        ``label=``); returns the path."""
+        return self.result().save_html(path, **options)
+
+    def _repr_html_(self) -> Optional[str]:
+        """Jupyter's inline view once the generation has run (None before: showing it never runs it)."""
+        return self.result()._repr_html_() if self._rows is not None else None
 
     @property
     def graph(self) -> Graph:
@@ -239,14 +303,15 @@ class Generation:
     def _run(self) -> None:
         # One forward of a model at a time (hooks, compile tracing): the generation holds the model's lock.
         with model_lock(self._owner.model):
+            self._owner._sync_tree()  # run lazily (results read later): modules may have been replaced since
             self._run_locked()
 
     def _run_locked(self) -> None:
         owner, recorder = self._owner, self._recorder
         layers = len(cache_layers(owner.model))
+        engine = self._engine(layers)
         plan = StepPlan(recorder.graph, recorder.scopes, recorder.bases, self._token_entries(),
                         Geometry(self.prompts.columns, self.prompts.uniform))
-        engine = self._engine(layers)
         store = owner._program_cache("generation")
         programs = Programs(owner.model, store, self._probe, self._count_trace, owner._executor.points)
         rows = Rows(self.prompts.size, self.max_new_tokens, self._eos, self._stops, self._decoder(), self._stream)
@@ -268,24 +333,42 @@ class Generation:
     def _engine(self, layers: int) -> Any:
         mode = self._recorder.compile_mode
         padding = self.prompts.left_padding
-        if mode == "eager" or (mode == "auto" and self._reads_attention_points()):
-            # attention internals have one key column per cache slot: mlx-lm's cache has one per position
-            return MlxLmEngine(self._owner.model, padding)
+        keyed = self._point_node(KEY_AXIS_POINTS)
+        if keyed is not None and mode == "compiled":
+            raise ValueError(
+                f"{keyed.describe()} traced at {keyed.source} has a key axis, one column per position the step "
+                "attends to, so its shape changes at every step; compile=True runs decode steps on fixed shapes "
+                "(a static KV cache): use compile='auto' (decodes this program eagerly) or compile=False")
+        if mode == "eager" or keyed is not None:
+            return self._mlx_lm_engine(padding)
         reason = self._static_support(layers)
         if reason is None:
-            size = buffer_size(self.prompts.columns + self.max_new_tokens)
-            return StaticEngine(layers, size, padding, "compiled" if mode == "compiled" else "auto")
+            limit = self.prompts.columns + self.max_new_tokens - 1  # every position a step computes
+            return StaticEngine(layers, limit, padding, "compiled" if mode == "compiled" else "auto")
         if mode == "compiled":
             raise ValueError(f"compile=True: this model's decode step cannot run compiled ({reason}); "
                              "use compile=False (mlx-lm's cache, eagerly) or 'auto'")
-        return MlxLmEngine(self._owner.model, padding)
+        return self._mlx_lm_engine(padding)
 
-    def _reads_attention_points(self) -> bool:
+    def _mlx_lm_engine(self, padding: list[int]) -> MlxLmEngine:
+        engine = MlxLmEngine(self._owner.model, padding)
+        node = self._point_node(None)
+        reason = None if node is None else next(filter(None, map(cache_support, engine.caches)), None)
+        if reason is not None:
+            raise ValueError(f"{node.describe()} traced at {node.source} reads attention internals, and {reason}")
+        return engine
+
+    def _point_node(self, names: Optional[tuple]) -> Optional[Node]:
+        """The first recorded node that reads or writes an attention point (one of ``names``; ``None``: any)."""
         points = self._owner._executor.points
         if points is None:
-            return False
-        targets = (n.target[0] for n in self._recorder.graph if n.op in (Op.MODULE_OUTPUT, Op.MODULE_INPUT, Op.REPLACE))
-        return any(points.owner(path) is not None for path in targets)
+            return None
+        for node in self._recorder.graph:
+            if node.op in (Op.MODULE_OUTPUT, Op.MODULE_INPUT, Op.REPLACE):
+                path = node.target[0]
+                if points.owner(path) is not None and (names is None or path.rpartition(".")[2] in names):
+                    return node
+        return None
 
     def _static_support(self, layers: int) -> Optional[str]:
         """Why the compiled static-cache path does not serve this model (checked once per model), or None."""
@@ -306,13 +389,22 @@ class Generation:
         graph = self._recorder.graph
         if not token_axis.needs_analysis(graph):
             return {}
-        longest = self.prompts.columns + self.max_new_tokens + 1
+        longest = max(self.prompts.columns, token_axis.graph_reach(graph)) + 2  # holds every position named
         batch = self.prompts.size
 
         def values_at(n: int) -> Callable[[tuple], Any]:
             return self._probe((batch, n)).values.get
 
-        return token_axis.token_entries(graph, values_at, (longest, longest + 1))
+        def decode_at() -> Callable[[tuple], Any]:
+            return decode_probe(self._owner.model, self._owner._executor.points, (batch, longest)).values.get
+
+        keyed = self._point_node(KEY_AXIS_POINTS) is not None
+        return token_axis.token_entries(graph, values_at, (longest, longest + 1), decode_at if keyed else None)
+
+    def _vocab(self) -> Optional[int]:
+        """Width of the logits tokens are sampled from (``None`` if the model's output is not one array)."""
+        found = self._probe(tuple(self.prompts.tokens.shape)).values.get(("", 0, "output"))
+        return found[0][-1] if isinstance(found, tuple) else None
 
     def _probe(self, shape: tuple) -> Any:
         return self._owner._probe(mx.zeros(shape, dtype=mx.int32))

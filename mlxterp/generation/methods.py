@@ -29,18 +29,19 @@ class GenerationMixin:
             max_new_tokens: most tokens to generate per prompt.
             temperature: 0 is greedy; above 0 samples from ``softmax(logits / temperature)``.
             top_p: nucleus sampling (1 keeps every token); needs ``temperature > 0``.
-            top_k: sample among the ``top_k`` most likely tokens (0 keeps every token); needs
-                ``temperature > 0``.
-            seed: draw from this seed (the global random state is restored afterwards); ``None`` draws from
-                the global random state.
+            top_k: sample among the ``top_k`` most likely tokens (0, or the vocabulary size, keeps every
+                token); needs ``temperature > 0``.
+            seed: draw from this seed, an int in ``[0, 2**64)`` (the global random state is left alone);
+                ``None`` draws from the global random state.
             stop: a string or strings that end a row's text (cut before them).
             ignore_eos: keep generating after the tokenizer's end-of-sequence token.
             stream: called with a :class:`mlxterp.generation.TokenEvent` (row, step, token, text) for every
                 new token, as it is generated.
             chat: wrap each prompt as a user message in the tokenizer's chat template.
             interventions: ``{module name: fn}`` applied to that module's output at every step.
-            compile: ``"auto"`` (default) runs decode steps as one compiled function on a fixed-size KV
-                cache when the model supports it (checked once per model against mlx-lm's cache), else
+            compile: ``"auto"`` (default) runs decode steps as one compiled function on a static KV cache
+                that grows with the generation, when the model supports it (checked once per model against
+                mlx-lm's cache) and the program has no key axis (attention scores or patterns), else
                 eagerly; ``True`` requires the compiled path; ``False`` runs eagerly on mlx-lm's own cache.
 
         Returns:
@@ -48,6 +49,7 @@ class GenerationMixin:
         """
         from .context import Generation
 
+        self._sync_tree()  # a module replaced since the last run: names, vocabulary and step programs follow
         return Generation(self, prompt, max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                           seed=seed, stop=stop, ignore_eos=ignore_eos, stream=stream, chat=chat,
                           interventions=interventions, compile=compile)

@@ -1,10 +1,10 @@
 """The step plan: from the graph recorded once, the graph each generation step runs.
 
-Writes and saves apply at every step unless recorded inside ``with gen.steps[...]``; token positions are
-read as :mod:`mlxterp.generation.token_axis` describes. At a step where a write does not apply, whatever
+Reads, writes and saves apply at every step unless recorded inside ``with gen.steps[...]``; token positions
+are read as :mod:`mlxterp.generation.token_axis` describes. At a step where a write does not apply, whatever
 read the written value reads the value before the write instead. A value that exists at some steps only
-(an absolute position, a step-restricted write's result) cannot feed a write at another step: values do
-not carry across steps, and such a program is refused with the line that asked for it.
+(an absolute position, a value read inside ``gen.steps[...]``) cannot feed a write at another step: values
+do not carry across steps, and such a program is refused with the line that asked for it.
 
 Steps that differ in nothing the recorded program depends on share one variant graph (in practice: the
 prompt pass, and one graph for every decode step), lowered once.
@@ -13,6 +13,7 @@ prompt pass, and one graph for every decode step), lowered once.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 from mlxterp.compiler import Graph, Node, Op, Ref
@@ -51,6 +52,38 @@ class StepRange:
     def __contains__(self, k: int) -> bool:
         return k >= self.start and (self.stop is None or k < self.stop) and (k - self.start) % self.step == 0
 
+    def runs_below(self, limit: int) -> bool:
+        """Whether any of these steps is below ``limit`` (the steps a generation can run)."""
+        return self.start < limit and (self.stop is None or self.start < self.stop)
+
+    def intersect(self, other: "StepRange") -> "StepRange | None":
+        """The steps in both (``None``: none)."""
+        stops = [s for s in (self.stop, other.stop) if s is not None]
+        stop = min(stops) if stops else None
+        low = max(self.start, other.start)
+        k = self.start + -(-(low - self.start) // self.step) * self.step  # this range's first step >= low
+        for _ in range(other.step // math.gcd(self.step, other.step)):  # residues mod other.step repeat after
+            if stop is not None and k >= stop:
+                return None
+            if k in other:
+                return StepRange(k, stop, math.lcm(self.step, other.step), self.single or other.single)
+            k += self.step
+        return None
+
+    def show(self) -> str:
+        """How it was written: ``gen.steps[3]``, ``gen.steps[1:]``."""
+        if self.single:
+            return f"gen.steps[{self.start}]"
+        stop = "" if self.stop is None else self.stop
+        return f"gen.steps[{self.start or ''}:{stop}{'' if self.step == 1 else f':{self.step}'}]"
+
+
+def _hashable(entries: tuple | None) -> tuple | None:
+    """Step-local index entries as a dict key (slices are not hashable before Python 3.12)."""
+    if entries is None:
+        return None
+    return tuple(("slice", e.start, e.stop, e.step) if isinstance(e, slice) else e for e in entries)
+
 
 def _show(key: slice) -> str:
     return ":".join("" if v is None else str(v) for v in (key.start, key.stop, key.step))
@@ -87,23 +120,27 @@ class StepPlan:
         """The graph step ``k`` runs (shared by every step with the same signature)."""
         offset, n = self.geometry.span(k)
         local = {i: tuple(e.at(offset, n, k == 0) for e in self.entries[i]) for i in self.entries}
-        signature = (k == 0,) + tuple((self._in_scope(i, k), local.get(i)) for i in self._dependent)
+        signature = (k == 0,) + tuple((self._in_scope(i, k), _hashable(local.get(i))) for i in self._dependent)
         found = self._variants.get(signature)
         if found is None:
             found = self._variants[signature] = self._build(k, local)
         return found
 
     def pinned_saves(self) -> set[int]:
-        """Saves that exist at one step by construction (an int ``gen.steps[k]``, or an absolute token
-        position): their value is that step's, without a steps axis."""
+        """Saves that exist at one step by construction (inside an int ``gen.steps[k]``, of a value read
+        there, or of an absolute token position): their value is that step's, without a steps axis."""
         pinned: set[int] = set()
         for node in self.graph:
+            single = any(s.single for s in self.scopes.get(node.id, ()))
             if node.op is Op.SAVE:
-                scopes = self.scopes.get(node.id, ())
-                if any(s.single for s in scopes) or node.args[0].id in pinned:
+                if single or node.args[0].id in pinned:
                     pinned.add(node.id)
-            elif any(e.kind == "absolute" and is_int(e.entry) for e in self.entries.get(node.id, ())) or any(
-                    r in pinned for r in node.refs()):
+            elif node.op is Op.REPLACE:  # a write's result is read at every step (the unwritten value elsewhere)
+                continue
+            elif single:  # a value read inside `gen.steps[k]`
+                pinned.add(node.id)
+            elif any(not e.key and e.kind == "absolute" and is_int(e.entry) for e in self.entries.get(node.id, ())) \
+                    or any(r in pinned for r in node.refs()):
                 pinned.add(node.id)
         return pinned
 
@@ -127,6 +164,9 @@ class StepPlan:
                     continue
                 if refs[0] in absent:
                     raise self._cross_step(node, k)
+            elif not self._in_scope(node.id, k):  # read inside `gen.steps[...]`: exists at those steps only
+                absent[node.id] = "input"
+                continue
             elif node.id in local and ABSENT in local[node.id]:
                 absent[node.id] = "own"
                 continue
@@ -162,11 +202,13 @@ class StepPlan:
                 live.add(node.id)
         for node_id in sorted(invalid & live):
             node = graph.node(node_id)
-            bad = [e.entry for e in self.entries[node_id] if e.at(*self.geometry.span(k), k == 0) is INVALID]
+            bad = [e for e in self.entries[node_id] if e.at(*self.geometry.span(k), k == 0) is INVALID][0]
+            rule = ("on the key axis, positions (>= 0), negative indices and slices apply at every step" if bad.key
+                    else "only ':', -1 and absolute positions (>= 0) apply at every step")
             raise ValueError(
-                f"{node.describe()} traced at {node.source} indexes the token axis with {bad[0]!r}, which has no "
-                f"meaning at generation step {k} ({self._step_words(k)}): only ':', -1 and absolute positions "
-                "(>= 0) apply at every step; restrict it with `with gen.steps[0]:` to read the prompt pass")
+                f"{node.describe()} traced at {node.source} indexes the {'key' if bad.key else 'token'} axis with "
+                f"{bad.entry!r}, which has no meaning at generation step {k} ({self._step_words(k)}): {rule}; "
+                "restrict it with `with gen.steps[0]:` to read the prompt pass")
 
     def _step_words(self, k: int) -> str:
         offset, n = self.geometry.span(k)
@@ -175,15 +217,16 @@ class StepPlan:
     def _cross_step(self, node: Node, k: int) -> ValueError:
         return ValueError(
             f"{node.describe()} traced at {node.source} writes, at generation step {k} ({self._step_words(k)}), "
-            "a value that exists only at other steps (it reads an absolute token position or a step-restricted "
-            "write); values do not carry from one step to another: compute the value in a trace first and "
-            "use the array, or restrict the write with `with gen.steps[...]:`")
+            "a value that exists only at other steps (it reads an absolute token position, a step-restricted "
+            "write, or a value read inside `with gen.steps[...]:`); values do not carry from one step to another: "
+            "compute the value in a trace first and use the array, or restrict the write to the steps where the "
+            "value exists")
 
     def _refuse_absolute_positions(self) -> None:
         for node_id, entries in self.entries.items():
-            if any(e.kind == "absolute" for e in entries):
+            if any(e.absolute for e in entries):
                 node = self.graph.node(node_id)
                 raise ValueError(
                     f"{node.describe()} traced at {node.source} indexes an absolute token position, and the "
                     "prompts of this batch have different lengths (left-padded, so a position is a different "
-                    "column in each row); use ':' or -1, or generate prompts of one length together")
+                    "column in each row); use ':' or negative indices, or generate prompts of one length together")

@@ -8,10 +8,10 @@ Two engines run them:
 
 - :class:`MlxLmEngine` (eager): mlx-lm's own cache (``make_prompt_cache``; ``BatchKVCache`` for padded
   rows) and forward, so a generation without interventions is exactly ``mlx_lm.generate``'s.
-- :class:`StaticEngine`: the fixed-size :class:`~mlxterp.generation.cache.StaticKVCache`; each step is a
+- :class:`StaticEngine`: the static-shaped :class:`~mlxterp.generation.cache.StaticKVCache`; each step is a
   pure function ``(tokens, params, idx, left_padding, buffers) -> (last logits, saves, buffers)``, run
   under ``mx.compile`` (model state an implicit input, so weight edits are seen) and retraced only for a new
-  input shape (the prompt's length, the batch size, the buffer size).
+  input shape (the prompt's length, the batch size, the buffer size as it grows).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Any, Callable, Sequence
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlxterp.compiler import Graph, PatchedForward, Probe, StateCompiled, run_passes, structure_key
+from mlxterp.compiler import Graph, PatchedForward, Probe, StateCompiled, probe, run_passes, structure_key
 from mlxterp.compiler.passes.lift import param_sources, param_values
 
-from .cache import buffer_size, buffers_of, mlx_lm_caches, static_caches
+from .cache import buffers_of, cache_layers, grow, grown_size, mlx_lm_caches, static_caches
 
 
 def call_with_cache(model: nn.Module, inputs: tuple[mx.array, list]) -> Any:
@@ -118,13 +118,15 @@ class MlxLmEngine:
 
 class StaticEngine:
     """Steps on a :class:`StaticKVCache`, compiled (the prompt pass eagerly the first time its shape and
-    program are seen when ``compile_prompt`` is ``"auto"``)."""
+    program are seen when ``compile_prompt`` is ``"auto"``). Its buffers grow with the tokens computed
+    (:func:`~mlxterp.generation.cache.grown_size`), up to what ``limit`` tokens need."""
 
     mode = "compiled"
 
-    def __init__(self, n_layers: int, size: int, left_padding: Sequence[int], compile_prompt: str):
+    def __init__(self, n_layers: int, limit: int, left_padding: Sequence[int], compile_prompt: str):
         self.n_layers = n_layers
-        self.size = size
+        self.limit = limit
+        self.size = 0
         self.left_padding = mx.array(list(left_padding), dtype=mx.int32)
         self.compile_prompt = compile_prompt
         self.idx = 0
@@ -132,6 +134,9 @@ class StaticEngine:
 
     def step(self, program: StepProgram, tokens: mx.array, params: list, first: bool) -> tuple[mx.array, dict]:
         shape = tuple(tokens.shape)
+        size = grown_size(self.size, self.idx + shape[1], self.limit)
+        if size != self.size:
+            self.buffers, self.size = grow(self.buffers, size), size
         seen = program.static_runs.get((shape, self.size, first), 0) > 0
         compiled = not first or self.compile_prompt == "compiled" or seen
         fn = program.static_step(self.n_layers, self.size, shape, first, compiled)
@@ -139,6 +144,14 @@ class StaticEngine:
                                          self.buffers)
         self.idx += tokens.shape[1]
         return logits, saves
+
+
+def decode_probe(model: nn.Module, points: Any, shape: tuple) -> Probe:
+    """The probe of a decode step: tokens of ``shape`` after one cached position (built, never evaluated).
+    Attention internals there attend to one key more than the step has queries."""
+    caches = cache_layers(model)
+    model(mx.zeros((shape[0], 1), dtype=mx.int32), cache=caches)
+    return probe(model, lambda: model(mx.zeros(shape, dtype=mx.int32), cache=caches), points)
 
 
 def static_disagreement(model: nn.Module, program: StepProgram, tokens: mx.array, n_layers: int) -> str | None:
@@ -151,7 +164,7 @@ def static_disagreement(model: nn.Module, program: StepProgram, tokens: mx.array
     prompt, last = tokens[:, :-1], tokens[:, -1:]
     reference = MlxLmEngine(model, [0])
     expected = [reference.step(program, prompt, [], True)[0], reference.step(program, last, [], False)[0]]
-    engine = StaticEngine(n_layers, buffer_size(tokens.shape[1]), [0], "compiled")
+    engine = StaticEngine(n_layers, tokens.shape[1], [0], "compiled")
     try:
         got = [engine.step(program, prompt, [], True)[0], engine.step(program, last, [], False)[0]]
         mx.eval(got, expected)

@@ -9,6 +9,9 @@ from typing import Any, Callable, Optional, Sequence
 import mlx.core as mx
 from mlx_lm.sample_utils import apply_top_k, apply_top_p, greedy_sampler
 
+from ..inputs import is_int
+from ..scalars import is_number
+
 Sampler = Callable[[mx.array], mx.array]
 
 
@@ -26,19 +29,24 @@ class TokenEvent:
     text: str
 
 
-def token_sampler(temperature: float, top_p: float, top_k: int, seed: Optional[int]) -> Sampler:
+def token_sampler(temperature: float, top_p: float, top_k: int, seed: Optional[int],
+                  vocab: Optional[int] = None) -> Sampler:
     """A sampler of next tokens from log-probabilities ``(batch, vocab)`` (greedy at temperature 0).
 
-    Filters are mlx-lm's (``apply_top_p``, ``apply_top_k``). With a ``seed``, draws come from
-    ``mx.random.key(seed)``, split once per step as MLX splits its global key, so a seeded generation
-    draws what mlx-lm draws after ``mx.random.seed(seed)`` and leaves the global random state alone;
-    without one they come from (and advance) the global state, as in mlx-lm.
+    Filters are mlx-lm's (``apply_top_p``, ``apply_top_k``; ``top_k`` equal to the vocabulary ``vocab``
+    keeps every token). With a ``seed``, draws come from ``mx.random.key(seed)``, split once per step as MLX
+    splits its global key, so a seeded generation draws what mlx-lm draws after ``mx.random.seed(seed)`` and
+    leaves the global random state alone; without one they come from (and advance) the global state, as in
+    mlx-lm. Every argument is checked first: a bad one inside mlx-lm's compiled filters would also leave
+    MLX's global random state unusable.
     """
-    _check_sampling(temperature, top_p, top_k, seed)
+    check_sampling(temperature, top_p, top_k, seed, vocab)
+    top_k, seed = int(top_k), None if seed is None else int(seed)  # numpy ints as Python ints, for MLX
     if temperature == 0:
         return greedy_sampler
     key = [mx.random.key(seed)] if seed is not None else None
     scale = 1.0 / float(temperature)
+    top_k = 0 if top_k == vocab else top_k
 
     def sample(logprobs: mx.array) -> mx.array:
         if 0 < top_p < 1:
@@ -53,18 +61,26 @@ def token_sampler(temperature: float, top_p: float, top_k: int, seed: Optional[i
     return sample
 
 
-def _check_sampling(temperature: Any, top_p: Any, top_k: Any, seed: Any) -> None:
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def check_sampling(temperature: Any, top_p: Any, top_k: Any, seed: Any, vocab: Optional[int] = None) -> None:
+    """ValueError naming the first bad sampling argument (``vocab``: the model's, bounding ``top_k``)."""
+    if not (is_number(temperature) and math.isfinite(temperature) and temperature >= 0):
         raise ValueError(f"temperature={temperature!r}: expected a number >= 0 (0 is greedy)")
-    if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+    if 0 < temperature and 1.0 / temperature > _FLOAT32_MAX:
+        raise ValueError(f"temperature={temperature!r}: too small to divide logits by (1/temperature overflows "
+                         "float32); use 0 for greedy decoding")
+    if not (is_number(top_p) and 0 < top_p <= 1):
         raise ValueError(f"top_p={top_p!r}: expected a number in (0, 1] (1 keeps every token)")
-    if not (isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 0):
-        raise ValueError(f"top_k={top_k!r}: expected an int >= 0 (0 keeps every token)")
+    top = "" if vocab is None else f" and <= {vocab} (the model's vocabulary)"
+    if not (is_int(top_k) and 0 <= top_k and (vocab is None or top_k <= vocab)):
+        raise ValueError(f"top_k={top_k!r}: expected an int >= 0{top} (0 keeps every token)")
     if temperature == 0 and (top_p < 1 or top_k > 0):
         raise ValueError(f"top_p={top_p} / top_k={top_k} need temperature > 0: greedy decoding takes the top "
                          "token, so filtering does nothing")
-    if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool)):
-        raise ValueError(f"seed={seed!r}: expected an int or None")
+    if seed is not None and not (is_int(seed) and 0 <= seed < 2**64):
+        raise ValueError(f"seed={seed!r}: expected an int in [0, 2**64) (MLX's random keys are 64-bit) or None")
 
 
 def eos_ids(tokenizer: Any) -> frozenset[int]:

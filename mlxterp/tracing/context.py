@@ -58,3 +58,9 @@ def current(module: Any, attr: str) -> Any:
             f"{what} is only available inside a trace: use `with model.trace(inputs):` and read it in the block"
         )
     return stack[-1]
+
+
+def recording_on(owner: Any) -> bool:
+    """Whether this thread's innermost open trace records on the wrapped model ``owner``."""
+    stack = getattr(_LOCAL, "stack", None)
+    return bool(stack) and stack[-1]._owner is owner

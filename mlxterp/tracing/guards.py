@@ -18,6 +18,7 @@ from mlxterp.compiler import Op, WriteTypeError
 from mlxterp.compiler.errors import bad_write_message, describe_value
 from mlxterp.compiler.semantics import format_index
 
+from ..scalars import is_number, python_number
 from .proxy import Proxy
 from .source import format_source, user_source
 
@@ -33,7 +34,7 @@ def written_value(value: Any, what: str, src: Any, origin: str | None = None) ->
     """
     meta = None if origin is None else {"origin": origin}
     if _is_number(value):
-        return _python_number(value), dict(meta or {}, fill=True)
+        return python_number(value), dict(meta or {}, fill=True)
     if not _is_array_like(value) and not _structured(value):
         given = describe_value(value) if origin is None else f"{describe_value(value)} from {origin}"
         raise WriteTypeError(bad_write_message(what, given, format_source(src)))
@@ -55,11 +56,8 @@ def intervention_origin(name: str, fn: Callable) -> str:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.bool_, np.integer, np.floating))
-
-
-def _python_number(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
+    """A number a write fills in (bools too: a boolean activation can be written)."""
+    return is_number(value) or isinstance(value, (bool, np.bool_))
 
 
 def _is_array_like(value: Any) -> bool:

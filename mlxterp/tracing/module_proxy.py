@@ -10,7 +10,13 @@ import mlx.nn as nn
 from ..core import WrappedModel
 from ..adapters import RESIDUAL_VALUES
 from ..adapters.attention import POINTS
+from ..inputs import is_int
+from ..names import did_you_mean
 from . import context
+
+# Methods of every nn.Module (dict's included): a proxy attribute with one of these names is a typo for a
+# component or an internal (``attn.keys`` for ``attn.k``), never the method.
+MODULE_METHODS = frozenset(name for name in dir(nn.Module) if not name.startswith("_"))
 
 
 class ModuleProxy:
@@ -47,19 +53,24 @@ class ModuleProxy:
 
     @property
     def module(self) -> nn.Module:
-        """The wrapped ``nn.Module``."""
-        found = self._owner._index.modules.get(self._path)
+        """The wrapped ``nn.Module`` (the one at this path now, if it was replaced since)."""
+        self._owner._sync_tree()
+        index = self._owner._index
+        found = index.modules.get(self._path)
         if found is None:
-            raise AttributeError(f"{self.name!r} is a value inside the attention module "
-                                 f"{self._owner._index.short(self._owner._index.point_owner(self._path))!r}, "
+            owner = index.point_owner(self._path)
+            if owner is None:
+                raise AttributeError(f"the model has no module {self.name!r} any more (its modules were replaced "
+                                     "since this proxy was made); look the name up again")
+            raise AttributeError(f"{self.name!r} is a value inside the attention module {index.short(owner)!r}, "
                                  "not a module; read it with .output inside a trace")
         return found
 
     def call(self, idx: int) -> "ModuleProxy":
         """The same module at its ``idx``-th call within one forward (0-based)."""
-        if not isinstance(idx, int) or idx < 0:
+        if not is_int(idx) or idx < 0:
             raise ValueError(f"call index must be a non-negative int, got {idx!r}")
-        return ModuleProxy(self._owner, self._path, idx)
+        return ModuleProxy(self._owner, self._path, int(idx))
 
     @property
     def output(self) -> Any:
@@ -88,17 +99,30 @@ class ModuleProxy:
         child = self._owner._index.child(self._path, attr)
         if child is not None:
             return ModuleProxy(self._owner, child)
+        if attr in MODULE_METHODS:  # `attn.keys` is dict.keys, not the attention's keys: never hand it out
+            raise AttributeError(self._unknown(attr, f" ({attr!r} is a method of every nn.Module: for the method "
+                                                     f"itself use .module.{attr})"))
         try:
             return getattr(self.module, attr)
         except AttributeError:
-            children = self._owner._index.children(self._path)
-            raise AttributeError(
-                f"module {self.name or '<model>'!r} ({type(self.module).__name__}) has no component or attribute "
-                f"{attr!r}; its components are: {', '.join(children) or '(none)'}"
-            ) from None
+            raise AttributeError(self._unknown(attr, "")) from None
+
+    def _unknown(self, attr: str, why: str) -> str:
+        """The message for an attribute that names no component, internal or residual value of this module:
+        the valid ones, and the closest (``keys`` -> ``k``)."""
+        index = self._owner._index
+        valid = {"components": index.children(self._path)}
+        if self._path in index.attention:
+            valid["attention internals"] = list(POINTS)
+        if index.is_layer(self._path):
+            valid["residual values"] = list(RESIDUAL_VALUES)
+        names = [n for group in valid.values() for n in group] + ["output", "input"]
+        listed = "; ".join(f"its {kind} are: {', '.join(group) or '(none)'}" for kind, group in valid.items())
+        return (f"module {self.name or '<model>'!r} ({type(self.module).__name__}) has no component or attribute "
+                f"{attr!r}{why}; {listed}{did_you_mean(attr, names)}")
 
     def __getitem__(self, idx: int) -> "ModuleProxy":
-        key = idx % len(self) if isinstance(idx, int) and len(self) else idx
+        key = int(idx) % len(self) if is_int(idx) and len(self) else idx
         child = self._owner._index.child(self._path, str(key))
         if child is None:
             raise IndexError(f"module {self.name!r} has no item {idx!r}; it has {len(self)} items")
@@ -133,9 +157,13 @@ class ModuleProxy:
             trace = context.current(self, attr)
             trace.write(self._point(trace, attr), self._call, "output", value)
             return
+        index = self._owner._index
+        settable = (list(POINTS) if self._path in index.attention else []) + (
+            list(RESIDUAL_VALUES) if index.is_layer(self._path) else [])
         raise AttributeError(
             f"cannot set {attr!r} on module proxy {self.name!r}; inside a trace assign "
-            f"`module.output = value` (or `.input`), or edit weights on the nn.Module itself ({self.name}.module)"
+            f"`module.output = value` (or `.input`{''.join(', .' + n for n in settable)}), or edit weights on the "
+            f"nn.Module itself ({self.name}.module){did_you_mean(attr, settable)}"
         )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -18,12 +18,14 @@ from typing import Any, Dict, Optional
 import mlx.core as mx
 import numpy as np
 
-from mlxterp.compiler import Graph, Op, to_text
+from mlxterp.compiler import Graph, Op, TraceError, to_text
 from mlxterp.compiler.passes.lift import as_param
 from mlxterp.compiler.structure import node_key
 
 from .. import distributed as dist
 from ..core import WrappedModel
+from ..inputs import array_batch
+from ..scalars import REAL_KINDS, is_complex, is_number, python_number
 from . import context
 
 TOKENS = "tokens"
@@ -57,7 +59,8 @@ def param(name: str, default: Any) -> Any:
 
     Args:
         name: a Python identifier (it becomes a keyword of the program's call), not ``"tokens"``.
-        default: an ``mx.array`` (or numpy array) or a Python number.
+        default: an ``mx.array`` (or numpy array) or a number (a Python or numpy int or float: weak, it
+            takes the dtype of the array it meets, as a Python number does in MLX).
     """
     return context.current(types.SimpleNamespace(name="mlxterp"), "param").param(name, default)
 
@@ -73,12 +76,12 @@ def check_param_name(name: Any, used: set) -> None:
 
 def param_default(name: str, default: Any) -> tuple[Any, bool]:
     """The default as stored in the graph (an array, or a Python number kept weak) and its weakness."""
-    if isinstance(default, bool) or not isinstance(default, (int, float, mx.array, np.ndarray)):
-        raise TypeError(f"param {name!r} needs an mx.array, a numpy array or a Python number as its default, "
-                        f"got {type(default).__name__}")
-    if isinstance(default, np.ndarray):
-        return mx.array(default), False
-    return default, isinstance(default, (int, float))
+    if is_number(default):
+        return python_number(default), True
+    if not isinstance(default, (mx.array, np.ndarray)):
+        raise TypeError(f"param {name!r} needs an mx.array, a numpy array or a number ({REAL_KINDS}) as its "
+                        f"default, got {type(default).__name__} {default!r}")
+    return (mx.array(default) if isinstance(default, np.ndarray) else default), False
 
 
 def build_program(owner: WrappedModel, graph: Graph, tokens: mx.array, lengths: tuple) -> "Program":
@@ -86,16 +89,45 @@ def build_program(owner: WrappedModel, graph: Graph, tokens: mx.array, lengths: 
     saves_only = graph.with_captures(())
     lowered = owner._executor.program(saves_only, tokens, lambda: owner._probe(tokens))
     specs = []
-    for node in sorted((n for n in lowered.graph if n.op is Op.PARAM), key=lambda n: n.target):
+    for node in _param_nodes(lowered.graph):
         value = graph.node(node.meta["constant_id"]).meta["value"]
         array = as_param(value)
         specs.append(ParamSpec(node.meta.get("name") or f"const_{node.target}", tuple(array.shape), array.dtype,
                                value, bool(node.meta.get("weak")), node.source))
-    return Program(owner, lowered, tuple(specs), tokens, lengths)
+    return Program(owner, lowered, tuple(specs), tokens, lengths, saves_only)
+
+
+def _param_nodes(graph: Graph) -> list:
+    """The PARAM nodes of an optimized graph, in param order."""
+    return sorted((n for n in graph if n.op is Op.PARAM), key=lambda n: n.target)
+
+
+def relower(owner: WrappedModel, recorded: Graph, tokens: mx.array, old: Any) -> Any:
+    """``recorded`` lowered again on ``owner``'s current module tree, with the same params as ``old``.
+
+    Raises:
+        TraceError: the graph reads or writes a module the current model no longer calls (the message
+            says the model's modules were replaced since the program was recorded).
+    """
+    try:
+        new = owner._executor.program(recorded, tokens, lambda: owner._probe(tokens))
+    except TraceError as e:
+        raise type(e)(f"a module of the model was replaced since this program was recorded (nn.quantize, a LoRA "
+                      f"wrapper, an assignment), and the program no longer fits the current model: {e}. Record "
+                      "the trace again on the current model") from e
+    sources = [[n.meta["constant_id"] for n in _param_nodes(lowered.graph)] for lowered in (old, new)]
+    if sources[0] != sources[1]:  # the passes do not depend on the tree: this would be a compiler bug
+        raise RuntimeError(f"re-lowering a program after a module swap changed its params ({sources[0]} -> "
+                           f"{sources[1]}); record the trace again")
+    return new
 
 
 class Program:
     """A recorded trace as a function (made by ``tr.program()``; see the module docstring).
+
+    A program is a function of the model's current state: it reads the weights at every call, and after a
+    module is replaced (``nn.quantize``, a LoRA wrapper, ``layer.mlp = other``) it is lowered again on the
+    new modules at its next call (a ``ModuleNotCalledError`` if a module it reads or writes is gone).
 
     Attributes:
         params: ``{name: ParamSpec}`` in call order.
@@ -103,9 +135,11 @@ class Program:
         tokens, lengths: the recorded (default) tokens and each row's real length.
     """
 
-    def __init__(self, owner: WrappedModel, lowered: Any, specs: tuple, tokens: mx.array, lengths: tuple):
+    def __init__(self, owner: WrappedModel, lowered: Any, specs: tuple, tokens: mx.array, lengths: tuple,
+                 recorded: Graph):
         self._owner = owner
         self._lowered = lowered
+        self._recorded = recorded  # lowered again if a module of the model is replaced (see _current)
         self.params: Dict[str, ParamSpec] = {s.name: s for s in specs}
         self._index = {s.name: i for i, s in enumerate(specs)}
         self._defaults = [as_param(s.default) for s in specs]
@@ -117,12 +151,14 @@ class Program:
     def __call__(self, tokens: Any = None, **values: Any) -> Dict[str, mx.array]:
         """Replay with new ``tokens`` (anything ``model.trace`` accepts; default: the recorded ones) and
         param values by name (default: the recorded ones). Compiled; new shapes trace once each."""
-        return self._lowered(self._tokens(tokens), self._bind(values))
+        tokens = self._tokens(tokens)
+        return self._current()(tokens, self._bind(values))
 
     def fn(self, tokens: Any = None, params: Optional[Dict[str, Any]] = None) -> Dict[str, mx.array]:
         """The same function uncompiled and pure (``params`` by name, missing ones take their defaults):
         the form to put inside your own ``mx.compile``, ``mx.vmap`` or ``mx.grad``."""
-        return self._lowered.fn(self._tokens(tokens), self._bind(params or {}))
+        tokens = self._tokens(tokens)
+        return self._current().fn(tokens, self._bind(params or {}))
 
     def batched(self, tokens: Any = None, *, distributed: Any = "auto", **values: Any) -> Dict[str, mx.array]:
         """``K`` variants in one forward: every param given here has a leading axis of size ``K`` (one value
@@ -151,7 +187,8 @@ class Program:
             values = {name: mx.array(v)[mine] for name, v in values.items()}
         bound = self._bind(values, mapped=True)
         mapped = frozenset(self._index[name] for name in values)
-        out = self._lowered.folded(self._tokens(tokens), bound, mapped)
+        tokens = self._tokens(tokens)
+        out = self._current().folded(tokens, bound, mapped)
         if group is None or n < dist.size(group):
             return out
         return {name: dist.gather_array_items(value, n, group) for name, value in out.items()}
@@ -161,9 +198,21 @@ class Program:
         wiring; never the source lines) and its params' default values."""
         return tuple(node_key(n) for n in self.graph), tuple(self._defaults)
 
+    def _current(self) -> Any:
+        """The lowered program on the model's current module tree. A program is a function of the model's
+        current state: as it sees weight edits, it follows replaced modules (quantized, wrapped, swapped),
+        lowered again from its recorded graph on the first call after the change (the caller has checked
+        the tree: :meth:`_tokens` does)."""
+        lowered = self._lowered
+        if lowered.tree_version != self._owner._executor.tree_version:
+            lowered = self._lowered = relower(self._owner, self._recorded, self.tokens, lowered)
+        return lowered
+
     # -- inputs ----------------------------------------------------------------------------------
     def _tokens(self, tokens: Any) -> mx.array:
+        """The tokens of a call, checked (and the model's module tree checked, see ``model._sync_tree``)."""
         if tokens is None:
+            self._owner._sync_tree()
             return self.tokens  # checked when the trace recorded them
         if isinstance(tokens, mx.array):
             try:
@@ -171,12 +220,17 @@ class Program:
             except (ValueError, RuntimeError) as e:  # MLX raises either, depending on how it is asked
                 if _ABSTRACT not in str(e):
                     raise
-                # Under mx.compile / mx.vmap the ids are placeholders: their range cannot be checked here.
-                if tokens.ndim != 2:
-                    raise ValueError(f"tokens inside a transform must be (batch, seq), got shape "
-                                     f"{tuple(tokens.shape)}") from None
-                return tokens
+            return self._placeholder_tokens(tokens)
         return self._owner._batch(tokens).tokens
+
+    def _placeholder_tokens(self, tokens: mx.array) -> mx.array:
+        """Tokens inside ``mx.compile`` / ``mx.vmap``: their ids are placeholders, so their range cannot be
+        checked here, but everything their shape decides is (dtype, sizes, the model's position limit)."""
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens inside a transform must be (batch, seq), got shape {tuple(tokens.shape)}")
+        batch = array_batch(tokens)
+        self._owner._check_length(batch.lengths)
+        return batch.tokens
 
     def _bind(self, values: Dict[str, Any], mapped: bool = False) -> list:
         params = list(self._defaults)
@@ -190,14 +244,19 @@ class Program:
 
     @staticmethod
     def _check(spec: ParamSpec, value: Any, mapped: bool) -> mx.array:
-        if isinstance(value, bool) or not isinstance(value, (int, float, mx.array, np.ndarray)):
-            raise TypeError(f"param {spec.name!r} takes an mx.array or a number, got {type(value).__name__}")
-        array = value if isinstance(value, mx.array) else mx.array(value)
+        if is_number(value) or is_complex(value):  # a complex one is refused by check_cast for a real param
+            array = mx.array(python_number(value))
+        elif isinstance(value, (mx.array, np.ndarray)):
+            array = value if isinstance(value, mx.array) else mx.array(value)
+        else:
+            raise TypeError(f"param {spec.name!r} takes an mx.array, a numpy array or a number ({REAL_KINDS}), "
+                            f"got {type(value).__name__} {value!r}")
         shape = tuple(array.shape[1:] if mapped else array.shape)
         if shape != spec.shape:
             lead = "(K, " + ", ".join(map(str, spec.shape)) + ")" if mapped else str(spec.shape)
             raise ValueError(f"param {spec.name!r} has shape {spec.shape}; got a value of shape "
                              f"{tuple(array.shape)} (expected {lead})")
+        check_cast(spec, array.dtype)
         return array if array.dtype == spec.dtype else array.astype(spec.dtype)
 
     # -- introspection ---------------------------------------------------------------------------
@@ -215,8 +274,25 @@ class Program:
         return f"Program(tokens {tuple(self.tokens.shape)}, params [{params}], saves {list(self.saves)})"
 
 
+def check_cast(spec: ParamSpec, dtype: Any) -> None:
+    """Refuse a value that casting to the param's dtype would change silently: a complex value for a real
+    param (its imaginary part dropped), a float one for an integer or boolean param (truncated)."""
+    kind = spec.dtype
+    if mx.issubdtype(dtype, mx.complexfloating) and not mx.issubdtype(kind, mx.complexfloating):
+        raise TypeError(f"param {spec.name!r} is real ({kind}); got a complex value ({dtype}), whose imaginary "
+                        "part would be dropped. Pass a real value (mx.real(v) if the real part is what you mean)")
+    if mx.issubdtype(dtype, mx.inexact) and not mx.issubdtype(kind, mx.inexact):
+        recorded = "a Python int" if spec.weak else f"an {kind} array"
+        raise TypeError(f"param {spec.name!r} is {kind} (recorded from {recorded}); got a {dtype} value, which "
+                        "would be truncated. Pass integers, or record the param as a float (e.g. 1.0 instead "
+                        "of 1) to give it fractional values")
+
+
 def _leading(name: str, value: Any) -> int:
     shape = getattr(value, "shape", ())
     if not shape:
         raise ValueError(f"batched() param {name!r} needs a leading variant axis, got a scalar")
+    if shape[0] == 0:
+        raise ValueError(f"batched() param {name!r} has shape {tuple(shape)}: no variants along its leading "
+                         "axis; give at least one (K >= 1)")
     return int(shape[0])

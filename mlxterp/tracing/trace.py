@@ -6,6 +6,7 @@ import sys
 from typing import Any, Callable
 
 import mlx.core as mx
+import numpy as np
 
 from mlxterp.compiler import Graph, Op, Ref, to_dot, to_json, to_text
 from mlxterp.compiler.ir import map_refs
@@ -13,6 +14,7 @@ from mlxterp.compiler import structure as keys
 from mlxterp.compiler.semantics import evaluate, format_index
 
 from ..core import WrappedModel
+from ..scalars import python_number
 from . import context, guards
 from .program import Program, build_program, check_param_name, param_default
 from .proxy import _UNSET, Proxy, apply
@@ -155,7 +157,8 @@ class Trace:
         return kind is mx.array or kind is float or kind is int
 
     def _lift(self, value: Any, numbers: tuple, src: Any) -> Any:
-        """Proxies -> refs; arrays and Python numbers of the ``numbers`` types -> constant nodes."""
+        """Proxies -> refs; arrays and Python numbers of the ``numbers`` types (numpy scalars count as the
+        Python numbers of their values) -> constant nodes."""
         kind = type(value)
         if kind is Proxy:
             if value._value is not _UNSET:  # a finished trace's saved value: plain data here
@@ -168,6 +171,9 @@ class Trace:
             return self._constant(value, False, src)
         if kind is tuple:
             return tuple(self._lift(v, numbers, src) for v in value)
+        if numbers and isinstance(value, (np.integer, np.floating)):  # a numpy scalar is a Python number here
+            value = python_number(value)
+            kind = type(value)
         if isinstance(value, numbers) and kind is not bool:
             return self._constant(value, True, src)
         if kind is slice:

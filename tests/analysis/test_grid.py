@@ -48,7 +48,7 @@ def test_grid_structure(llama_model):
     # patching the last layer's whole output at the last position restores the clean logits exactly
     assert abs(grid.grid[1, -1] - 100) < 1e-3
     assert grid.position_labels[3] == "13*" and grid.position_labels[0] == "1"
-    assert grid.to_dict()[3][7] == grid.grid[1, 7]
+    assert grid.as_dict()[3][7] == grid.grid[1, 7]
 
 
 @pytest.mark.parametrize("kwargs, match", [

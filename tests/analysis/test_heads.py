@@ -133,7 +133,7 @@ def test_head_patching_result(tmp_path):
     got = model.head_patching(CLEAN, CORRUPTED, save_path=tmp_path / "heads.png")
     assert got.grid.shape == (4, 4) and (tmp_path / "heads.png").stat().st_size > 0
     best = got.top(2)
-    assert abs(best[0][2]) >= abs(best[1][2]) and got.to_dict()[best[0][0]][best[0][1]] == best[0][2]
+    assert abs(best[0][2]) >= abs(best[1][2]) and got.as_dict()[best[0][0]][best[0][1]] == best[0][2]
 
 
 @pytest.mark.parametrize("kwargs,match", [

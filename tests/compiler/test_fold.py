@@ -42,3 +42,23 @@ def test_folded_run_on_a_batch_of_prompts(model):
     assert folded.shape == (2, 3, 4, 64)
     for j in range(2):
         np.testing.assert_allclose(np.array(folded[j]), np.array(prog(steer=vecs[j])["h"]), rtol=1e-5, atol=1e-5)
+
+
+def test_constant_writes_reach_every_variant_folded_and_vmapped(model, tokens):
+    """A write whose value is the same for all variants (a number into a slice of a mapped value) lands in
+    every variant, folded and under a user's ``mx.vmap`` alike (MLX's vmap of such a slice assignment
+    writes only the first element, so it once reached variant 0 alone)."""
+    with model.trace(tokens, capture="saved") as tr:
+        steer = mt.param("steer", mx.zeros(64))
+        model.layers[1].attn.heads[:, :, 1] = 0.0  # a head ablation: a constant write at an attention point
+        model.layers[2].output[:, -1] = model.layers[2].output[:, -1] + steer
+        model.layers[3].output[:, 1:, :8] = 0.5  # a constant slice write after the mapped one
+        model.output[:, 0] = 0.0  # and into the logits
+        model.output.save("logits")
+    prog = tr.program()
+    vecs = mx.random.normal((3, 64), key=mx.random.key(2))
+    loop = np.stack([np.array(prog(steer=vecs[j])["logits"]) for j in range(3)])
+    folded = np.array(prog.batched(steer=vecs)["logits"])
+    vmapped = np.array(mx.vmap(lambda v: prog.fn(params={"steer": v})["logits"])(vecs))
+    np.testing.assert_allclose(folded, loop, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(vmapped, loop, rtol=1e-5, atol=1e-5)

@@ -170,3 +170,19 @@ def test_turn_patching_selects_turns_and_ranks_cells(chat, tmp_path):
     assert top[0][3] == full.grid.max() and top[0][1:3] in [(0, "user"), (1, "assistant"), (2, "user")]
     full.plot(save_path=tmp_path / "turns.png")
     assert (tmp_path / "turns.png").stat().st_size > 0
+
+
+def test_turn_results_save_load_and_view(chat, tmp_path):
+    model = chat("gemma3")
+    clean, corrupted = model.conversation(SYSTEM), model.conversation([SYSTEM[0]] + CORRUPTED)
+    grid = model.turn_patching(clean, corrupted, layers=[1, 3], content_only=True)
+    att = model.turn_attention(clean, layers=[2])
+    loaded = TurnPatching.load(grid.save(tmp_path / "grid.json"), model=model, strict=True)
+    assert loaded.spans == grid.spans and loaded.roles == grid.roles and loaded.content_only
+    np.testing.assert_array_equal(loaded.grid, grid.grid)
+    assert loaded.provenance["prompts"] == [clean.messages, corrupted.messages]
+    back = TurnAttention.load(att.save(tmp_path / "att.json"))
+    np.testing.assert_array_equal(back.mass, att.mass)  # NaN row of the folded system turn included
+    assert back.spans == att.spans and back.labels == att.labels
+    html = grid.to_html()
+    assert "Turn patching" in html and "1 user*" in html

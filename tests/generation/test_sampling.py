@@ -91,6 +91,14 @@ def test_chat_wraps_the_prompt_in_the_template(llama_module):
     (dict(temperature=1.0, top_k=-2), "top_k"),
     (dict(top_k=5), "need temperature > 0"),
     (dict(seed="x"), "seed"),
+    (dict(temperature=1.0, seed=-1), r"seed=-1: expected an int in \[0, 2\*\*64\)"),
+    (dict(temperature=1.0, seed=2**70), "seed=1180591620717411303424"),
+    (dict(temperature=1.0, top_k=129), r"top_k=129: .*<= 128 \(the model's vocabulary\)"),
+    (dict(temperature=True), "temperature=True"),
+    (dict(temperature=1.0, top_p=True), "top_p=True"),
+    (dict(temperature=float("nan")), "temperature=nan"),
+    (dict(temperature=1.0, top_p=float("nan")), "top_p=nan"),
+    (dict(temperature=1e-300), "too small"),
     (dict(stop=[""]), "stop"),
     (dict(compile="fast"), "compile"),
     (dict(interventions={"layers.99": lambda x: x}), "layers.99"),
@@ -110,3 +118,16 @@ def test_token_ids_without_a_tokenizer(llama_module):
         gen.text
     with pytest.raises(ValueError, match="tokenizer"):
         model.generate([1, 5, 9], 4, stop="x").tokens
+
+
+def test_a_bad_top_k_is_refused_before_it_can_break_the_global_random_state(model):
+    # inside mlx-lm's compiled top-k filter, a top_k past the vocabulary raised mid-generation and left MLX's
+    # global random state unusable for every later unseeded draw
+    with pytest.raises(ValueError, match="top_k=1000"):
+        model.generate(PROMPT, 3, temperature=1.0, top_k=1000)
+    assert len(model.generate(PROMPT, 3, temperature=1.0).tokens) == 3  # unseeded: the global state still works
+
+
+def test_top_k_equal_to_the_vocabulary_keeps_every_token(model):
+    every = model.generate(PROMPT, 8, temperature=1.0, seed=4, ignore_eos=True).tokens
+    assert model.generate(PROMPT, 8, temperature=1.0, top_k=128, seed=4, ignore_eos=True).tokens == every

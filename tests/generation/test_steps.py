@@ -124,3 +124,66 @@ def test_steps_only_inside_the_block(model):
     gen = model.generate(PROMPT, 2)
     with pytest.raises(RuntimeError, match="inside the"):
         gen.steps[0]
+
+
+def test_a_value_read_inside_a_step_scope_does_not_carry_to_other_steps(model):
+    with pytest.raises(ValueError, match=r"traced at .*test_steps.py:\d+ writes, at generation step 1.*exists only "
+                                         r"at other steps.*read inside `with gen.steps"):
+        with model.generate(PROMPT, 4) as gen:
+            with gen.steps[0]:
+                prompt_last = model.layers[0].output[:, -1]
+            with gen.steps[1:]:
+                model.layers[2].output[:, -1] = model.layers[2].output[:, -1] + prompt_last
+    with model.generate(PROMPT, 4, ignore_eos=True) as gen:  # saved, it is the prompt pass's value alone
+        with gen.steps[0]:
+            prompt_last = model.layers[0].output[:, -1]
+        kept = prompt_last.save("kept")
+        every = model.layers[0].output[:, -1].save("every")
+    assert gen.saved_steps["kept"] == [0] and kept.shape == (1, 64)
+    assert mx.array_equal(kept, every[0])
+
+
+@pytest.mark.parametrize("key", [6, slice(6, None), slice(7, 9)])
+def test_a_step_that_never_runs_is_refused_at_its_line(model, key):
+    with pytest.raises(IndexError, match=r"never runs: this generation's steps are 0 \(the prompt pass\) to 5"):
+        with model.generate(PROMPT, 6) as gen:
+            with gen.steps[key]:
+                model.layers[1].output[:, -1] = 0.0
+
+
+@pytest.mark.parametrize("outer, inner", [(0, slice(1, None)), (slice(1, None, 2), slice(2, None, 2)),
+                                          (slice(4, None), slice(0, 3))])
+def test_nested_step_scopes_without_a_common_step_are_refused(model, outer, inner):
+    with pytest.raises(IndexError, match="no step is in all of them"):
+        with model.generate(PROMPT, 6) as gen:
+            with gen.steps[outer]:
+                with gen.steps[inner]:
+                    model.layers[1].output[:, -1] = 0.0
+    with model.generate(PROMPT, 6, ignore_eos=True) as gen:  # nested scopes with common steps apply there
+        with gen.steps[1:]:
+            with gen.steps[::2]:
+                model.layers[1].output[:, -1].save("common")
+    assert gen.saved_steps["common"] == [2, 4]
+
+
+@pytest.mark.parametrize("compile", MODES)
+def test_an_absolute_token_slice_lands_at_the_steps_it_names(model, compile):
+    ids = model.encode(PROMPT)
+    start, stop = len(ids) - 2, len(ids) + 2  # the prompt's last two positions and the first two fed tokens
+
+    def zero_span(h):
+        return mx.concatenate([h[:, :start], mx.zeros_like(h[:, start:stop]), h[:, stop:]], axis=1)
+
+    with model.generate(PROMPT, 6, ignore_eos=True, compile=compile) as gen:
+        model.layers[1].output[:, start:stop] = 0.0
+        logits = model.output[:, -1].save()
+    for k in range(6):
+        expected = full_forward_logits(model.model, ids + gen.tokens[:k], {1: zero_span})
+        assert mx.allclose(logits[k, 0], expected, atol=1e-4), f"step {k}"
+
+
+def test_a_read_after_an_absolute_position_write_keeps_every_step(model):
+    with model.generate(PROMPT, 4, ignore_eos=True) as gen:
+        model.layers[1].output[:, 3] = 0.0
+        newest = model.layers[1].output[:, -1].save("newest")
+    assert gen.saved_steps["newest"] == [0, 1, 2, 3] and newest.shape == (4, 1, 64)

@@ -110,3 +110,20 @@ def test_guard_of_an_adapter_supplied_limit():
     with pytest.raises(ValueError, match=r"the input has 5 tokens.*4 positions \(adapter\)"):
         guard.check(5)
     assert guard.max_positions == 4
+
+
+def test_a_program_under_compile_or_vmap_checks_learned_positions(gpt2):
+    """Inside mx.compile or mx.vmap a program's tokens are placeholders (their ids cannot be read), but their
+    length is known: past the learned positions it is the same error as a direct call, not rows read out of
+    bounds."""
+    with gpt2.trace(tokens(3), capture="saved") as tr:
+        gpt2.output.save("logits")
+    prog = tr.program()
+    long = tokens(LIMIT + 1)
+    message = rf"the input has {LIMIT + 1} tokens, but this model has learned position embeddings for {LIMIT}"
+    with pytest.raises(ValueError, match=message):
+        mx.compile(lambda t: prog.fn(t)["logits"])(long)
+    with pytest.raises(ValueError, match=message):
+        mx.vmap(lambda t: prog.fn(t)["logits"])(long[None])
+    at_limit = tokens(LIMIT)
+    assert mx.array_equal(mx.compile(lambda t: prog.fn(t)["logits"])(at_limit), gpt2.model(at_limit))

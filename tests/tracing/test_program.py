@@ -197,3 +197,52 @@ def test_program_values_are_cast_to_the_param_dtype(model):
     prog = steering_program(model)
     v = mx.random.normal((64,), key=mx.random.key(4))
     close(prog(steer=v.astype(mx.float16))["diff"], prog(steer=v.astype(mx.float16).astype(mx.float32))["diff"])
+
+
+@pytest.mark.parametrize("tokens", [mx.zeros((1, 0), mx.int32), mx.zeros((0, 4), mx.int32)])
+def test_empty_tokens_are_refused_at_the_call(model, tokens):
+    prog = steering_program(model)
+    with pytest.raises(ValueError, match=r"token array has shape .*expected .*batch > 0 and seq > 0"):
+        prog(tokens=tokens)
+    with pytest.raises(ValueError, match=r"batch > 0 and seq > 0"):
+        mx.compile(lambda t: prog.fn(t)["diff"])(tokens)
+
+
+def test_batched_with_no_variants_is_refused(model):
+    prog = steering_program(model)
+    with pytest.raises(ValueError, match=r"param 'steer' has shape \(0, 64\): no variants .*K >= 1"):
+        prog.batched(steer=mx.zeros((0, 64)))
+
+
+def test_a_lossy_cast_of_a_param_value_is_refused(model):
+    prog = steering_program(model)
+    with pytest.raises(TypeError, match=r"param 'steer' is real .*complex value .*imaginary part"):
+        prog(steer=mx.zeros(64, dtype=mx.complex64))
+    with pytest.raises(TypeError, match=r"param 'alpha' is real .*complex value"):
+        prog(alpha=1 + 2j)
+    with pytest.raises(TypeError, match=r"param 'steer' is real"):
+        prog.batched(steer=np.zeros((2, 64), dtype=np.complex64))
+    with model.trace(TOKENS, capture="saved") as tr:
+        model.layers[1].output = model.layers[1].output * mt.param("n", 2)
+        model.output.save("logits")
+    with pytest.raises(TypeError, match=r"param 'n' is mlx.core.int32 \(recorded from a Python int\); got a "
+                                        r"mlx.core.float32 value, which would be truncated"):
+        tr.program()(n=0.5)
+
+
+def test_vmap_over_a_program_saving_one_value_twice(model):
+    """Two saves of one value are one array among the outputs; MLX's vmap moved its mapped axis to the front
+    once per occurrence, so the second save came back permuted ((64, 3, 1, 6) for (3, 1, 6, 64))."""
+    with model.trace(TOKENS, capture="saved") as tr:
+        model.layers[1].output = mt.param("fill", 0.5)  # a broadcast number: its mapped axis is not first
+        model.layers[1].output.save("a")
+        model.layers[1].output.save("b")
+        model.output.save("logits")
+    prog = tr.program()
+    fills = mx.array([0.5, 1.0, -2.0])
+    out = mx.vmap(lambda f: prog.fn(params={"fill": f}))(fills)
+    for j in range(3):
+        one = prog(fill=fills[j].item())
+        for key in ("a", "b", "logits"):
+            assert out[key].shape == (3,) + one[key].shape, key
+            close(out[key][j], one[key])
