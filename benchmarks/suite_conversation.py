@@ -37,7 +37,9 @@ SUITE = "conversation"
 DESCRIPTION = "a conversation's next turn (KV cache reused) vs mlx-lm generating the same tokens from a warm cache"
 
 TURN_TARGET = Target("<=", 1.2)
-FIRST = "Tell me a short story about a cat."
+FIRST = ("Here is the start of a story. Once upon a time a little cat lived in a big house by the sea. Every "
+         "morning she watched the boats leave the harbour, and every evening she slept by the fire. One day a "
+         "storm came. How does the story end?")
 SECOND = "Now tell it again, with a dog."
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
           "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
