@@ -116,7 +116,8 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, GenerationMixin, Convers
 
         Args:
             inputs: a prompt, a list of prompts (right-padded; ``trace.lengths`` keeps real lengths),
-                token ids (list of int) or an integer ``mx.array`` of shape ``(batch, seq)``.
+                token ids (list of int), an integer ``mx.array`` of shape ``(batch, seq)``, or a
+                :class:`~mlxterp.conversation.Conversation` (or a list of them).
             interventions: ``{module name: fn}``, each ``fn(activation) -> activation``.
             compile: ``False`` eager, ``True`` compiled, ``"auto"`` eager the first time a graph
                 structure is seen and compiled once it repeats.

@@ -7,11 +7,13 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mlxterp import InterpretableModel
 from mlxterp import interventions as iv
 from mlxterp.conversation import Conversation
-from tests.conversation.chat_tokenizers import chat_tokenizer
+from tests.conversation.chat_tokenizers import CHARS, chat_tokenizer
 from tests.conversation.conftest import MESSAGES
 from tests.generation.reference import mlx_lm_tokens
 from tests.models import tiny_llama_module
@@ -160,3 +162,36 @@ def test_a_cache_copy_is_independent(chat):
     assert branch.cache.tokens != conv.cache.tokens and conv.cache.size == len(conv.tokens) + N - 1
     conv.cache.clear()
     assert conv.cache.size == 0 and branch.cache.size > 0
+
+
+_MODELS: dict = {}
+_WORDS = st.text(alphabet=CHARS.replace("\n", ""), min_size=1, max_size=8)
+
+
+def _family_model(family: str) -> InterpretableModel:
+    if family not in _MODELS:
+        _MODELS[family] = InterpretableModel(tiny_llama_module(seed=2), tokenizer=chat_tokenizer(family))
+    return _MODELS[family]
+
+
+@settings(max_examples=12, deadline=None)
+@given(family=st.sampled_from(["chatml", "llama3", "gemma3"]), compile=st.sampled_from([False, "auto"]),
+       first=_WORDS, moves=st.lists(st.tuples(st.sampled_from(["generated", "typed", "back"]), _WORDS, _WORDS),
+                                    min_size=1, max_size=4))
+def test_any_sequence_of_turns_generates_what_the_whole_conversation_does(family, compile, first, moves):
+    model = _family_model(family)
+    history = [model.conversation([{"role": "user", "content": first}])]
+    conv, last = history[0], None
+    for move, reply, question in [("start", "", "")] + moves:
+        if move == "typed":
+            conv = conv.reply(reply) + {"role": "user", "content": question}
+        elif move == "generated":
+            conv = conv.reply(last) + {"role": "user", "content": question}
+        elif move == "back":  # a branch from an earlier turn: the cache keeps only what the branches share
+            conv = history[len(question) % len(history)].reply(reply) + {"role": "user", "content": question}
+        cached = conv.cache.tokens
+        last = model.generate(conv, 4, ignore_eos=True, compile=compile)
+        alone = model.generate(model.conversation(conv.messages), 4, ignore_eos=True, compile=compile)
+        assert last.tokens == alone.tokens == mlx_lm_tokens(model.model, conv.tokens, 4)
+        assert conv.cache.reused == min(common_prefix(cached, conv.tokens), len(conv.tokens) - 1)
+        history.append(conv)
