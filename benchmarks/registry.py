@@ -16,6 +16,7 @@ SUITES: dict[str, str] = {
     "analysis": "benchmarks.suite_analysis",
     "attention": "benchmarks.suite_attention",
     "generate": "benchmarks.suite_generate",
+    "conversation": "benchmarks.suite_conversation",
     "gguf": "benchmarks.suite_gguf",
     "views": "benchmarks.suite_views",
     "das": "benchmarks.suite_das",

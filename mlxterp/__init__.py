@@ -7,6 +7,7 @@ from . import circuits, interventions
 from .activation_cache import ActivationCache
 from .activations import batch_get_activations, collect_activations, get_activations
 from .circuits import DAS, Circuit, EdgeScores
+from .conversation import Conversation
 from .model import InterpretableModel
 from .names import ModuleNameError
 from .store import ActivationStore
@@ -24,6 +25,7 @@ __all__ = [
     "ActivationCache",
     "ActivationStore",
     "Circuit",
+    "Conversation",
     "DAS",
     "EdgeScores",
     "InterpretableModel",

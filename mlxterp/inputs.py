@@ -6,14 +6,29 @@ change it), and the true lengths are kept so "position -1" can mean each row's l
 
 from __future__ import annotations
 
+import abc
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import mlx.core as mx
 import numpy as np
 
-INPUT_KINDS = ("str, list of str, list of int, list of lists of int, or an integer mx.array of shape (seq,) "
-               "or (batch, seq)")
+INPUT_KINDS = ("str, list of str, list of int, list of lists of int, an integer mx.array of shape (seq,) "
+               "or (batch, seq), or a Conversation (or a list of them)")
+
+
+class PromptObject(abc.ABC):
+    """An input that gives its own token ids (a :class:`mlxterp.conversation.Conversation`): traces,
+    generation and the helpers built on them take it wherever they take a prompt."""
+
+    @abc.abstractmethod
+    def token_ids(self, tokenizer: Any) -> list[int]:
+        """The prompt's token ids for ``tokenizer`` (the model's); raises if they are not its."""
+
+    def for_generation(self, owner: Any) -> Optional[Any]:
+        """Called before a generation of this prompt alone: checks it can be generated from, and returns a
+        KV prefix cache to resume (see :class:`mlxterp.generation.Generation`) or ``None``."""
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +48,8 @@ def to_token_batch(inputs: Any, tokenizer: Any, vocab_rows: int | None, pad_id: 
     """Normalise ``inputs`` (see :data:`INPUT_KINDS`) and check every id is below ``vocab_rows``."""
     if isinstance(inputs, str):
         rows = [_encode(tokenizer, inputs)]
+    elif isinstance(inputs, PromptObject):
+        rows = [inputs.token_ids(tokenizer)]
     elif isinstance(inputs, mx.array):
         return _check_array_range(inputs, array_batch(inputs), vocab_rows)
     elif isinstance(inputs, np.ndarray):
@@ -48,6 +65,8 @@ def token_rows(inputs: Any, tokenizer: Any) -> list[list[int]]:
     """The unpadded token rows of ``inputs`` (see :data:`INPUT_KINDS`; an array's rows are taken whole)."""
     if isinstance(inputs, str):
         return [_encode(tokenizer, inputs)]
+    if isinstance(inputs, PromptObject):
+        return [inputs.token_ids(tokenizer)]
     if isinstance(inputs, (mx.array, np.ndarray)):
         return array_batch(mx.array(inputs)).tokens.tolist()
     if isinstance(inputs, (list, tuple)):
@@ -60,6 +79,8 @@ def _rows_from_sequence(inputs: Sequence, tokenizer: Any) -> list[list[int]]:
         raise ValueError(f"inputs is empty; expected {INPUT_KINDS}")
     if all(isinstance(x, str) for x in inputs):
         return [_encode(tokenizer, x) for x in inputs]
+    if all(isinstance(x, PromptObject) for x in inputs):
+        return [x.token_ids(tokenizer) for x in inputs]
     if all(is_int(x) for x in inputs):
         return [[int(x) for x in inputs]]
     if all(isinstance(x, (list, tuple)) and all(is_int(t) for t in x) for x in inputs):

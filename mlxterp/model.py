@@ -14,6 +14,7 @@ from .adapters import Architecture, architecture_for
 from .adapters.attention import AttentionPoints
 from .analysis.methods import AnalysisMixin
 from .circuits.methods import CircuitsMixin
+from .conversation.methods import ConversationMixin
 from .edits.methods import EditMixin
 from .generation.methods import GenerationMixin
 from .inputs import TokenBatch, to_token_batch
@@ -27,7 +28,8 @@ from .tracing.trace import Trace
 CAPTURE_CHOICES = "'all' (every module output), 'saved' (only .save()-d values) or a list of module names"
 
 
-class InterpretableModel(TokenizerMixin, AnalysisMixin, CircuitsMixin, GenerationMixin, EditMixin):
+class InterpretableModel(TokenizerMixin, AnalysisMixin, CircuitsMixin, GenerationMixin, ConversationMixin,
+                         EditMixin):
     """An MLX model with tracing, interventions and analysis helpers.
 
     Args:
@@ -119,9 +121,10 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, CircuitsMixin, Generatio
 
         Args:
             inputs: a prompt, a list of prompts (right-padded; ``trace.lengths`` keeps real lengths),
-                token ids (list of int) or an integer ``mx.array`` of shape ``(batch, seq)``. ``None``: the
-                prompts come from ``with tr.invoke(prompt):`` blocks inside the trace, one batch of all of
-                them (see :meth:`Trace.invoke`).
+                token ids (list of int), an integer ``mx.array`` of shape ``(batch, seq)``, or a
+                :class:`~mlxterp.conversation.Conversation` (or a list of them). ``None``: the prompts come
+                from ``with tr.invoke(prompt):`` blocks inside the trace, one batch of all of them (see
+                :meth:`Trace.invoke`).
             interventions: ``{module name: fn}``, each ``fn(activation) -> activation`` (applied after the
                 model's edits, if it has any: see :meth:`edit`).
             compile: ``False`` eager, ``True`` compiled, ``"auto"`` eager the first time a graph

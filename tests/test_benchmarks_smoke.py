@@ -44,6 +44,7 @@ def test_every_registered_case_reports_a_row(smoke_run):
                                         ("batch_get_activations", 2), ("attribution_patching", 1),
                                         ("pattern_one_layer", 2), ("pattern_all_layers", 2), ("head_patching", 2),
                                         ("generate_steering", 1), ("generate_variants", 1), ("generate_saves", 1),
+                                        ("conversation_turn", 1),
                                         ("replay", 1), ("steering_scan", 1), ("gradient", 1),
                                         ("gguf_forward", 1), ("gguf_demo", 1), ("sweep_interrupt", 2),
                                         ("attention_view", 2), ("das_sites", 1), ("edited_forward", 4),

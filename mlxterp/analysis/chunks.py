@@ -15,14 +15,23 @@ import dataclasses
 import math
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import mlx.core as mx
 
 if TYPE_CHECKING:
     from ..model import InterpretableModel
 
-Cell = Tuple[int, Optional[int]]  # (layer, index along the site's cell axis: a position or a head); None: all
+
+class Span(NamedTuple):
+    """Positions ``start:stop`` patched together as one cell (a conversation's turn)."""
+
+    start: int
+    stop: int
+
+
+# (layer, index along the site's cell axis: a position, a Span of positions, or a head); None: all
+Cell = Tuple[int, Union[None, int, Span]]
 
 # Estimated seconds one chunk may take: Ctrl-C is taken between chunks. The estimate is linear in the rows
 # and errs long where a fast BLAS batches many rows better than few (SmolLM2 float32 on OpenBLAS: a

@@ -59,7 +59,7 @@ import numpy as np
 
 from ..interrupts import at_step_end
 from ..tracing.proxy import apply
-from .chunks import Cell, chunker
+from .chunks import Cell, Span, chunker
 from .components import ComponentSite
 from .metrics import distance
 from .programs import run_program
@@ -157,8 +157,8 @@ def auto_batch_size(sites: Dict[int, ComponentSite], seq_len: int) -> int:
 
 def cell_mask(rows: int, shape: Sequence[int], new_cells: Sequence[Cell], axis: int = 1) -> mx.array:
     """Boolean mask for a component output of ``shape``: the last ``len(new_cells)`` rows at their cells'
-    index along ``axis`` (1: positions, ``(rows, seq, 1, ...)``; 2: heads, ``(rows, 1, heads, 1)``), or whole
-    for an index of None."""
+    index along ``axis`` (1: positions, ``(rows, seq, 1, ...)``, a :class:`~.chunks.Span` marking its
+    positions; 2: heads, ``(rows, 1, heads, 1)``), or whole for an index of None."""
     dims = [rows] + [1] * (len(shape) - 1)
     dims[axis] = shape[axis]
     mask = np.zeros(dims, dtype=np.bool_)
@@ -167,8 +167,14 @@ def cell_mask(rows: int, shape: Sequence[int], new_cells: Sequence[Cell], axis: 
         if index is None:
             mask[first + k] = True
         else:
-            mask[(first + k,) + (0,) * (axis - 1) + (index,)] = True
+            at = slice(*index) if isinstance(index, Span) else index
+            mask[(first + k,) + (0,) * (axis - 1) + (at,)] = True
     return mx.array(mask)
+
+
+def before(index: Any, prefix: int) -> bool:
+    """Whether a cell's positions (a position or a :class:`~.chunks.Span`) all lie before ``prefix``."""
+    return index.stop <= prefix if isinstance(index, Span) else index < prefix
 
 
 def run_sweep(model: InterpretableModel, tokens: mx.array, sites: Dict[int, ComponentSite], cells: List[Cell], metric: Any, *,
@@ -181,7 +187,8 @@ def run_sweep(model: InterpretableModel, tokens: mx.array, sites: Dict[int, Comp
         tokens: ``(2, seq)``: clean prompt in row 0, corrupted in row 1.
         sites: component site per layer.
         cells: ``(layer, index or None)`` variants, sorted by layer; the index selects along the site's
-            ``cell_axis`` (a position, or a head), None patches the whole output.
+            ``cell_axis`` (a position, a :class:`~.chunks.Span` of positions, or a head), None patches the
+            whole output.
         metric: a :class:`~.metrics.Metric` or distance name (see :mod:`.metrics`).
         norm_path: final norm whose input is cut to the last position (None: project every position).
         batch_size: patched rows per chunk (None: chunks sized by time, see :func:`.chunks.plan_chunks`).
@@ -189,7 +196,7 @@ def run_sweep(model: InterpretableModel, tokens: mx.array, sites: Dict[int, Comp
         desc: progress bar label.
     """
     prefix = shared_prefix(tokens)
-    skipped = [c for c in cells if c[1] is not None and sites[c[0]].cell_axis == 1 and c[1] < prefix]
+    skipped = [c for c in cells if c[1] is not None and sites[c[0]].cell_axis == 1 and before(c[1], prefix)]
     skip = set(skipped)
     todo = [c for c in cells if c not in skip]
     rows = batch_size or auto_batch_size(sites, tokens.shape[1])

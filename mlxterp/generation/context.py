@@ -23,7 +23,7 @@ from .cache import cache_layers, static_eligible
 from .loop import run_steps
 from .plan import Geometry, StepPlan, StepRange
 from .program import MlxLmEngine, Programs, StaticEngine, decode_probe, static_disagreement
-from .prompts import PromptBatch
+from .prompts import PromptBatch, prefix_cache
 from .result import GenerationResult
 from .sampling import Rows, TokenEvent, check_sampling, eos_ids, stop_strings, token_sampler
 
@@ -162,6 +162,7 @@ class Generation:
         self._stops = stop_strings(stop)
         self._eos = frozenset() if ignore_eos else eos_ids(owner.tokenizer)
         self._stream = stream
+        self._prefix = prefix_cache(owner, prompt)  # a conversation's KV cache, resumed by a plain run
         self.prompts = PromptBatch.of(owner, prompt, chat)
         self._settings = (temperature, top_p, top_k, seed, self._vocab() if top_k else None)
         check_sampling(*self._settings)  # top_k against the vocabulary
@@ -315,9 +316,19 @@ class Generation:
         programs = Programs(owner.model, store, self._probe, self._count_trace, owner._executor.points)
         rows = Rows(self.prompts.size, self.max_new_tokens, self._eos, self._stops, self._decoder(), self._stream)
         sampler = token_sampler(*self._settings)  # a fresh key sequence per run
-        per_step = run_steps(plan, programs, engine, self.prompts.tokens, sampler, rows, recorder.graph)
+        resumes = self._resumes()
+        start = self._prefix.resume(owner.model, engine, self.prompts.rows[0]) if resumes else 0
+        per_step = run_steps(plan, programs, engine, self.prompts.tokens[:, start:], sampler, rows, recorder.graph)
+        if resumes:
+            self._prefix.keep(owner.model, engine, self.prompts.rows[0] + tuple(rows.tokens[0]))
         self._bind(per_step, plan)
         self._mode, self._num_steps, self._rows = engine.mode, len(per_step), rows
+
+    def _resumes(self) -> bool:
+        """Whether this run starts from its prompt's KV prefix cache (and keeps its own KV there): one prompt
+        that carries a cache (a conversation), and a program that records nothing (a write would change the
+        keys and values, and a read of the prompt pass would see only the positions it runs)."""
+        return self._prefix is not None and self.prompts.size == 1 and len(self._recorder.graph) == 0
 
     def _engine(self, layers: int) -> Any:
         mode = self._recorder.compile_mode

@@ -25,7 +25,9 @@ class GenerationMixin:
 
         Args:
             prompt: a prompt, a list of prompts (one batch, left-padded; each row generates as if alone),
-                token ids, or an integer ``mx.array`` ``(batch, seq)``.
+                token ids, an integer ``mx.array`` ``(batch, seq)``, or a
+                :class:`~mlxterp.conversation.Conversation` (continued from its KV cache when nothing is
+                recorded: only the tokens the cache lacks run).
             max_new_tokens: most tokens to generate per prompt.
             temperature: 0 is greedy; above 0 samples from ``softmax(logits / temperature)``.
             top_p: nucleus sampling (1 keeps every token); needs ``temperature > 0``.

@@ -15,7 +15,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..core import WrappedModel
-from ..inputs import TokenBatch, check_range, token_rows
+from ..inputs import PromptObject, TokenBatch, check_range, token_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,9 +29,10 @@ class PromptBatch:
     @staticmethod
     def of(owner: WrappedModel, prompt: Any, chat: bool) -> "PromptBatch":
         """Normalise ``prompt`` (a str, a list of str, token ids, or an integer array) for ``owner``."""
-        single = isinstance(prompt, str) or _is_id_list(prompt) or (isinstance(prompt, mx.array) and prompt.ndim == 1)
+        single = (isinstance(prompt, (str, PromptObject)) or _is_id_list(prompt)
+                  or (isinstance(prompt, mx.array) and prompt.ndim == 1))
         if chat:
-            prompt = [_chat_ids(owner.tokenizer, p) for p in ([prompt] if isinstance(prompt, str) else prompt)]
+            prompt = [_chat_ids(owner.tokenizer, p) for p in ([prompt] if single else prompt)]
         rows = token_rows(prompt, owner.tokenizer)
         tokens = left_pad(rows, owner._pad_id())
         check_range(TokenBatch(tokens, tuple(len(r) for r in rows)), owner._embedding_rows)
@@ -62,6 +63,18 @@ class PromptBatch:
         return per_row[0] if self.single else per_row
 
 
+def prefix_cache(owner: WrappedModel, prompt: Any) -> Any:
+    """The KV prefix cache a prompt object carries (a conversation's, see
+    :meth:`mlxterp.inputs.PromptObject.for_generation`), or None; each prompt object of a batch is checked,
+    and a batch starts from nothing."""
+    if isinstance(prompt, PromptObject):
+        return prompt.for_generation(owner)
+    for item in prompt if isinstance(prompt, (list, tuple)) else ():
+        if isinstance(item, PromptObject):
+            item.for_generation(owner)
+    return None
+
+
 def left_pad(rows: list[list[int]], pad_id: int) -> mx.array:
     """Left-pad token rows with ``pad_id`` into one int32 array."""
     width = max(len(r) for r in rows)
@@ -78,6 +91,9 @@ def _is_id_list(prompt: Any) -> bool:
 
 def _chat_ids(tokenizer: Any, message: Any) -> list[int]:
     """Token ids of one user message in the tokenizer's chat template, ready for the assistant's answer."""
+    if isinstance(message, PromptObject):
+        raise TypeError(f"chat=True wraps text in the chat template, and this {type(message).__name__} is in it "
+                        "already: generate it without chat=True")
     if not isinstance(message, str):
         raise TypeError(f"chat=True needs prompts as text, got {type(message).__name__}")
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
