@@ -8,7 +8,8 @@ from .activation_cache import ActivationCache
 from .activations import batch_get_activations, collect_activations, get_activations
 from .model import InterpretableModel
 from .names import ModuleNameError
-from .store import ActivationStore
+from .dictionaries import SAE, Transcoder, train
+from .store import ActivationStore, PromptFile
 from .tracing.module_proxy import LayerListProxy, ModuleProxy
 from .tracing.program import ParamSpec, Program, param
 from .tracing.proxy import Proxy, apply
@@ -28,12 +29,16 @@ __all__ = [
     "OutputProxy",
     "ParamSpec",
     "Program",
+    "PromptFile",
     "Proxy",
+    "SAE",
     "Trace",
+    "Transcoder",
     "apply",
     "batch_get_activations",
     "collect_activations",
     "get_activations",
     "interventions",
     "param",
+    "train",
 ]
