@@ -17,6 +17,7 @@ SUITES: dict[str, str] = {
     "attention": "benchmarks.suite_attention",
     "generate": "benchmarks.suite_generate",
     "gguf": "benchmarks.suite_gguf",
+    "dictionaries": "benchmarks.suite_dictionaries",
 }
 
 Case = Callable[..., Iterable]

@@ -21,7 +21,8 @@ have none in practice). Gradients flow through the selected values only, as thro
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+import math
+from typing import Callable, Optional, Tuple
 
 import mlx.core as mx
 
@@ -62,6 +63,41 @@ def architecture(name: str) -> Architecture:
     return found
 
 
+# -- selection ---------------------------------------------------------------------------------------
+def kth_largest(values: mx.array, k: int) -> mx.array:
+    """The ``k``-th largest value along the last axis, ``(..., 1)``: exactly ``topk(values, k).min()``, found
+    in about half the time (a partial sort of every value is the costliest part of a TopK step).
+
+    The row is cut into chunks of ``c``; the ``k`` chunks with the largest maxima hold every value larger than
+    the ``k``-th largest chunk maximum ``L`` (fewer than ``k`` chunks have a maximum above ``L``) and at
+    least ``k`` values ``>= L``, so the ``k``-th largest of their ``k * c`` values is the row's (ties
+    included). Rows whose length has no suitable chunk size take the plain top-k.
+    """
+    return _kth_and_candidates(values, k)[0]
+
+
+def _kth_and_candidates(values: mx.array, k: int) -> Tuple[mx.array, mx.array]:
+    """:func:`kth_largest` and the values it was read from (every value larger than it is among them)."""
+    n = values.shape[-1]
+    c = _chunk(n, k)
+    if c is None:
+        return mx.topk(values, k, axis=-1).min(axis=-1, keepdims=True), values
+    lead = values.shape[:-1]
+    blocks = values.reshape(*lead, n // c, c)
+    best = mx.argpartition(-blocks.max(axis=-1), k - 1, axis=-1)[..., :k]
+    chosen = mx.take_along_axis(blocks, best[..., None], axis=-2).reshape(*lead, k * c)
+    return mx.topk(chosen, k, axis=-1).min(axis=-1, keepdims=True), chosen
+
+
+def _chunk(n: int, k: int) -> Optional[int]:
+    """The smallest divisor ``c >= max(8, sqrt(n / k))`` of ``n`` leaving at least ``2k`` chunks, or None."""
+    low = max(8, math.ceil(math.sqrt(n / max(k, 1))))
+    for c in range(low, n // (2 * k) + 1):
+        if n % c == 0:
+            return c
+    return None
+
+
 # -- inference ---------------------------------------------------------------------------------------
 def relu(pre: mx.array) -> mx.array:
     return mx.maximum(pre, 0)
@@ -69,7 +105,7 @@ def relu(pre: mx.array) -> mx.array:
 
 def topk(pre: mx.array, k: int) -> mx.array:
     """ReLU of the ``k`` largest values of each row (last axis), 0 elsewhere."""
-    kth = mx.topk(pre, k, axis=-1).min(axis=-1, keepdims=True)
+    kth = kth_largest(pre, k)
     return mx.where(pre >= kth, mx.maximum(pre, 0), 0)
 
 
@@ -119,32 +155,56 @@ def _sum_leading(value: mx.array, like: mx.array) -> mx.array:
     return value.reshape(-1, like.shape[-1]).sum(axis=0).reshape(like.shape)
 
 
+@mx.custom_function
+def select(pre: mx.array, threshold: mx.array) -> mx.array:
+    """``pre`` where ``pre >= threshold`` and ``pre > 0``, else 0; its gradient passes where the output is
+    not 0 (one elementwise pass each way, and no gradient to the threshold)."""
+    return mx.where((pre >= threshold) & (pre > 0), pre, 0)
+
+
+@select.vjp
+def _select_vjp(primals: tuple, cotangent: mx.array, output: mx.array) -> tuple:
+    pre, threshold = primals
+    return mx.where(output > 0, cotangent, 0), mx.zeros_like(threshold)
+
+
 def topk_train(pre: mx.array, k: int) -> mx.array:
     """:func:`topk` whose gradient reaches only the selected values (the selection is a constant)."""
-    kth = mx.stop_gradient(mx.topk(pre, k, axis=-1).min(axis=-1, keepdims=True))
-    return mx.where(pre >= kth, mx.maximum(pre, 0), 0)
+    return select(pre, mx.stop_gradient(kth_largest(pre, k)))
 
 
-def batch_threshold(values: mx.array, count: int, gather: Optional[Callable[[mx.array], mx.array]] = None) -> mx.array:
-    """The ``count``-th largest of ``values`` (all axes), over every rank's batch when ``gather`` (an
-    ``all_gather`` of this rank's candidates) is given: each rank's ``count`` largest are candidates."""
-    flat = mx.stop_gradient(values).reshape(-1)
-    local = mx.topk(flat, min(count, flat.size))
+def batch_threshold(pre: mx.array, count: int, gather: Optional[Callable[[mx.array], mx.array]] = None,
+                    ) -> Tuple[mx.array, mx.array]:
+    """BatchTopK's selection over the whole batch (every rank's, when ``gather`` is an ``all_gather`` of this
+    rank's candidates): ``(tau, smallest)`` where the selected values are those ``>= tau`` and ``> 0``, and
+    ``smallest`` is the least of them on this rank (``inf`` when it selected none).
+
+    ``tau = max(t, 0)`` for ``t`` the ``count``-th largest pre-activation: the ``count``-th largest of
+    ``ReLU(pre)`` (fewer positive values than ``count`` make both 0). Every selected value is among the
+    candidates the threshold was found from (this rank's ``count`` largest, or the chunks of
+    :func:`kth_largest`), so ``smallest`` is read from them rather than from the whole batch."""
+    flat = mx.stop_gradient(pre).reshape(1, -1)
     if gather is None:
-        return local.min()
-    return mx.topk(gather(local), count).min()
+        t, candidates = _kth_and_candidates(flat, count)
+        t = t.reshape(())
+    else:
+        candidates = mx.topk(flat[0], min(count, flat.size))
+        t = mx.topk(gather(candidates), count).min()
+    tau = mx.maximum(t, 0)
+    smallest = mx.where((candidates >= tau) & (candidates > 0), candidates, mx.inf).min()
+    return tau, smallest
 
 
-def batchtopk_train(pre: mx.array, k_batch: int, gather: Optional[Callable] = None) -> mx.array:
-    """The ``k_batch`` largest ReLU'd pre-activations of the whole batch (every rank's, with ``gather``)."""
-    acts = mx.maximum(pre, 0)
-    tau = batch_threshold(acts, k_batch, gather)
-    return mx.where((acts >= tau) & (acts > 0), acts, 0)
+def batchtopk_train(pre: mx.array, k_batch: int, gather: Optional[Callable] = None) -> Tuple[mx.array, mx.array]:
+    """The ``k_batch`` largest ReLU'd pre-activations of the whole batch, and the smallest of them on this
+    rank (see :func:`batch_threshold`)."""
+    tau, smallest = batch_threshold(pre, k_batch, gather)
+    return select(pre, tau), smallest
 
 
 def auxk_acts(pre: mx.array, dead: mx.array, k_aux: int) -> mx.array:
     """AuxK's latents (Gao et al. 2024): the ``k_aux`` largest pre-activations among the dead latents of
     each row, through ReLU (live latents never selected; fewer dead than ``k_aux`` selects all of them)."""
     masked = mx.where(dead, pre, -mx.inf)
-    kth = mx.stop_gradient(mx.topk(masked, k_aux, axis=-1).min(axis=-1, keepdims=True))
+    kth = mx.stop_gradient(kth_largest(masked, k_aux))
     return mx.where(dead & (masked >= kth), mx.maximum(pre, 0), 0)
