@@ -92,6 +92,12 @@ class Dictionary(nn.Module):
     def has_weights(self) -> bool:
         return "W_enc" in self
 
+    @property
+    def label(self) -> str:
+        """``architecture@site`` (``architecture@site->site_out`` for a transcoder), for tables and plots."""
+        c = self.config
+        return f"{c.architecture}@{c.site}" + (f"->{c.site_out}" if c.kind == "transcoder" else "")
+
     def __repr__(self) -> str:
         c = self.config
         k = f", k={c.k:g}" if c.k is not None else ""

@@ -51,7 +51,7 @@ class DictionaryObjective(Objective):
         self.key_in, self.key_out = key_in, key_out
         self.keys = (key_in,) if key_in == key_out else (key_in, key_out)
         self.batch = int(batch_size)
-        self.name = f"{c.architecture}@{c.site}"
+        self.name = dictionary.label
         self.k_batch = max(1, round(c.k * self.batch)) if c.architecture == "batchtopk" else 0
 
     # -- arrays ------------------------------------------------------------------------------------

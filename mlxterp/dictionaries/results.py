@@ -55,7 +55,7 @@ class TrainResult:
         lines = [f"TrainResult({self.steps} steps x {self.batch_size} = {self.tokens:,} tokens"
                  + (f", resumed at step {self.start}" if self.start else "") + ")"]
         for d, last in zip(self.dictionaries, self.final()):
-            lines.append(f"  {d.architecture}@{d.site}: FVE {last.get('fve', float('nan')):.3f}, "
+            lines.append(f"  {d.label}: FVE {last.get('fve', float('nan')):.3f}, "
                          f"L0 {last.get('l0', float('nan')):.1f}, dead {100 * last.get('dead', float('nan')):.1f}%")
         return "\n".join(lines)
 
@@ -85,7 +85,7 @@ class TrainResult:
         axes = fig.subplots(1, len(metrics), squeeze=False)[0]
         for ax, metric in zip(axes, metrics):
             for d, h in zip(self.dictionaries, self.history):
-                ax.plot(np.arange(1, len(h[metric]) + 1) * self.batch_size, h[metric], label=f"{d.architecture}@{d.site}")
+                ax.plot(np.arange(1, len(h[metric]) + 1) * self.batch_size, h[metric], label=d.label)
             ax.set_xlabel("tokens")
             ax.set_title(metric)
         axes[0].legend(fontsize="small")

@@ -51,9 +51,10 @@ class Source(abc.ABC):
 
     @abc.abstractmethod
     def batches(self, batch_size: int, seed: int, comm: Comm, cursor: Optional[Cursor] = None,
-                ) -> Iterator[Tuple[Batch, Cursor]]:
+                total: Optional[int] = None) -> Iterator[Tuple[Batch, Cursor]]:
         """This rank's share of every global batch from ``cursor`` on (the start when None), each with the
-        cursor after it."""
+        cursor after it. ``total``: how many batches the run draws in all (a source may then avoid
+        preparing rows it will never give)."""
 
 
 def _rank_rows(batch_size: int, comm: Comm) -> slice:
@@ -84,7 +85,7 @@ class ArraySource(Source):
         return {"kind": "arrays", "rows": self.rows, "widths": self.widths, "digest": self._digest}
 
     def batches(self, batch_size: int, seed: int, comm: Comm, cursor: Optional[Cursor] = None,
-                ) -> Iterator[Tuple[Batch, Cursor]]:
+                total: Optional[int] = None) -> Iterator[Tuple[Batch, Cursor]]:
         b = int(cursor["batch"]) if cursor else 0
         mine = _rank_rows(batch_size, comm)
         orders: Dict[int, np.ndarray] = {}
@@ -141,7 +142,7 @@ class StoreSource(Source):
                 "rows": self.rows, "keys": self.keys, "dtype": m.get("dtype")}
 
     def batches(self, batch_size: int, seed: int, comm: Comm, cursor: Optional[Cursor] = None,
-                ) -> Iterator[Tuple[Batch, Cursor]]:
+                total: Optional[int] = None) -> Iterator[Tuple[Batch, Cursor]]:
         b = int(cursor["batch"]) if cursor else 0
         mine = _rank_rows(batch_size, comm)
         while True:
@@ -221,16 +222,18 @@ class LiveSource(Source):
                 "prompt_batch": self.prompt_batch, "shuffle_batches": self.shuffle_batches}
 
     def batches(self, batch_size: int, seed: int, comm: Comm, cursor: Optional[Cursor] = None,
-                ) -> Iterator[Tuple[Batch, Cursor]]:
+                total: Optional[int] = None) -> Iterator[Tuple[Batch, Cursor]]:
         self._seed = seed
         window = dict(cursor) if cursor else {"window": 0, "epoch": 0, "prompt": 0, "offset": 0, "batch": 0}
         mine = _rank_rows(batch_size, comm)
-        size = batch_size * self.shuffle_batches
         while True:
-            rows, following = self._window(window, size, seed, comm)
-            for i in range(window["batch"], self.shuffle_batches):
+            count = self.shuffle_batches  # the run's last window holds only the batches it still draws
+            if total is not None:
+                count = max(1, min(count, total - window["window"] * self.shuffle_batches))
+            rows, following = self._window(window, batch_size * count, seed, comm)
+            for i in range(window["batch"], count):
                 batch = {k: v[i * batch_size + mine.start: i * batch_size + mine.stop] for k, v in rows.items()}
-                last = i + 1 == self.shuffle_batches
+                last = i + 1 == count
                 yield batch, ({**following, "batch": 0} if last else {**window, "batch": i + 1})
             window = {**following, "batch": 0}
 

@@ -102,7 +102,7 @@ def fit(objectives: Sequence[Objective], source: Source, settings: FitSettings, 
             start, cursor, done = found["step"], found["cursor"], found["done"]
             states = [runner.restore(i, arrays) for i, arrays in enumerate(found["arrays"])]
     began = time.perf_counter()
-    iterator = source.batches(settings.batch_size, settings.seed, comm, cursor)
+    iterator = source.batches(settings.batch_size, settings.seed, comm, cursor, total=settings.steps)
     if states is None:
         first = next(iterator)  # the first batch initializes fresh weights from data, then is trained on
         _check_finite(first[0], 0)

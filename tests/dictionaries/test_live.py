@@ -113,3 +113,11 @@ def test_training_leaves_the_model_unchanged(model, module):
           tokens=24, batch_size=12, progress=False)
     assert {path: type(m) for path, m in module.named_modules()} == classes
     assert mx.array_equal(module(tokens), before).item()
+
+
+def test_the_last_window_holds_only_the_batches_the_run_draws(model):
+    """3 batches of 12 rows with windows of 8 batches: 36 rows (6 prompts, one forward of 6), not 96."""
+    dicts = [SAE.create("topk", d_sae=32, k=4, site="layers.1.resid_pre")]
+    short = train(dicts, model=model, prompts=PROMPTS, tokens=36, batch_size=12, prompt_batch=6, shuffle_batches=8,
+                  progress=False)
+    assert short.forwards == 1

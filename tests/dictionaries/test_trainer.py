@@ -29,7 +29,7 @@ class ListSource(Source):
     def identity(self):
         return {"kind": "list", "n": len(self.items)}
 
-    def batches(self, batch_size, seed, comm, cursor=None):
+    def batches(self, batch_size, seed, comm, cursor=None, total=None):
         start = cursor["batch"] if cursor else 0
         for i in range(start, len(self.items)):
             yield {k: mx.array(v) for k, v in self.items[i].items()}, {"batch": i + 1}
