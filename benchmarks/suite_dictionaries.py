@@ -6,8 +6,9 @@ K dictionaries against one forward plus the K steps.
                       forward and backward, compiled (``value_and_grad`` of ``||(x @ W_enc) @ W_dec - x||^2``
                       with respect to both: 5 matmuls of ``batch x d_in x d_sae``). The step is the trainer's
                       own compiled function (forward, backward, Adam, unit-norm decoder, dead-latent counters,
-                      metrics) with no dead latents; the rows marked ``+AuxK`` have half the latents dead (the
-                      AuxK term adds a decoder pass and its backward). Target for TopK and BatchTopK: <= 1.5x.
+                      metrics) with no dead latents; the rows marked ``+AuxK`` have every 16th latent dead (288:
+                      the AuxK term then works on 512 latents, dead ones first). Target for TopK and BatchTopK:
+                      <= 1.5x.
 ``live_training``     ``mlxterp.train`` of K = 3 TopK SAEs at 3 sites of llama256, live on 64-token prompts,
                       against the work it cannot avoid, measured in the same run: the program forward (saving
                       the 3 sites, stopped after the last) over the same prompt chunks, plus the K compiled
@@ -69,10 +70,9 @@ def _step(arch: str, size: Dict[str, int], x: mx.array, aux: bool) -> Any:
     obj = DictionaryObjective(sae, "x", "x", size["batch"])
     params, state = obj.init_params(), obj.init_state()
     moments = adam_init(params)
-    variant = None
-    if aux and obj.arch.dead_latents:
-        state["since_fired"] = mx.where(mx.arange(size["d_sae"]) % 2 == 0, obj.config.dead_tokens, 0).astype(mx.int32)
-        variant = "aux"
+    if aux and obj.arch.dead_latents:  # every 16th latent dead
+        state["since_fired"] = mx.where(mx.arange(size["d_sae"]) % 16 == 0, obj.config.dead_tokens, 0).astype(mx.int32)
+    variant = obj.variant(state)
     step = make_step(obj, Comm(None), variant, (0.9, 0.999), 1e-8, 1.0)
     hyper = {"lr": mx.array(1e-4), "t": mx.array(1.0), "coef": mx.array(1.0)}
     return lambda: mx.eval(step(params, moments, state, {"x": x}, hyper))

@@ -89,11 +89,17 @@ class DictionaryObjective(Objective):
         return {"coef": ramp(step, round(self.config.sparsity_warmup * total))}
 
     def variant(self, state: Tree) -> Any:
-        """``"aux"`` while some latent is dead (TopK/BatchTopK add AuxK then), else ``None``."""
+        """While some latent is dead (TopK/BatchTopK add AuxK then): how many latents the AuxK term works on,
+        the dead ones rounded up to a power of two (at least ``aux_k``; one compiled step per size), or all
+        of them once that is over a quarter (gathering so many columns costs more than it saves); else
+        ``None``."""
         if not self.arch.dead_latents:
             return None
-        dead = mx.any(state["since_fired"] >= self.config.dead_tokens).item()
-        return "aux" if dead else None
+        dead = int(mx.sum(state["since_fired"] >= self.config.dead_tokens).item())
+        if dead == 0:
+            return None
+        size = max(self.config.effective_aux_k, 1 << (dead - 1).bit_length())
+        return size if 4 * size <= self.config.d_sae else self.config.d_sae
 
     # -- the loss ----------------------------------------------------------------------------------
     def loss(self, params: Tree, state: Tree, batch: Dict[str, mx.array], hyper: Dict[str, mx.array],
@@ -115,8 +121,8 @@ class DictionaryObjective(Objective):
         sparsity = self._sparsity(pre, acts, params, hyper)
         aux["sparsity"] = mx.stop_gradient(sparsity)
         loss = loss + sparsity
-        if variant == "aux":
-            auxk = self._auxk(pre, y - mx.stop_gradient(recon), params, state, comm)
+        if variant is not None:
+            auxk = self._auxk(pre, y - mx.stop_gradient(recon), params, state, comm, variant)
             aux["auxk"] = mx.stop_gradient(auxk)
             loss = loss + auxk
         if smallest is not None:
@@ -144,12 +150,18 @@ class DictionaryObjective(Objective):
             return c.l0_coefficient * hyper["coef"] * l0 / self.batch
         return mx.array(0.0)
 
-    def _auxk(self, pre: mx.array, error: mx.array, params: Tree, state: Tree, comm: Comm) -> mx.array:
-        """AuxK (Gao et al. 2024): the dead latents' reconstruction of the error, normalized MSE."""
+    def _auxk(self, pre: mx.array, error: mx.array, params: Tree, state: Tree, comm: Comm, size: int) -> mx.array:
+        """AuxK (Gao et al. 2024): the dead latents' reconstruction of the error, normalized MSE. It works on
+        ``size`` latents, every dead one among them (dead first): with few dead latents, a
+        ``batch x size x d_in`` decoder pass instead of one over every latent."""
         c = self.config
         e = mx.stop_gradient(error)
         dead = state["since_fired"] >= c.dead_tokens
-        e_hat = archs.auxk_acts(pre, dead, c.effective_aux_k) @ params["W_dec"]
+        w_dec = params["W_dec"]
+        if size < c.d_sae:
+            chosen = mx.argsort(mx.where(dead, 0, 1))[:size]
+            pre, dead, w_dec = mx.take(pre, chosen, axis=1), mx.take(dead, chosen), mx.take(w_dec, chosen, axis=0)
+        e_hat = archs.auxk_acts(pre, dead, c.effective_aux_k) @ w_dec
         return c.aux_coefficient * mx.square(e_hat - e).sum() / _total_variance(e, comm, self.batch)
 
     # -- around the update -------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def library_loss(obj: DictionaryObjective, params: Dict[str, mx.array], x: np.nd
     batch = {"x": mx.array(x.astype(np.float32))}
     if y is not None:
         batch["y"] = mx.array(y.astype(np.float32))
-    variant = "aux" if dead is not None and dead.any() else None
+    variant = obj.variant(state)
     return obj.loss(params, state, batch, {"coef": mx.array(coef)}, Comm(None), variant)
 
 

@@ -138,3 +138,26 @@ def test_sparsity_warmup_ramps_the_coefficient():
     full = library_loss(obj, params, x, coef=1.0)[1]["sparsity"].item()
     half = library_loss(obj, params, x, coef=0.5)[1]["sparsity"].item()
     np.testing.assert_allclose(half, full / 2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_auxk_on_a_few_dead_latents_works_on_them_alone_with_the_same_loss_and_gradients(arch):
+    """5 dead latents of 128: the AuxK term runs on 8 gathered latents, the dead ones among them."""
+    rng = np.random.default_rng(8)
+    w = random_weights(rng, D_IN, 128)
+    x = rng.normal(size=(B, D_IN)) + 0.3
+    d = make(arch, w)
+    obj = objective(d, B)
+    dead = np.zeros(128, dtype=bool)
+    dead[[3, 40, 41, 90, 127]] = True
+    params = obj.init_params()
+    state = obj.init_state()
+    state["since_fired"] = mx.array(np.where(dead, obj.config.dead_tokens, 0).astype(np.int32))
+    assert obj.variant(state) == 8
+    loss, aux = library_loss(obj, params, x, dead=dead)
+    np.testing.assert_allclose(loss.item(), _reference_loss(arch, as_numpy(params), x, x, d, dead=dead), rtol=1e-5)
+    grads = mx.grad(lambda p: library_loss(obj, p, x, dead=dead)[0])(params)
+    base = as_numpy(params)
+    for name, index in (("W_dec", (40, 2)), ("W_dec", (90, 7)), ("W_enc", (1, 41)), ("b_enc", (127,))):
+        numeric = _central_difference(arch, base, name, index, x, d, dead)
+        assert abs(float(np.array(grads[name])[index]) - numeric) <= 1e-3 * max(1.0, abs(numeric)), (name, index)
