@@ -18,7 +18,8 @@ from tests.reference import llama_forward, rms_norm
 
 # 12 prompts of 7 characters: 8 tokens each with BOS, 7 kept -> 84 rows per epoch = one window of 7 x 12
 PROMPTS = [f"p{i:02d}:" + "abcdefgh"[i % 5: i % 5 + 3] for i in range(12)]
-SITES = ["layers.1.resid_pre", "layers.2.resid_mid", "layers.2.mlp.input", "layers.2.mlp", "layers.3"]
+SITES = ["layers.1.resid_pre", "layers.1.attn.input", "layers.1.attn", "layers.2.resid_mid", "layers.2.mlp.input",
+         "layers.2.mlp", "layers.3"]
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +39,10 @@ def reference_rows(module, prompts, keep_bos=False):
     for text in prompts:
         seen = {}
         llama_forward(module, mx.array([CharTokenizer().encode(text)]), lambda site, v: seen.setdefault(site, v))
+        ln1 = module.model.layers[1].input_layernorm.weight
         ln2 = module.model.layers[2].post_attention_layernorm.weight
         values = {"layers.1.resid_pre": seen[("layer_in", 1)], "layers.2.resid_mid": seen[("resid_mid", 2)],
+                  "layers.1.attn.input": rms_norm(seen[("layer_in", 1)], ln1, eps), "layers.1.attn": seen[("attn", 1)],
                   "layers.2.mlp.input": rms_norm(seen[("resid_mid", 2)], ln2, eps), "layers.2.mlp": seen[("mlp", 2)],
                   "layers.3": seen[("layer", 3)]}
         for s in SITES:
