@@ -33,6 +33,7 @@ from . import sites as site_names
 from .learner import Comm
 
 Batch = Dict[str, mx.array]
+CHECK_CHUNK = 4096  # prompts tokenized at a time by the up-front check
 Cursor = Dict[str, Any]
 
 
@@ -214,6 +215,19 @@ class LiveSource(Source):
         self.forwards = 0  # forwards run (each feeds every dictionary)
         self._program: Any = None
         self._kept_cache: Dict[int, np.ndarray] = {}
+        self._check_prompts()
+
+    def _check_prompts(self) -> None:
+        """Tokenize every prompt once now (ids in the vocabulary, lengths within the model's positions once
+        cut to ``context``), so that a bad prompt is an error before training, naming it."""
+        longest, which = 0, 0
+        for first in range(0, len(self.prompts), CHECK_CHUNK):
+            rows = _token_rows(self.model, self.prompts[first:first + CHECK_CHUNK], offset=first)
+            lengths = [min(len(r), self.context or len(r)) for r in rows]
+            top = int(np.argmax(lengths))
+            if lengths[top] > longest:
+                longest, which = lengths[top], first + top
+        self.model._positions.check(longest, f"prompt {which}")
 
     def identity(self) -> Dict[str, Any]:
         return {"kind": "live", "model": model_identity(self.model)["fingerprint"],

@@ -159,3 +159,11 @@ def test_run_folders_of_other_runs_and_corrupt_checkpoints(tmp_path):
     (out / "run.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(ValueError, match="is not an mlxterp training run"):
         train(sae(d_in=8), DATA, tokens=32, batch_size=16, out=out, progress=False)
+
+
+def test_a_bad_prompt_is_found_before_training(model, untouched):
+    prompts = [[1, 5, 9]] * 40 + [[1, 999]]
+    with pytest.raises(ValueError, match="token id 999 in prompt 40 is out of range"):
+        train(sae(site="layers.1.resid_pre"), model=model, prompts=prompts, tokens=32, batch_size=16)
+    with pytest.raises(ValueError, match="prompts is empty"):
+        train(sae(site="layers.1.resid_pre"), model=model, prompts=[], tokens=32, batch_size=16)
