@@ -143,7 +143,6 @@ def _live_baseline(model: Any, prompts: list, site_names: List[str], batch: int,
     """The unavoidable work: the forwards over the prompt chunks ``train`` runs, and the K compiled steps."""
     resolved = [sites.resolve(model, s) for s in site_names]
     source = LiveSource(model, prompts, resolved, exclude=None, prompt_batch=16, shuffle_batches=window)
-    source._seed = 0
     chunks, cursor = [], {"window": 0, "epoch": 0, "prompt": 0, "offset": 0}
     for _ in range(steps // window):
         pieces, cursor = source._plan({**cursor}, batch * window)

@@ -214,7 +214,9 @@ class LiveSource(Source):
         self.context, self.prompt_batch, self.shuffle_batches = context, prompt_batch, shuffle_batches
         self.forwards = 0  # forwards run (each feeds every dictionary)
         self._program: Any = None
-        self._kept_cache: Dict[int, np.ndarray] = {}
+        self._prompts_cache: Dict[int, Tuple[List[int], np.ndarray]] = {}
+        self._orders: Dict[int, np.ndarray] = {}
+        self._seed = 0
         self._check_prompts()
 
     def _check_prompts(self) -> None:
@@ -237,7 +239,8 @@ class LiveSource(Source):
 
     def batches(self, batch_size: int, seed: int, comm: Comm, cursor: Optional[Cursor] = None,
                 total: Optional[int] = None) -> Iterator[Tuple[Batch, Cursor]]:
-        self._seed = seed
+        if seed != self._seed:
+            self._seed, self._orders = seed, {}
         window = dict(cursor) if cursor else {"window": 0, "epoch": 0, "prompt": 0, "offset": 0, "batch": 0}
         mine = _rank_rows(batch_size, comm)
         while True:
@@ -295,22 +298,30 @@ class LiveSource(Source):
         return pieces, {"epoch": epoch, "prompt": index, "offset": offset}
 
     def _order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self._seed, epoch]).permutation(len(self.prompts))
+        """Epoch ``epoch``'s order of the prompts (the current and the previous epoch's are kept)."""
+        if epoch not in self._orders:
+            self._orders = {e: o for e, o in self._orders.items() if e == epoch - 1}
+            self._orders[epoch] = np.random.default_rng([self._seed, epoch]).permutation(len(self.prompts))
+        return self._orders[epoch]
 
     def _kept(self, prompt: int) -> np.ndarray:
         """Token positions of ``prompt`` that become rows (truncated to ``context``, exclusions dropped)."""
-        found = self._kept_cache.get(prompt)
-        if found is None:
-            ids = np.array(self._tokens(prompt))
-            found = np.flatnonzero(~np.isin(ids, list(self.excluded)))
-            self._kept_cache[prompt] = found
-            if len(self._kept_cache) > 1 << 16:
-                self._kept_cache.pop(next(iter(self._kept_cache)))
-        return found
+        return self._prompt(prompt)[1]
 
     def _tokens(self, prompt: int) -> List[int]:
-        ids = _token_rows(self.model, [self.prompts[prompt]], offset=prompt)[0]
-        return ids[: self.context] if self.context else ids
+        return self._prompt(prompt)[0]
+
+    def _prompt(self, prompt: int) -> Tuple[List[int], np.ndarray]:
+        """``(token ids, kept positions)`` of a prompt, tokenized once (the last 65536 prompts are kept)."""
+        found = self._prompts_cache.get(prompt)
+        if found is None:
+            ids = _token_rows(self.model, [self.prompts[prompt]], offset=prompt)[0]
+            ids = ids[: self.context] if self.context else ids
+            found = (ids, np.flatnonzero(~np.isin(np.array(ids), list(self.excluded))))
+            self._prompts_cache[prompt] = found
+            if len(self._prompts_cache) > 1 << 16:
+                self._prompts_cache.pop(next(iter(self._prompts_cache)))
+        return found
 
     def _chunks(self, prompts: List[int]) -> List[Tuple[List[int], np.ndarray]]:
         """The distinct prompts of a window in forwards of ``prompt_batch``: ``[(prompts, tokens)]``."""

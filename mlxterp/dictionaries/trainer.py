@@ -105,7 +105,7 @@ def fit(objectives: Sequence[Objective], source: Source, settings: FitSettings, 
     iterator = source.batches(settings.batch_size, settings.seed, comm, cursor, total=settings.steps)
     if states is None:
         first = next(iterator)  # the first batch initializes fresh weights from data, then is trained on
-        _check_finite(first[0], 0)
+        _check_finite(first[0], comm)
         for obj in objectives:
             obj.prepare(first[0], comm)
         iterator = itertools.chain([first], iterator)
@@ -122,11 +122,12 @@ def fit(objectives: Sequence[Objective], source: Source, settings: FitSettings, 
                       time.perf_counter() - began)
 
 
-def _check_finite(batch: Dict[str, mx.array], step: int) -> None:
-    """ValueError naming the first batch entry holding NaN or infinite values."""
+def _check_finite(batch: Dict[str, mx.array], comm: Comm) -> None:
+    """ValueError naming the first entry of the first batch holding NaN or infinite values on any rank (every
+    rank raises, so none is left waiting in a collective)."""
     for key, value in batch.items():
-        if not mx.isfinite(value).all().item():
-            raise ValueError(f"the activations at {key!r} of the batch of step {step} hold NaN or infinite values; "
+        if comm.min(mx.isfinite(value).all().astype(mx.float32)).item() != 1.0:
+            raise ValueError(f"the activations at {key!r} of the batch of step 0 hold NaN or infinite values; "
                              "nothing was trained (check the activation store or the model)")
 
 
@@ -190,15 +191,17 @@ class _Runner:
                 batch, cursor = next(iterator)
                 outs = self.run_step(step, batch, self.states)
                 mx.eval(outs)
-                self.states = [self._adopt(step, obj, st, out) for obj, st, out in zip(self.objectives, self.states, outs)]
+                values = [self._checked(step, obj, out[3]) for obj, out in zip(self.objectives, outs)]
+                self.states = [self._adopt(step, st, out, v) for st, out, v in zip(self.states, outs, values)]
                 bar.update(s.batch_size)
                 bar.set_postfix_str(_postfix(self.objectives, self.states), refresh=False)
                 writer.maybe(step + 1, cursor, self.states, done=step + 1 == s.steps)
         finally:
             bar.close()
 
-    def _adopt(self, step: int, obj: Objective, st: FitState, out: tuple) -> FitState:
-        params, moments, state, metrics = out
+    def _checked(self, step: int, obj: Objective, metrics: Dict[str, mx.array]) -> Dict[str, float]:
+        """The step's metrics as floats; raises (before any objective adopts the step) when its data or its
+        loss is not finite (both combined over the ranks, so every rank raises)."""
         values = {k: float(v.item()) for k, v in metrics.items()}
         if values.get("finite", 1.0) != 1.0:
             raise ValueError(f"{obj.name}: the batch of step {step} holds NaN or infinite activations at "
@@ -206,6 +209,10 @@ class _Runner:
         if not math.isfinite(values["loss"]):
             raise FloatingPointError(f"{obj.name}: the loss became {values['loss']} at step {step} (the learning rate "
                                      f"{self.settings.lr:g} may be too high); the weights from before this step are kept")
+        return values
+
+    def _adopt(self, step: int, st: FitState, out: tuple, values: Dict[str, float]) -> FitState:
+        params, moments, state, _ = out
         history = st.history
         for k, v in values.items():
             if k != "finite":
