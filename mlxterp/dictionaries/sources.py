@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import abc
 import collections
+import hashlib
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import mlx.core as mx
@@ -106,8 +107,6 @@ class ArraySource(Source):
 
 def hash_array(value: mx.array) -> int:
     """A 64-bit hash of an array's shape and bytes."""
-    import hashlib
-
     h = hashlib.blake2b(digest_size=8)
     h.update(str(tuple(value.shape)).encode())
     h.update(np.array(value).tobytes())
