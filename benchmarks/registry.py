@@ -23,6 +23,7 @@ SUITES: dict[str, str] = {
     "invoke": "benchmarks.suite_invoke",
     "edits": "benchmarks.suite_edits",
     "circuits": "benchmarks.suite_circuits",
+    "dictionaries": "benchmarks.suite_dictionaries",
 }
 
 Case = Callable[..., Iterable]

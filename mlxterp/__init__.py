@@ -10,7 +10,8 @@ from .circuits import DAS, Circuit, EdgeScores
 from .conversation import Conversation
 from .model import InterpretableModel
 from .names import ModuleNameError
-from .store import ActivationStore
+from .dictionaries import SAE, Transcoder, train
+from .store import ActivationStore, PromptFile
 from .tracing.invoke import Invoke, InvokeError
 from .tracing.module_proxy import LayerListProxy, ModuleProxy
 from .tracing.program import ParamSpec, Program, param
@@ -37,8 +38,11 @@ __all__ = [
     "OutputProxy",
     "ParamSpec",
     "Program",
+    "PromptFile",
     "Proxy",
+    "SAE",
     "Trace",
+    "Transcoder",
     "apply",
     "batch_get_activations",
     "circuits",
@@ -46,4 +50,5 @@ __all__ = [
     "get_activations",
     "interventions",
     "param",
+    "train",
 ]
