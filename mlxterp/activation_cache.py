@@ -56,7 +56,9 @@ class ActivationCache:
                 f"resolve: expected a callable or None, got {type(resolve).__name__}"
             )
         self.activations: dict[str, mx.array] = dict(activations)
+        """``{name: array}``: the captured activations, each as its module returned it."""
         self.metadata: dict[str, Any] | None = metadata
+        """A JSON-serialisable dict describing the capture (model id, prompt, ...), or ``None``."""
         self.resolve: Callable[[str], str] | None = resolve
 
     # ------------------------------------------------------------------ lookup
