@@ -96,7 +96,8 @@ class ActivationCache:
             default: Value returned when no stored key matches.
 
         Returns:
-            The stored ``mx.array`` or ``default``.
+            The stored ``mx.array`` (shaped as its module returned it, e.g. ``(batch, seq, hidden)``) or
+            ``default``.
         """
         key = self._lookup_key(name)
         return default if key is None else self.activations[key]
