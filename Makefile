@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OPENBLAS := /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3
 
-.PHONY: install demo test test-fast bench bench-distributed fuzz clean
+.PHONY: install demo test test-fast bench bench-distributed fuzz docs docs-serve tutorials clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,5 +53,25 @@ bench-distributed: $(VENV)/.installed
 fuzz: $(VENV)/.installed
 	$(PY) -m benchmarks.fuzz --examples 1000
 
+# The documentation site (mkdocs.yml): built with --strict (a warning fails it: a broken link, a public name
+# without a docstring or without a page, a tutorial whose recorded outputs are stale), offline.
+$(VENV)/.docs: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -q -e ".[docs]"
+	touch $@
+
+docs: $(VENV)/.docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: $(VENV)/.docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
+# Runs every tutorial on the default model and records its outputs for the site (docs/tutorials/outputs/).
+tutorials: $(VENV)/.docs
+	@if [ -f $(OPENBLAS) ]; then \
+		LD_PRELOAD=$(OPENBLAS) OPENBLAS_NUM_THREADS=1 $(PY) -m docsgen.tutorials; \
+	else \
+		$(PY) -m docsgen.tutorials; \
+	fi
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis site

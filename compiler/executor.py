@@ -33,6 +33,7 @@ from .structure import structure_key
 from .tree import ModuleTree
 
 MODES = ("eager", "compiled", "auto")
+"""The executor's modes: the eager interpreter, ``mx.compile``, or eager until a structure repeats."""
 
 
 @dataclasses.dataclass

@@ -18,8 +18,9 @@ from typing import Any, Callable, Optional, Protocol
 import mlx.nn as nn
 
 Emit = Callable[[str, Any], Any]
-# runner(module, original __call__, args, kwargs, emit) -> the module's output
 Runner = Callable[[nn.Module, Callable, tuple, dict, Emit], Any]
+"""``runner(module, original __call__, args, kwargs, emit) -> the module's output``: computes a module's
+output explicitly, calling ``emit(point, value)`` at each point it offers (see :class:`Points`)."""
 
 
 class Points(Protocol):

@@ -18,7 +18,8 @@ from .tracing.program import ParamSpec, Program, param
 from .tracing.proxy import Proxy, apply
 from .tracing.trace import Trace
 
-OutputProxy = Proxy  # the seed's name for a traced value
+OutputProxy = Proxy
+"""The seed API's name for :class:`Proxy`, a traced value (``module.output``, ``model.output``, ...)."""
 
 __version__ = "0.1.0"
 

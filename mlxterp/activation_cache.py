@@ -56,7 +56,9 @@ class ActivationCache:
                 f"resolve: expected a callable or None, got {type(resolve).__name__}"
             )
         self.activations: dict[str, mx.array] = dict(activations)
+        """``{name: array}``: the captured activations, each as its module returned it."""
         self.metadata: dict[str, Any] | None = metadata
+        """A JSON-serialisable dict describing the capture (model id, prompt, ...), or ``None``."""
         self.resolve: Callable[[str], str] | None = resolve
 
     # ------------------------------------------------------------------ lookup
@@ -94,7 +96,8 @@ class ActivationCache:
             default: Value returned when no stored key matches.
 
         Returns:
-            The stored ``mx.array`` or ``default``.
+            The stored ``mx.array`` (shaped as its module returned it, e.g. ``(batch, seq, hidden)``) or
+            ``default``.
         """
         key = self._lookup_key(name)
         return default if key is None else self.activations[key]

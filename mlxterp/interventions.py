@@ -39,7 +39,8 @@ class _ZeroOut(Intervention):
 
 
 zero_out = _ZeroOut()
-zero_out.__doc__ = "Set activations to zero: ``zero_out(x) -> zeros_like(x)``."
+"""Set activations to zero: ``zero_out(x) -> zeros_like(x)`` (same shape and dtype)."""
+zero_out.__doc__ = "Set activations to zero: ``zero_out(x) -> zeros_like(x)`` (same shape and dtype)."
 
 
 class scale(Intervention):  # noqa: N801 (the seed's name)

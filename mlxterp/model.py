@@ -66,9 +66,13 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, CircuitsMixin, Generatio
                              "module first with mlxterp.loading.apply_form(module, dtype='float32').")
         else:
             self.weight_form = forms.WeightForm(forms.describe(model), "as passed")
+            """How the weights are held and why (:class:`mlxterp.loading.WeightForm`: ``.summary``, ``.choice``)."""
         self.model = model
+        """The wrapped ``mlx.nn.Module`` (after a weight edit: the edited copy-on-write tree)."""
         self.tokenizer = tokenizer
+        """The tokenizer (mlx-lm's ``TokenizerWrapper`` for a loaded model), or ``None``."""
         self.layer_attr = layer_attr
+        """The attribute path of the transformer layers (``"layers"``, ``"h"``, ...)."""
         self._edits: tuple = ()  # applied at the start of every trace (see mlxterp.edits)
         self._root = model  # the module tree before weight edits (clear_edits returns to it)
         self._probes: collections.OrderedDict[tuple, Probe] = collections.OrderedDict()
@@ -77,6 +81,7 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, CircuitsMixin, Generatio
         # by kind; clear_compile_cache() empties them too.
         self._program_caches: dict[str, collections.OrderedDict] = {}
         self.layers = LayerListProxy(self)
+        """The transformer layers as proxies: ``model.layers[3].mlp.output``, ``len(model.layers)``."""
         self._derive_from_tree()
         # The executor checks the module tree before every run and calls _tree_changed when a module was
         # replaced (quantized, wrapped, swapped): everything derived from the old tree is rebuilt then.

@@ -18,7 +18,8 @@ from typing import Any, Sequence
 from ..errors import CausalityError, ModuleNotCalledError
 from ..ir import Graph, Node, Op
 
-Event = tuple  # (path, call_idx, phase)
+Event = tuple
+"""A hook event: ``(module path, call index, phase)``, phase ``"input"`` or ``"output"`` (or a point's)."""
 START: Event = ("<start>", 0, "start")
 END: Event = ("<end>", 0, "end")
 

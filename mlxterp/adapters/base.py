@@ -16,18 +16,23 @@ import mlx.core as mx
 import mlx.nn as nn
 
 # Residual forms. ``x`` is the layer input, ``h`` the residual after the attention half:
-SEQUENTIAL = "sequential"  # h = x + attn(ln1(x)); out = h + mlp(ln2(h))   (norms around either half optional)
-PARALLEL = "parallel"  # out = x + attn(ln1(x)) + mlp(ln2(x))   (GPT-J, NeoX, Cohere, Phi: often ln1 is ln2)
-MIXERS = "mixers"  # h = x + attn(ln1(x)) + ssm(ln1(x)); out = h + mlp(ln2(h))   (Falcon-H1)
-SSM = "ssm"  # out = x + mixer(norm(x))   (Mamba: no attention, no MLP)
+SEQUENTIAL = "sequential"
+"""``h = x + attn(ln1(x)); out = h + mlp(ln2(h))`` (norms around either half optional): llama, mistral, ..."""
+PARALLEL = "parallel"
+"""``out = x + attn(ln1(x)) + mlp(ln2(x))`` (GPT-J, NeoX, Cohere, Phi: often ``ln1`` is ``ln2``)."""
+MIXERS = "mixers"
+"""``h = x + attn(ln1(x)) + ssm(ln1(x)); out = h + mlp(ln2(h))`` (Falcon-H1)."""
+SSM = "ssm"
+"""``out = x + mixer(norm(x))`` (Mamba: no attention, no MLP)."""
 FORMS = (SEQUENTIAL, PARALLEL, MIXERS, SSM)
+"""Every residual form, the valid values of :attr:`Residual.form`."""
 
-# Canonical names inside a layer that name modules (the adapter says which module each one is).
 LAYER_MODULES = ("attn", "mlp", "ln1", "ln2")
-# Canonical names inside a layer that name values of the residual stream.
+"""Canonical names inside a layer that name modules (the adapter says which module each one is)."""
 RESIDUAL_VALUES = ("resid_pre", "resid_mid", "resid_post")
-# Canonical names at the model's top level.
+"""Canonical names inside a layer that name values of the residual stream (readable and writable)."""
 MODEL_MODULES = ("embed", "final_norm", "unembed")
+"""Canonical names at the model's top level."""
 
 
 @dataclasses.dataclass(frozen=True)

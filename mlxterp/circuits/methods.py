@@ -126,7 +126,8 @@ class CircuitsMixin:
             metric: a score of the last position's logits.
             ablation: ``"corrupted"`` or ``"mean"``.
             receivers: the granularity the edge names use (``"heads"`` or ``"layers"``).
-            target, foil: as in :meth:`edge_attribution`.
+            target: the metric's target token, as in :meth:`edge_attribution`.
+            foil: the metric's foil token (``"logit_diff"``), as in :meth:`edge_attribution`.
 
         Returns:
             :class:`mlxterp.circuits.EdgePatching`: ``.value`` (the patched metric), ``.corrupted``,
@@ -154,7 +155,8 @@ class CircuitsMixin:
             ablation: ``"corrupted"`` (an ablated edge carries the corrupted run's value) or ``"mean"`` (its mean
                 over the corrupted prompts).
             receivers: the granularity of edge pairs (a Circuit carries its own).
-            target, foil: as in :meth:`edge_attribution`.
+            target: the metric's target token, as in :meth:`edge_attribution`.
+            foil: the metric's foil token (``"logit_diff"``), as in :meth:`edge_attribution`.
 
         Returns:
             :class:`mlxterp.circuits.Faithfulness`: ``.value``, ``.clean``, ``.baseline`` (every edge ablated)
@@ -174,9 +176,13 @@ class CircuitsMixin:
 
         Args:
             edges: the :class:`mlxterp.circuits.EdgeScores` of :meth:`edge_attribution`.
-            clean, corrupted: the prompts (see :meth:`evaluate_circuit`).
+            clean: the clean prompt(s) (see :meth:`evaluate_circuit`).
+            corrupted: the corrupted prompt(s), of the same token length.
             sizes: numbers of edges.
-            metric, ablation, target, foil: as in :meth:`evaluate_circuit`.
+            metric: a score of the last position's logits, as in :meth:`evaluate_circuit`.
+            ablation: ``"corrupted"`` or ``"mean"``, as in :meth:`evaluate_circuit`.
+            target: the metric's target token, as in :meth:`edge_attribution`.
+            foil: the metric's foil token (``"logit_diff"``), as in :meth:`edge_attribution`.
             plot: draw the curve (shown only with an interactive matplotlib backend).
             save_path: write the curve as a PNG here.
 

@@ -64,6 +64,7 @@ class CircuitGraph:
 
     @property
     def n_senders(self) -> int:
+        """The number of senders: the embedding, then each layer's heads and its MLP."""
         return 1 + self.n_layers * (self.n_heads + 1)
 
     def layer_senders(self, layer: int) -> range:
@@ -95,6 +96,7 @@ class CircuitGraph:
 
     @property
     def n_receivers(self) -> int:
+        """The number of receivers: each layer's attention receivers and its MLP, then the logits."""
         return self.n_layers * (self.attn_receivers + 1) + 1
 
     def layer_receivers(self, layer: int) -> Tuple[range, int]:
@@ -104,6 +106,7 @@ class CircuitGraph:
 
     @property
     def logits_receiver(self) -> int:
+        """The index of the ``logits`` receiver (the last one)."""
         return self.n_receivers - 1
 
     # -- edges -------------------------------------------------------------------------------------
@@ -124,6 +127,7 @@ class CircuitGraph:
 
     @property
     def n_edges(self) -> int:
+        """The number of edges: each receiver joined to every sender that runs before it."""
         return int(self.reads().sum())
 
     def edge_index(self, edges: Iterable[Sequence[str]], arg: str = "edges") -> Tuple[np.ndarray, np.ndarray]:
@@ -146,12 +150,14 @@ class CircuitGraph:
         return np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64)
 
     def sender_index(self, name: str, lookup: dict, arg: str) -> int:
+        """The index of sender ``name`` in ``lookup`` (canonical name -> index); a ValueError naming ``arg``."""
         key = canonical(name)
         if key in lookup:
             return lookup[key]
         raise ValueError(f"{arg}: {name!r} is not a sender of this model; {self._why(key, 'sender')}")
 
     def receiver_index(self, name: str, lookup: dict, arg: str) -> int:
+        """The index of receiver ``name`` in ``lookup`` (canonical name -> index); a ValueError naming ``arg``."""
         key = canonical(name)
         if key in lookup:
             return lookup[key]

@@ -74,6 +74,12 @@ class ModuleProxy:
 
     @property
     def output(self) -> Any:
+        """The module's output inside a trace: a traced value to read, index, ``.save()`` or assign to.
+
+        Assigning (``module.output = value``) replaces the whole output; item assignment
+        (``module.output[:, -1] = value``) writes part of it. The shape is the module's own, e.g.
+        ``(batch, seq, hidden)`` float for a layer or an MLP; outside a trace it is an error.
+        """
         return context.current(self, "output").module_value(self._path, self._call, "output")
 
     @output.setter
@@ -82,6 +88,7 @@ class ModuleProxy:
 
     @property
     def input(self) -> Any:
+        """The module's first positional input inside a trace, read or written like :attr:`output`."""
         return context.current(self, "input").module_value(self._path, self._call, "input")
 
     @input.setter

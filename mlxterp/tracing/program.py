@@ -173,7 +173,21 @@ class Program:
         ``distributed`` splits the ``K`` variants over ``mx.distributed`` processes (:mod:`mlxterp.distributed`):
         ``"auto"`` when the script was launched on several (``mlx.launch``), ``True`` to require that,
         ``False`` for this process alone; every rank returns all ``K``. Every rank must run the same program
-        with the same tokens and values (checked before any work: ``DistributedMismatchError``)."""
+        with the same tokens and values (checked before any work: ``DistributedMismatchError``).
+
+        Args:
+            tokens: ``(batch, seq)`` int token ids (default: the recorded ones), shared by every variant.
+            distributed: ``"auto"``, ``True`` or ``False`` (see above).
+            **values: ``name=array`` for the mapped params, each of shape ``(K, *param_shape)`` (``(K,)`` for a
+                number param), cast to the param's dtype.
+
+        Returns:
+            ``{save key: array}``, each save's value for every variant stacked on a leading axis:
+            ``(K, *shape)`` where ``shape`` is the save's shape in one run (e.g. ``(K, batch, vocab)``).
+
+        Raises:
+            ValueError: no mapped param, or mapped params whose leading axes differ.
+        """
         tokens, values, lowered = self._prepare(tokens, values)
         if not values:
             raise ValueError(f"batched() needs at least one param with a leading variant axis; this program's "

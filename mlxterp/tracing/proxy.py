@@ -58,18 +58,22 @@ class Proxy:
     # -- shape information (real during tracing, from a lazily built forward) --------------------
     @property
     def shape(self) -> tuple:
+        """The value's shape, known while tracing (from one lazy forward per input shape) and after."""
         return tuple(self._value.shape) if self._value is not _UNSET else tuple(self._trace.abstract(self._node).shape)
 
     @property
     def dtype(self) -> Any:
+        """The value's ``mx.Dtype``, known while tracing and after."""
         return self._value.dtype if self._value is not _UNSET else self._trace.abstract(self._node).dtype
 
     @property
     def ndim(self) -> int:
+        """The number of axes, ``len(shape)``."""
         return len(self.shape)
 
     @property
     def size(self) -> int:
+        """The number of elements, the product of ``shape``."""
         return int(np.prod(self.shape))
 
     def __len__(self) -> int:

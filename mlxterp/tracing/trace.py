@@ -73,7 +73,9 @@ class Trace:
         self._owner = owner
         self._invokes = Invokes(self) if batch is None else None
         self.tokens: mx.array = None if batch is None else batch.tokens
+        """The input tokens, ``(batch, seq)`` int32, right-padded (with invokes: set when the block ends)."""
         self.lengths: tuple[int, ...] = () if batch is None else batch.lengths
+        """Each row's real token count (its prompt's length before padding)."""
         self.compile_mode = COMPILE_CHOICES[compile]
         self.graph = Graph(captures=owner._capture_spec(capture))
         self._interventions = owner._check_interventions(interventions)
@@ -85,7 +87,10 @@ class Trace:
         self.finished = False
         self._output: Any = None
         self.saved_values: dict[str, Any] = {}
+        """``{key: array}`` of every ``.save()``-d value after the block (keys as :meth:`get` takes them)."""
         self.activations: Any = PendingActivations(self)
+        """``{"model." + module path: array}``: module outputs captured as ``capture=`` asked (default: all),
+        each ``(batch, seq, ...)`` as the module returned it."""
         self.mode: str | None = None
         self._result: Any = None
 
