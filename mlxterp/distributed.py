@@ -4,7 +4,7 @@ Every sweep that can run on several processes uses these functions and nothing e
 group from the caller's ``distributed=`` switch (:func:`resolve_group`), check that every rank was given
 the same arguments (:func:`check_same_call`, before any work), take this rank's items of a list
 of work items (:func:`my_items`: round-robin, so each rank gets a similar mix of cheap and costly
-items), run them, then :func:`gather` everyone's results (the group's ``all_gather``) and put them back in
+items), run them, then :func:`~mlxterp.distributed.gather` everyone's results (the group's ``all_gather``) and put them back in
 item order (:func:`assemble`). Every rank returns the full result. There is no scheduler: the processes
 are the ones ``mlx.launch`` (or ``MLX_RANK`` + ``MLX_HOSTFILE``) started, and every rank makes the same
 calls in the same order, as collectives require.

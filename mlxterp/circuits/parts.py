@@ -89,7 +89,7 @@ class Parts:
 
 
 def find_parts(model: InterpretableModel) -> Parts:
-    """The model's :class:`Parts`, from its adapter and modules alone (no forward; cached).
+    """The model's :class:`~mlxterp.circuits.parts.Parts`, from its adapter and modules alone (no forward; cached).
 
     Raises:
         ValueError: the model's family is not one circuits can decompose (the reason is given).

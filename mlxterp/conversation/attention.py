@@ -163,7 +163,7 @@ def segment_mass(pattern: mx.array, queries: mx.array, keys: mx.array) -> mx.arr
 def turn_attention(model: InterpretableModel, conv: Conversation, layers: Optional[List[int]] = None, *,
                    content_only: bool = False) -> TurnAttention:
     """Attention mass between the turns of ``conv`` at ``layers``, in one traced forward. See
-    :meth:`mlxterp.conversation.methods.ConversationMixin.turn_attention`."""
+    :meth:`InterpretableModel.turn_attention`."""
     require_attention(model, "turn_attention")
     if not isinstance(conv, Conversation):
         raise TypeError(f"conv: expected a Conversation (model.conversation([...])), got {type(conv).__name__}")

@@ -91,7 +91,12 @@ class Conversation(PromptObject):
             index: the turn (message) index.
             content_only: only the message's text, without the role header and end-of-turn markers.
 
+        Returns:
+            ``slice(start, stop)`` of token positions in :attr:`tokens` (the sequence axis of a traced value:
+            ``model.layers[i].output[:, conv.turn(2)]``); empty for a message the template folds into the next.
+
         Raises:
+            TypeError: ``index`` is not an int.
             IndexError: ``index`` is out of range (the valid range is named).
         """
         turn = self.turns[self._check_index(index)]
@@ -149,12 +154,32 @@ class Conversation(PromptObject):
 
     # -- as a prompt ---------------------------------------------------------------------------
     def token_ids(self, tokenizer: Any) -> list[int]:
+        """The conversation's token ids (:attr:`tokens`), as a prompt: traces and generation call it.
+
+        Args:
+            tokenizer: the tokenizer of the model the conversation is given to.
+
+        Raises:
+            ValueError: ``tokenizer`` is not the one the conversation was rendered with (make it with this
+                model: ``model.conversation(conv.messages)``).
+        """
         if tokenizer is not self._tokenizer:
             raise ValueError("this conversation was rendered with another tokenizer than this model's; make it with "
                              "this model: model.conversation(conv.messages)")
         return self.tokens
 
     def for_generation(self, owner: Any) -> ConversationCache:
+        """Called by ``generate`` before generating from this conversation: checks that it can be generated
+        from and returns the :attr:`cache` (a generation of it alone that records nothing resumes from the cache
+        and keeps its KV there; in a batch of prompts it is only checked, and the batch starts from nothing).
+
+        Args:
+            owner: the InterpretableModel generating (its tokenizer must be the conversation's).
+
+        Raises:
+            ValueError: another model's tokenizer, or no generation prompt (the last message is the
+                assistant's, or ``add_generation_prompt=False``).
+        """
         self.token_ids(owner.tokenizer)
         if not self.add_generation_prompt:
             raise ValueError(f"this conversation ({', '.join(self.labels)}) has no generation prompt, so the model "

@@ -21,14 +21,17 @@ class ConversationMixin:
                 answer); ``None`` (default): when the last message is not the assistant's.
 
         Returns:
-            A :class:`mlxterp.conversation.Conversation`: ``.tokens``, ``.turns`` (role, span, content of
+            A :class:`mlxterp.Conversation`: ``.tokens``, ``.turns`` (role, span, content of
             each message), ``.turn(i)`` (a slice of positions), ``.preamble``, ``.generation_prompt``; pass it
             to ``trace``, ``generate`` (which reuses its KV cache turn after turn) and the analysis helpers.
 
         Raises:
             ChatTemplateError: the tokenizer has no chat template, or the template cannot render the messages
                 (its own error is chained), or rewrites earlier turns once later ones follow.
-            TypeError, ValueError: malformed messages (the message and the expected form are named).
+            TypeError: ``messages`` is not a list of message dicts, a content is not a str, or
+                ``add_generation_prompt`` is not a bool or None (the message and the expected form are named).
+            ValueError: an empty list, a message without ``"role"`` or ``"content"``, or a role outside
+                :data:`~mlxterp.conversation.ROLES` (the closest one is suggested).
         """
         from .conversation import Conversation
 
@@ -47,7 +50,7 @@ class ConversationMixin:
         :meth:`activation_patching` does; all cells run as staircase batches of compiled forwards.
 
         Args:
-            clean: the clean :class:`~mlxterp.conversation.Conversation`.
+            clean: the clean :class:`~mlxterp.Conversation`.
             corrupted: the corrupted one: the same turns (roles in order), each with as many tokens as in
                 ``clean`` (positions are matched one to one; other lengths are refused, naming the turn).
             component: the layer component to patch (default ``"output"``, the residual stream; ``"mlp"``,
@@ -88,7 +91,7 @@ class ConversationMixin:
         forward (from ``attn.pattern``).
 
         Args:
-            conv: a :class:`~mlxterp.conversation.Conversation`.
+            conv: a :class:`~mlxterp.Conversation`.
             layers: layer indices; ``None`` = all.
             content_only: segments are the turns' contents (headers and markers count as outside).
 

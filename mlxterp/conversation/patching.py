@@ -66,7 +66,18 @@ class TurnPatching(PatchingGrid):
 
     def plot(self, save_path: Optional[PathLike] = None, *, figsize: Tuple[float, float] = (12, 8),
              cmap: str = "RdBu_r", title: Optional[str] = None) -> Any:
-        """Heatmap of the grid, layers as rows and turns as columns. Returns the matplotlib Figure."""
+        """Heatmap of the grid, layers as rows and turns as columns.
+
+        Args:
+            save_path: if given, write a PNG there.
+            figsize: figure size in inches.
+            cmap: diverging colormap.
+            title: the figure's title (default: the component, whether turns or their contents were patched,
+                and the metric).
+
+        Returns:
+            The matplotlib Figure.
+        """
         from ..plotting import plot_patching_grid
 
         part = "turn contents" if self.content_only else "turns"
@@ -93,7 +104,7 @@ def turn_patching(model: InterpretableModel, clean: Conversation, corrupted: Con
                   save_path: Optional[PathLike] = None, target: Any = None, foil: Any = None,
                   distributed: dist.Distributed = "auto") -> TurnPatching:
     """Recovery (%) for every (layer, turn) cell. See
-    :meth:`mlxterp.conversation.methods.ConversationMixin.turn_patching` for the arguments."""
+    :meth:`InterpretableModel.turn_patching` for the arguments."""
     batch_size = check_positive_int(batch_size, "batch_size", allow_none=True)
     spans = aligned_spans(model, clean, corrupted, content_only)
     n = len(spans)

@@ -9,6 +9,8 @@ from typing import Any, Sequence
 from ..inputs import is_int
 
 ROLES = ("system", "user", "assistant", "tool")
+"""The message roles a conversation accepts (whether the template accepts a given order of them is its own
+choice: Gemma's refuses a system message, or roles that do not alternate)."""
 MESSAGE_FORM = "{'role': 'user', 'content': 'text'}"
 
 

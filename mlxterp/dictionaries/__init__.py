@@ -19,7 +19,7 @@ normalized space, ``encode``/``decode`` take and give raw activations; ``save`` 
 :class:`DictionaryConfig`; ``site`` (input) and ``site_out`` (what the output stands for) are site names
 (:mod:`.sites`); ``bind(d_in, d_out)`` fills in widths and initializes an unbound dictionary.
 
-Training (:func:`train`)::
+Training (:func:`mlxterp.train`)::
 
     run = train(sae, store, tokens=2_000_000, batch_size=4096, lr=4e-4, seed=0, out="runs/sae12")  # resumable
     run = train([sae, tc], model=model, prompts=PromptFile("corpus.jsonl"), tokens=2_000_000)     # live

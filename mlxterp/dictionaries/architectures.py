@@ -56,7 +56,8 @@ REGISTRY = {
 
 
 def architecture(name: str) -> Architecture:
-    """The :class:`Architecture` called ``name``; ValueError listing the valid names otherwise."""
+    """The :class:`~mlxterp.dictionaries.architectures.Architecture` called ``name``; ValueError listing the
+    valid names otherwise."""
     found = REGISTRY.get(name) if isinstance(name, str) else None
     if found is None:
         raise ValueError(f"unknown dictionary architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
@@ -100,6 +101,7 @@ def _chunk(n: int, k: int) -> Optional[int]:
 
 # -- inference ---------------------------------------------------------------------------------------
 def relu(pre: mx.array) -> mx.array:
+    """``ReLU(pre)``: ``relu``'s features, at inference and in training; the same shape."""
     return mx.maximum(pre, 0)
 
 

@@ -21,23 +21,29 @@ class DictionaryConfig:
     Attributes:
         kind: ``"sae"`` (reconstructs its input) or ``"transcoder"`` (predicts another site from it).
         architecture: one of ``"relu"``, ``"topk"``, ``"batchtopk"``, ``"jumprelu"``.
-        d_in, d_sae, d_out: input width, number of latents, output width (``d_out == d_in`` for an SAE).
-            ``d_in``/``d_out`` may be None until the dictionary is bound to a model or a store.
-        site, site_out: where the input is read and the output written (the same site for an SAE).
+        d_sae: the number of latents.
+        d_in: the input width; None until the dictionary is bound to a model or a store.
+        d_out: the output width (``d_out == d_in`` for an SAE); None until bound.
+        site: where the input is read.
+        site_out: the site the output stands for (``site`` for an SAE).
         k: latents per row (``topk``), or on average per row over a batch (``batchtopk``).
         apply_b_dec_to_input: subtract ``b_dec`` from the input before encoding (SAEs only).
         rescale_acts_by_decoder_norm: SAELens's TopK variant that scales pre-activations by the decoder
             row norms (read from SAELens folders; never set by training here).
         l1_coefficient: ``relu``'s L1 penalty (weighted by decoder norms).
-        l0_coefficient, bandwidth, init_threshold: ``jumprelu``'s L0 penalty, the straight-through kernel's
-            width and the initial threshold.
-        aux_k, aux_coefficient, dead_tokens: AuxK for ``topk``/``batchtopk``: dead latents used per row
-            (default ``d_in // 2``), the loss weight (Gao et al.'s 1/32), and how many tokens without
-            firing make a latent dead (Gao et al.'s 10M).
+        l0_coefficient: ``jumprelu``'s L0 penalty.
+        bandwidth: the width of ``jumprelu``'s straight-through rectangle kernel.
+        init_threshold: ``jumprelu``'s initial threshold (every latent's).
+        aux_k: AuxK (``topk``/``batchtopk``): dead latents used per row (None: ``d_in // 2``); at most
+            ``d_sae`` are used.
+        aux_coefficient: the AuxK loss's weight (Gao et al.'s 1/32).
+        dead_tokens: how many training tokens without firing make a latent dead (Gao et al.'s 10M); the
+            ``dead`` metric counts those latents for every architecture.
         threshold_lr: ``batchtopk``'s running-average rate for its inference threshold (SAELens's 0.01).
-        sparsity_warmup: fraction of the training steps over which the L1/L0 coefficient ramps up from 0.
+        sparsity_warmup: fraction of the training steps over which the L1/L0 coefficient ramps up linearly
+            to its full value (0: full from the first step).
         normalize: ``"expected_average"`` scales inputs (and a transcoder's targets) by one constant so
-            that their mean norm is ``sqrt(width)`` (estimated on the first batches, folded into the
+            that their mean norm is ``sqrt(width)`` (estimated on the first batch, folded into the
             weights when saved); ``"none"`` trains on raw activations.
         b_dec_init: ``"mean"`` starts ``b_dec`` at the mean of the first batch's targets, ``"zeros"`` at 0.
         seed: seed of the weight initialization.
@@ -127,6 +133,7 @@ class DictionaryConfig:
         return min(k, self.d_sae)
 
     def to_dict(self) -> Dict[str, Any]:
+        """Every field as a JSON-able dict (what a saved folder's ``cfg.json`` keeps under ``"mlxterp"``)."""
         return dataclasses.asdict(self)
 
     def identity(self) -> Dict[str, Any]:
@@ -137,6 +144,11 @@ class DictionaryConfig:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "DictionaryConfig":
+        """The config :meth:`to_dict` gave (fields left out take their defaults).
+
+        Raises:
+            ValueError: an unknown field (the valid ones are listed), or a value the config refuses.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:

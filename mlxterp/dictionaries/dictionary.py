@@ -60,22 +60,28 @@ class Dictionary(nn.Module):
     # -- description -------------------------------------------------------------------------------
     @property
     def architecture(self) -> str:
+        """``"relu"``, ``"topk"``, ``"batchtopk"`` or ``"jumprelu"``."""
         return self.config.architecture
 
     @property
     def d_in(self) -> Optional[int]:
+        """The input width (the last axis of ``x`` in :meth:`encode`); None until bound."""
         return self.config.d_in
 
     @property
     def d_sae(self) -> int:
+        """The number of latents (the last axis of the features)."""
         return self.config.d_sae
 
     @property
     def d_out(self) -> Optional[int]:
+        """The output width (the last axis of :meth:`decode`'s result; ``d_in`` for an SAE); None until bound."""
         return self.config.d_out
 
     @property
     def k(self) -> Optional[float]:
+        """Latents kept per row (``topk``, an int), or per row on average over a batch (``batchtopk``); None for
+        ``relu`` and ``jumprelu``."""
         return self.config.k
 
     @property
@@ -90,6 +96,7 @@ class Dictionary(nn.Module):
 
     @property
     def has_weights(self) -> bool:
+        """Whether the weights exist (False for a dictionary created without its widths, until it is bound)."""
         return "W_enc" in self
 
     @property
@@ -108,7 +115,15 @@ class Dictionary(nn.Module):
 
     # -- weights -----------------------------------------------------------------------------------
     def bind(self, d_in: int, d_out: Optional[int] = None) -> "Dictionary":
-        """Fill in the widths the data has and initialize the weights if there are none yet.
+        """Fill in the widths the data has and initialize the weights (from the config's ``seed``) if there are
+        none yet.
+
+        Args:
+            d_in: the input site's width.
+            d_out: the output site's width (ignored for an SAE, whose ``d_out`` is ``d_in``).
+
+        Returns:
+            The dictionary itself.
 
         Raises:
             ValueError: a width differs from the dictionary's (the site, both widths and the fix are named).
@@ -242,8 +257,24 @@ class Dictionary(nn.Module):
 
     @classmethod
     def load(cls, path: Union[str, Path], *, site: Optional[str] = None, site_out: Optional[str] = None) -> "Dictionary":
-        """Read a folder in SAELens's layout (written by :meth:`save` or by SAELens). ``site``/``site_out``
-        override the sites recorded there (SAELens records TransformerLens hook names)."""
+        """Read a folder in SAELens's layout (written by :meth:`Dictionary.save` or by SAELens).
+
+        Args:
+            path: the folder (``cfg.json`` + ``sae_weights.safetensors``).
+            site: the input site (an SAE's output site too), instead of the one recorded there (SAELens
+                records TransformerLens hook names; ``blocks.N.hook_resid_pre`` and the other usual ones are
+                translated to site names, others kept as they are).
+            site_out: a transcoder's output site, instead of the recorded one.
+
+        Returns:
+            An :class:`SAE` or a :class:`Transcoder`, as the folder says.
+
+        Raises:
+            FileNotFoundError: the folder has no ``cfg.json`` or no ``sae_weights.safetensors``.
+            ValueError: a corrupt or unsupported folder (the reason is named), ``site_out`` for an SAE, or a
+                folder holding the other kind than the class it is loaded with (``Dictionary.load`` takes
+                either).
+        """
         from .saelens import load
 
         loaded = load(path, site=site, site_out=site_out)
@@ -289,8 +320,10 @@ class Transcoder(Dictionary):
             architecture: ``"topk"``, ``"batchtopk"``, ``"jumprelu"`` or ``"relu"``.
             d_sae: number of latents.
             site: a module: the transcoder reads its input and predicts its output (``"layers.8.mlp"``).
-            site_in, site_out: the two sites, for any other pair (instead of ``site``).
-            d_in, d_out: the widths (None: read from the sites when trained or bound).
+            site_in: the input site, for any other pair (with ``site_out``, instead of ``site``).
+            site_out: the site whose value it predicts.
+            d_in: the input width (None: read from the site when trained or bound).
+            d_out: the output width (None: likewise).
             k: as for :meth:`SAE.create`.
             **options: other :class:`~mlxterp.dictionaries.DictionaryConfig` fields.
         """

@@ -34,8 +34,15 @@ from .optim import Tree, adam, clip_by_global_norm
 class Comm:
     """Collectives over the ranks of a data-parallel run (identities alone).
 
+    Each runs on the CPU stream and is usable inside the compiled step.
+
     Args:
         group: an ``mx.distributed.Group`` of more than one process, or None.
+
+    Attributes:
+        group: the group, or None.
+        size: the number of ranks (1 alone).
+        rank: this process's rank (0 alone).
     """
 
     def __init__(self, group: Optional[Any] = None):
@@ -44,9 +51,11 @@ class Comm:
         self.rank = 0 if group is None else group.rank()
 
     def sum(self, x: mx.array) -> mx.array:
+        """``x`` summed elementwise over the ranks (``all_sum``); the same shape and dtype."""
         return x if self.group is None else mx.distributed.all_sum(x, group=self.group, stream=mx.cpu)
 
     def min(self, x: mx.array) -> mx.array:
+        """The elementwise minimum of ``x`` over the ranks (``all_min``); the same shape and dtype."""
         return x if self.group is None else mx.distributed.all_min(x, group=self.group, stream=mx.cpu)
 
     def gather(self, x: mx.array) -> mx.array:
@@ -54,24 +63,27 @@ class Comm:
         return x if self.group is None else mx.distributed.all_gather(x, group=self.group, stream=mx.cpu)
 
     def sum_tree(self, tree: Tree) -> Tree:
+        """:meth:`Comm.sum` of every array of a flat ``{name: array}`` dict (gradients)."""
         return tree if self.group is None else {k: self.sum(v) for k, v in tree.items()}
 
     @property
     def distributed(self) -> bool:
+        """Whether there is a group (more than this process)."""
         return self.group is not None
 
 
 class Objective(abc.ABC):
-    """What a trainer fits: the base class of :class:`~mlxterp.dictionaries.objective.DictionaryObjective`
+    """What a trainer fits: the base class of :class:`~mlxterp.dictionaries.DictionaryObjective`
     and of anything else trained by :func:`~mlxterp.dictionaries.fit` (tuned lens, probes).
 
     Attributes:
         name: shown in the progress bar and the history.
         keys: the batch entries it reads (site keys, labels).
 
-    Subclasses implement :meth:`init_params`, :meth:`loss` and :meth:`write_back`; the others have neutral
-    defaults. All but :meth:`prepare`, :meth:`hyper` and
-    :meth:`write_back` run inside the compiled step: pure functions of arrays.
+    Subclasses implement :meth:`~Objective.init_params`, :meth:`~Objective.loss` and
+    :meth:`~Objective.write_back`; the others have neutral defaults. :meth:`~Objective.loss`,
+    :meth:`~Objective.project`, :meth:`~Objective.constrain`, :meth:`~Objective.update_state` and
+    :meth:`~Objective.metrics` run inside the compiled step: pure functions of arrays.
     """
 
     name: str = "objective"
@@ -89,7 +101,8 @@ class Objective(abc.ABC):
         """Data-dependent initialization from the first global batch (this rank's rows), before step 0."""
 
     def hyper(self, step: int, total: int) -> Dict[str, float]:
-        """Per-step scalars for :meth:`loss` besides ``lr`` and ``t`` (e.g. a coefficient's warm-up)."""
+        """Per-step scalars for :meth:`~Objective.loss` besides ``lr`` and ``t`` (e.g. a coefficient's
+        warm-up): ``{name: float}`` for 0-based ``step`` of ``total``, given to the step as float32 scalars."""
         return {}
 
     def variant(self, state: Tree) -> Any:
@@ -101,15 +114,30 @@ class Objective(abc.ABC):
     def loss(self, params: Tree, state: Tree, batch: Dict[str, mx.array], hyper: Dict[str, mx.array],
              comm: Comm, variant: Any) -> Tuple[mx.array, Dict[str, mx.array]]:
         """``(loss, aux)``: this rank's share of the loss (see the module docstring) and arrays for
-        :meth:`update_state` and :meth:`metrics` (no gradient flows through ``aux``)."""
+        :meth:`~Objective.update_state` and :meth:`~Objective.metrics` (no gradient flows through ``aux``).
+
+        Args:
+            params: the trainable arrays (:meth:`~Objective.init_params`'s names).
+            state: the carried arrays (:meth:`~Objective.init_state`'s names).
+            batch: this rank's rows, ``{key: (rows, width)}`` for each of :attr:`~Objective.keys`.
+            hyper: ``lr``, ``t`` (the 1-based step) and :meth:`~Objective.hyper`'s scalars, float32.
+            comm: the ranks' collectives.
+            variant: :meth:`~Objective.variant`'s key for this step.
+        """
 
     def project(self, params: Tree, grads: Tree) -> Tree:
+        """The gradients (summed over the ranks) changed before clipping and the update (e.g. a component
+        projected out); by default unchanged."""
         return grads
 
     def constrain(self, params: Tree) -> Tree:
+        """The parameters after the update, put back in their allowed set (e.g. rows renormalized); by
+        default unchanged."""
         return params
 
     def update_state(self, params: Tree, state: Tree, aux: Dict[str, mx.array], comm: Comm) -> Tree:
+        """The state after the update, from the updated parameters and the loss's ``aux`` (combine
+        per-rank values with ``comm``); by default unchanged."""
         return state
 
     def metrics(self, params: Tree, state: Tree, aux: Dict[str, mx.array], comm: Comm) -> Dict[str, mx.array]:

@@ -40,7 +40,8 @@ class DictionaryObjective(Objective):
 
     Args:
         dictionary: the dictionary (its weights are the starting point).
-        key_in, key_out: the batch entries of its input and target (the same for an SAE).
+        key_in: the batch entry of its input (a site key).
+        key_out: the batch entry of its target (``key_in`` for an SAE).
         batch_size: the global batch size ``B``.
     """
 
@@ -56,6 +57,8 @@ class DictionaryObjective(Objective):
 
     # -- arrays ------------------------------------------------------------------------------------
     def init_params(self) -> Tree:
+        """The dictionary's ``W_enc (d_in, d_sae)``, ``b_enc (d_sae,)``, ``W_dec (d_sae, d_out)``,
+        ``b_dec (d_out,)``, and for ``jumprelu`` ``log_threshold (d_sae,)`` (the log of its thresholds)."""
         d = self.dictionary
         params = {n: d[n] for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
         if self.arch.name == "jumprelu":
@@ -63,6 +66,10 @@ class DictionaryObjective(Objective):
         return params
 
     def init_state(self) -> Tree:
+        """``since_fired`` ``(d_sae,)`` int32 (training tokens since each latent last fired, capped at 2**30),
+        ``fires`` ``(d_sae,)`` (how many tokens each latent fired on), the scalars ``input_scale`` and
+        ``output_scale`` (float32), and for ``batchtopk`` the scalar ``threshold`` (float32, its running
+        average)."""
         d, c = self.dictionary, self.config
         state = {"since_fired": mx.zeros((c.d_sae,), dtype=mx.int32), "fires": mx.zeros((c.d_sae,)),
                  "input_scale": d.input_scale.astype(mx.float32), "output_scale": d.output_scale.astype(mx.float32)}
@@ -86,6 +93,8 @@ class DictionaryObjective(Objective):
         d.fresh = False
 
     def hyper(self, step: int, total: int) -> Dict[str, float]:
+        """``{"coef": c_t}``: the sparsity coefficient's warm-up factor, a linear ramp to 1 over the first
+        ``sparsity_warmup`` fraction of the ``total`` steps (1 throughout without warm-up)."""
         return {"coef": ramp(step, round(self.config.sparsity_warmup * total))}
 
     def variant(self, state: Tree) -> Any:
@@ -104,6 +113,20 @@ class DictionaryObjective(Objective):
     # -- the loss ----------------------------------------------------------------------------------
     def loss(self, params: Tree, state: Tree, batch: Dict[str, mx.array], hyper: Dict[str, mx.array],
              comm: Comm, variant: Any) -> Tuple[mx.array, Dict[str, mx.array]]:
+        """The architecture's loss (see the module docstring) on this rank's rows (a scalar), and
+        ``aux``: the squared error ``sq``, the target's total ``variance`` (global), each latent's firing
+        count ``fires`` ``(d_sae,)``, whether the batch was ``finite``, the ``sparsity`` and (while some
+        latent is dead) ``auxk`` terms, and for ``batchtopk`` ``min_selected`` (this rank's smallest selected
+        activation).
+
+        Args:
+            params: :meth:`~DictionaryObjective.init_params`'s arrays.
+            state: :meth:`~DictionaryObjective.init_state`'s arrays.
+            batch: this rank's rows, ``{key: (rows, width)}``.
+            hyper: ``lr``, ``t`` and ``coef`` (:meth:`~DictionaryObjective.hyper`).
+            comm: the ranks' collectives.
+            variant: :meth:`~DictionaryObjective.variant`'s AuxK size, or None (no AuxK term).
+        """
         c, B = self.config, self.batch
         x = batch[self.key_in].astype(mx.float32) * state["input_scale"]
         y = x if self.key_out == self.key_in else batch[self.key_out].astype(mx.float32) * state["output_scale"]
@@ -173,12 +196,17 @@ class DictionaryObjective(Objective):
         return {**grads, "W_dec": g - (w * g).sum(axis=-1, keepdims=True) * w}
 
     def constrain(self, params: Tree) -> Tree:
+        """Unit-norm decoders (``topk``, ``batchtopk``, ``jumprelu``): each row of ``W_dec`` divided by its
+        norm after the update; ``relu``'s decoder is left free."""
         if not self.arch.unit_norm:
             return params
         w = params["W_dec"]
         return {**params, "W_dec": w / mx.linalg.norm(w, axis=-1, keepdims=True)}
 
     def update_state(self, params: Tree, state: Tree, aux: Dict[str, mx.array], comm: Comm) -> Tree:
+        """The firing counters after this batch (every rank's fires summed: a latent that fired resets to 0,
+        the others age by ``B`` tokens), and ``batchtopk``'s threshold moved towards the batch's smallest
+        selected activation (the minimum over the ranks) at rate ``threshold_lr`` (kept when it selected none)."""
         fires = comm.sum(aux["fires"])
         since = mx.where(fires > 0, 0, mx.minimum(state["since_fired"] + self.batch, SINCE_CAP)).astype(mx.int32)
         new = {**state, "since_fired": since, "fires": state["fires"] + fires}
@@ -190,6 +218,10 @@ class DictionaryObjective(Objective):
         return new
 
     def metrics(self, params: Tree, state: Tree, aux: Dict[str, mx.array], comm: Comm) -> Dict[str, mx.array]:
+        """Scalars over the global batch: ``mse`` (squared error per row, normalized space), ``fve`` (fraction
+        of variance explained), ``l0`` (active latents per row), ``dead`` (fraction of latents silent for
+        ``dead_tokens`` tokens), the ``sparsity`` and ``auxk`` loss terms, and ``finite`` (1.0 when every
+        rank's batch was finite)."""
         sq = comm.sum(aux["sq"])
         out = {"mse": sq / self.batch, "fve": 1 - sq / aux["variance"],
                "l0": comm.sum(aux["fires"].sum()) / self.batch,
@@ -200,6 +232,9 @@ class DictionaryObjective(Objective):
         return out
 
     def write_back(self, params: Tree, state: Tree) -> None:
+        """Set the dictionary's weights from the trained arrays: ``threshold`` from ``exp(log_threshold)``
+        (``jumprelu``) or the running threshold for every latent (``batchtopk``), and the normalization
+        constants."""
         d = self.dictionary
         for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
             setattr(d, name, params[name])

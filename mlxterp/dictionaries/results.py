@@ -25,11 +25,14 @@ class TrainResult:
             ``auxk`` (their loss terms), ``grad_norm`` (before clipping), ``lr``.
         density: one ``(d_sae,)`` array per dictionary: the fraction of training tokens on which each latent
             fired.
-        steps, batch_size: the run's length (``steps * batch_size`` tokens).
+        steps: the run's number of steps.
+        batch_size: rows (tokens) per step, over all processes together.
         start: the step this call started from (0, or where a resumed run stood).
         forwards: model forwards run by this call (live training), else None.
-        seconds: wall time of this call.
-        out: the run folder (None without one); each dictionary is saved in ``out/<name>`` too.
+        seconds: wall time of this call's training.
+        out: the run folder (None without one).
+        saved: where each dictionary was saved in SAELens's layout, ``out/<index>-<site>-<architecture>``
+            (empty without ``out``).
     """
 
     dictionaries: List[Dictionary]
@@ -45,6 +48,7 @@ class TrainResult:
 
     @property
     def tokens(self) -> int:
+        """Tokens (rows) the run trains on in all: ``steps * batch_size``."""
         return self.steps * self.batch_size
 
     def final(self) -> List[Dict[str, float]]:

@@ -67,7 +67,15 @@ def _rank_rows(batch_size: int, comm: Comm) -> slice:
 # -- arrays in memory ----------------------------------------------------------------------------------
 class ArraySource(Source):
     """Rows of arrays in memory (``{batch key: (rows, width) array}``, equal row counts), reshuffled every
-    epoch with the seed."""
+    epoch with the seed.
+
+    Args:
+        arrays: ``{batch key: (rows, width)}`` arrays (mx or numpy, or anything ``mx.array`` takes; kept as
+            float32).
+
+    Raises:
+        ValueError: an array that is not 2-D, different row counts, or no rows.
+    """
 
     def __init__(self, arrays: Dict[str, Any]):
         self.arrays = {k: mx.array(v).astype(mx.float32) for k, v in arrays.items()}
@@ -84,10 +92,13 @@ class ArraySource(Source):
         self._digest = digest(np.array([hash_array(v) for v in self.arrays.values()], dtype=np.uint64))
 
     def identity(self) -> Dict[str, Any]:
+        """The row count, the widths and a digest of the arrays' shapes and bytes."""
         return {"kind": "arrays", "rows": self.rows, "widths": self.widths, "digest": self._digest}
 
     def batches(self, batch_size: int, seed: int, comm: Comm, cursor: Optional[Cursor] = None,
                 total: Optional[int] = None) -> Iterator[Tuple[Batch, Cursor]]:
+        """Endless batches (see :meth:`Source.batches`): ``{key: (batch_size / ranks, width)}`` float32, the
+        rows of each epoch in an order drawn from ``seed`` and the epoch; the cursor counts batches."""
         b = int(cursor["batch"]) if cursor else 0
         mine = _rank_rows(batch_size, comm)
         orders: Dict[int, np.ndarray] = {}
@@ -115,7 +126,15 @@ def hash_array(value: mx.array) -> int:
 
 # -- activation stores ---------------------------------------------------------------------------------
 class StoreSource(Source):
-    """Rows of an activation store for the batch keys of ``keys`` (``{batch key: store key}``)."""
+    """Rows of an activation store for the batch keys of ``keys`` (``{batch key: store key}``).
+
+    Args:
+        store: the :class:`~mlxterp.ActivationStore`.
+        keys: ``{batch key: store key}``; each store key must hold one vector per row.
+
+    Raises:
+        ValueError: a store key whose rows are not vectors, or a store without rows.
+    """
 
     def __init__(self, store: Any, keys: Dict[str, str]):
         self.store = store
@@ -137,12 +156,16 @@ class StoreSource(Source):
         self._cache: "collections.OrderedDict[tuple, Dict[str, mx.array]]" = collections.OrderedDict()
 
     def identity(self) -> Dict[str, Any]:
+        """The store's model fingerprint, prompts digest, row count and dtype, and the keys read."""
         m = self.store.manifest
         return {"kind": "store", "model": (m.get("model") or {}).get("fingerprint"), "prompts": m.get("prompts_sha256"),
                 "rows": self.rows, "keys": self.keys, "dtype": m.get("dtype")}
 
     def batches(self, batch_size: int, seed: int, comm: Comm, cursor: Optional[Cursor] = None,
                 total: Optional[int] = None) -> Iterator[Tuple[Batch, Cursor]]:
+        """Endless batches (see :meth:`Source.batches`): ``{key: (batch_size / ranks, width)}`` float32, each
+        epoch visiting the shards in an order drawn from ``seed`` and each shard's rows in its own seeded
+        order; the cursor counts batches."""
         b = int(cursor["batch"]) if cursor else 0
         mine = _rank_rows(batch_size, comm)
         while True:
@@ -193,7 +216,7 @@ class LiveSource(Source):
 
     Args:
         model: the InterpretableModel.
-        prompts: texts or token-id lists (any sequence, e.g. a :class:`mlxterp.store.PromptFile`).
+        prompts: texts or token-id lists (any sequence, e.g. a :class:`~mlxterp.PromptFile`).
         sites: the sites every batch holds (each dictionary's input and target).
         exclude: token ids never used as rows: ``"special"`` (the tokenizer's BOS, EOS, padding and other
             special ids), a list of ids, or None (every real token).
@@ -231,6 +254,8 @@ class LiveSource(Source):
         self.model._positions.check(longest, f"prompt {which}")
 
     def identity(self) -> Dict[str, Any]:
+        """The model's fingerprint, a digest of the prompts and their number, the sites, the excluded ids and
+        the other arguments (``context``, ``prompt_batch``, ``shuffle_batches``)."""
         return {"kind": "live", "model": model_identity(self.model)["fingerprint"],
                 "prompts": digest(prompt_hashes(self.prompts)), "n_prompts": len(self.prompts),
                 "sites": sorted(self.widths), "exclude": sorted(self.excluded), "context": self.context,
@@ -238,6 +263,10 @@ class LiveSource(Source):
 
     def batches(self, batch_size: int, seed: int, comm: Comm, cursor: Optional[Cursor] = None,
                 total: Optional[int] = None) -> Iterator[Tuple[Batch, Cursor]]:
+        """Endless batches (see :meth:`Source.batches`): ``{site key: (batch_size / ranks, width)}`` float32,
+        computed a window of ``shuffle_batches`` batches at a time (the forwards of a window split over the
+        ranks); the cursor holds the window, the epoch, the prompt and row within it, and the batch within
+        the window. With ``total``, the run's last window computes only the batches the run still draws."""
         if seed != self._seed:
             self._seed, self._orders = seed, {}
         window = dict(cursor) if cursor else {"window": 0, "epoch": 0, "prompt": 0, "offset": 0, "batch": 0}

@@ -34,19 +34,22 @@ def train(dictionaries: Union[Dictionary, Sequence[Dictionary]], data: Any = Non
         dictionaries: a :class:`~mlxterp.SAE` / :class:`~mlxterp.Transcoder`, or a list of them; trained
             in place. Each reads its site(s) from every batch.
         data: an :class:`~mlxterp.ActivationStore` (or its folder) holding the dictionaries' sites (rows
-            are shuffled across shards with ``seed``), or ``{site: (rows, width) array}`` in memory.
-        model, prompts: instead of ``data``: train live on the forwards of ``model`` (an
-            InterpretableModel) on ``prompts`` (texts, token-id lists, or a
-            :class:`mlxterp.store.PromptFile`). One forward, stopped after the last site, feeds every
-            dictionary.
+            are shuffled across shards with ``seed``), or ``{site: (rows, width) array}`` in memory (rows
+            reshuffled every epoch with ``seed``).
+        model: instead of ``data``, with ``prompts``: train live on the forwards of this InterpretableModel.
+            One forward, stopped after the last site, feeds every dictionary.
+        prompts: live training's prompts: texts, token-id lists, or a :class:`~mlxterp.PromptFile` (one
+            text is one prompt).
         tokens: tokens (rows) to train on; the run takes ``tokens // batch_size`` steps.
         batch_size: rows per step (over all processes together).
         lr: Adam's learning rate (betas ``betas``, eps 1e-8, bias-corrected).
         seed: seed of the data order.
         out: a run folder: checkpoints (resumable after any interruption, ``kill -9`` included: rerun the
-            same call) and, when done, each dictionary saved in SAELens's layout in ``out/<name>/``.
-        warmup, decay: fractions of the steps with a linear learning-rate warm-up at the start and a
-            linear decay to 0 at the end.
+            same call) and, when done, each dictionary saved in SAELens's layout in
+            ``out/<index>-<site>-<architecture>/`` (``TrainResult.saved``).
+        warmup: fraction of the steps with a linear learning-rate warm-up at the start.
+        decay: fraction of the steps with a linear learning-rate decay to 0 at the end (``warmup + decay``
+            at most 1).
         max_grad_norm: clip the global gradient norm to this (0: no clipping).
         checkpoint_every: write a checkpoint every this many steps (None: every 5 minutes); always at the end.
         resume: continue the run found in ``out`` (False: an existing run there is an error).
@@ -66,9 +69,13 @@ def train(dictionaries: Union[Dictionary, Sequence[Dictionary]], data: Any = Non
         A :class:`~mlxterp.dictionaries.TrainResult` (history, densities, timings).
 
     Raises:
+        TypeError: before any work: a dictionary that is not an SAE or a Transcoder, ``data`` that is not a
+            store, its folder or a dict, ``model`` that is not an InterpretableModel.
         ValueError: before any work: bad arguments, a site the model or store lacks, a dictionary whose
             width differs from its site's, a run folder holding another run, a corrupt checkpoint; during
             training: NaN or infinite activations (the dictionary keeps its last good weights).
+        FloatingPointError: the loss became NaN or infinite (too high a learning rate; the dictionary keeps
+            its last good weights).
     """
     dicts = _check_dictionaries(dictionaries)
     settings = _settings(tokens, batch_size, lr, seed, warmup, decay, max_grad_norm, betas)

@@ -31,7 +31,19 @@ Tree = Dict[str, mx.array]
 
 @dataclasses.dataclass
 class FitSettings:
-    """The optimizer and schedule of a run (see :func:`mlxterp.train` for each field)."""
+    """The optimizer and schedule of a run (see :func:`mlxterp.train` for each field).
+
+    Attributes:
+        steps: the number of steps.
+        batch_size: rows per step, over all ranks together.
+        lr: Adam's peak learning rate.
+        seed: seed of the data order.
+        warmup: fraction of the steps with a linear learning-rate warm-up.
+        decay: fraction of the steps, at the end, with a linear decay to 0.
+        max_grad_norm: the global gradient norm is clipped to this (0: no clipping).
+        betas: Adam's moment decay rates.
+        eps: Adam's epsilon.
+    """
 
     steps: int
     batch_size: int
@@ -44,6 +56,7 @@ class FitSettings:
     eps: float = 1e-8
 
     def identity(self) -> Dict[str, Any]:
+        """Every field as a JSON-able dict (part of what a run folder records and a resumed run must match)."""
         out = dataclasses.asdict(self)
         out["betas"] = list(self.betas)
         return out
@@ -61,7 +74,17 @@ class FitState:
 
 @dataclasses.dataclass
 class FitOutcome:
-    """What :func:`fit` returns: each objective's final arrays and history, and how the run went."""
+    """What :func:`fit` returns: each objective's final arrays and history, and how the run went.
+
+    Attributes:
+        states: one per objective: ``params``, Adam's ``moments`` (``{"m": ..., "v": ...}``), ``state``
+            (arrays as the objective names them) and ``history`` (``{metric: [float per step]}``, every step
+            of the run, resumed ones included, plus ``lr``).
+        steps: the run's total number of steps.
+        start: the step this call started from (0, or where a resumed run stood).
+        forwards: the source's ``forwards`` count (model forwards run by this call, live), else None.
+        seconds: wall time of this call's training (from after the run folder and its checkpoint were read).
+    """
 
     states: List[FitState]
     steps: int
@@ -85,9 +108,21 @@ def fit(objectives: Sequence[Objective], source: Source, settings: FitSettings, 
             configs and initial weights); a folder holding another run is refused, naming what differs.
         resume: continue a run found in ``out`` (False: such a folder is an error).
         checkpoint_every: write a checkpoint every this many steps (None: every ``checkpoint_seconds``).
+        checkpoint_seconds: the time between checkpoints when ``checkpoint_every`` is None; the last step
+            always writes one.
         progress: show a progress bar (rank 0).
         group: the ``mx.distributed`` group to train data-parallel over (None: this process alone).
         compile: compile the step (False: the same functions run eagerly).
+        desc: the progress bar's label.
+
+    Returns:
+        A :class:`FitOutcome`. Each objective's :meth:`~Objective.write_back` has run, also when a step
+        raised (with the last good arrays).
+
+    Raises:
+        ValueError: the folder holds another run (or any run with ``resume=False``), a corrupt checkpoint, or
+            a batch with NaN or infinite values (every rank raises; the arrays from before it are kept).
+        FloatingPointError: the loss is not finite (the arrays from before that step are kept).
     """
     comm = Comm(group)
     runner = _Runner(list(objectives), source, settings, comm, compile)

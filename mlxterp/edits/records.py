@@ -5,7 +5,7 @@
 - :class:`RecordedEdit`: ``with model.edit() as ed:``: the writes recorded in the block, as a graph that is
   replayed into every trace (see :mod:`.replay`).
 - :class:`WeightEdit`: ``model.edit_weights({...})``: a weight of the edited model's own module tree (see
-  :mod:`.weights`); nothing to record in a trace.
+  :mod:`mlxterp.edits.weights`); nothing to record in a trace.
 """
 
 from __future__ import annotations

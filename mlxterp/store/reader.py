@@ -85,7 +85,7 @@ class ActivationStore:
 
     @property
     def layers(self) -> List[Any]:
-        """Layer indices (positions store) or module keys (tokens store) of :attr:`keys`."""
+        """Layer indices (positions store) or module keys (tokens store) of :attr:`~mlxterp.ActivationStore.keys`."""
         by_key = dict(zip(self.manifest["keys"], self.manifest["layers"]))
         return [by_key[k] for k in self.keys]
 
