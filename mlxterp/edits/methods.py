@@ -102,11 +102,6 @@ class EditMixin:
         utilities, steering vectors) batch this model's prompts by exact length then."""
         return all(edit.padding_safe for edit in self._edits)
 
-    def _apply_edits(self, trace: Any) -> None:
-        """Record this model's edits into ``trace`` as it begins (called by ``Trace.__enter__``)."""
-        for edit in self._edits:
-            edit.apply(trace)
-
 
 def with_edits(model: Any, records: tuple, inplace: bool, tree: Optional[nn.Module] = None) -> Any:
     """``model`` with ``records`` appended to its edits: a new model on ``tree`` (default: ``model``'s module
