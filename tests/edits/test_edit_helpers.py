@@ -148,3 +148,15 @@ def test_batched_helpers_give_each_prompt_what_it_gets_alone(model):
     rows = batch_get_activations(scaled, prompts, layers=[3], batch_size=4, progress=False)["layer_3"]
     single = mx.stack([get_activations(scaled, p, layers=[3])["layer_3"][0] for p in prompts])
     np.testing.assert_allclose(np.array(rows), np.array(single), atol=1e-5)
+
+
+@pytest.mark.parametrize("site, fn, safe", [
+    ("layers.1", iv.scale(mx.full((64,), 0.5)), True),  # per feature: the last axis is the hidden one
+    ("layers.1.attn.pattern", iv.scale(0.5), True),
+    ("layers.1.attn.pattern", iv.scale(mx.full((7,), 0.5)), False),  # per key position: padding moves it
+    ("layers.1.attn.scores", iv.add_vector(mx.zeros((7,))), False),
+    ("layers.1.attn.heads", iv.compose().add(iv.scale(mx.ones(16))).add(iv.clamp(-1.0, 1.0)).build(), True),
+    ("layers.1", iv.add_vector(mx.zeros((7, 64))), False),  # an array with a token axis
+])
+def test_position_wise_edits_know_the_key_axis_of_attention_scores(model, site, fn, safe):
+    assert model.edit({site: fn})._padding_safe() is safe
