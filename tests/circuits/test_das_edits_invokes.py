@@ -26,15 +26,17 @@ def base_and_source():
             mx.array(rng.integers(2, 100, (3, 6)), dtype=mx.int32))
 
 
-def recorded(model, position):
+def recorded(model, position, layer=0):
+    """A recorded edit: layer ``layer``'s output at ``position`` times 3."""
     with model.edit() as ed:
-        model.layers[0].output[:, position] = model.layers[0].output[:, position] * 3.0
+        model.layers[layer].output[:, position] = model.layers[layer].output[:, position] * 3.0
     return ed.model
 
 
-def times_three_at(position):
+def times_three_at(position, layer=0):
+    """The same edit as a hook of the hand-written forward."""
     def hook(site, x):
-        if site != ("layer", 0):
+        if site != ("layer", layer):
             return x
         x = mx.array(x)
         x[:, position] = x[:, position] * 3.0
@@ -70,6 +72,24 @@ def test_the_programs_of_an_edited_model_equal_the_hand_forward(model, case, sha
     close(acts[0], reference_values(edited.model, source, SITE, [5], hook))
     logits = program.logits(base, [das.rotation], acts)[0]
     close(logits, reference_logits(edited.model, base, np.array(acts[0]), SITE, [5], np.array(das.rotation), hook))
+
+
+def test_folded_sites_of_an_edited_model_each_equal_their_hand_forward(model):
+    """Sites born at layers 0 and 3 (a staircase) around an edit of layer 2's last position."""
+    edited, hook = recorded(model, -1, layer=2), times_three_at(-1, layer=2)
+    base, source = base_and_source()
+    dases = [das_with_random_subspace(s, p, 2, seed=j) for j, (s, p) in enumerate(
+        [("layers.0.resid_post", (-1,)), ("layers.3.mlp", (-2, -1))])]
+    sites = [site_on(edited, d.site, d.position, 2, base) for d in dases]
+    program = interchange_program(edited, sites, base)
+    acts = source_program(edited, sites, source)(source)
+    logits = program.logits(base, [d.rotation for d in dases], acts)
+
+    for j, das in enumerate(dases):
+        positions = [p % 6 for p in das.position]
+        close(acts[j], reference_values(edited.model, source, das.site, positions, hook))
+        close(logits[j], reference_logits(edited.model, base, np.array(acts[j]), das.site, positions,
+                                          np.array(das.rotation), hook))
 
 
 def test_das_trains_on_an_edited_model(model):
