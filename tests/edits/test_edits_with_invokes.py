@@ -74,6 +74,25 @@ def weight_then_recorded(model):
     return ed.model
 
 
+def reads_its_own_write(model):
+    with model.edit() as ed:
+        h = model.layers[1].output
+        h[:, -1] = 0.0
+        model.layers[1].output = h  # the written value, written again
+        model.layers[2].output = model.layers[2].output + model.layers[1].output * 0.5  # read after the write
+    return ed.model
+
+
+def reads_its_own_write_hook(values):
+    def hook(site, x):
+        if site == ("layer", 1):
+            x = values["h1"] = at_last(mx.zeros_like)(x)
+        if site == ("layer", 2):
+            x = x + values["h1"] * 0.5
+        return x
+    return hook
+
+
 def scale_then_last_zero(model):
     with model.edit({"layers.1": iv.scale(0.5)}).edit() as ed:  # position-wise first: on the whole batch
         model.layers[1].output[:, -1] = 0.0
@@ -87,7 +106,7 @@ def last_zero_then_add(model):
 # name -> (the edited model, the same edits as hooks of the hand-written forward {site: fn})
 EDITS = {
     "recorded write at [:, -1]": (record_last_zero, {("layer", 1): at_last(mx.zeros_like)}),
-    "recorded edit reading the pattern": (record_pattern_edit, "pattern"),
+    "recorded edit reading the pattern": (record_pattern_edit, scale_last_by_pattern),
     "heads zeroed (reads shapes)": (lambda m: m.edit({"layers.2.attn.heads": iv.zero_out_heads([1])}),
                                     {("heads", 2): lambda x: zero_head(x, 1)}),
     "a function of the positions": (lambda m: m.edit({"layers.1": weigh_positions}), {("layer", 1): weigh_positions}),
@@ -97,6 +116,7 @@ EDITS = {
         x * 0.5)}),
     "a recorded write, then position-wise": (last_zero_then_add, {("layer", 1): lambda x: at_last(mx.zeros_like)(x)
                                                                   + V}),
+    "a recorded edit reading its own write": (reads_its_own_write, reads_its_own_write_hook),
     "a weight edit, then a recorded one": (weight_then_recorded,
                                            {("layer", 2): lambda x: mx.concatenate([x[:, :1] + V, x[:, 1:]], 1)}),
 }
@@ -105,8 +125,8 @@ EDITS = {
 def edited_and_hook(model, case):
     make, hooks = EDITS[case]
     edited = make(model)
-    if hooks == "pattern":
-        return edited, scale_last_by_pattern({})
+    if callable(hooks):  # a hook that keeps values between sites
+        return edited, hooks({})
     return edited, lambda site, x: hooks[site](x) if site in hooks else x
 
 
