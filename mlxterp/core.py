@@ -72,6 +72,9 @@ class WrappedModel(Protocol):
     def _padding_safe(self) -> bool:
         """Whether right-padding prompts together keeps each one exact under the model's edits."""
 
+    def _positional_sites(self) -> set:
+        """The module values ``(path, call, phase)`` the model's edits read or write position-dependently."""
+
     def _activation_name(self, captured: str) -> str:
         """The ``trace.activations`` key of a module path."""
 

@@ -102,6 +102,12 @@ class EditMixin:
         utilities, steering vectors) batch this model's prompts by exact length then."""
         return all(edit.padding_safe for edit in self._edits)
 
+    def _positional_sites(self) -> set:
+        """The module values ``(path, call, phase)`` read or written by this model's edits that may count
+        positions from the end or mix positions: a helper that changes the token axis of a value (cuts the
+        final norm's input to the last position) may do so only after all of them."""
+        return {site for edit in self._edits if not edit.padding_safe for site in edit.sites}
+
 
 def with_edits(model: Any, records: tuple, inplace: bool, tree: Optional[nn.Module] = None) -> Any:
     """``model`` with ``records`` appended to its edits: a new model on ``tree`` (default: ``model``'s module

@@ -58,6 +58,11 @@ class InterventionEdit:
         :func:`mlxterp.interventions.positionwise`)."""
         return positionwise(self.fn, self.site)
 
+    @property
+    def sites(self) -> tuple:
+        """The module values it reads and writes, ``(path, call, phase)``."""
+        return ((self.site[0], 0, self.site[1]),)
+
     def __repr__(self) -> str:
         return f"Edit({self.name!r}: {self.fn!r}, at {format_source(self.source)})"
 
@@ -84,6 +89,14 @@ class RecordedEdit:
     def apply(self, trace: Any) -> None:
         """Replay the recorded nodes into ``trace`` (as it begins); see :mod:`.replay`."""
         self._plan.replay(trace)
+
+    @property
+    def sites(self) -> tuple:
+        """The module values it reads and writes, ``(path, call, phase)``."""
+        found = [n.target for n in self.graph if n.op is Op.REPLACE]
+        found += [n.target + ("output" if n.op is Op.MODULE_OUTPUT else "input",) for n in self.graph
+                  if n.op in (Op.MODULE_OUTPUT, Op.MODULE_INPUT)]
+        return tuple(dict.fromkeys(found))
 
     @property
     def params(self) -> tuple:
@@ -117,6 +130,7 @@ class WeightEdit:
     source: Any
 
     padding_safe = True  # the forward itself is a model's forward
+    sites = ()  # it reads and writes no module value
 
     def apply(self, trace: Any) -> None:
         """Nothing to record: the weight lives in the edited model's module tree."""

@@ -11,6 +11,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+import mlxterp as mt
 from mlxterp import interventions as iv
 from mlxterp.circuits.das_data import site_on
 from mlxterp.circuits.das_train import interchange_program, source_program
@@ -44,12 +45,25 @@ def times_three_at(position, layer=0):
     return hook
 
 
+def logits_at_first_position(model):
+    """A recorded edit of the logits at position 0 (the intervened run's logits are cut to the last position
+    only after it)."""
+    with model.edit() as ed:
+        model.output[:, 0] = mt.apply(mx.tanh, model.output[:, 0])
+    return ed.model
+
+
+def tanh_at_first_logits(site, x):
+    return mx.concatenate([mx.tanh(x[:, :1]), x[:, 1:]], axis=1) if site == ("output",) else x
+
+
 # name -> (the edited model, its hook on the hand-written forward, whether the prefix may be shared)
 EDITS = {
     "position-wise": (lambda m: m.edit({"layers.0": iv.scale(0.5)}),
                       lambda s, x: x * 0.5 if s == ("layer", 0) else x, True),
     "a recorded write inside the prefix": (lambda m: recorded(m, 1), times_three_at(1), False),
     "a recorded write at [:, -1]": (lambda m: recorded(m, -1), times_three_at(-1), False),
+    "a recorded write of the logits at position 0": (logits_at_first_position, tanh_at_first_logits, False),
     "a weight edit": (lambda m: m.edit_weights({"layers.0.mlp.down_proj.weight": lambda w: w * 0.5}), None, True),
 }
 

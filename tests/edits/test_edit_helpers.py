@@ -8,6 +8,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+import mlxterp as mt
 from mlxterp import batch_get_activations, collect_activations, get_activations
 from mlxterp import interventions as iv
 from tests.generation.conftest import MODES
@@ -160,3 +161,26 @@ def test_batched_helpers_give_each_prompt_what_it_gets_alone(model):
 ])
 def test_position_wise_edits_know_the_key_axis_of_attention_scores(model, site, fn, safe):
     assert model.edit({site: fn})._padding_safe() is safe
+
+
+def logits_at_first_position_moved(model):
+    """A recorded edit of the logits at position 0, which the last position's logits never see."""
+    with model.edit() as ed:
+        model.output[:, 0] = mt.apply(mx.tanh, model.output[:, 0])
+    return ed.model
+
+
+def test_sweeps_keep_an_edit_of_a_position_after_the_final_norm_where_it_is(model):
+    """Patching sweeps cut the final norm's input to the last position: an edit of the logits' position 0 then
+    landed on the last position (the sweep's metric). It cannot change the last position's logits, so the
+    edited model's sweeps equal the base model's."""
+    from mlxterp.analysis.patching import _sliceable_norm
+
+    edited = logits_at_first_position_moved(model)
+    tokens = mx.array([CLEAN, CORRUPTED])
+    assert _sliceable_norm(edited, tokens) is None and _sliceable_norm(steered(model), tokens) is not None
+    want = model.activation_patching(CLEAN, CORRUPTED, component="mlp")
+    assert edited.activation_patching(CLEAN, CORRUPTED, component="mlp") == pytest.approx(want, abs=1e-4)
+    heads = edited.head_patching(CLEAN, CORRUPTED, layers=[1, 2]).grid
+    np.testing.assert_allclose(np.asarray(heads), np.asarray(model.head_patching(CLEAN, CORRUPTED, layers=[1, 2]).grid),
+                               atol=1e-4)
