@@ -72,8 +72,8 @@ class WrappedModel(Protocol):
     def _padding_safe(self) -> bool:
         """Whether right-padding prompts together keeps each one exact under the model's edits."""
 
-    def _positional_sites(self) -> set:
-        """The module values ``(path, call, phase)`` the model's edits read or write position-dependently."""
+    def _positional_edit_after(self, events: Any, event: tuple) -> bool:
+        """Whether an edit reads or writes position-dependently a module value computed after ``event``."""
 
     def _activation_name(self, captured: str) -> str:
         """The ``trace.activations`` key of a module path."""

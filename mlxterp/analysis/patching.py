@@ -175,9 +175,7 @@ def _sliceable_norm(model: InterpretableModel, tokens: mx.array) -> Optional[str
     probe = model._probe(tokens)
     if norm_path is None or probe.call_counts().get(norm_path) != 1:
         return None
-    events = list(probe.events)
-    later = events[events.index((norm_path, 0, "input")) + 1:] if (norm_path, 0, "input") in events else events
-    if model._positional_sites().intersection(later):
+    if model._positional_edit_after(probe.events, (norm_path, 0, "input")):
         return None
     spec_in, spec_out = probe.values.get((norm_path, 0, "input")), probe.values.get(("", 0, "output"))
     ok = all(isinstance(s, tuple) and len(s[0]) == 3 and tuple(s[0][:2]) == tuple(tokens.shape)

@@ -163,24 +163,30 @@ def test_position_wise_edits_know_the_key_axis_of_attention_scores(model, site, 
     assert model.edit({site: fn})._padding_safe() is safe
 
 
-def logits_at_first_position_moved(model):
-    """A recorded edit of the logits at position 0, which the last position's logits never see."""
+def first_position_tanh(model, where):
+    """A recorded edit of ``where``'s output at position 0 (the logits, or the last layer's MLP), which the
+    last position's logits never see."""
     with model.edit() as ed:
-        model.output[:, 0] = mt.apply(mx.tanh, model.output[:, 0])
+        module = model if where == "logits" else model.layers[3].mlp
+        module.output[:, 0] = mt.apply(mx.tanh, module.output[:, 0] * 5.0)
     return ed.model
 
 
-def test_sweeps_keep_an_edit_of_a_position_after_the_final_norm_where_it_is(model):
-    """Patching sweeps cut the final norm's input to the last position: an edit of the logits' position 0 then
-    landed on the last position (the sweep's metric). It cannot change the last position's logits, so the
-    edited model's sweeps equal the base model's."""
+@pytest.mark.parametrize("where", ["logits", "last mlp"])
+def test_sweeps_keep_an_edit_of_a_position_after_their_last_position_cuts(model, where):
+    """Patching sweeps cut the final norm's input, and the last layer's MLP input where its variants are born
+    at the norm, to the last position: an edit of position 0 there then landed on the last position (the
+    sweep's metric). It cannot change the last position's logits, so the edited model's sweeps equal the
+    base model's."""
     from mlxterp.analysis.patching import _sliceable_norm
 
-    edited = logits_at_first_position_moved(model)
+    edited = first_position_tanh(model, where)
     tokens = mx.array([CLEAN, CORRUPTED])
-    assert _sliceable_norm(edited, tokens) is None and _sliceable_norm(steered(model), tokens) is not None
-    want = model.activation_patching(CLEAN, CORRUPTED, component="mlp")
-    assert edited.activation_patching(CLEAN, CORRUPTED, component="mlp") == pytest.approx(want, abs=1e-4)
-    heads = edited.head_patching(CLEAN, CORRUPTED, layers=[1, 2]).grid
-    np.testing.assert_allclose(np.asarray(heads), np.asarray(model.head_patching(CLEAN, CORRUPTED, layers=[1, 2]).grid),
+    assert (_sliceable_norm(edited, tokens) is None) == (where == "logits")
+    assert _sliceable_norm(steered(model), tokens) is not None  # an edit before the norm keeps its cut
+    for component in ("mlp", "output"):
+        want = model.activation_patching(CLEAN, CORRUPTED, component=component)
+        assert edited.activation_patching(CLEAN, CORRUPTED, component=component) == pytest.approx(want, abs=1e-4)
+    heads = edited.head_patching(CLEAN, CORRUPTED, layers=[1, 3]).grid
+    np.testing.assert_allclose(np.asarray(heads), np.asarray(model.head_patching(CLEAN, CORRUPTED, layers=[1, 3]).grid),
                                atol=1e-4)
