@@ -270,6 +270,21 @@ def test_a_folded_program_of_an_edited_invoke_trace(model):
             close(folded[f"out{k}"][j], steered(model, prompt, alphas[j].item()))
 
 
+def test_an_edited_invoke_program_under_vmap_and_grad(model):
+    prog = invoke_trace(steer_last(model)).program()
+    alphas = mx.array([0.5, 2.0])
+    mapped = mx.vmap(lambda a: prog.fn(params={"alpha": a})["out1"])(alphas)
+    for j in range(2):
+        close(mapped[j], steered(model, PROMPTS[1], alphas[j].item()))
+
+    def last_logit(alpha, prompt):
+        return steered(model, prompt, alpha)[0, -1, 3]
+
+    grad = mx.grad(lambda a: sum(prog.fn(params={"alpha": a})[f"out{k}"][0, -1, 3] for k in range(3)))(mx.array(1.5))
+    want = sum(mx.grad(lambda a, p=p: last_logit(a, p))(mx.array(1.5)) for p in PROMPTS)
+    close(grad, want, tol=1e-3)
+
+
 def test_an_edits_constant_is_one_param_of_the_invoke_program(model):
     """The edit's vector is one param (as in a trace without invokes), so replacing it changes every invoke."""
     edited = model.edit({"layers.1": iv.add_vector(V)})
