@@ -9,6 +9,10 @@ logits):
                      on every call; judged where that forward takes ``FLOOR_JUDGED_S`` or more per invoke
                      (recording costs about 0.1-0.2 ms per invoke: below that, replay the program).
 ``invokes_program``  the same baseline vs the trace's program replayed (``prog()``), judged at every shape.
+``edited_invokes``   what an edit adds to K invokes: the program of K invokes on the model vs on the model
+                     edited with ``iv.scale(0.9)`` at every layer (position-wise edits that come first are
+                     recorded once on the whole batch, not as a row write per invoke); the notes give the
+                     same ratio for the K prompts traced as one batch.
 
 Clock: process CPU time (``time.process_time``: the Python thread and MLX's own), which other processes on
 this shared machine do not inflate as they do wall-clock time; the difference per call is in the notes.
@@ -20,6 +24,8 @@ import time
 from typing import Any, Callable, Iterable, Iterator
 
 import mlx.core as mx
+
+from mlxterp import interventions as iv
 
 from .context import Context, shape_text
 from .harness import Row, Target, compare, ratio_row
@@ -111,7 +117,34 @@ def invokes_program(ctx: Context) -> Iterator[Row]:
                              f"max abs diff {diff:.1e}")
 
 
+def _program(im: Any, rows: list[list[int]], tokens: Any = None) -> Any:
+    """The program of K invokes (or, given ``tokens``, of the padded batch as one trace), last logits saved."""
+    if tokens is None:
+        return invoke_trace(im, rows)[0].program()
+    with im.trace(tokens, compile=True, capture="saved") as tr:
+        im.output.save()
+    return tr.program()
+
+
+def edited_invokes(ctx: Context) -> Iterator[Row]:
+    """The program of K invokes on the model vs on the model with a position-wise edit at every layer."""
+    yield from _skip_rows(ctx, "edited_invokes", "program of K invokes", "of the edited model")
+    for name, k, seq in configs(ctx):
+        m = ctx.model(name)
+        im, rows = m.wrap(), prompts(m, k, seq)
+        edited = im.edit({f"layers.{i}": iv.scale(0.9) for i in range(m.layers)})
+        base, cand = _program(im, rows), _program(edited, rows)
+        base_batch, cand_batch = _program(im, rows, base.tokens), _program(edited, rows, base.tokens)
+        batch = _compare(ctx, lambda: mx.eval(base_batch()), lambda: mx.eval(cand_batch()))
+        timings = _compare(ctx, lambda: mx.eval(base()), lambda: mx.eval(cand()))
+        yield ratio_row(SUITE, "edited_invokes", name, shape_text(k, seq), "program of K invokes",
+                        f"the same, the model edited with iv.scale(0.9) at all {m.layers} layers", timings,
+                        INVOKE_TARGET, note=f"the same edit on the K prompts traced as one batch: "
+                                            f"{batch[1].median / batch[0].median:.3f}x")
+
+
 CASES: dict[str, Callable[[Context], Iterable[Row]]] = {
     "invokes_trace": invokes_trace,
     "invokes_program": invokes_program,
+    "edited_invokes": edited_invokes,
 }

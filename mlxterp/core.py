@@ -36,6 +36,7 @@ class WrappedModel(Protocol):
     _positions: "PositionGuard"  # the model's position limit
     _save_names: dict  # default save keys by (path, call, phase), shared by every trace
     _embedding_rows: Optional[int]  # rows of the token embedding (the valid token ids)
+    edits: tuple  # the model's edits (mlxterp.edits), in order: each .apply(trace) records itself
 
     def trace(self, inputs: Any = None, interventions: Optional[dict] = None, compile: Any = "auto",
               capture: Any = "all") -> "Trace":
@@ -68,11 +69,11 @@ class WrappedModel(Protocol):
     def _check_interventions(self, interventions: Any, kind: str = "interventions") -> list:
         """An ``interventions=`` dict as checked ``((path, phase), fn, key)`` entries."""
 
-    def _apply_edits(self, trace: "Trace") -> None:
-        """Record the model's edits into ``trace`` as it begins (see :mod:`mlxterp.edits`)."""
-
     def _padding_safe(self) -> bool:
         """Whether right-padding prompts together keeps each one exact under the model's edits."""
+
+    def _positional_edit_after(self, events: Any, event: tuple) -> bool:
+        """Whether an edit reads or writes position-dependently a module value computed after ``event``."""
 
     def _activation_name(self, captured: str) -> str:
         """The ``trace.activations`` key of a module path."""

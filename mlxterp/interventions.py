@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional, Union
 import mlx.core as mx
 import numpy as np
 
+from .adapters.attention import KEY_AXIS_POINTS
 from .inputs import is_int
 from .scalars import REAL_KINDS, is_number, python_number
 from .tracing.proxy import apply
@@ -208,6 +209,31 @@ class InterventionComposer(Intervention):
 
     def __repr__(self) -> str:
         return " >> ".join(repr(f) for f in self._fns) or "iv.compose()"
+
+
+def positionwise(fn: Callable, site: tuple) -> bool:
+    """Whether ``fn``, applied at ``site`` (``(path, phase)``), is one of the library's interventions that
+    compute each token position from that position alone (scale, clamp, zero_out, noise, zero_out_heads, a
+    per-feature add_vector or replace_with, a composition of these). Any other function may count positions
+    from the end or mix positions, which right padding (or a prompt split in parts) would change. An array
+    broadcast over the last axis is per feature, except at an attention score or pattern, whose last axis is
+    the key positions."""
+    if isinstance(fn, InterventionComposer):
+        return all(positionwise(f, site) for f in fn._fns)
+    keyed = site[0].rpartition(".")[2] in KEY_AXIS_POINTS
+    if isinstance(fn, scale):
+        return _per_feature(fn.factor, keyed)
+    if isinstance(fn, add_vector):
+        return _per_feature(fn.vector, keyed)
+    if isinstance(fn, replace_with):
+        return _per_feature(fn.value, keyed)
+    return isinstance(fn, (clamp, noise, zero_out_heads, _ZeroOut))
+
+
+def _per_feature(value: Any, keyed: bool) -> bool:
+    """A number, or an array with no token axis (at most one axis, broadcast over the last, which is not
+    ``keyed`` by positions)."""
+    return not isinstance(value, mx.array) or value.ndim == 0 or (value.ndim == 1 and not keyed)
 
 
 def compose() -> InterventionComposer:

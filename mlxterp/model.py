@@ -131,7 +131,8 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, CircuitsMixin, Generatio
                 from ``with tr.invoke(prompt):`` blocks inside the trace, one batch of all of them (see
                 :meth:`Trace.invoke`).
             interventions: ``{module name: fn}``, each ``fn(activation) -> activation`` (applied after the
-                model's edits, if it has any: see :meth:`edit`).
+                model's edits, if it has any: see :meth:`edit`; with invokes, both apply to each invoke's own
+                view as it begins).
             compile: ``False`` eager, ``True`` compiled, ``"auto"`` eager the first time a graph
                 structure is seen and compiled once it repeats.
             capture: which module outputs land in ``trace.activations``: ``"all"`` (default),

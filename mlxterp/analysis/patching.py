@@ -165,13 +165,17 @@ def _setup(model: InterpretableModel, clean_text: Any, corrupted_text: Any, comp
 
 
 def _sliceable_norm(model: InterpretableModel, tokens: mx.array) -> Optional[str]:
-    """The final norm, if cutting its input to the last position is safe (called once, per position)."""
+    """The final norm, if cutting its input to the last position is safe (called once, per position, and
+    no edit of the model reads or writes a later value position-dependently: ``[:, 0]`` of the logits
+    would land on the last position)."""
     try:
         norm_path = find_unembedding(model).norm_path
     except UnembeddingError:
         return None
     probe = model._probe(tokens)
     if norm_path is None or probe.call_counts().get(norm_path) != 1:
+        return None
+    if model._positional_edit_after(probe.events, (norm_path, 0, "input")):
         return None
     spec_in, spec_out = probe.values.get((norm_path, 0, "input")), probe.values.get(("", 0, "output"))
     ok = all(isinstance(s, tuple) and len(s[0]) == 3 and tuple(s[0][:2]) == tuple(tokens.shape)

@@ -26,7 +26,8 @@ single-row forwards of compute instead of ``2 + 2L`` forwards. Births later than
   layer's output reaches the logits, so the component's input there is cut to the last position, as the
   final norm's is: this one assumes the component is position-wise, as an MLP is (it runs on one
   position at a time when a model decodes), and the identity check still holds (the layer broadcasts the
-  one-position output over the sequence in its add).
+  one-position output over the sequence in its add). Neither cut is made where an edit of the model that
+  counts positions (``[:, 0]``) reads or writes a value computed after it.
 
 A layer whose identity check fails (evaluated with the distances) is run again the general way. Patching
 any other sub-module (the attention, ``self_attn.o_proj``, ...) changes what the rest of its layer reads
@@ -264,7 +265,10 @@ def _births(model: InterpretableModel, tokens: mx.array, sites: Dict[int, Compon
             continue
         attn = _residual_sibling(model, probe, counts, site)
         if attn is not None:
-            out[layer] = Birth(nxt, attn, cut=layer == last and nxt == norm_path)
+            # the component then runs on the last position only, unless an edit counts positions there
+            cut = layer == last and nxt == norm_path and not model._positional_edit_after(
+                probe.events, (site.path, 0, "input"))
+            out[layer] = Birth(nxt, attn, cut=cut)
     return out
 
 

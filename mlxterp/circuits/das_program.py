@@ -18,6 +18,12 @@ an mlx-lm decode step does; the program is the same graph either way (positions 
 so they index the same tokens in the prompt and in its suffix). Models whose cache is not mlx-lm's plain
 ``KVCache`` (sliding windows, state-space layers) run the whole prompt in every block, and each
 program checks once that both ways give the same logits before using the cache.
+
+**Edited models.** Both programs are traces of the model, so they carry its edits (their constants are
+params filled with the edits' values), and so does the prefix pass. A prompt split into a prefix and a
+suffix computes what the whole prompt computes only under edits that act on each position alone (the
+library's position-wise interventions, weight edits): an edit that counts positions from the end
+(``[:, -1]``) or mixes positions would land elsewhere in each part, so such a model runs the whole prompt.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from mlx_lm.models.cache import KVCache
 from mlxterp.compiler import Graph, Op, PatchedForward, run_passes
 from mlxterp.compiler.fold import fold_tokens
 from mlxterp.compiler.locks import model_lock
+from mlxterp.compiler.passes.lift import param_sources, param_values
 
 from ..analysis.patching import _sliceable_norm
 from ..analysis.sweep import last_position
@@ -88,13 +95,15 @@ class InterchangeProgram:
         passes = run_passes(graph.with_captures(()), model._probe(tokens).events)
         self.forward = PatchedForward(model.model, passes.after, passes.schedule, call=call_with_cache,
                                       points=model._points, stop_early=False)
-        self._slots = {n.meta.get("name"): n.target for n in passes.after if n.op is Op.PARAM}
+        self._defaults = param_values(graph, param_sources(passes.after))  # the model's edits' constants too
+        self._slots = {n.meta["name"]: n.target for n in passes.after if n.op is Op.PARAM and n.meta.get("name")}
         self._unorder = mx.array([self.stairs.order.index(j) for j in range(self.k)])
         self.prefix_len = 0
         self._prefix: Optional[PatchedForward] = None
         first = min(p for s in self.sites for p in s.positions)
-        if share_prefix and first > 0 and static_eligible(model.model):
-            self._prefix = _prefix_forward(model, tokens)
+        # a prefix and a suffix compute what the whole prompt does only under position-wise edits
+        if share_prefix and first > 0 and static_eligible(model.model) and model._padding_safe():
+            self._prefix, self._prefix_params = _prefix_forward(model, tokens)
             self._layers = len(cache_layers(model.model))
             self.prefix_len = first
             with model_lock(model.model):  # eager runs: no other thread may hook the model meanwhile
@@ -110,7 +119,7 @@ class InterchangeProgram:
             sources: per site, the source activations ``(batch, len(positions), width)``.
         """
         caches = self._caches(base[:, :self.prefix_len])
-        params: list[Any] = [None] * len(self._slots)
+        params: list[Any] = list(self._defaults)
         for j in range(self.k):
             params[self._slots[f"rotation_{j}"]] = rotations[j]
             params[self._slots[f"source_{j}"]] = sources[j]
@@ -124,7 +133,7 @@ class InterchangeProgram:
         if self._prefix is None:
             return None
         caches = [PrefixCache() for _ in range(self._layers)]
-        self._prefix((prefix, caches), [])
+        self._prefix((prefix, caches), self._prefix_params)
         return [cache.repeated(self.stairs.blocks_at(i)) for i, cache in enumerate(caches)]
 
     def _check_prefix(self, tokens: mx.array) -> None:
@@ -171,12 +180,15 @@ def _record(model: "InterpretableModel", sites: Sequence[Site], tokens: mx.array
     return tr.graph
 
 
-def _prefix_forward(model: "InterpretableModel", tokens: mx.array) -> PatchedForward:
-    """A forward that fills a KV cache and stops after the last layer (no norm, no vocabulary projection)."""
+def _prefix_forward(model: "InterpretableModel", tokens: mx.array) -> tuple[PatchedForward, list]:
+    """A forward that fills a KV cache and stops after the last layer (no norm, no vocabulary projection),
+    with the model's edits, and its params (the edits' constants)."""
     last = model.layers[len(model.layers) - 1].path
-    graph = Graph(captures=((last, 0),))
-    passes = run_passes(graph, model._probe(tokens).events)
-    return PatchedForward(model.model, passes.after, passes.schedule, call=call_with_cache, points=model._points)
+    with model.trace(tokens, compile=False, capture=[last]) as tr:  # records the edits (and runs to the last layer)
+        pass
+    passes = run_passes(tr.graph, model._probe(tokens).events)
+    forward = PatchedForward(model.model, passes.after, passes.schedule, call=call_with_cache, points=model._points)
+    return forward, param_values(tr.graph, param_sources(passes.after))
 
 
 class PrefixCache(KVCache):

@@ -3,8 +3,9 @@ or some changed weights.
 
 ``model.edit({...})`` and ``with model.edit() as ed:`` return a new :class:`~mlxterp.InterpretableModel`
 sharing the model's module tree and weights; its edits are recorded at the start of every trace (before
-``interventions=`` and the block's own code), so everything built on traces carries them: programs,
-the analysis sweeps, activation collection and generation (every step, the prompt pass included).
+``interventions=`` and the block's own code; in a trace with invokes, as each invoke begins, on its view),
+so everything built on traces carries them: programs, the analysis sweeps, activation collection and
+generation (every step, the prompt pass included).
 ``model.edit_weights({...})`` gives a model whose module tree is a copy-on-write of the model's along the
 edited weights' paths (see :mod:`mlxterp.edits.weights`). ``edited.edits`` lists the edits; ``inplace=True`` edits the
 model itself and ``clear_edits()`` undoes that.

@@ -102,10 +102,17 @@ class EditMixin:
         utilities, steering vectors) batch this model's prompts by exact length then."""
         return all(edit.padding_safe for edit in self._edits)
 
-    def _apply_edits(self, trace: Any) -> None:
-        """Record this model's edits into ``trace`` as it begins (called by ``Trace.__enter__``)."""
-        for edit in self._edits:
-            edit.apply(trace)
+    def _positional_edit_after(self, events: Any, event: tuple) -> bool:
+        """Whether an edit that may count positions from the end or mix positions reads or writes a module
+        value computed after ``event`` (``(path, call, phase)``) in ``events`` (a probe's execution order): a
+        helper that cuts a value's token axis to the last position there would move such an edit's
+        positions (``[:, 0]`` of the logits would land on the last position)."""
+        sites = {site for edit in self._edits if not edit.padding_safe for site in edit.sites}
+        if not sites:
+            return False
+        events = list(events)
+        later = events[events.index(event) + 1:] if event in events else events
+        return not sites.isdisjoint(later)
 
 
 def with_edits(model: Any, records: tuple, inplace: bool, tree: Optional[nn.Module] = None) -> Any:

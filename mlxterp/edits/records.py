@@ -17,6 +17,7 @@ import mlx.core as mx
 
 from mlxterp.compiler import Graph, Op
 
+from ..interventions import positionwise
 from ..tracing.source import format_source, pin
 from .replay import Plan
 
@@ -53,34 +54,17 @@ class InterventionEdit:
     @property
     def padding_safe(self) -> bool:
         """Whether right padding leaves every real position as the prompt alone gives it: true for the
-        library's interventions that act on each position alone (see :func:`positionwise`)."""
-        return positionwise(self.fn)
+        library's interventions that act on each position alone (see
+        :func:`mlxterp.interventions.positionwise`)."""
+        return positionwise(self.fn, self.site)
+
+    @property
+    def sites(self) -> tuple:
+        """The module values it reads and writes, ``(path, call, phase)``."""
+        return ((self.site[0], 0, self.site[1]),)
 
     def __repr__(self) -> str:
         return f"Edit({self.name!r}: {self.fn!r}, at {format_source(self.source)})"
-
-
-def positionwise(fn: Callable) -> bool:
-    """Whether ``fn`` is one of the library's interventions that compute each token position from that
-    position alone (scale, clamp, zero_out, noise, zero_out_heads, a per-feature add_vector or replace_with,
-    a composition of these). Any other function may count positions from the end or mix positions, which
-    right padding would change."""
-    from .. import interventions as iv
-
-    if isinstance(fn, iv.InterventionComposer):
-        return all(positionwise(f) for f in fn._fns)
-    if isinstance(fn, iv.scale):
-        return _per_feature(fn.factor)
-    if isinstance(fn, iv.add_vector):
-        return _per_feature(fn.vector)
-    if isinstance(fn, iv.replace_with):
-        return _per_feature(fn.value)
-    return isinstance(fn, (iv.clamp, iv.noise, iv.zero_out_heads, type(iv.zero_out)))
-
-
-def _per_feature(value: Any) -> bool:
-    """A number, or an array with no token axis (at most one axis, broadcast over the last)."""
-    return not isinstance(value, mx.array) or value.ndim <= 1
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -105,6 +89,14 @@ class RecordedEdit:
     def apply(self, trace: Any) -> None:
         """Replay the recorded nodes into ``trace`` (as it begins); see :mod:`.replay`."""
         self._plan.replay(trace)
+
+    @property
+    def sites(self) -> tuple:
+        """The module values it reads and writes, ``(path, call, phase)``."""
+        found = [n.target for n in self.graph if n.op is Op.REPLACE]
+        found += [n.target + ("output" if n.op is Op.MODULE_OUTPUT else "input",) for n in self.graph
+                  if n.op in (Op.MODULE_OUTPUT, Op.MODULE_INPUT)]
+        return tuple(dict.fromkeys(found))
 
     @property
     def params(self) -> tuple:
@@ -138,6 +130,7 @@ class WeightEdit:
     source: Any
 
     padding_safe = True  # the forward itself is a model's forward
+    sites = ()  # it reads and writes no module value
 
     def apply(self, trace: Any) -> None:
         """Nothing to record: the weight lives in the edited model's module tree."""

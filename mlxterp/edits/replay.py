@@ -118,7 +118,8 @@ def _write(replay: _Replay, step: Step) -> int:
     else:
         value = Proxy(replay.trace, replay.ref(arg).id)
     replay.trace.write(path, idx, phase, value, meta.get("origin"))
-    return replay.trace._versions[(path, idx, phase)]
+    # the written value as the trace's code reads it now (in a trace with invokes, the invoke's view of it)
+    return replay.trace.module_value(path, idx, phase)._node
 
 
 def _getitem(replay: _Replay, step: Step) -> int:

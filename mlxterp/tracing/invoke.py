@@ -15,6 +15,10 @@ scheduler orders them; a write that needs a value the forward computes only late
 from invoke A's layer 20) cannot run in one forward and is refused, naming both lines
 (:func:`explain_causality`).
 
+The model's edits and the trace's ``interventions=`` are recorded as each invoke begins, on its view (each
+invoke's copy sharing their constants: :class:`SharedConstants`), so an edit's ``[:, -1]``, a function of
+the activation's shape and index checks see the invoke's own prompt, as in a trace of its own.
+
 Which axes are cut is read off the model itself: the probe of the invoke's tokens and of tokens one
 column wider (or narrower) differ exactly on the axes that follow the sequence.
 """
@@ -167,6 +171,53 @@ class Invoke:
         return f"Invoke({self.name!r}, tokens {tuple(self.tokens.shape)}, {rows})"
 
 
+class SharedConstants:
+    """What every invoke's copy of the edits and ``interventions=`` records once.
+
+    In a trace with invokes, the model's edits and the trace's ``interventions=`` are recorded as each invoke
+    begins, on its view (``with shared: trace.begin()``). Their constants (an edit's vector, the ``0.5`` of
+    ``iv.scale(0.5)``) and named params are the same in every copy, so each is one constant of the trace and
+    the trace's program has the params a trace without invokes has (``prog(const_0=v)`` or an edit's
+    ``prog(alpha=a)`` sets it for every invoke). A later copy reuses the first copy's constant where it
+    records the very same object at the same place (a function that makes a new array on every call gets a
+    constant per invoke); a named param is one param by its name.
+    """
+
+    def __init__(self) -> None:
+        self.active = False  # an invoke's copy is being recorded
+        self._first: list[tuple] = []  # ((id, weak), value, node id) of the first copy's constants, in order
+        self._sealed = False  # the first copy is recorded
+        self._count = 0  # constants recorded so far by the current copy
+        self._params: dict[str, int] = {}
+
+    def __enter__(self) -> "SharedConstants":
+        self.active, self._count = True, 0
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        self.active, self._sealed = False, True
+        return False
+
+    def constant(self, value: Any, weak: bool, make: Any) -> int:
+        """The node of constant ``value`` in the current copy: the first copy's at this place if it is the same
+        object, else ``make()``'s new one."""
+        k, self._count = self._count, self._count + 1
+        key = (id(value), weak)
+        if k < len(self._first) and self._first[k][0] == key:
+            return self._first[k][2]
+        node_id = make()
+        if not self._sealed:
+            self._first.append((key, value, node_id))  # the value is kept: its id names no other object
+        return node_id
+
+    def param(self, name: str, make: Any) -> int:
+        """The node of named param ``name``: made by the first copy that declares it."""
+        found = self._params.get(name)
+        if found is None:
+            found = self._params[name] = make()
+        return found
+
+
 class Invokes:
     """The invokes of a trace opened without inputs: which one is open, each one's views of module values
     and writes into its rows, and the batch they make when the block ends."""
@@ -175,7 +226,8 @@ class Invokes:
         self.trace = trace
         self.done: list[Invoke] = []  # in the order their blocks opened: their rows' order
         self.current: Optional[Invoke] = None
-        self.whole = False  # interventions= read and write the whole batch (every invoke's rows)
+        self.whole = False  # position-wise edits and interventions= recorded once on the whole batch
+        self.shared = SharedConstants()  # what each invoke's copy of the edits and interventions= records once
 
     # -- opening and closing -----------------------------------------------------------------------
     def create(self, inputs: Any, name: Optional[str]) -> Invoke:
@@ -215,6 +267,30 @@ class Invokes:
         self.done.append(invoke)
         self.trace._param_names.add(invoke.name)  # a program's keywords: no param may take the name
         self.current = invoke
+        try:
+            self._begin(first=len(self.done) == 1)
+        except BaseException:
+            self.current = None
+            raise
+
+    def _begin(self, first: bool) -> None:
+        """The model's edits and the trace's ``interventions=`` as the open invoke begins, on its view. Those
+        that come first and compute each position from that position alone give every row what its prompt
+        alone gives when applied to the whole batch: they are recorded once, on the batch value, as the first
+        invoke begins (K row writes of one value cost K copies of it); the others on each invoke's view, every
+        copy sharing their constants (:class:`SharedConstants`)."""
+        entries = self.trace.beginning()
+        lead = next((k for k, (positionwise, _) in enumerate(entries) if not positionwise), len(entries))
+        if first and lead:
+            self.whole = True  # shapes stand in as the first invoke's: only axes after the tokens' are read
+            try:
+                for _, record in entries[:lead]:
+                    record()
+            finally:
+                self.whole = False
+        with self.shared:
+            for _, record in entries[lead:]:
+                record()
 
     def exit(self, invoke: Invoke) -> None:
         if self.current is invoke:
@@ -233,9 +309,9 @@ class Invokes:
         return pad_rows(rows, self.trace._owner._pad_id())
 
     # -- values --------------------------------------------------------------------------------------
-    def open_invoke(self, what: str) -> Optional[Invoke]:
-        """The open invoke (``None`` while ``interventions=`` are recorded on the whole batch)."""
-        if self.current is None and not self.whole:
+    def open_invoke(self, what: str) -> Invoke:
+        """The open invoke."""
+        if self.current is None:
             raise InvokeError(f"{what} is read or written outside any invoke of a trace that has invokes; do it "
                               "inside a `with tr.invoke(prompt):` block, where it is that invoke's value (values "
                               "read in invokes may be combined anywhere in the trace's block)")
@@ -249,9 +325,9 @@ class Invokes:
 
     def view(self, node_id: int, event: tuple) -> int:
         """The open invoke's view of batch value ``node_id`` (module value ``event``, after its writes so
-        far); the batch value itself while ``interventions=`` are recorded."""
+        far); the batch value itself while the whole batch is recorded (see :meth:`_begin`)."""
         invoke = self.open_invoke(self._describe(event))
-        if invoke is None:
+        if self.whole:
             return node_id
         found = invoke.views.get(node_id)
         if found is None:
@@ -263,10 +339,10 @@ class Invokes:
 
     def row_write(self, event: tuple, value: Any, extra: Optional[dict], src: Any) -> tuple[Any, Optional[dict]]:
         """A write of ``value`` to module value ``event`` in the open invoke: the batch value with the
-        invoke's rows replaced (a ``setitem`` node), and the write's meta. Unchanged while ``interventions=``
-        are recorded (they write the whole batch)."""
+        invoke's rows replaced (a ``setitem`` node), and the write's meta. Unchanged while the whole batch is
+        recorded (see :meth:`_begin`)."""
         invoke = self.open_invoke(self._describe(event))
-        if invoke is None:
+        if self.whole:
             return value, extra
         trace = self.trace
         where = self._describe(event)
@@ -311,7 +387,7 @@ class Invokes:
             return
         where, owner = self._describe(node.meta["event"]), node.meta["invoke"]
         invoke = self.open_invoke(where)
-        if invoke is not None and invoke.name != owner:
+        if invoke.name != owner:
             raise InvokeError(f"{where} of invoke {owner!r} is written inside invoke {invoke.name!r} at "
                               f"{format_source(user_source())}: an invoke writes its own rows only; write "
                               f"{where} inside invoke {owner!r}, or write this invoke's own value with it")
@@ -336,11 +412,7 @@ class Invokes:
             name = self.trace.graph.node(node_id).meta.get("invoke")
             if name is not None:
                 return self.by_name(name).tokens
-        invoke = self.open_invoke(what)
-        if invoke is None:
-            raise InvokeError("the shapes of the whole batch are known once every invoke is recorded: in a trace "
-                              "with invokes, interventions= may not read shapes (read them inside an invoke)")
-        return invoke.tokens
+        return self.open_invoke(what).tokens
 
     def by_name(self, name: str) -> Invoke:
         return next(inv for inv in self.done if inv.name == name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any, Callable
 
@@ -97,19 +98,29 @@ class Trace:
     # -- context protocol --------------------------------------------------------------------
     def __enter__(self) -> "Trace":
         context.push(self)
-        if self._invokes is not None:
-            self._invokes.whole = True  # interventions= apply to every invoke's rows
-        try:
-            self._owner._apply_edits(self)  # the model's edits come first (see mlxterp.edits)
-            for site, fn, name in self._interventions:
-                self._apply_intervention(site, fn, name)
-        except BaseException:
-            context.pop(self)
-            raise
-        finally:
-            if self._invokes is not None:
-                self._invokes.whole = False
+        if self._invokes is None:  # with invokes, each invoke begins with them (see Invokes.enter)
+            try:
+                self.begin()
+            except BaseException:
+                context.pop(self)
+                raise
         return self
+
+    def begin(self) -> None:
+        """Record the model's edits (see :mod:`mlxterp.edits`), then the ``interventions=`` entries, as the
+        trace begins. A trace with invokes records them as each invoke begins instead (see
+        :meth:`Invokes.enter <mlxterp.tracing.invoke.Invokes.enter>`)."""
+        for _, record in self.beginning():
+            record()
+
+    def beginning(self) -> list[tuple[bool, Callable[[], None]]]:
+        """What the trace records as it begins, in order (the model's edits, then the ``interventions=``
+        entries), each as (whether it computes each position from that position alone, the call recording it)."""
+        from ..interventions import positionwise
+
+        entries = [(edit.padding_safe, functools.partial(edit.apply, self)) for edit in self._owner.edits]
+        return entries + [(positionwise(fn, site), functools.partial(self._apply_intervention, site, fn, name))
+                          for site, fn, name in self._interventions]
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         context.pop(self)
@@ -244,22 +255,29 @@ class Trace:
         return value
 
     def _constant(self, value: Any, weak: bool, src: Any = None) -> Ref:
-        node = self.graph.add(Op.CONSTANT, None, (), None,
-                              {"value": value, "weak": weak, "source": src or user_source()},
-                              keys.constant_key(value, weak))
-        return Ref.of(node.id)
+        if self._invokes is not None and self._invokes.shared.active:  # one constant for every invoke's copy
+            return Ref.of(self._invokes.shared.constant(value, weak, lambda: self._new_constant(value, weak, src)))
+        return Ref.of(self._new_constant(value, weak, src))
+
+    def _new_constant(self, value: Any, weak: bool, src: Any) -> int:
+        return self.graph.add(Op.CONSTANT, None, (), None, {"value": value, "weak": weak, "source": src or user_source()},
+                              keys.constant_key(value, weak)).id
 
     def param(self, name: str, default: Any) -> Proxy:
         """A named input of this trace's program (see :func:`mlxterp.param`)."""
         if self.finished:
             self._check_open()
+        if self._invokes is not None and self._invokes.shared.active:  # one param for every invoke's copy
+            return Proxy(self, self._invokes.shared.param(name, lambda: self._new_param(name, default)))
+        return Proxy(self, self._new_param(name, default))
+
+    def _new_param(self, name: str, default: Any) -> int:
         check_param_name(name, self._param_names)
         value, weak = param_default(name, default)
         self._param_names.add(name)
-        node = self.graph.add(Op.CONSTANT, None, (), None,
+        return self.graph.add(Op.CONSTANT, None, (), None,
                               {"value": value, "weak": weak, "source": user_source(), "name": name},
-                              keys.constant_key(value, weak, name))
-        return Proxy(self, node.id)
+                              keys.constant_key(value, weak, name)).id
 
     def program(self) -> "Program":
         """This trace as a :class:`~mlxterp.Program`: the optimized graph lowered once, replayable with

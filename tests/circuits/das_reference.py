@@ -7,13 +7,13 @@ rotated coordinates from the source and the rest from the base, rotate back (``@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from tests.reference import llama_forward
+from tests.reference import Hook, llama_forward
 
 # DAS site name (layer i) -> the hand-written forward's site
 SITES = {"resid_pre": "layer_in", "resid_mid": "resid_mid", "resid_post": "layer", "attn": "attn", "mlp": "mlp"}
@@ -50,11 +50,14 @@ def hand_interchange(base: np.ndarray, source: np.ndarray, basis: np.ndarray, po
     return out
 
 
-def reference_values(module: nn.Module, tokens: mx.array, site: str, positions: Sequence[int]) -> np.ndarray:
-    """The site's values at ``positions`` on the hand-written forward, ``(batch, len(positions), n)``."""
+def reference_values(module: nn.Module, tokens: mx.array, site: str, positions: Sequence[int],
+                     edit: Optional[Hook] = None) -> np.ndarray:
+    """The site's values at ``positions`` on the hand-written forward (with the hook ``edit`` applied first,
+    at every site), ``(batch, len(positions), n)``."""
     key, found = reference_site(site), {}
 
     def hook(where: tuple, value: mx.array) -> mx.array:
+        value = value if edit is None else edit(where, value)
         if where == key:
             found["value"] = np.array(value)
         return value
@@ -64,11 +67,13 @@ def reference_values(module: nn.Module, tokens: mx.array, site: str, positions: 
 
 
 def reference_logits(module: nn.Module, base: mx.array, source: np.ndarray, site: str, positions: Sequence[int],
-                     basis: np.ndarray) -> np.ndarray:
-    """Last-position logits of the base run with the hand interchange at ``site`` (float32 forward)."""
+                     basis: np.ndarray, edit: Optional[Hook] = None) -> np.ndarray:
+    """Last-position logits of the base run with the hand interchange at ``site`` (float32 forward), after
+    the hook ``edit`` (applied first, at every site)."""
     key = reference_site(site)
 
     def hook(where: tuple, value: mx.array) -> mx.array:
+        value = value if edit is None else edit(where, value)
         if where != key:
             return value
         return mx.array(hand_interchange(np.array(value), source, basis, positions).astype(np.float32))

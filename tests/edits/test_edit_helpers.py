@@ -8,6 +8,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+import mlxterp as mt
 from mlxterp import batch_get_activations, collect_activations, get_activations
 from mlxterp import interventions as iv
 from tests.generation.conftest import MODES
@@ -148,3 +149,44 @@ def test_batched_helpers_give_each_prompt_what_it_gets_alone(model):
     rows = batch_get_activations(scaled, prompts, layers=[3], batch_size=4, progress=False)["layer_3"]
     single = mx.stack([get_activations(scaled, p, layers=[3])["layer_3"][0] for p in prompts])
     np.testing.assert_allclose(np.array(rows), np.array(single), atol=1e-5)
+
+
+@pytest.mark.parametrize("site, fn, safe", [
+    ("layers.1", iv.scale(mx.full((64,), 0.5)), True),  # per feature: the last axis is the hidden one
+    ("layers.1.attn.pattern", iv.scale(0.5), True),
+    ("layers.1.attn.pattern", iv.scale(mx.full((7,), 0.5)), False),  # per key position: padding moves it
+    ("layers.1.attn.scores", iv.add_vector(mx.zeros((7,))), False),
+    ("layers.1.attn.heads", iv.compose().add(iv.scale(mx.ones(16))).add(iv.clamp(-1.0, 1.0)).build(), True),
+    ("layers.1", iv.add_vector(mx.zeros((7, 64))), False),  # an array with a token axis
+])
+def test_position_wise_edits_know_the_key_axis_of_attention_scores(model, site, fn, safe):
+    assert model.edit({site: fn})._padding_safe() is safe
+
+
+def first_position_tanh(model, where):
+    """A recorded edit of ``where``'s output at position 0 (the logits, or the last layer's MLP), which the
+    last position's logits never see."""
+    with model.edit() as ed:
+        module = model if where == "logits" else model.layers[3].mlp
+        module.output[:, 0] = mt.apply(mx.tanh, module.output[:, 0] * 5.0)
+    return ed.model
+
+
+@pytest.mark.parametrize("where", ["logits", "last mlp"])
+def test_sweeps_keep_an_edit_of_a_position_after_their_last_position_cuts(model, where):
+    """Patching sweeps cut the final norm's input, and the last layer's MLP input where its variants are born
+    at the norm, to the last position: an edit of position 0 there then landed on the last position (the
+    sweep's metric). It cannot change the last position's logits, so the edited model's sweeps equal the
+    base model's."""
+    from mlxterp.analysis.patching import _sliceable_norm
+
+    edited = first_position_tanh(model, where)
+    tokens = mx.array([CLEAN, CORRUPTED])
+    assert (_sliceable_norm(edited, tokens) is None) == (where == "logits")
+    assert _sliceable_norm(steered(model), tokens) is not None  # an edit before the norm keeps its cut
+    for component in ("mlp", "output"):
+        want = model.activation_patching(CLEAN, CORRUPTED, component=component)
+        assert edited.activation_patching(CLEAN, CORRUPTED, component=component) == pytest.approx(want, abs=1e-4)
+    heads = edited.head_patching(CLEAN, CORRUPTED, layers=[1, 3]).grid
+    np.testing.assert_allclose(np.asarray(heads), np.asarray(model.head_patching(CLEAN, CORRUPTED, layers=[1, 3]).grid),
+                               atol=1e-4)

@@ -243,3 +243,30 @@ def test_an_edited_models_program_folds_vmaps_and_differentiates(model):
     grad = mx.grad(lambda v: prog.fn(params={"s": v})["logits"].sum())(steers[0])
     ref_grad = mx.grad(lambda v: reference(v).sum())(steers[0])
     np.testing.assert_allclose(np.array(grad), np.array(ref_grad), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_a_recorded_edit_reading_attention_internals(model, compile):
+    """The last position's heads scaled by its attention to the first key, and its key's first head shifted
+    by its query's: recorded without a prompt, read at each trace's own positions."""
+    with model.edit() as ed:
+        w = model.layers[1].attn.pattern[:, :, -1, 0]
+        model.layers[1].attn.heads[:, -1] = model.layers[1].attn.heads[:, -1] * w[:, :, None]
+        model.layers[2].attn.k[:, -1, 0] = model.layers[2].attn.k[:, -1, 0] + model.layers[2].attn.q[:, -1, 0]
+    seen = {}
+
+    def hook(site, value):
+        if site in (("pattern", 1), ("q", 2)):
+            seen[site] = value
+        if site == ("heads", 1):
+            value = mx.array(value)
+            value[:, -1] = value[:, -1] * seen[("pattern", 1)][:, :, -1, 0][:, :, None]
+        if site == ("k", 2):
+            value = mx.array(value)
+            value[:, -1, 0] = value[:, -1, 0] + seen[("q", 2)][:, -1, 0]
+        return value
+
+    for tokens in (mx.array([[1, 5, 9]]), TOKENS):
+        got = run(ed.model, tokens, compile)
+        np.testing.assert_allclose(np.array(got), np.array(llama_forward(model.model, tokens, hook)), rtol=1e-4,
+                                   atol=1e-4)

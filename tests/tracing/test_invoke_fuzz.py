@@ -5,6 +5,10 @@ hand-written forward (tests/reference.py) gives on its prompt alone, with the sa
 other invokes' values taken from their own reference runs; eager and compiled (new values: no retrace),
 and as a program replayed on new prompts of other lengths. A write from another invoke's value at a site
 the forward reaches later must be refused (CausalityError naming both invokes).
+
+Each trace runs on a model with a random edit (none, a dict of interventions, or a recorded edit) of the
+same kinds of writes at every kind of site: each invoke must get it on its own prompt, before its own
+steps, as the hand-written forward with the edit's hooks gives.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlxterp import InterpretableModel, apply
+from mlxterp import interventions as iv
 from mlxterp.compiler import CausalityError
 from tests.models import tiny_llama_module
 from tests.reference import llama_forward
@@ -82,6 +87,30 @@ def invoke_programs(draw) -> tuple[list[list[Step]], list[int]]:
     program = [draw(invoke_steps(late == k)) for k in range(n)]
     lengths = draw(st.lists(st.integers(2, 7), min_size=n, max_size=n))
     return program, lengths
+
+
+EDIT_FORMS = ["none", "dict", "recorded"]
+EDIT_WRITES = ["scale", "add_vec", "set_pos", "set_pos_vec", "set_slice", "tanh_mix", "replace_number"]
+EDIT_NAMES = {"embed": "embed", "layer_in": "layers.{}.resid_pre", "attn": "layers.{}.attn", "mlp": "layers.{}.mlp",
+              "layer": "layers.{}", "heads": "layers.{}.attn.heads", "pattern": "layers.{}.attn.pattern",
+              "output": "lm_head"}
+
+
+@st.composite
+def edits(draw) -> tuple[str, list[Step]]:
+    """A model edit: its form and its steps (writes at any kind of site, no reads across invokes)."""
+    form = draw(st.sampled_from(EDIT_FORMS))
+    steps = []
+    for _ in range(0 if form == "none" else draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(SITE_KINDS))
+        site = (kind,) if kind in ("embed", "output") else (kind, draw(st.integers(0, LAYERS - 1)))
+        what = draw(st.sampled_from(EDIT_WRITES))
+        if site[0] == "pattern":
+            what = "scale"
+        elif site[0] == "heads" and what not in ("scale", "tanh_mix"):
+            what = "set_head"
+        steps.append(Step(site, what, draw(st.integers(0, 10_000))))
+    return form, sorted(steps, key=lambda s: site_order(s.site))
 
 
 def values_for(program: list[list[Step]], seed: int) -> list[list[tuple]]:
@@ -162,6 +191,56 @@ class Applier:
             raise AssertionError(kind)
 
 
+def edit_applier(steps, values, shortest, get, set_) -> Applier:
+    """The edit's steps as an Applier: positions fixed for the shortest prompt (valid in every invoke), as a
+    recorded edit's integer indices are."""
+    return Applier(-1, steps, values, shortest, None, {}, get, set_)
+
+
+def site_function(site, steps, values, shortest):
+    """The dict form of the edit's steps at ``site``: the library's position-wise interventions where they
+    express them (so some edits are recorded once on the whole batch), else a function of the array."""
+    if all(s.kind in ("scale", "add_vec") for s in steps):
+        composed = iv.compose()
+        for step, (number, hidden_vec, vocab_vec) in zip(steps, values):
+            vec = mx.array(vocab_vec if site[0] == "output" else hidden_vec)
+            composed.add(iv.scale(number) if step.kind == "scale" else iv.add_vector(vec))
+        return composed.build()
+
+    def fn(x):
+        box = {site: x}
+        edit_applier(steps, values, shortest, lambda s: mx.array(box[s]), set_in(box)).run_site(site)
+        return box[site]
+    return fn
+
+
+def set_in(current):
+    def set_(site, value):
+        if isinstance(value, float):  # a whole write of a number: the activation's shape and dtype
+            value = mx.full(current[site].shape, value, current[site].dtype)
+        current[site] = value
+    return set_
+
+
+def edited_model(model, edit, values, shortest):
+    """``model`` with the drawn edit (``values``: one per step)."""
+    form, steps = edit
+    if form == "dict":
+        by_site = {}
+        for step, value in zip(steps, values):
+            by_site.setdefault(step.site, []).append((step, value))
+        return model.edit({EDIT_NAMES[site[0]].format(*site[1:]): site_function(site, *zip(*pairs), shortest)
+                           for site, pairs in by_site.items()})
+    if form == "recorded":
+        with model.edit() as ed:
+            applier = edit_applier(steps, values, shortest, lambda s: library_value(model, s),
+                                   lambda s, v: library_value(model, s, v, write=True))
+            for site in all_sites():
+                applier.run_site(site)
+        return ed.model
+    return model
+
+
 def expects_refusal(program) -> bool:
     """Whether a step writes from an earlier invoke's later value (every invoke exports every hidden site, so
     an invoke after the first always finds one)."""
@@ -199,25 +278,22 @@ def run_library(model, prompts, program, values, compile):
     return tr, {key: tr.saved_values[key] for key in keys + [f"logits{k}" for k in range(len(prompts))]}
 
 
-def run_reference(module, prompts, program, values, lengths):
+def run_reference(module, prompts, program, values, lengths, edit=((), (), 1)):
     """Each invoke's prompt alone through the hand-written forward, in order; ``lengths``: the lengths the
-    programs' positions were recorded with."""
+    programs' positions were recorded with; ``edit``: the model's edit (its steps, values and the shortest
+    length its positions were drawn for), applied first at each site."""
     saves, exported = {}, {}
     for k, (prompt, steps) in enumerate(zip(prompts, program)):
         current = {}
-
-        def set_(site, value, current=current):
-            if isinstance(value, float):  # a whole write of a number: the activation's shape and dtype
-                value = mx.full(current[site].shape, value, current[site].dtype)
-            current[site] = value
-
         applier = Applier(k, steps, values[k], lengths[k], saves.__setitem__, exported,
-                          lambda site, current=current: mx.array(current[site]), set_)
+                          lambda site, current=current: mx.array(current[site]), set_in(current))
+        edited = edit_applier(*edit, lambda site, current=current: mx.array(current[site]), set_in(current))
 
-        def hook(site, value, current=current, applier=applier):
+        def hook(site, value, current=current, applier=applier, edited=edited):
             if site[0] not in SITE_KINDS:
                 return value
             current[site] = value
+            edited.run_site(site)
             applier.run_site(site)
             return current[site]
 
@@ -254,12 +330,15 @@ FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
 
 @FUZZ
 @given(drawn=invoke_programs(), seeds=st.tuples(st.integers(0, 99), st.integers(100, 199)),
-       grow=st.lists(st.integers(0, 3), min_size=4, max_size=4))
-def test_random_invoke_programs_match_the_hand_written_forward(fuzz_model, drawn, seeds, grow):
+       grow=st.lists(st.integers(0, 3), min_size=4, max_size=4), edit=edits())
+def test_random_invoke_programs_match_the_hand_written_forward(fuzz_model, drawn, seeds, grow, edit):
     program, lengths = drawn
     prompts = prompts_of(lengths, sum(lengths))
-    model = fuzz_model
-    model.clear_compile_cache()
+    fuzz_model.clear_compile_cache()
+    form, edit_steps = edit
+    edit_values = values_for([edit_steps], seeds[0] + 7)[0]
+    model = edited_model(fuzz_model, edit, edit_values, min(lengths))
+    edit = (edit_steps, edit_values, min(lengths))
     if expects_refusal(program):
         with pytest.raises(CausalityError, match=r"invoke 'p\d' writes .* in invoke 'p\d'"):
             run_library(model, prompts, program, values_for(program, seeds[0]), False)
@@ -271,12 +350,12 @@ def test_random_invoke_programs_match_the_hand_written_forward(fuzz_model, drawn
             tr, got = run_library(model, prompts, program, values, compile)
             if compile and n > 0:  # same structure, new values: the compiled cache serves it, no retrace
                 assert model.compile_stats()["traces"] == traces
-            where = f"compile={compile} values#{n} lengths={lengths} program={program}"
-            assert_same(got, run_reference(model.model, prompts, program, values, lengths), where)
+            where = f"compile={compile} values#{n} lengths={lengths} program={program} edit={form} {edit_steps}"
+            assert_same(got, run_reference(model.model, prompts, program, values, lengths, edit), where)
     # the last trace as a program: replayed as recorded, then on new prompts at least as long
     prog = tr.program()
     assert_same({k: prog()[k] for k in got}, got, "replay")
     longer = prompts_of([n + g for n, g in zip(lengths, grow)], seeds[1])
     out = prog(**{f"p{k}": p for k, p in enumerate(longer)})
-    expected = run_reference(model.model, longer, program, values, lengths)
+    expected = run_reference(model.model, longer, program, values, lengths, edit)
     assert_same({k: out[k] for k in got}, expected, f"replay on new prompts {[len(p) for p in longer]}")
