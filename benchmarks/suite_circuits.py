@@ -10,6 +10,8 @@ q/k/v inputs per head, 70,651 edges).
                          (a 2-row batch, ``mx.grad`` to the input embeddings, compiled: the floor any EAP
                          needs). Target: <= 2x.
 ``circuits_eap_ig``      EAP-IG with 5 steps vs the same floor. Target: <= 3x.
+``circuits_eap_ig_act``  EAP-IG on the activations with 2 steps (62 variants on SmolLM2) vs the same floor.
+                         Informational (no target): its cost grows with layers x steps.
 ``circuits_patching``    ``model.edge_patching`` of the best 200 edges vs one raw compiled forward of the clean
                          prompt. Target: <= 1.2x. It runs the corrupted prompt as a row of the same forward: the
                          raw forward of those 2 rows (the floor) is in the notes.
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Callable, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import mlx.core as mx
 import numpy as np
@@ -96,9 +98,9 @@ class Setup:
     def circuit(self, n: int = 200) -> Any:
         return self.scores.circuit(n_edges=min(n, self.scores.graph.n_edges))
 
-    def attribution(self, method: str) -> Callable[[], Any]:
+    def attribution(self, method: str, steps: int = 5) -> Callable[[], Any]:
         return lambda: self.model.edge_attribution(self.clean, self.corrupted, metric="logprob", target=self.target,
-                                                   method=method, steps=5)
+                                                   method=method, steps=steps)
 
 
 def _cpu_and_wall(fn: Callable[[], Any]) -> Tuple[float, float]:
@@ -138,20 +140,25 @@ def _setups(ctx: Context, case: str, baseline: str, candidate: str) -> Iterator[
 
 # -- cases -----------------------------------------------------------------------------------------------------
 def circuits_eap(ctx: Context, method: str = "eap", case: str = "circuits_eap",
-                 target: Target = EAP_TARGET) -> Iterator[Row]:
+                 target: Optional[Target] = EAP_TARGET, steps: int = 5) -> Iterator[Row]:
     """Edge attribution of every edge vs one forward + backward of the prompt pair."""
     base, cand = "fwd+bwd of the prompt pair (2 rows)", f"edge_attribution({method!r}, all edges)"
     for s in _setups(ctx, case, base, cand):
         if isinstance(s, Row):
             yield s
             continue
-        floor, candidate = _rounds(ctx, [s.floor, s.attribution(method)], s.m)
+        floor, candidate = _rounds(ctx, [s.floor, s.attribution(method, steps)], s.m)
         yield _row(case, s, base, cand, floor, candidate, target, f"{s.scores.graph.n_edges} edges")
 
 
 def circuits_eap_ig(ctx: Context) -> Iterator[Row]:
     """EAP-IG (5 steps, one folded forward + backward) vs the same floor."""
     yield from circuits_eap(ctx, "eap-ig", "circuits_eap_ig", EAP_IG_TARGET)
+
+
+def circuits_eap_ig_act(ctx: Context) -> Iterator[Row]:
+    """EAP-IG on the activations (2 steps: 1 + (2L + 1) variants) vs the same floor; informational."""
+    yield from circuits_eap(ctx, "eap-ig-activations", "circuits_eap_ig_act", None, steps=2)
 
 
 def circuits_patching(ctx: Context) -> Iterator[Row]:
@@ -211,6 +218,7 @@ def circuits_dla(ctx: Context) -> Iterator[Row]:
 CASES = {
     "circuits_eap": circuits_eap,
     "circuits_eap_ig": circuits_eap_ig,
+    "circuits_eap_ig_act": circuits_eap_ig_act,
     "circuits_patching": circuits_patching,
     "circuits_curve": circuits_curve,
     "circuits_dla": circuits_dla,

@@ -84,7 +84,7 @@ class EdgeScores:
         scores: ``(n_receivers, n_senders)`` float64; ``scores[r, u]`` estimates how much the metric changes
             when edge ``(senders[u], receivers[r])`` takes its clean value in the corrupted run (0 where no
             edge exists).
-        method: ``"eap"`` or ``"eap-ig"``.
+        method: ``"eap"``, ``"eap-ig"`` or ``"eap-ig-activations"``.
         steps: points of the integrated gradients (1 for EAP).
         metric: the metric's label.
         clean: the metric on the clean prompts (mean over rows).
