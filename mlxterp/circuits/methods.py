@@ -86,9 +86,9 @@ class CircuitsMixin:
         corrupted run: its node scores estimate patching a node's clean output into the corrupted run (as
         :meth:`head_patching` does), at the cost of ``1 + (2 L + 1) (steps - 1)`` variants of the forward and
         backward for ``L`` layers (README.md, "Circuits", says what each method estimates). Senders: ``embed``,
-        ``layers.L.attn.heads.H``, ``layers.L.mlp``. Receivers: each head's q input (``layers.L.attn.heads.H.q``), each key-value head's k and
-        v inputs (``.k``, ``.v``), each MLP (``layers.L.mlp``) and ``logits``; with ``receivers="layers"`` each
-        layer's attention (``layers.L.attn``) instead of its heads' inputs.
+        ``layers.L.attn.heads.H``, ``layers.L.mlp``. Receivers: each head's q input (``layers.L.attn.heads.H.q``),
+        each key-value head's k and v inputs (``.k``, ``.v``), each MLP (``layers.L.mlp``) and ``logits``; with
+        ``receivers="layers"`` each layer's attention (``layers.L.attn``) instead of its heads' inputs.
 
         Args:
             clean: the clean prompt(s).
