@@ -140,23 +140,23 @@ def edge_patching(model: InterpretableModel, clean: Any, corrupted: Any, edges: 
     """See :meth:`mlxterp.circuits.methods.CircuitsMixin.edge_patching`."""
     circuit = _circuit(model, edges, receivers, "edges")
     clean_tokens, source, found, mean = _setup(model, clean, corrupted, metric, ablation, target, foil)
-    values, corrupted_value, logits = run_variants(model, circuit_parts(model), circuit.graph, clean_tokens, source,
-                                                   [Variant(circuit.mask, kept=False)], found, mean)
+    values, corrupted_value, _, logits = run_variants(model, circuit_parts(model), circuit.graph, clean_tokens,
+                                                      source, [Variant(circuit.mask, kept=False)], found, mean)
     return EdgePatching(float(values[0]), corrupted_value, logits[0], circuit, str(found))
 
 
 def _evaluate(model: InterpretableModel, graph: CircuitGraph, masks: Sequence[np.ndarray], clean: Any,
               corrupted: Any, metric: Any, ablation: str, target: Any, foil: Any) -> tuple:
-    """The metric of each circuit, of the full model and of the empty circuit, from one forward."""
+    """The metric of each circuit, of the full model (the clean run) and of the empty circuit (the corrupted run;
+    with mean ablation a variant of its own), from one forward of the circuits."""
     clean_tokens, source, found, mean = _setup(model, clean, corrupted, metric, ablation, target, foil)
-    empty = np.zeros((graph.n_receivers, graph.n_senders), dtype=bool)
-    variants = [Variant(empty, kept=False)] + [Variant(m, kept=True) for m in masks]
+    variants = [Variant(m, kept=True) for m in masks]
     if mean:
-        variants.append(Variant(empty, kept=True))
-    values, source_value, _ = run_variants(model, circuit_parts(model), graph, clean_tokens, source, variants,
-                                           found, mean)
+        variants.append(Variant(np.zeros((graph.n_receivers, graph.n_senders), dtype=bool), kept=True))
+    values, source_value, clean_value, _ = run_variants(model, circuit_parts(model), graph, clean_tokens, source,
+                                                        variants, found, mean, need_clean=True)
     baseline = float(values[-1]) if mean else source_value
-    return values[1:1 + len(masks)], float(values[0]), baseline, str(found)
+    return values[:len(masks)], clean_value, baseline, str(found)
 
 
 def evaluate_circuit(model: InterpretableModel, circuit: Any, clean: Any, corrupted: Any, metric: Any = "logit_diff",

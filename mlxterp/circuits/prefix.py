@@ -53,19 +53,34 @@ class VariantCache(KVCache):
     """A prefix's keys and values ``(batch, heads, p0, dim)`` seen by ``k`` variants of the batch (rows
     ``j * batch .. (j + 1) * batch - 1``, as :func:`~mlxterp.compiler.fold.fold_tokens` lays them out): each
     call's keys ``(k * batch, heads, n, dim)`` are joined to the shared prefix in one copy, never a repeated
-    copy of the prefix first."""
+    copy of the prefix first. Its keys are one column per position, in order, so attention internals run on it
+    (``newest`` and ``replace_newest``, see :mod:`mlxterp.adapters.attention_cache`)."""
 
     def __init__(self, keys: mx.array, values: mx.array, k: int):
         super().__init__()
         self.prefix = (keys, values)
         self.k = k
         self.offset = int(keys.shape[2])
+        self._call: tuple = ()  # the last call's (prefix, k, own keys, own values)
 
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
-        self.keys, self.values = (joined(shared, own, self.k) for shared, own in zip(self.prefix, (keys, values)))
-        self.prefix = (self.keys, self.values)  # a later call would see these, as in mlx-lm
-        self.k = 1
+        self._call = (self.prefix, self.k, keys, values)
         self.offset += keys.shape[2]
+        return self._join(keys, values)
+
+    def newest(self) -> tuple[mx.array, mx.array]:
+        """The last call's own keys and values ``(k * batch, heads, n, dim)``."""
+        return self._call[2], self._call[3]
+
+    def replace_newest(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        """Hold ``keys``/``values`` in place of the last call's own; returns all the keys and values."""
+        self._call = self._call[:2] + (keys, values)
+        return self._join(keys, values)
+
+    def _join(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        prefix, k = self._call[:2]
+        self.keys, self.values = joined(prefix[0], keys, k), joined(prefix[1], values, k)
+        self.prefix, self.k = (self.keys, self.values), 1  # a later call would see these, as in mlx-lm
         return self.keys, self.values
 
 

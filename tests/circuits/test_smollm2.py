@@ -107,6 +107,34 @@ def test_eap_equals_the_hand_written_loop_on_a_sample_of_receivers(smollm2):
         np.testing.assert_allclose(scores.scores[i, :n], expected, atol=1e-4 * max(1.0, np.abs(expected).max()))
 
 
+def test_edge_patching_on_a_kv_cache_of_the_shared_prefix_equals_the_hand_written_forward(smollm2):
+    """The induction pair agrees on its first 10 tokens, which run once on a KV cache (traditional RoPE at an
+    offset, grouped-query keys): patched edges into a head's key and value, an MLP and the logits, against the
+    hand-written forward with the contributions swapped by hand."""
+    from mlxterp.circuits.sources import source_run
+    from mlxterp.circuits.parts import circuit_parts
+
+    clean, corrupted, targets = _induction_batch(smollm2, 1, seed=2)
+    metric = _logprob_of(targets)
+    edges = [("layers.2.mlp", "layers.18.attn.heads.2.k"), ("layers.17.attn.heads.4", "layers.18.attn.heads.2.v"),
+             ("embed", "layers.0.mlp"), ("layers.18.attn.heads.6", "logits")]
+    out = smollm2.edge_patching(clean, corrupted, edges, metric=metric)
+    assert source_run(smollm2, circuit_parts(smollm2), clean, corrupted, False).prefix_len == N
+    module = _float(smollm2)
+    _, ablated = ref.forward(module, corrupted)
+
+    def receive(name, x, senders):
+        for u, r in edges:
+            if r == name:
+                x = x + (ablated[u] - senders[u])
+        return x
+
+    logits, _ = ref.forward(module, clean, receive)
+    assert out.value == pytest.approx(float(metric(logits[:, -1])[0]), abs=2e-3)
+    circuit = smollm2.evaluate_circuit(edges, clean, corrupted, metric=metric)
+    assert circuit.clean == pytest.approx(float(metric(ref.forward(module, clean)[0][:, -1])[0]), abs=2e-3)
+
+
 @pytest.fixture(scope="module")
 def induction(smollm2):
     clean, corrupted, targets = _induction_batch(smollm2, 2)
