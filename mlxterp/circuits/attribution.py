@@ -44,6 +44,7 @@ from mlxterp.compiler import StateCompiled
 from ..analysis.metrics import Metric
 from ..analysis.programs import cached_program, keep_program
 from ..tracing.program import Program
+from ..views.saving import attach
 from . import ops
 from .edges import EdgeScores
 from .inputs import check_steps, circuit_metric, prompt_pair
@@ -75,7 +76,9 @@ def edge_attribution(model: InterpretableModel, clean: Any, corrupted: Any, metr
     else:  # EAP-IG on the activations with one step is EAP too
         scores, clean_value, corrupted_value = _input_scores(model, parts, graph, clean_tokens, corrupted_tokens,
                                                              found, steps)
-    return EdgeScores(graph, scores, method, steps, str(found), clean_value, corrupted_value)
+    out = EdgeScores(graph, scores, method, steps, str(found), clean_value, corrupted_value)
+    return attach(out, model, [clean, corrupted], {"metric": str(found), "method": method, "steps": steps,
+                                                   "receivers": receivers, "target": target, "foil": foil})
 
 
 def _input_scores(model: InterpretableModel, parts: Parts, graph: CircuitGraph, clean: mx.array,

@@ -187,7 +187,7 @@ class CircuitsMixin:
 
         Returns:
             :class:`mlxterp.circuits.FaithfulnessCurve`: ``.sizes``, ``.values``, ``.faithfulness``,
-            ``.clean``, ``.baseline``, ``.to_dict()``, ``.plot()``.
+            ``.clean``, ``.baseline``, ``.as_dict()`` (``{n_edges: faithfulness}``), ``.plot()``, ``.save(path)``.
         """
         from .faithfulness import faithfulness_curve
 

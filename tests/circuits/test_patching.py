@@ -111,7 +111,7 @@ def test_a_faithfulness_curve_equals_each_circuit_evaluated_alone(circuit_model,
     alone = [circuit_model.evaluate_circuit(scores.circuit(n_edges=n), CLEAN, CORRUPTED, metric=metric) for n in sizes]
     np.testing.assert_allclose(curve.values, [f.value for f in alone], atol=1e-5)
     np.testing.assert_allclose(curve.faithfulness[[0, -1]], [0.0, 1.0], atol=1e-5)
-    assert list(curve.to_dict()) == sizes
+    assert list(curve.as_dict()) == sizes
     pytest.importorskip("matplotlib")
     curve.plot(tmp_path / "curve.png")
     scores.plot(tmp_path / "edges.png", n_edges=20)

@@ -162,9 +162,9 @@ def test_the_top_200_edge_circuit_is_reported_with_its_faithfulness(smollm2, ind
     metric = _logprob_of(targets)
     curve = smollm2.faithfulness_curve(scores, clean, corrupted, sizes=[50, 200, 2000], metric=metric)
     print(f"\ninduction task (2 prompts): metric clean {curve.clean:.3f}, corrupted {curve.baseline:.3f}; "
-          f"faithfulness by circuit size {curve.to_dict()}")
+          f"faithfulness by circuit size {curve.as_dict()}")
     alone = smollm2.evaluate_circuit(scores.circuit(n_edges=200), clean, corrupted, metric=metric)
-    assert alone.faithfulness == pytest.approx(curve.to_dict()[200], abs=1e-4)
+    assert alone.faithfulness == pytest.approx(curve.as_dict()[200], abs=1e-4)
     assert curve.clean > curve.baseline + 5  # the corruption costs the repeated token many nats
     assert curve.faithfulness[-1] > curve.faithfulness[0]
 
