@@ -34,8 +34,8 @@ import mlx.core as mx
 import numpy as np
 
 from mlxterp.compiler import Op, PatchedForward, StateCompiled, run_passes
-from mlxterp.compiler.passes.lift import param_sources, param_values
 from mlxterp.compiler.fold import fold_tokens
+from mlxterp.compiler.passes.lift import param_sources, param_values
 
 from ..analysis.metrics import Metric
 from ..analysis.programs import cached_program, keep_program

@@ -132,14 +132,19 @@ def _run(model: InterpretableModel, parts: Parts, clean: mx.array, source: mx.ar
     rows = int(source.shape[0])
     saves = _saves(model, parts, mx.concatenate([source, clean], axis=0) if need_clean else source, values=True,
                    keys=p0 > 0)
-    values = {name: v[:rows] if name == "final" else v[:rows, p0:] for name, v in saves.items()
-              if name != "logits" and name[:2] not in ("k_", "v_")}
+    values = {name: saves[name][:rows] if name == "final" else saves[name][:rows, p0:] for name in _values(parts)}
     prefix = [(_cached(saves[f"k_{lp.index}"][:rows, :p0]), _cached(saves[f"v_{lp.index}"][:rows, :p0]))
               for lp in parts.layers] if p0 else []
     logits = saves["logits"]
     run = SourceRun(p0, prefix, values, logits[:rows], logits[rows:] if need_clean else None)
     mx.eval(run.values, run.prefix, run.source_logits, run.clean_logits)
     return run
+
+
+def _values(parts: Parts) -> List[str]:
+    """The names of :attr:`SourceRun.values`."""
+    per_layer = [f"{kind}_{lp.index}" for lp in parts.layers for kind in ("attn_in", "heads", "mlp_in", "mlp")]
+    return ["embed"] + per_layer + ["final"]
 
 
 def _cached(points: mx.array) -> mx.array:
