@@ -49,7 +49,8 @@ def test_every_registered_case_reports_a_row(smoke_run):
                                         ("gguf_forward", 1), ("gguf_demo", 1), ("sweep_interrupt", 2),
                                         ("attention_view", 2), ("das_sites", 1), ("edited_forward", 4),
                                         ("weight_edited_forward", 2), ("edited_invokes", 1),
-                                        ("circuits_eap", 1), ("circuits_eap_ig", 1), ("circuits_patching", 1),
+                                        ("circuits_eap", 1), ("circuits_eap_ig", 1), ("circuits_eap_ig_act", 1),
+                                        ("circuits_patching", 1), ("circuits_patching_new", 1),
                                         ("circuits_curve", 1), ("circuits_dla", 1)])
 def test_row_counts_per_case_on_one_model_and_shape(smoke_run, case, count):
     assert sum(row["case"] == case for row in smoke_run["rows"]) == count

@@ -13,11 +13,11 @@ returned as ``(K, batch, vocab)``.
 run has it, in every layer (attention is causal). So the base prompts' first ``p0`` tokens run once, on
 ``batch`` rows, filling mlx-lm's KV cache (no interventions, nothing else computed past the last layer), and
 only the suffix (the last token, for ``position=-1``) runs in the intervened forward, each layer's cache
-seen by every block running through it: ``K`` variants then cost about ``K * suffix`` tokens, not ``K * seq``. That is what
-an mlx-lm decode step does; the program is the same graph either way (positions are counted from the end,
-so they index the same tokens in the prompt and in its suffix). Models whose cache is not mlx-lm's plain
-``KVCache`` (sliding windows, state-space layers) run the whole prompt in every block, and each
-program checks once that both ways give the same logits before using the cache.
+seen by every block running through it (:mod:`.prefix`): ``K`` variants then cost about ``K * suffix`` tokens,
+not ``K * seq``. That is what an mlx-lm decode step does; the program is the same graph either way
+(positions are counted from the end, so they index the same tokens in the prompt and in its suffix). Models
+whose cache is not mlx-lm's plain ``KVCache`` (sliding windows, state-space layers) run the whole prompt in
+every block, and each program checks once that both ways give the same logits before using the cache.
 
 **Edited models.** Both programs are traces of the model, so they carry its edits (their constants are
 params filled with the edits' values), and so does the prefix pass. A prompt split into a prefix and a
@@ -32,8 +32,6 @@ import warnings
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import mlx.core as mx
-from mlx_lm.models.cache import KVCache
-
 from mlxterp.compiler import Graph, Op, PatchedForward, run_passes
 from mlxterp.compiler.fold import fold_tokens
 from mlxterp.compiler.locks import model_lock
@@ -48,6 +46,7 @@ from ..tracing.proxy import apply
 from .das_data import Site
 from .das_rotation import householder, initial_vectors, take_positions
 from .das_staircase import Staircase, grow_blocks, interchange_rows, staircase
+from .prefix import PrefixCache, prefix_forward
 
 if TYPE_CHECKING:
     from ..model import InterpretableModel
@@ -103,7 +102,7 @@ class InterchangeProgram:
         first = min(p for s in self.sites for p in s.positions)
         # a prefix and a suffix compute what the whole prompt does only under position-wise edits
         if share_prefix and first > 0 and static_eligible(model.model) and model._padding_safe():
-            self._prefix, self._prefix_params = _prefix_forward(model, tokens)
+            self._prefix, self._prefix_params = prefix_forward(model, tokens)
             self._layers = len(cache_layers(model.model))
             self.prefix_len = first
             with model_lock(model.model):  # eager runs: no other thread may hook the model meanwhile
@@ -178,61 +177,3 @@ def _record(model: "InterpretableModel", sites: Sequence[Site], tokens: mx.array
             norm.input = apply(last_position, norm.input)
         model.output[:, -1, :].save("logits")
     return tr.graph
-
-
-def _prefix_forward(model: "InterpretableModel", tokens: mx.array) -> tuple[PatchedForward, list]:
-    """A forward that fills a KV cache and stops after the last layer (no norm, no vocabulary projection),
-    with the model's edits, and its params (the edits' constants)."""
-    last = model.layers[len(model.layers) - 1].path
-    with model.trace(tokens, compile=False, capture=[last]) as tr:  # records the edits (and runs to the last layer)
-        pass
-    passes = run_passes(tr.graph, model._probe(tokens).events)
-    forward = PatchedForward(model.model, passes.after, passes.schedule, call=call_with_cache, points=model._points)
-    return forward, param_values(tr.graph, param_sources(passes.after))
-
-
-class PrefixCache(KVCache):
-    """mlx-lm's ``KVCache`` holding exactly the keys and values it was given (mlx-lm's grows a zero-filled
-    buffer in steps of 256 positions): the prefix pass fills one on ``batch`` rows."""
-
-    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
-        if self.keys is None:
-            self.keys, self.values = keys, values
-        else:
-            self.keys = mx.concatenate([self.keys, keys], axis=2)
-            self.values = mx.concatenate([self.values, values], axis=2)
-        self.offset += keys.shape[2]
-        return self.keys, self.values
-
-    def repeated(self, k: int) -> "VariantCache":
-        """The cache as ``k`` variants of the batch see it (see :class:`VariantCache`)."""
-        return VariantCache(self.keys, self.values, k)
-
-
-class VariantCache(KVCache):
-    """A prefix's keys and values ``(batch, heads, p0, dim)`` seen by ``k`` variants of the batch (rows
-    ``j * batch .. (j + 1) * batch - 1``, as :func:`~mlxterp.compiler.fold.fold_tokens` lays them out): each
-    call's keys ``(k * batch, heads, n, dim)`` are joined to the shared prefix in one copy, never a repeated
-    copy of the prefix first."""
-
-    def __init__(self, keys: mx.array, values: mx.array, k: int):
-        super().__init__()
-        self.prefix = (keys, values)
-        self.k = k
-        self.offset = int(keys.shape[2])
-
-    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
-        self.keys, self.values = (_joined(shared, own, self.k) for shared, own in zip(self.prefix, (keys, values)))
-        self.prefix = (self.keys, self.values)  # a later call (none in DAS) would see these, as in mlx-lm
-        self.k = 1
-        self.offset += keys.shape[2]
-        return self.keys, self.values
-
-
-def _joined(shared: mx.array, own: mx.array, k: int) -> mx.array:
-    """``shared`` ``(b, h, p, d)`` (the same for the ``k`` variants) then ``own`` ``(k * b, h, n, d)`` along
-    the positions: ``(k * b, h, p + n, d)``."""
-    b = shared.shape[0]
-    view = mx.broadcast_to(shared[None], (k,) + tuple(shared.shape))
-    joined = mx.concatenate([view, own.reshape((k, b) + tuple(own.shape[1:]))], axis=3)
-    return joined.reshape((k * b,) + tuple(joined.shape[2:]))

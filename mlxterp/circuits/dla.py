@@ -24,6 +24,8 @@ from ..adapters.base import plain_logits
 from ..analysis.display import show_if_interactive
 from ..analysis.unembed import find_unembedding
 from ..analysis.validate import _show_token, token_id
+from ..views.page import Page, Viewable
+from ..views.saving import Saveable, attach
 from .inputs import prompt_rows
 from .nodes import CircuitGraph
 from .norms import freeze
@@ -37,8 +39,9 @@ PathLike = Union[str, Path]
 
 
 @dataclasses.dataclass
-class ResidualDecomposition:
-    """Every sender's output at every position of one forward.
+class ResidualDecomposition(Saveable):
+    """Every sender's output at every position of one forward (saves and loads: ``save(path)``,
+    ``ResidualDecomposition.load(path)``).
 
     Attributes:
         graph: the model's :class:`~.nodes.CircuitGraph` (its ``senders`` name the components).
@@ -48,10 +51,19 @@ class ResidualDecomposition:
         tokens: the prompt's token ids, ``(batch, seq)``.
     """
 
+    kind = "residual_decomposition"
+
     graph: CircuitGraph
     stack: mx.array
     error: mx.array
     tokens: mx.array
+
+    def _record_fields(self) -> Dict[str, Any]:
+        return {"graph": self.graph.as_record(), "stack": self.stack, "error": self.error, "tokens": self.tokens}
+
+    @classmethod
+    def _from_record(cls, data: Dict[str, Any]) -> "ResidualDecomposition":
+        return cls(**dict(data, graph=CircuitGraph.from_record(data["graph"])))
 
     @property
     def names(self) -> List[str]:
@@ -126,12 +138,15 @@ def decompose(model: InterpretableModel, prompt: Any, *, last_only: bool = False
     saves = capture_program(model, parts, tokens, last_only)()
     stack = sender_stack(parts, saves)
     error = saves["resid"][:, -1] - stack[:, :, -1].sum(axis=0)
-    return ResidualDecomposition(parts.graph, stack, error, tokens)
+    return attach(ResidualDecomposition(parts.graph, stack, error, tokens), model, [prompt], {"last_only": last_only})
 
 
 @dataclasses.dataclass
-class DirectLogitAttribution:
+class DirectLogitAttribution(Saveable, Viewable):
     """Each component's direct effect on a logit (difference) at the last position.
+
+    Saves and loads (``save(path)``, ``DirectLogitAttribution.load(path)``); ``save_html(path)`` writes the
+    interactive layers x (heads, MLP) view.
 
     Attributes:
         graph: the model's :class:`~.nodes.CircuitGraph`; ``graph.senders`` names the components.
@@ -141,11 +156,25 @@ class DirectLogitAttribution:
         per_prompt: ``(n_senders, batch)``: the contributions of each prompt.
     """
 
+    kind = "direct_logit_attribution"
+
     graph: CircuitGraph
     values: np.ndarray
     logit_diff: float
     label: str
     per_prompt: np.ndarray
+
+    def _record_fields(self) -> Dict[str, Any]:
+        return dict(super()._record_fields(), graph=self.graph.as_record())
+
+    @classmethod
+    def _from_record(cls, data: Dict[str, Any]) -> "DirectLogitAttribution":
+        return cls(**dict(data, graph=CircuitGraph.from_record(data["graph"])))
+
+    def _page(self) -> Page:
+        from ..views.dla import dla_page
+
+        return dla_page(self)
 
     @property
     def total(self) -> float:
@@ -173,8 +202,8 @@ class DirectLogitAttribution:
         """The embedding's contribution."""
         return float(self.values[0])
 
-    def to_dict(self) -> Dict[str, float]:
-        """``{component name: contribution}``."""
+    def as_dict(self) -> Dict[str, float]:
+        """``{component name: contribution}`` (``to_dict()`` is the saved record)."""
         return {name: float(v) for name, v in zip(self.graph.senders, self.values)}
 
     def top(self, k: int = 10) -> List[Tuple[str, float]]:
@@ -216,6 +245,7 @@ def direct_logit_attribution(model: InterpretableModel, prompt: Any, target: Any
     per_prompt = np.array(contributions, dtype=np.float64)
     label = f"logit({_show_token(model, t)})" + (f" - logit({_show_token(model, f)})" if f is not None else "")
     out = DirectLogitAttribution(parts.graph, per_prompt.mean(axis=1), float(diff.mean().item()), label, per_prompt)
+    attach(out, model, [prompt], {"target": target, "foil": foil})
     if plot or save_path is not None:
         fig = out.plot(save_path)
         if plot:

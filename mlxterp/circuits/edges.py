@@ -2,7 +2,9 @@
 
 An :class:`EdgeScores` holds one score per edge (entries where no edge exists are 0); a :class:`Circuit` is
 a set of edges (a boolean matrix of the same shape). Edges are ranked by absolute score, ties broken by
-the graph's order (earlier receiver, then earlier sender), so a ranking is deterministic.
+the graph's order (earlier receiver, then earlier sender), so a ranking is deterministic. Both save and load
+(``save(path)``, ``load(path)``, see :mod:`mlxterp.views`); edge scores draw themselves as a graph
+(``save_html(path)``).
 """
 
 from __future__ import annotations
@@ -13,19 +15,23 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..views.page import Page, Viewable
+from ..views.saving import Saveable, derive
 from .nodes import CircuitGraph, Edge, canonical
 
 PathLike = Union[str, Path]
 
 
 @dataclasses.dataclass
-class Circuit:
+class Circuit(Saveable):
     """A set of edges of a model's circuit graph.
 
     Attributes:
         graph: the :class:`~.nodes.CircuitGraph` (its ``receivers`` granularity included).
         mask: ``(n_receivers, n_senders)`` bool: which edges are in the circuit.
     """
+
+    kind = "circuit"
 
     graph: CircuitGraph
     mask: np.ndarray
@@ -64,6 +70,14 @@ class Circuit:
     def __len__(self) -> int:
         return int(self.mask.sum())
 
+    def __eq__(self, other: object) -> bool:
+        """The same graph and the same edges."""
+        if not isinstance(other, Circuit):
+            return NotImplemented
+        return self.graph == other.graph and bool(np.array_equal(self.mask, other.mask))
+
+    __hash__ = None  # type: ignore[assignment]  (mutable, as a dataclass that compares fields)
+
     def __contains__(self, edge: object) -> bool:
         if not isinstance(edge, tuple) or len(edge) != 2:
             return False
@@ -74,22 +88,34 @@ class Circuit:
     def __repr__(self) -> str:
         return f"Circuit({len(self)} edges of {self.graph.n_edges}, receivers={self.graph.granularity!r})"
 
+    def _record_fields(self) -> Dict[str, Any]:
+        return {"graph": self.graph.as_record(), "mask": self.mask}
+
+    @classmethod
+    def _from_record(cls, data: Dict[str, Any]) -> "Circuit":
+        return cls(CircuitGraph.from_record(data["graph"]), data["mask"])
+
 
 @dataclasses.dataclass
-class EdgeScores:
+class EdgeScores(Saveable, Viewable):
     """Attribution scores of every edge (see :func:`mlxterp.circuits.attribution.edge_attribution`).
+
+    Saves and loads (``save(path)``, ``EdgeScores.load(path)``); ``save_html(path)`` draws the best edges as a
+    graph laid out by layer (a slider sets how many).
 
     Attributes:
         graph: the :class:`~.nodes.CircuitGraph`.
         scores: ``(n_receivers, n_senders)`` float64; ``scores[r, u]`` estimates how much the metric changes
             when edge ``(senders[u], receivers[r])`` takes its clean value in the corrupted run (0 where no
             edge exists).
-        method: ``"eap"`` or ``"eap-ig"``.
+        method: ``"eap"``, ``"eap-ig"`` or ``"eap-ig-activations"``.
         steps: points of the integrated gradients (1 for EAP).
         metric: the metric's label.
         clean: the metric on the clean prompts (mean over rows).
         corrupted: the metric on the corrupted prompts.
     """
+
+    kind = "edge_scores"
 
     graph: CircuitGraph
     scores: np.ndarray
@@ -99,6 +125,19 @@ class EdgeScores:
     clean: float
     corrupted: float
     _ranking: Optional[np.ndarray] = dataclasses.field(default=None, repr=False, compare=False)
+
+    def _record_fields(self) -> Dict[str, Any]:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "_ranking"}
+        return dict(fields, graph=self.graph.as_record())
+
+    @classmethod
+    def _from_record(cls, data: Dict[str, Any]) -> "EdgeScores":
+        return cls(**dict(data, graph=CircuitGraph.from_record(data["graph"])))
+
+    def _page(self, n_edges: int = 50, max_edges: int = 1000) -> Page:
+        from ..views.circuit import edges_page
+
+        return edges_page(self, n_edges=n_edges, max_edges=max_edges)
 
     def ranking(self) -> np.ndarray:
         """Flat indices (into ``scores``) of the existing edges, largest absolute score first (computed once:
@@ -132,7 +171,8 @@ class EdgeScores:
             if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or threshold < 0:
                 raise ValueError(f"threshold: expected a non-negative number, got {threshold!r}")
             mask[ranked[np.abs(self.scores.ravel()[ranked]) >= threshold]] = True
-        return Circuit(self.graph, mask.reshape(self.scores.shape))
+        arguments = {"n_edges": n_edges} if n_edges is not None else {"threshold": threshold}
+        return derive(Circuit(self.graph, mask.reshape(self.scores.shape)), self, arguments)
 
     def node_scores(self) -> Dict[str, float]:
         """Each sender's score: the sum of its edges' scores (its attribution as a node: its output patched

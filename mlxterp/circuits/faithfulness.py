@@ -16,6 +16,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..analysis.display import show_if_interactive
+from ..views.saving import Saveable, attach
 from .edges import Circuit, EdgeScores
 from .inputs import check_ablation, check_sizes, circuit_metric, prompt_pair
 from .nodes import CircuitGraph
@@ -30,8 +31,9 @@ PathLike = Union[str, Path]
 
 
 @dataclasses.dataclass
-class EdgePatching:
-    """The metric of the clean prompts with some edges patched.
+class EdgePatching(Saveable):
+    """The metric of the clean prompts with some edges patched (saves and loads: ``save(path)``,
+    ``EdgePatching.load(path)``).
 
     Attributes:
         value: the metric with the edges patched (mean over the prompts).
@@ -42,16 +44,26 @@ class EdgePatching:
         metric: the metric's label.
     """
 
+    kind = "edge_patching"
+
     value: float
     corrupted: float
     logits: mx.array
     edges: Circuit
     metric: str
 
+    def _record_fields(self) -> dict:
+        return dict(super()._record_fields(), edges=self.edges._record_fields())
+
+    @classmethod
+    def _from_record(cls, data: dict) -> "EdgePatching":
+        return cls(**dict(data, edges=Circuit._from_record(data["edges"])))
+
 
 @dataclasses.dataclass
-class Faithfulness:
-    """How much of the model's behaviour one circuit carries.
+class Faithfulness(Saveable):
+    """How much of the model's behaviour one circuit carries (saves and loads: ``save(path)``,
+    ``Faithfulness.load(path)``).
 
     Attributes:
         value: the metric with only the circuit's edges (every other edge ablated).
@@ -61,6 +73,8 @@ class Faithfulness:
         ablation: ``"corrupted"`` or ``"mean"``.
         metric: the metric's label.
     """
+
+    kind = "faithfulness"
 
     value: float
     clean: float
@@ -77,14 +91,17 @@ class Faithfulness:
 
 
 @dataclasses.dataclass
-class FaithfulnessCurve:
-    """Faithfulness of the best-``n`` circuits for several ``n`` (one batched forward).
+class FaithfulnessCurve(Saveable):
+    """Faithfulness of the best-``n`` circuits for several ``n`` (one batched forward; saves and loads:
+    ``save(path)``, ``FaithfulnessCurve.load(path)``).
 
     Attributes:
         sizes: edges in each circuit.
         values: ``(len(sizes),)``: each circuit's metric.
         clean, baseline, ablation, metric: as in :class:`Faithfulness`.
     """
+
+    kind = "faithfulness_curve"
 
     sizes: List[int]
     values: np.ndarray
@@ -99,8 +116,8 @@ class FaithfulnessCurve:
         gap = self.clean - self.baseline
         return (self.values - self.baseline) / gap if gap != 0 else np.full(len(self.values), np.nan)
 
-    def to_dict(self) -> dict:
-        """``{n_edges: faithfulness}``."""
+    def as_dict(self) -> dict:
+        """``{n_edges: faithfulness}`` (``to_dict()`` is the saved record)."""
         return {n: float(f) for n, f in zip(self.sizes, self.faithfulness)}
 
     def plot(self, save_path: Optional[PathLike] = None, *, figsize: Tuple[float, float] = (8, 5),
@@ -140,23 +157,39 @@ def edge_patching(model: InterpretableModel, clean: Any, corrupted: Any, edges: 
     """See :meth:`mlxterp.circuits.methods.CircuitsMixin.edge_patching`."""
     circuit = _circuit(model, edges, receivers, "edges")
     clean_tokens, source, found, mean = _setup(model, clean, corrupted, metric, ablation, target, foil)
-    values, corrupted_value, logits = run_variants(model, circuit_parts(model), circuit.graph, clean_tokens, source,
-                                                   [Variant(circuit.mask, kept=False)], found, mean)
-    return EdgePatching(float(values[0]), corrupted_value, logits[0], circuit, str(found))
+    values, corrupted_value, _, logits = run_variants(model, circuit_parts(model), circuit.graph, clean_tokens,
+                                                      source, [Variant(circuit.mask, kept=False)], found, mean)
+    out = EdgePatching(float(values[0]), corrupted_value, logits[0], circuit, str(found))
+    return attach(out, model, [clean, corrupted], _arguments(circuit, found, ablation, target, foil))
+
+
+def _arguments(circuit: Circuit, metric: Any, ablation: str, target: Any, foil: Any) -> dict:
+    """A call's arguments as a result's provenance records them."""
+    return {"edges": _edges(circuit), "receivers": circuit.graph.granularity, "metric": str(metric),
+            "ablation": ablation, "target": target, "foil": foil}
+
+
+def _edges(circuit: Circuit) -> Any:
+    """How a result's provenance names a circuit: the arguments it was chosen with from edge scores (their
+    method, ``n_edges`` or ``threshold``), else its edges when there are few, else their count."""
+    prov = getattr(circuit, "_provenance", None)  # (not .provenance: that would fingerprint the weights now)
+    if prov:
+        return dict(prov.get("arguments") or {}, n_edges=len(circuit))
+    return circuit.edges if len(circuit) <= 100 else f"{len(circuit)} edges"
 
 
 def _evaluate(model: InterpretableModel, graph: CircuitGraph, masks: Sequence[np.ndarray], clean: Any,
               corrupted: Any, metric: Any, ablation: str, target: Any, foil: Any) -> tuple:
-    """The metric of each circuit, of the full model and of the empty circuit, from one forward."""
+    """The metric of each circuit, of the full model (the clean run) and of the empty circuit (the corrupted run;
+    with mean ablation a variant of its own), from one forward of the circuits."""
     clean_tokens, source, found, mean = _setup(model, clean, corrupted, metric, ablation, target, foil)
-    empty = np.zeros((graph.n_receivers, graph.n_senders), dtype=bool)
-    variants = [Variant(empty, kept=False)] + [Variant(m, kept=True) for m in masks]
+    variants = [Variant(m, kept=True) for m in masks]
     if mean:
-        variants.append(Variant(empty, kept=True))
-    values, source_value, _ = run_variants(model, circuit_parts(model), graph, clean_tokens, source, variants,
-                                           found, mean)
+        variants.append(Variant(np.zeros((graph.n_receivers, graph.n_senders), dtype=bool), kept=True))
+    values, source_value, clean_value, _ = run_variants(model, circuit_parts(model), graph, clean_tokens, source,
+                                                        variants, found, mean, need_clean=True)
     baseline = float(values[-1]) if mean else source_value
-    return values[1:1 + len(masks)], float(values[0]), baseline, str(found)
+    return values[:len(masks)], clean_value, baseline, str(found)
 
 
 def evaluate_circuit(model: InterpretableModel, circuit: Any, clean: Any, corrupted: Any, metric: Any = "logit_diff",
@@ -166,7 +199,8 @@ def evaluate_circuit(model: InterpretableModel, circuit: Any, clean: Any, corrup
     found = _circuit(model, circuit, receivers, "circuit")
     values, full, baseline, label = _evaluate(model, found.graph, [found.mask], clean, corrupted, metric, ablation,
                                               target, foil)
-    return Faithfulness(float(values[0]), full, baseline, len(found), ablation, label)
+    out = Faithfulness(float(values[0]), full, baseline, len(found), ablation, label)
+    return attach(out, model, [clean, corrupted], _arguments(found, label, ablation, target, foil))
 
 
 def faithfulness_curve(model: InterpretableModel, edges: EdgeScores, clean: Any, corrupted: Any,
@@ -182,6 +216,10 @@ def faithfulness_curve(model: InterpretableModel, edges: EdgeScores, clean: Any,
     values, full, baseline, label = _evaluate(model, edges.graph, masks, clean, corrupted, metric, ablation, target,
                                               foil)
     out = FaithfulnessCurve(sizes, np.asarray(values, dtype=np.float64), full, baseline, ablation, label)
+    scored = (getattr(edges, "_provenance", None) or {}).get("arguments") or {}
+    attach(out, model, [clean, corrupted], {"edges": dict(scored, method=edges.method, steps=edges.steps),
+                                            "sizes": sizes, "metric": label, "ablation": ablation, "target": target,
+                                            "foil": foil})
     if plot or save_path is not None:
         fig = out.plot(save_path)
         if plot:

@@ -80,18 +80,23 @@ class CircuitsMixin:
         times the gradient of the metric at receiver ``r``'s input, the first-order change of the metric when
         that edge alone takes its clean value in the corrupted run. EAP takes the gradient in the corrupted run;
         EAP-IG averages it over ``steps`` points ``k / steps`` (``k = 0 .. steps - 1``) of the straight path from
-        the corrupted to the clean input embeddings. Senders: ``embed``, ``layers.L.attn.heads.H``,
-        ``layers.L.mlp``. Receivers: each head's q input (``layers.L.attn.heads.H.q``), each key-value head's k and
-        v inputs (``.k``, ``.v``), each MLP (``layers.L.mlp``) and ``logits``; with ``receivers="layers"`` each
-        layer's attention (``layers.L.attn``) instead of its heads' inputs.
+        the corrupted to the clean input embeddings (Hanna et al. 2024); ``"eap-ig-activations"`` averages it,
+        for ``u``'s edges, over the same points of the path on which only ``u``'s block of senders (the
+        embedding, a layer's heads, a layer's MLP) moves from its corrupted to its clean outputs in the
+        corrupted run: its node scores estimate patching a node's clean output into the corrupted run (as
+        :meth:`head_patching` does), at the cost of ``1 + (2 L + 1) (steps - 1)`` variants of the forward and
+        backward for ``L`` layers (README.md, "Circuits", says what each method estimates). Senders: ``embed``,
+        ``layers.L.attn.heads.H``, ``layers.L.mlp``. Receivers: each head's q input (``layers.L.attn.heads.H.q``),
+        each key-value head's k and v inputs (``.k``, ``.v``), each MLP (``layers.L.mlp``) and ``logits``; with
+        ``receivers="layers"`` each layer's attention (``layers.L.attn``) instead of its heads' inputs.
 
         Args:
             clean: the clean prompt(s).
             corrupted: the corrupted prompt(s), as many as the clean ones (or one for all), of the same token
                 length (positions are matched one to one).
             metric: a score of the last position's logits (see the class docstring).
-            method: ``"eap-ig"`` (default) or ``"eap"`` (the same with one step).
-            steps: points of the integrated gradients (EAP-IG).
+            method: ``"eap-ig"`` (default), ``"eap"`` (the same with one step) or ``"eap-ig-activations"``.
+            steps: points of the integrated gradients (EAP-IG on either path).
             receivers: ``"heads"`` (q/k/v per head) or ``"layers"``.
             target: the target token of ``"logit_diff"``/``"logprob"``/``"prob"``; default: the clean prediction.
             foil: ``logit_diff``'s foil token; default: the corrupted prediction.
@@ -188,7 +193,7 @@ class CircuitsMixin:
 
         Returns:
             :class:`mlxterp.circuits.FaithfulnessCurve`: ``.sizes``, ``.values``, ``.faithfulness``,
-            ``.clean``, ``.baseline``, ``.to_dict()``, ``.plot()``.
+            ``.clean``, ``.baseline``, ``.as_dict()`` (``{n_edges: faithfulness}``), ``.plot()``, ``.save(path)``.
         """
         from .faithfulness import faithfulness_curve
 

@@ -53,6 +53,15 @@ class CircuitGraph:
     def __post_init__(self) -> None:
         check_granularity(self.granularity)
 
+    def as_record(self) -> dict:
+        """The graph as a saved result holds it (:meth:`from_record` inverts it)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict) -> "CircuitGraph":
+        """The graph of a saved record (the inverse of :meth:`as_record`)."""
+        return cls(**record)
+
     # -- senders -----------------------------------------------------------------------------------
     @property
     def senders(self) -> List[str]:
@@ -129,6 +138,30 @@ class CircuitGraph:
     def n_edges(self) -> int:
         """The number of edges: each receiver joined to every sender that runs before it."""
         return int(self.reads().sum())
+
+    def position(self, name: str, receiver: bool = False) -> Tuple[float, float]:
+        """Where node ``name`` sits in a drawing of the graph: x by head (the MLP right of the heads), y by layer
+        (a layer's attention receivers just below its heads, its MLP half a layer above them, the MLP's input
+        (``receiver=True``) below its output; the embedding bottom left, the logits top left, out of the heads'
+        columns so that no edge to them runs along one)."""
+        if name == "embed":
+            return -1.0, -1.0
+        if name == "logits":
+            return -1.0, float(self.n_layers)
+        parts = name.split(".")
+        layer = int(parts[1])
+        if parts[2] == "mlp":
+            return float(self.n_heads + 1), layer + (0.2 if receiver else 0.5)
+        if len(parts) == 3:  # a layer's whole attention (receivers="layers")
+            return self.n_heads / 2, layer - 0.3
+        head = int(parts[4])
+        if len(parts) == 5:  # a head's output
+            return float(head), float(layer)
+        if parts[5] == "q":
+            return head - 0.25, layer - 0.3
+        # keys and values per key-value head: under the query heads that read them
+        group = self.n_heads // max(1, self.n_kv_heads)
+        return head * group + (group - 1) / 2 + (0.0 if parts[5] == "k" else 0.25), layer - 0.3
 
     def edge_index(self, edges: Iterable[Sequence[str]], arg: str = "edges") -> Tuple[np.ndarray, np.ndarray]:
         """Receiver and sender indices of ``(sender, receiver)`` name pairs; a ValueError naming the first bad

@@ -133,3 +133,10 @@ def per_head_cotangents(grad: mx.array, n_heads: int, *, linear: nn.Module) -> m
 def take_last(x: Any) -> Any:
     """``x[:, -1:]`` for a ``(batch, seq, ...)`` array (the metric reads the last position only)."""
     return x[:, -1:]
+
+
+def mix_in(value: mx.array, clean: mx.array, mix: mx.array, block: int) -> mx.array:
+    """``value + mix[block] * (clean - value)``: a block of senders' outputs moved ``mix[block]`` of the way
+    to ``clean`` (the activation path of integrated gradients; ``mix[block] = 0`` gives ``value`` exactly)."""
+    a = mix[block].astype(value.dtype)
+    return value + a * (clean.astype(value.dtype) - value)

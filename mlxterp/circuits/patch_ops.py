@@ -1,11 +1,11 @@
 """Pure MLX functions of the patched forward (applied inside its trace; see :mod:`.patching`).
 
-The forward's rows are the source rows (the corrupted prompts, ``sources`` of them) followed by ``K``
-variants of the clean prompts (``batch`` rows each). A variant either *keeps* edges (a circuit: every
-receiver reads the ablated input plus its kept edges' differences) or *patches* them (every receiver reads
-its own input, with the patched edges' differences taken away). Work is done per variant, for that variant's
-own edges only, so a circuit of ``n`` edges costs about ``n`` sender reads per row whatever the other
-variants hold.
+The forward's rows are ``K`` variants of the clean prompts (``batch`` rows each); the source run (the
+corrupted prompts, ``sources`` rows) is not among them: its values at each site and its senders' outputs
+come in beside the rows (:mod:`.sources`). A variant either *keeps* edges (a circuit: every receiver reads
+the ablated input plus its kept edges' differences) or *patches* them (every receiver reads its own input,
+with the patched edges' differences taken away). Work is done per variant, for that variant's own edges
+only, so a circuit of ``n`` edges costs about ``n`` sender reads per row whatever the other variants hold.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class Layout:
     """How the rows of a patched forward are laid out (static: part of the program's structure).
 
     Attributes:
-        sources: source rows first (the corrupted prompts).
+        sources: source rows (the corrupted prompts; their values come in beside the forward's rows).
         batch: rows per variant (the clean prompts).
         kept: per variant, whether it keeps edges (a circuit) or patches them.
         mean: ablated values are the mean over the source rows (else source row ``i`` for clean row ``i``).
@@ -39,8 +39,7 @@ class Layout:
 
     def rows(self, k: int) -> slice:
         """Variant ``k``'s rows."""
-        start = self.sources + k * self.batch
-        return slice(start, start + self.batch)
+        return slice(k * self.batch, (k + 1) * self.batch)
 
 
 def _ablated(source: mx.array, layout: Layout, axis: int) -> mx.array:
@@ -53,13 +52,12 @@ def _ablated(source: mx.array, layout: Layout, axis: int) -> mx.array:
     return mx.broadcast_to(mean, shape)
 
 
-def base_rows(x: mx.array, layout: Layout) -> mx.array:
-    """The input every receiver of a site starts from, per row: the source rows' own, then for each variant the
-    ablated value (a circuit) or the variant's own (patching). ``x``: ``(rows, seq, hidden)``."""
-    source = x[:layout.sources]
+def base_rows(x: mx.array, source: mx.array, layout: Layout) -> mx.array:
+    """The input every receiver of a site starts from, per variant: the ablated value (a circuit) or the
+    variant's own (patching). ``x``: ``(rows, seq, hidden)``; ``source``: the source run's ``(sources, seq,
+    hidden)`` there."""
     ablated = _ablated(source, layout, 0).astype(x.dtype)
-    rows = [source] + [ablated if kept else x[layout.rows(k)] for k, kept in enumerate(layout.kept)]
-    return mx.concatenate(rows, axis=0)
+    return mx.concatenate([ablated if kept else x[layout.rows(k)] for k, kept in enumerate(layout.kept)], axis=0)
 
 
 def packed_inputs(base: mx.array, weights: Sequence[mx.array], *blocks: mx.array, layout: Layout,
@@ -71,7 +69,8 @@ def packed_inputs(base: mx.array, weights: Sequence[mx.array], *blocks: mx.array
     Args:
         base: ``(rows, seq, hidden)`` from :func:`base_rows`.
         weights: per variant, ``(receivers, senders)``: +1 for a kept edge, -1 for a patched one, 0 for none.
-        blocks: sender outputs ``(n, rows, seq_all, hidden)`` (a layer's heads, an MLP, the embedding).
+        blocks: sender outputs, ``n`` blocks ``(count, rows, seq_all, hidden)`` (a layer's heads, an MLP, the
+            embedding) then the same ``n`` blocks of the source run ``(count, sources, seq_all, hidden)``.
         layout: the rows' :class:`Layout`.
         picks: per variant, the ``(block, index)`` of each sender in its ``weights``' columns.
         last: the site reads the last position only (the logits).
@@ -79,14 +78,17 @@ def packed_inputs(base: mx.array, weights: Sequence[mx.array], *blocks: mx.array
     Returns:
         ``(sum of receivers, batch, seq, hidden)``.
     """
+    n = len(blocks) // 2
+    own, source = blocks[:n], blocks[n:]
     out = []
     for k, (w, chosen) in enumerate(zip(weights, picks)):
         if not chosen:
             continue
-        senders = mx.concatenate([blocks[b][i:i + 1] for b, i in chosen], axis=0)
+        senders = mx.concatenate([own[b][i:i + 1] for b, i in chosen], axis=0)
+        ablated = mx.concatenate([source[b][i:i + 1] for b, i in chosen], axis=0)
         if last:
-            senders = senders[:, :, -1:]
-        diff = senders[:, layout.rows(k)] - _ablated(senders[:, :layout.sources], layout, 1)
+            senders, ablated = senders[:, :, -1:], ablated[:, :, -1:]
+        diff = senders[:, layout.rows(k)] - _ablated(ablated, layout, 1).astype(senders.dtype)
         n, batch, seq, hidden = diff.shape
         delta = w.astype(mx.float32) @ diff.astype(mx.float32).reshape(n, -1)
         out.append(base[None, layout.rows(k)] + delta.reshape(-1, batch, seq, hidden).astype(base.dtype))
@@ -96,18 +98,17 @@ def packed_inputs(base: mx.array, weights: Sequence[mx.array], *blocks: mx.array
 def replace_rows(base: mx.array, packed: mx.array, layout: Layout, where: Sequence[int]) -> mx.array:
     """A one-receiver site's input: ``base``, with variant ``k``'s rows taken from ``packed[where[k]]`` where
     ``where[k] >= 0``."""
-    rows = [base[:layout.sources]]
-    for k, at in enumerate(where):
-        rows.append(packed[at] if at >= 0 else base[layout.rows(k)])
+    rows = [packed[at] if at >= 0 else base[layout.rows(k)] for k, at in enumerate(where)]
     return mx.concatenate(rows, axis=0)
 
 
-def splice_projection(projected: mx.array, packed: mx.array, layout: Layout, entries: Sequence[Tuple[Tuple[int, int], ...]],
-                      n_heads: int, *, norm: nn.Module, linear: nn.Module) -> mx.array:
+def splice_projection(projected: mx.array, packed: mx.array, layout: Layout,
+                      entries: Sequence[Tuple[Tuple[int, int], ...]], n_heads: int, *, norm: nn.Module,
+                      linear: nn.Module) -> mx.array:
     """``projected`` (a q, k or v projection's output, ``(rows, seq, n_heads * head_dim)``) with, in variant
     ``k``'s rows, each head ``h`` of ``entries[k]`` (pairs ``(packed row, h)``) recomputed from its own input
     ``packed[row]`` (see :func:`.ops.head_projection`)."""
-    blocks = [projected[:layout.sources]]
+    blocks = []
     for k, pairs in enumerate(entries):
         own = projected[layout.rows(k)]
         if pairs:

@@ -14,9 +14,14 @@ its mean over the corrupted prompts) instead of ``z_u``, its output in the same 
 later senders send. Receivers without edges in any row read ``x_r`` (patching) or ``x_r'`` (circuits); a
 layer's attention then runs as usual on that input. A head whose q, k or v input has edges gets its own input:
 its slice of the projection is recomputed from ``ln1`` of that input (:func:`.patch_ops.splice_projection`),
-the other heads keep the model's projection. The corrupted (source) prompts run as the first rows of the same
-forward, so their senders' outputs and residuals are at hand, layer by layer, when the variants' receivers
-need them.
+the other heads keep the model's projection.
+
+The forward runs the variants' rows only. What they read of the corrupted (source) prompts' run, its input at
+every site and its senders' outputs, comes in as the program's params from a :class:`~.sources.SourceRun`,
+kept across calls on the same prompts; so is the clean run's metric (the full circuit). Where the clean and
+corrupted prompts agree on their first ``p0`` tokens, those run once on a KV cache and the variants run the
+rest (see :mod:`.sources`). A program is recorded per structure (shape, layout, the variants' edges, ``p0``)
+and kept, compiled, on the model: the same edges on new prompts of one shape replay it.
 """
 
 from __future__ import annotations
@@ -28,12 +33,20 @@ from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Tuple
 import mlx.core as mx
 import numpy as np
 
+from mlxterp.compiler import Op, PatchedForward, StateCompiled, run_passes
+from mlxterp.compiler.fold import fold_tokens
+from mlxterp.compiler.passes.lift import param_sources, param_values
+
 from ..analysis.metrics import Metric
-from ..analysis.programs import run_program
+from ..analysis.programs import cached_program, keep_program
+from ..generation.program import call_with_cache
+from ..tracing.program import param
 from ..tracing.proxy import apply
 from . import ops, patch_ops
 from .nodes import CircuitGraph
 from .parts import Parts
+from .prefix import VariantCache
+from .sources import SourceRun, source_run
 
 if TYPE_CHECKING:
     from ..model import InterpretableModel
@@ -100,9 +113,10 @@ def _plan(graph: CircuitGraph, site: _Site, variants: Sequence[Variant]) -> _Sit
 
 
 def record_patch(model: InterpretableModel, parts: Parts, graph: CircuitGraph, variants: Sequence[Variant],
-                 layout: patch_ops.Layout) -> None:
-    """Inside a trace on the layout's rows: rewrite every receiver's input (see the module docstring) and save
-    the last position's logits (``logits``)."""
+                 layout: patch_ops.Layout, sources: Dict[str, Any]) -> None:
+    """Inside a trace on the variants' rows: rewrite every receiver's input (see the module docstring) and save
+    the last position's logits (``logits``). ``sources``: the source run's values as traced params, named as
+    :attr:`.sources.SourceRun.values` names them."""
     plans = {(s.kind, s.layer): _plan(graph, s, variants) for s in _sites(graph)}
     needed: Dict[int, set] = {}
     for plan in plans.values():
@@ -112,24 +126,26 @@ def record_patch(model: InterpretableModel, parts: Parts, graph: CircuitGraph, v
     # A block holds only the senders some edge reads (a layer's heads: those heads alone).
     which = {b: tuple(sorted(indices)) for b, indices in needed.items()}
     plans = {key: _renumber(plan, which) for key, plan in plans.items()}
-    blocks: Dict[int, Any] = {}
+    blocks: Dict[int, Tuple[Any, Any]] = {}  # block -> (its senders in the variants' rows, in the source run)
     if 0 in needed:
-        blocks[0] = apply(_lead, model.module(parts.embed).output)
+        blocks[0] = (apply(_lead, model.module(parts.embed).output), apply(_lead, sources["embed"]))
     for lp in parts.layers:
-        _attention_site(model, parts, graph, lp, plans[("attn", lp.index)], blocks, layout)
-        if 1 + 2 * lp.index in needed:
-            blocks[1 + 2 * lp.index] = apply(parts.bind(ops.head_outputs, o_proj=lp.o), model.module(lp.attn).heads,
-                                             which[1 + 2 * lp.index])
+        i = lp.index
+        _attention_site(model, parts, graph, lp, plans[("attn", i)], blocks, layout, sources[f"attn_in_{i}"])
+        if 1 + 2 * i in needed:
+            heads = parts.bind(ops.head_outputs, o_proj=lp.o)
+            blocks[1 + 2 * i] = (apply(heads, model.module(lp.attn).heads, which[1 + 2 * i]),
+                                 apply(heads, sources[f"heads_{i}"], which[1 + 2 * i]))
         ln2 = model.module(lp.ln2)
         x = ln2.input
-        new = _site_input(x, plans[("mlp", lp.index)], blocks, layout, last=False)
+        new = _site_input(x, sources[f"mlp_in_{i}"], plans[("mlp", i)], blocks, layout, last=False)
         if new is not x:
             ln2.input = new
-        if 2 + 2 * lp.index in needed:
-            blocks[2 + 2 * lp.index] = apply(_lead, model.module(lp.mlp).output)
+        if 2 + 2 * i in needed:
+            blocks[2 + 2 * i] = (apply(_lead, model.module(lp.mlp).output), apply(_lead, sources[f"mlp_{i}"]))
     final = model.module(parts.final_norm)
     last = apply(ops.take_last, final.input)
-    final.input = _site_input(last, plans[("logits", graph.n_layers)], blocks, layout, last=True)
+    final.input = _site_input(last, sources["final"], plans[("logits", graph.n_layers)], blocks, layout, last=True)
     model.output[:, -1].save("logits")
 
 
@@ -144,21 +160,24 @@ def _lead(x: mx.array) -> mx.array:
     return x[None]
 
 
-def _base(x: Any, layout: patch_ops.Layout) -> Any:
-    return apply(patch_ops.base_rows, x, layout=layout) if any(layout.kept) else x
+def _base(x: Any, source: Any, layout: patch_ops.Layout) -> Any:
+    return apply(patch_ops.base_rows, x, source, layout=layout) if any(layout.kept) else x
 
 
-def _packed(base: Any, plan: _SitePlan, blocks: Dict[int, Any], layout: patch_ops.Layout, last: bool) -> Any:
+def _packed(base: Any, plan: _SitePlan, blocks: Dict[int, Tuple[Any, Any]], layout: patch_ops.Layout,
+            last: bool) -> Any:
     order = sorted({b for chosen in plan.picks for b, _ in chosen})
     picks = tuple(tuple((order.index(b), i) for b, i in chosen) for chosen in plan.picks)
     weights = tuple(mx.array(w) for w in plan.weights)
-    return apply(patch_ops.packed_inputs, base, weights, *[blocks[b] for b in order], layout=layout, picks=picks,
-                 last=last)
+    own, source = [blocks[b][0] for b in order], [blocks[b][1] for b in order]
+    return apply(patch_ops.packed_inputs, base, weights, *own, *source, layout=layout, picks=picks, last=last)
 
 
-def _site_input(x: Any, plan: _SitePlan, blocks: Dict[int, Any], layout: patch_ops.Layout, last: bool) -> Any:
-    """The input of a one-receiver site (an MLP, the logits, a layer's whole attention)."""
-    base = _base(x, layout)
+def _site_input(x: Any, source: Any, plan: _SitePlan, blocks: Dict[int, Tuple[Any, Any]],
+                layout: patch_ops.Layout, last: bool) -> Any:
+    """The input of a one-receiver site (an MLP, the logits, a layer's whole attention); ``source``: the
+    source run's input there."""
+    base = _base(x, source, layout)
     if plan.empty:
         return base
     where = tuple(off if rs else -1 for off, rs in zip(plan.offsets, plan.receivers))
@@ -166,18 +185,18 @@ def _site_input(x: Any, plan: _SitePlan, blocks: Dict[int, Any], layout: patch_o
 
 
 def _attention_site(model: InterpretableModel, parts: Parts, graph: CircuitGraph, lp: Any, plan: _SitePlan,
-                    blocks: Dict[int, Any], layout: patch_ops.Layout) -> None:
+                    blocks: Dict[int, Tuple[Any, Any]], layout: patch_ops.Layout, source: Any) -> None:
     """Rewrite layer ``lp``'s attention input: every head reads the base input, and each head projection with
-    edges its own input."""
+    edges its own input (``source``: the source run's attention input)."""
     ln1 = model.module(lp.ln1)
     if graph.granularity == "layers":
         x = ln1.input
-        new = _site_input(x, plan, blocks, layout, last=False)
+        new = _site_input(x, source, plan, blocks, layout, last=False)
         if new is not x:
             ln1.input = new
         return
     x = ln1.input
-    base = _base(x, layout)
+    base = _base(x, source, layout)
     if base is not x:
         ln1.input = base
     if plan.empty:
@@ -202,22 +221,70 @@ def _digest(variants: Sequence[Variant]) -> str:
 
 
 def run_variants(model: InterpretableModel, parts: Parts, graph: CircuitGraph, clean: mx.array, source: mx.array,
-                 variants: Sequence[Variant], metric: Metric, mean: bool) -> Tuple[np.ndarray, float, mx.array]:
-    """One forward of the source rows and every variant's copy of the clean rows.
+                 variants: Sequence[Variant], metric: Metric, mean: bool,
+                 need_clean: bool = False) -> Tuple[np.ndarray, float, float, mx.array]:
+    """One forward of every variant's copy of the clean rows, reading the source run (kept across calls).
 
     Returns:
         The metric of each variant (mean over its rows), the metric of the source rows (NaN unless they are as
-        many as the clean rows: a metric may read one target per clean prompt), and each variant's last-position
-        logits ``(variants, batch, vocab)``.
+        many as the clean rows: a metric may read one target per clean prompt), the clean rows' metric (NaN
+        unless ``need_clean``), and each variant's last-position logits ``(variants, batch, vocab)``.
     """
+    run = source_run(model, parts, clean, source, mean, need_clean)
     layout = patch_ops.Layout(int(source.shape[0]), int(clean.shape[0]), tuple(v.kept for v in variants), mean)
-    tokens = mx.concatenate([source] + [clean] * len(variants), axis=0)
-    # The same edges on new prompts of the same shape replay the recorded program (no recording).
-    key = (tuple(tokens.shape), layout, graph, _digest(variants))
-    logits = run_program(model, "circuits.patch", key, tokens, {},
-                         lambda _: record_patch(model, parts, graph, variants, layout))["logits"]
-    rest = logits[layout.sources:].reshape(len(variants), layout.batch, -1)
-    values = np.array([float(metric.score(rest[k]).mean()) for k in range(len(variants))])
+    suffix = clean[:, run.prefix_len:]
+    key = (tuple(suffix.shape), run.prefix_len, layout, graph, _digest(variants))
+    program = cached_program(model, "circuits.patch", key)
+    if program is None:
+        program = keep_program(model, "circuits.patch", key,
+                               PatchProgram(model, parts, graph, variants, layout, run, suffix))
+    logits = program(suffix, run).reshape(len(variants), layout.batch, -1)
+    values = np.array([float(metric.score(logits[k]).mean()) for k in range(len(variants))])
     same = layout.sources == layout.batch
-    source = float(metric.score(logits[:layout.sources]).mean()) if same else float("nan")
-    return values, source, rest
+    source_value = float(metric.score(run.source_logits).mean()) if same else float("nan")
+    clean_value = float(metric.score(run.clean_logits).mean()) if need_clean else float("nan")
+    return values, source_value, clean_value, logits
+
+
+class PatchProgram:
+    """The patched forward of one structure (see the module docstring): recorded once with a trace on the
+    variants' rows, lowered to run on a KV cache of the shared prefix, compiled with the model's state as an
+    input (weight edits are seen; shapes compile once each).
+
+    Args:
+        model, parts, graph: the model, its circuit parts and graph.
+        variants: the row blocks' edges.
+        layout: the rows' :class:`~.patch_ops.Layout`.
+        run: the prompts' :class:`~.sources.SourceRun` (its values' shapes are the params').
+        suffix: the clean rows' positions after the shared prefix ``(batch, seq - p0)``.
+    """
+
+    def __init__(self, model: InterpretableModel, parts: Parts, graph: CircuitGraph, variants: Sequence[Variant],
+                 layout: patch_ops.Layout, run: SourceRun, suffix: mx.array):
+        self.blocks = len(variants)
+        tokens = fold_tokens(suffix, self.blocks)
+        with model.trace(tokens, capture="saved") as tr:  # on the suffix alone: the same graph on a cache
+            record_patch(model, parts, graph, variants, layout,
+                         {name: param(name, value) for name, value in run.values.items()})
+        passes = run_passes(tr.graph.with_captures(()), model._probe(tokens).events)
+        self._forward = PatchedForward(model.model, passes.after, passes.schedule, call=call_with_cache,
+                                       points=model._points)
+        # Params in order: the source values by name (given at each call), the other constants as recorded.
+        recorded = param_values(tr.graph, param_sources(passes.after))
+        names = [n.meta.get("name") for n in sorted((n for n in passes.after if n.op is Op.PARAM),
+                                                    key=lambda n: n.target)]
+        self._params = [(name, None) if name in run.values else (None, value) for name, value in zip(names, recorded)]
+        self._compiled = StateCompiled(self._logits, model.model, model._executor.stats)
+
+    def __call__(self, suffix: mx.array, run: SourceRun) -> mx.array:
+        """Every variant's last-position logits ``(variants * batch, vocab)``."""
+        keys = [k for k, _ in run.prefix]
+        values = [v for _, v in run.prefix]
+        params = [value if name is None else run.values[name] for name, value in self._params]
+        return self._compiled(fold_tokens(suffix, self.blocks), keys, values, params)
+
+    def _logits(self, tokens: mx.array, keys: List[mx.array], values: List[mx.array],
+                params: List[mx.array]) -> mx.array:
+        caches = [VariantCache(k, v, self.blocks) for k, v in zip(keys, values)] if keys else None
+        _, saves, _ = self._forward((tokens, caches), params)
+        return saves["logits"]

@@ -159,6 +159,18 @@ def attach(result: T, model: Any, prompts: List[Any], arguments: Dict[str, Any])
     return result
 
 
+def derive(result: T, parent: Any, arguments: Dict[str, Any]) -> T:
+    """Record on ``result``, made from the result ``parent`` (a circuit chosen from edge scores), ``parent``'s
+    provenance with ``arguments`` added to its call's arguments; returns ``result`` (unchanged when ``parent``
+    has no provenance)."""
+    prov = getattr(parent, "_provenance", None)
+    if prov:
+        result._model_ref = getattr(parent, "_model_ref", None)
+        result._provenance = dict(prov, arguments={**(prov.get("arguments") or {}),
+                                                   **{k: _plain(v) for k, v in arguments.items()}})
+    return result
+
+
 def _plain(value: Any) -> Any:
     """A JSON value describing ``value`` (for provenance only: it is shown and compared, never re-run)."""
     if value is None or isinstance(value, (bool, int, float, str)):

@@ -2,8 +2,8 @@
 head's query, key and value projections, each MLP and the logits get their input from ``receive(name, x,
 senders)`` (``x``: the residual stream there; ``senders``: every sender output computed so far in this
 forward). Senders are computed by hand too: the embedding, each head's output through its columns of the
-output projection, each MLP. Built from ``tests/reference.py``'s norm, RoPE and MLP; shares no code with
-``mlxterp.circuits``.
+output projection, each MLP; ``send(name, z)`` may replace each as it is made, before anything reads it.
+Built from ``tests/reference.py``'s norm, RoPE and MLP; shares no code with ``mlxterp.circuits``.
 """
 
 from __future__ import annotations
@@ -18,20 +18,28 @@ from tests.reference import mlp, rms_norm, rope
 Receive = Callable[[str, mx.array, Dict[str, mx.array]], mx.array]
 
 
+Send = Callable[[str, mx.array], mx.array]
+
+
 def _keep(name: str, x: mx.array, senders: Dict[str, mx.array]) -> mx.array:
     return x
 
 
+def _sent(name: str, z: mx.array) -> mx.array:
+    return z
+
+
 def forward(model: nn.Module, tokens: mx.array, receive: Receive = _keep, embed: Optional[mx.array] = None,
-            granularity: str = "heads") -> Tuple[mx.array, Dict[str, mx.array]]:
+            granularity: str = "heads", send: Send = _sent) -> Tuple[mx.array, Dict[str, mx.array]]:
     """Logits ``(batch, seq, vocab)`` and every sender's output ``(batch, seq, hidden)`` by name.
 
     ``embed`` replaces the token embedding; with ``granularity="layers"`` a layer's attention reads one input,
-    ``receive("layers.L.attn", ...)``, instead of one per head projection.
+    ``receive("layers.L.attn", ...)``, instead of one per head projection; ``send(name, z)`` replaces sender
+    ``name``'s output ``z``.
     """
     args, inner = model.args, model.model
     eps, traditional = args.rms_norm_eps, getattr(args, "rope_traditional", False)
-    h = inner.embed_tokens.weight[tokens] if embed is None else embed
+    h = send("embed", inner.embed_tokens.weight[tokens] if embed is None else embed)
     senders = {"embed": h}
     for i, layer in enumerate(inner.layers):
         heads = _attention(layer.self_attn, lambda name: receive(name, h, senders), i, layer.input_layernorm.weight,
@@ -39,10 +47,12 @@ def forward(model: nn.Module, tokens: mx.array, receive: Receive = _keep, embed:
         o = layer.self_attn.o_proj.weight
         dim = heads.shape[-1]
         for j in range(heads.shape[2]):
-            senders[f"layers.{i}.attn.heads.{j}"] = heads[:, :, j] @ o[:, j * dim:(j + 1) * dim].T
+            name = f"layers.{i}.attn.heads.{j}"
+            senders[name] = send(name, heads[:, :, j] @ o[:, j * dim:(j + 1) * dim].T)
         r = h + sum(senders[f"layers.{i}.attn.heads.{j}"] for j in range(heads.shape[2]))
         x = receive(f"layers.{i}.mlp", r, senders)
-        senders[f"layers.{i}.mlp"] = mlp(layer.mlp, rms_norm(x, layer.post_attention_layernorm.weight, eps))
+        out = mlp(layer.mlp, rms_norm(x, layer.post_attention_layernorm.weight, eps))
+        senders[f"layers.{i}.mlp"] = send(f"layers.{i}.mlp", out)
         h = r + senders[f"layers.{i}.mlp"]
     x = receive("logits", h, senders)
     unembed = inner.embed_tokens.weight if args.tie_word_embeddings else model.lm_head.weight
@@ -72,16 +82,18 @@ def _attention(attn: nn.Module, inputs: Callable[[str], mx.array], i: int, norm:
 
 
 def receiver_gradients(model: nn.Module, tokens: mx.array, receivers: list, metric: Callable[[mx.array], mx.array],
-                       embed: Optional[mx.array] = None, granularity: str = "heads") -> Dict[str, mx.array]:
+                       embed: Optional[mx.array] = None, granularity: str = "heads",
+                       send: Send = _sent) -> Dict[str, mx.array]:
     """The gradient of ``metric(last position's logits).mean()`` at each receiver's input, one receiver at a
-    time: a zero delta added to that receiver's input alone, differentiated."""
+    time: a zero delta added to that receiver's input alone, differentiated (``embed`` and ``send`` as in
+    :func:`forward`)."""
     out = {}
     for name in receivers:
         def objective(delta: mx.array, name: str = name) -> mx.array:
             def receive(n: str, x: mx.array, s: dict) -> mx.array:
                 return x + delta if n == name else x
 
-            logits, _ = forward(model, tokens, receive, embed, granularity)
+            logits, _ = forward(model, tokens, receive, embed, granularity, send)
             return metric(logits[:, -1]).mean()
 
         out[name] = mx.grad(objective)(mx.zeros(model.model.embed_tokens.weight[tokens].shape))

@@ -38,6 +38,60 @@ def _loop(model, graph: CircuitGraph, clean: mx.array, corrupted: mx.array, step
     return out
 
 
+def _blocks(graph: CircuitGraph) -> list:
+    """Senders that run side by side: the embedding, then per layer its heads and its MLP."""
+    out = [["embed"]]
+    for layer in range(graph.n_layers):
+        out += [[f"layers.{layer}.attn.heads.{h}" for h in range(graph.n_heads)], [f"layers.{layer}.mlp"]]
+    return out
+
+
+def _activation_loop(model, graph: CircuitGraph, clean: mx.array, corrupted: mx.array, steps: int,
+                     score=metric) -> np.ndarray:
+    """EAP-IG on the activations by hand: for each block of senders and each point ``a = k / steps``, the corrupted
+    run with that block's outputs moved ``a`` of the way to their clean values (the rest computed as the run goes);
+    each receiver's gradient there, averaged over the points, dotted with the block's senders' clean - corrupted
+    outputs."""
+    module = model.model
+    _, clean_senders = ref.forward(module, clean, granularity=graph.granularity)
+    _, corrupted_senders = ref.forward(module, corrupted, granularity=graph.granularity)
+    start = ref.receiver_gradients(module, corrupted, graph.receivers, score, granularity=graph.granularity)
+    out = np.zeros((graph.n_receivers, graph.n_senders))
+    for block in _blocks(graph):
+        grads = {r: start[r] / steps for r in graph.receivers}
+        for k in range(1, steps):
+            def send(name: str, z: mx.array, a: float = k / steps, block: list = block) -> mx.array:
+                return z + a * (clean_senders[name] - z) if name in block else z
+
+            point = ref.receiver_gradients(module, corrupted, graph.receivers, score, granularity=graph.granularity,
+                                           send=send)
+            grads = {r: grads[r] + point[r] / steps for r in graph.receivers}
+        for u in block:
+            j = graph.senders.index(u)
+            for i in np.flatnonzero(graph.valid()[:, j]):
+                diff = clean_senders[u] - corrupted_senders[u]
+                out[i, j] = float((diff * grads[graph.receivers[i]]).sum())
+    return out
+
+
+@pytest.mark.parametrize("receivers, steps", [("heads", 3), ("layers", 2)])
+def test_eap_ig_on_the_activations_equals_the_hand_written_loop(circuit_model, receivers, steps):
+    scores = circuit_model.edge_attribution(CLEAN, CORRUPTED, metric=metric, method="eap-ig-activations", steps=steps,
+                                            receivers=receivers)
+    expected = _activation_loop(circuit_model, scores.graph, tokens(circuit_model, CLEAN),
+                                tokens(circuit_model, CORRUPTED), steps)
+    np.testing.assert_allclose(scores.scores, expected, atol=1e-5 * max(1.0, np.abs(expected).max()))
+    assert scores.method == "eap-ig-activations" and scores.steps == steps
+    assert scores.clean == pytest.approx(float(metric(ref.forward(circuit_model.model, tokens(circuit_model, CLEAN))
+                                                      [0][:, -1]).mean()), abs=1e-5)
+
+
+def test_eap_ig_on_the_activations_with_one_step_is_eap(circuit_model):
+    eap = circuit_model.edge_attribution(CLEAN, CORRUPTED, metric=metric, method="eap")
+    one = circuit_model.edge_attribution(CLEAN, CORRUPTED, metric=metric, method="eap-ig-activations", steps=1)
+    np.testing.assert_array_equal(eap.scores, one.scores)
+
+
 @pytest.mark.parametrize("receivers, steps", [("heads", 1), ("heads", 3), ("layers", 2)])
 def test_scores_equal_the_hand_written_loop(circuit_model, receivers, steps):
     method = "eap" if steps == 1 else "eap-ig"

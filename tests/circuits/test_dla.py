@@ -95,7 +95,7 @@ def test_top_lists_the_largest_contributions_first(circuit_model):
     dla = circuit_model.direct_logit_attribution(CLEAN[0], target=TARGET, foil=FOIL)
     top = dla.top(5)
     assert [abs(v) for _, v in top] == sorted((abs(v) for v in dla.values), reverse=True)[:5]
-    assert dla.to_dict()[top[0][0]] == top[0][1]
+    assert dla.as_dict()[top[0][0]] == top[0][1]
 
 
 def test_without_a_foil_the_target_logit_is_attributed_and_the_default_target_is_the_prediction(circuit_model):

@@ -17,10 +17,17 @@ from tests.circuits import reference as ref
 from tests.circuits.conftest import CLEAN, CORRUPTED, assert_untouched, metric, tokens, weights
 
 
-def _patched(model, edges: Dict[str, List[str]], granularity: str, mean: bool) -> float:
+# Prompt pairs: differing from the first token, and sharing their first 7 tokens (which then run once, on a KV
+# cache, before the patched variants: see mlxterp/circuits/sources.py).
+PAIRS = {"differ_at_once": (CLEAN, CORRUPTED), "shared_prefix": (["hello world", "hello there"],
+                                                                 ["hello wxrld", "hello theme"])}
+
+
+def _patched(model, edges: Dict[str, List[str]], granularity: str, mean: bool, pair=(CLEAN, CORRUPTED)) -> float:
     """The metric of the clean prompts with ``edges`` (receiver -> senders) carrying their corrupted (or mean)
     value, by hand."""
-    _, ablated = ref.forward(model.model, tokens(model, CORRUPTED), granularity=granularity)
+    clean, corrupted = pair
+    _, ablated = ref.forward(model.model, tokens(model, corrupted), granularity=granularity)
     if mean:
         ablated = {k: v.mean(axis=0, keepdims=True) for k, v in ablated.items()}
 
@@ -29,7 +36,7 @@ def _patched(model, edges: Dict[str, List[str]], granularity: str, mean: bool) -
             x = x + (ablated[u] - senders[u])
         return x
 
-    logits, _ = ref.forward(model.model, tokens(model, CLEAN), receive, granularity=granularity)
+    logits, _ = ref.forward(model.model, tokens(model, clean), receive, granularity=granularity)
     return float(metric(logits[:, -1]).mean())
 
 
@@ -46,17 +53,19 @@ def _by_receiver(edges) -> Dict[str, List[str]]:
     return out
 
 
+@pytest.mark.parametrize("pair", list(PAIRS))
 @pytest.mark.parametrize("granularity", ["heads", "layers"])
 @pytest.mark.parametrize("ablation", ["corrupted", "mean"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_edge_patching_equals_the_forward_with_the_contributions_swapped_by_hand(circuit_model, granularity,
-                                                                                 ablation, seed):
+                                                                                 ablation, seed, pair):
+    clean, corrupted = PAIRS[pair]
     graph = find_parts(circuit_model).graph_for(granularity)
     edges = _random_edges(graph, 30, seed)
-    out = circuit_model.edge_patching(CLEAN, CORRUPTED, edges, metric=metric, ablation=ablation, receivers=granularity)
-    assert out.value == pytest.approx(_patched(circuit_model, _by_receiver(edges), granularity, ablation == "mean"),
-                                      abs=1e-5)
-    corrupted_logits, _ = ref.forward(circuit_model.model, tokens(circuit_model, CORRUPTED))
+    out = circuit_model.edge_patching(clean, corrupted, edges, metric=metric, ablation=ablation, receivers=granularity)
+    expected = _patched(circuit_model, _by_receiver(edges), granularity, ablation == "mean", PAIRS[pair])
+    assert out.value == pytest.approx(expected, abs=1e-5)
+    corrupted_logits, _ = ref.forward(circuit_model.model, tokens(circuit_model, corrupted))
     assert out.corrupted == pytest.approx(float(metric(corrupted_logits[:, -1]).mean()), abs=1e-5)
     assert out.logits.shape == (2, 128) and len(out.edges) == 30
 
@@ -67,18 +76,21 @@ def test_the_example_edge_from_a_head_to_a_later_heads_key(circuit_model):
     assert out.value == pytest.approx(_patched(circuit_model, _by_receiver([edge]), "heads", False), abs=1e-5)
 
 
+@pytest.mark.parametrize("pair", list(PAIRS))
 @pytest.mark.parametrize("ablation", ["corrupted", "mean"])
-def test_a_circuit_equals_the_forward_with_every_other_edge_ablated_by_hand(circuit_model, ablation):
+def test_a_circuit_equals_the_forward_with_every_other_edge_ablated_by_hand(circuit_model, ablation, pair):
+    clean, corrupted = PAIRS[pair]
+    mean = ablation == "mean"
     graph = find_parts(circuit_model).graph_for("heads")
     circuit = Circuit.from_edges(graph, _random_edges(graph, 60, 3))
-    out = circuit_model.evaluate_circuit(circuit, CLEAN, CORRUPTED, metric=metric, ablation=ablation)
+    out = circuit_model.evaluate_circuit(circuit, clean, corrupted, metric=metric, ablation=ablation)
     outside = [(graph.senders[u], graph.receivers[r]) for r, u in np.argwhere(graph.valid() & ~circuit.mask)]
-    assert out.value == pytest.approx(_patched(circuit_model, _by_receiver(outside), "heads", ablation == "mean"),
+    assert out.value == pytest.approx(_patched(circuit_model, _by_receiver(outside), "heads", mean, PAIRS[pair]),
                                       abs=1e-5)
     every = [(graph.senders[u], graph.receivers[r]) for r, u in np.argwhere(graph.valid())]
-    assert out.baseline == pytest.approx(_patched(circuit_model, _by_receiver(every), "heads", ablation == "mean"),
+    assert out.baseline == pytest.approx(_patched(circuit_model, _by_receiver(every), "heads", mean, PAIRS[pair]),
                                          abs=1e-5)
-    assert out.clean == pytest.approx(_patched(circuit_model, {}, "heads", False), abs=1e-5)
+    assert out.clean == pytest.approx(_patched(circuit_model, {}, "heads", False, PAIRS[pair]), abs=1e-5)
     assert out.n_edges == 60 and out.ablation == ablation
     assert out.faithfulness == pytest.approx((out.value - out.baseline) / (out.clean - out.baseline))
 
@@ -99,7 +111,7 @@ def test_a_faithfulness_curve_equals_each_circuit_evaluated_alone(circuit_model,
     alone = [circuit_model.evaluate_circuit(scores.circuit(n_edges=n), CLEAN, CORRUPTED, metric=metric) for n in sizes]
     np.testing.assert_allclose(curve.values, [f.value for f in alone], atol=1e-5)
     np.testing.assert_allclose(curve.faithfulness[[0, -1]], [0.0, 1.0], atol=1e-5)
-    assert list(curve.to_dict()) == sizes
+    assert list(curve.as_dict()) == sizes
     pytest.importorskip("matplotlib")
     curve.plot(tmp_path / "curve.png")
     scores.plot(tmp_path / "edges.png", n_edges=20)

@@ -35,7 +35,17 @@ def results(tiny: InterpretableModel) -> Dict[str, Any]:
         apply(lambda x: x.astype(mx.bfloat16), tiny.output[:, -1]).save("logits")
         with gen.steps[0]:
             tiny.layers[0].output.save("prompt_resid")  # one step's value (no steps axis)
+    scores = tiny.edge_attribution(CLEAN, CORRUPTED, metric="logprob", target=5, method="eap-ig", steps=2)
+    circuit = scores.circuit(n_edges=40)
     return {
+        "edge_scores": scores,
+        "circuit": circuit,
+        "edge_patching": tiny.edge_patching(CLEAN, CORRUPTED, circuit, metric="logprob", target=5),
+        "faithfulness": tiny.evaluate_circuit(circuit, CLEAN, CORRUPTED, metric="logprob", target=5),
+        "faithfulness_curve": tiny.faithfulness_curve(scores, CLEAN, CORRUPTED, sizes=[5, 40, 200], metric="logprob",
+                                                      target=5, ablation="mean"),
+        "dla": tiny.direct_logit_attribution([CLEAN, CORRUPTED], target=5, foil=7),
+        "decomposition": tiny.decompose(CLEAN),
         "logit_lens": tiny.logit_lens("hello world", top_k=3),
         "layer_patching": tiny.activation_patching(CLEAN, CORRUPTED, component="mlp"),
         "patching_grid": tiny.patching_grid(CLEAN, CORRUPTED, positions=[2, 3, 4]),

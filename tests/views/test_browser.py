@@ -234,3 +234,74 @@ def test_small_negatives_show_without_a_minus_and_blank_tokens_show_their_spaces
     assert view.page.locator(".col-label").all_text_contents() == ["\u2423", "\u21b5", "x*"]
     view.page.locator('.cell[data-col="0"]').hover()
     assert tip(view)["recovery"] == "0.00%"
+
+
+# ---------------------------------------------------------------------------------------------------
+# circuits
+# ---------------------------------------------------------------------------------------------------
+def drawn(view, selector: str) -> int:
+    return view.page.locator(f"{selector}:not(.off)").count()
+
+
+def test_circuit_view(results, open_view):
+    scores = results["edge_scores"]
+    g = scores.graph
+    view = open_view(scores, n_edges=12, max_edges=120)
+    assert_clean(view)
+    assert view.page.locator("line.edge").count() == 120 and drawn(view, "line.edge") == 12
+    top = scores.top(12)
+    assert drawn(view, ".node") == len({("s", u) for u, _, _ in top} | {("r", r) for _, r, _ in top})
+    header = view.page.inner_text("header")
+    assert '"abcdef"' in header and '"abcxef"' in header and "eap-ig (2 steps)" in header
+    for rank in (1, 2, 3, 7):
+        view.page.locator(f'line.edge[data-rank="{rank}"]').hover(force=True)  # another edge may lie on top
+        fields = tip(view)
+        u, r = g.senders.index(fields["sender"]), g.receivers.index(fields["receiver"])
+        assert float(fields["score"]) == pytest.approx(scores.scores[r, u], rel=1e-5, abs=1e-12)
+        shown_rank = int(fields["rank"].split()[0].lstrip("#"))
+        assert scores.top(shown_rank)[-1][:2] == (fields["sender"], fields["receiver"])
+    assert_not_blank(view)
+
+
+def test_the_circuit_slider_sets_how_many_edges_are_drawn(results, open_view):
+    scores = results["edge_scores"]
+    view = open_view(scores, n_edges=5, max_edges=60)
+    for k in (40, 1, 60):
+        view.page.fill("#edge-count", str(k))
+        assert drawn(view, "line.edge") == k
+        top = scores.top(k)
+        assert drawn(view, ".node") == len({("s", u) for u, _, _ in top} | {("r", r) for _, r, _ in top})
+        assert view.page.inner_text(".count").startswith(f"{k} of the best 60")
+    assert_clean(view)
+
+
+def test_circuit_nodes_hover_with_their_scores(results, open_view):
+    scores = results["edge_scores"]
+    view = open_view(scores, n_edges=30, max_edges=30)
+    senders = scores.node_scores()
+    received = dict(zip(scores.graph.receivers, scores.scores.sum(axis=1)))
+    for role, sums in (("sender", senders), ("receiver", received)):
+        nodes = view.page.locator(f".node.{role}:not(.off)")
+        for i in range(min(3, nodes.count())):
+            nodes.nth(i).hover(force=True)
+            fields = tip(view)
+            assert fields["role"] == role
+            name = view.page.inner_text("#tip .tip-title")
+            assert float(fields["node-score"]) == pytest.approx(sums[name], rel=1e-5, abs=1e-12)
+
+
+def test_dla_view(results, open_view):
+    dla = results["dla"]
+    g = dla.graph
+    view = open_view(dla)
+    assert_clean(view)
+    assert view.page.locator(".cell").count() == g.n_layers * (g.n_heads + 1)
+    assert dla.label in view.page.inner_text("header")
+    for layer, col in [(0, 0), (g.n_layers - 1, g.n_heads), (1, 2)]:
+        view.page.locator(f'.cell[data-row="{layer}"][data-col="{col}"]').hover()
+        fields = tip(view)
+        expected = dla.mlps[layer] if col == g.n_heads else dla.heads[layer, col]
+        assert float(fields["contribution"]) == pytest.approx(expected, rel=1e-5, abs=1e-12)
+        name = f"layers.{layer}.mlp" if col == g.n_heads else f"layers.{layer}.attn.heads.{col}"
+        assert view.page.inner_text("#tip .tip-title") == name
+    assert_not_blank(view)

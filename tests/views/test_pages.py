@@ -52,6 +52,11 @@ def pages(results, hostile_patterns, hostile_lens):
     yield "grid", results["patching_grid"].to_html()
     yield "heads", results["head_patching"].to_html()
     yield "generation", results["generation"].to_html(values="probe")
+    yield "edge scores", results["edge_scores"].to_html()
+    yield "dla", results["dla"].to_html()
+
+
+SVG_NAMESPACE = "http://www.w3.org/2000/svg"  # a name (document.createElementNS's), never fetched
 
 
 def test_pages_are_self_contained(results, hostile_patterns, hostile_lens):
@@ -59,7 +64,7 @@ def test_pages_are_self_contained(results, hostile_patterns, hostile_lens):
         elements = parse(document)
         assert elements.urls == [], name  # no src/href: nothing to fetch
         assert elements.tags.count("script") == 2, name  # the data element and the inline script, no more
-        assert not re.search(r"https?://|@import|url\(", document), name
+        assert not re.search(r"https?://|@import|url\(", document.replace(SVG_NAMESPACE, "")), name
 
 
 def test_hostile_tokens_stay_inside_the_data_element(hostile_patterns, hostile_lens):
@@ -95,6 +100,18 @@ def test_data_carries_the_results_numbers(results):
     assert np.array_equal(np.array(panel["probs"], dtype=np.float32), lens.probs)  # float32 values, exactly
     assert [[[data["strings"][s] for s in pos] for pos in layer] for layer in panel["top"]] == \
         [[[lens.strings[int(i)] for i in pos] for pos in layer] for layer in lens.ids]
+
+
+def test_circuit_data_carries_the_best_edges_and_their_scores(results):
+    scores = results["edge_scores"]
+    data = json.loads(parse(scores.to_html(n_edges=7, max_edges=25)).data)
+    names = [node[0] for node in data["nodes"]]
+    edges = [(names[u], names[r], score) for u, r, score, _ in data["edges"]]
+    assert edges == scores.top(25) and data["shown"] == 7 and data["total"] == scores.graph.n_edges
+    assert [rank for *_, rank in data["edges"]] == list(range(1, 26))
+    dla = results["dla"]
+    data = json.loads(parse(dla.to_html()).data)
+    assert np.array_equal(np.array(data["grid"]), np.concatenate([dla.heads, dla.mlps[:, None]], axis=1))
 
 
 def test_attention_packing_is_the_result_rounded(results):
@@ -146,6 +163,10 @@ def test_view_options_are_checked(results, hostile_lens):
         results["logit_lens"].to_html(compare=hostile_lens)
     with pytest.raises(ValueError, match="compare: expected a LogitLensResult"):
         results["logit_lens"].to_html(compare=patterns)
+    with pytest.raises(ValueError, match="n_edges: 60 edges drawn, but the page holds max_edges=50"):
+        results["edge_scores"].to_html(n_edges=60, max_edges=50)
+    with pytest.raises(ValueError, match="max_edges: expected a positive int"):
+        results["edge_scores"].to_html(max_edges=0)
 
 
 def test_generation_values_are_checked(results):

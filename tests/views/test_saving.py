@@ -17,6 +17,15 @@ from mlxterp.analysis.heads import HeadPatchingGrid
 from mlxterp.analysis.lens import LogitLensResult
 from mlxterp.analysis.patching import LayerPatchingResult, PatchingGrid
 from mlxterp.analysis.patterns import AttentionPatterns, HeadScores
+from mlxterp.circuits import (
+    Circuit,
+    DirectLogitAttribution,
+    EdgePatching,
+    EdgeScores,
+    Faithfulness,
+    FaithfulnessCurve,
+    ResidualDecomposition,
+)
 from mlxterp.generation import Generation
 from mlxterp.generation.result import GenerationResult
 from mlxterp.store.manifest import model_identity
@@ -27,7 +36,9 @@ from tests.views.test_codec import same
 
 CLASSES = {"logit_lens": LogitLensResult, "layer_patching": LayerPatchingResult, "patching_grid": PatchingGrid,
            "attribution": PatchingGrid, "head_patching": HeadPatchingGrid, "attention_patterns": AttentionPatterns,
-           "head_scores": HeadScores, "generation": GenerationResult}
+           "head_scores": HeadScores, "generation": GenerationResult, "edge_scores": EdgeScores, "circuit": Circuit,
+           "edge_patching": EdgePatching, "faithfulness": Faithfulness, "faithfulness_curve": FaithfulnessCurve,
+           "dla": DirectLogitAttribution, "decomposition": ResidualDecomposition}
 
 
 @pytest.mark.parametrize("name", sorted(CLASSES))

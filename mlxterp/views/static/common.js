@@ -1,5 +1,6 @@
 "use strict";
-// Shared building blocks of mlxterp's views: data, elements, tooltip, colour scales, heatmaps, unpacking.
+// Shared building blocks of mlxterp's views: data, elements (HTML and SVG), tooltip, colour scales, heatmaps,
+// unpacking.
 // Every text reaches the page through textContent, never innerHTML, so a token such as <script> stays text.
 const MX = {
   views: {},
@@ -30,6 +31,20 @@ const MX = {
   fmt(x, digits) {
     if (x === null || x === undefined || Number.isNaN(x)) return "n/a";
     return Number(x).toFixed(digits).replace(/^-(0(\.0+)?)$/, "$1"); // -0.3 to 0 decimals is "0", not "-0"
+  },
+
+  // x to `digits` significant digits (scores from 1e-6 to 1e3 alike)
+  sig(x, digits) {
+    if (x === null || x === undefined || Number.isNaN(x)) return "n/a";
+    return Number(x).toPrecision(digits);
+  },
+
+  // An SVG element with attributes (numbers and strings; text only through textContent).
+  svg(tag, attrs, text) {
+    const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    for (const [name, value] of Object.entries(attrs || {})) e.setAttribute(name, String(value));
+    if (text !== undefined && text !== null) e.textContent = text;
+    return e;
   },
 
   // ---- tooltip: a title and [label, value, field] rows; value cells carry data-field for tests and tools
