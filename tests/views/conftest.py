@@ -82,7 +82,7 @@ def hostile_lens() -> LogitLensResult:
 # ---------------------------------------------------------------------------------------------------
 # the browser
 # ---------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # closed after each module: a running sync Playwright blocks any other in-process
 def browser() -> Any:
     reason = unavailable()
     if reason is not None:
