@@ -15,10 +15,10 @@ class CircuitsMixin:
     heads (``attn.heads`` through their slices of ``o_proj``) and the MLPs, with separate q, k, v and o
     projections (llama, mistral, qwen2/3 and their kin); the first call checks it on a short forward and
     otherwise says why it cannot. Metrics are scores of the last position's logits (as in
-    :meth:`head_patching`: ``"logit_diff"`` with ``target=``/``foil=``, ``"logprob"``, ``"prob"``, or a
-    function ``logits -> score per row``), averaged over the prompts. A prompt argument takes a str, a list of
-    prompts that encode to the same number of tokens (no padding: positions are matched one to one), token
-    ids, or a ``(batch, seq)`` token array.
+    :meth:`~InterpretableModel.head_patching`: ``"logit_diff"`` with ``target=``/``foil=``, ``"logprob"``, ``"prob"``,
+    or a function ``logits -> score per row``), averaged over the prompts. A prompt argument takes a str, a list of
+    prompts that encode to the same number of tokens (no padding: positions are matched one to one), token ids, or a
+    ``(batch, seq)`` token array.
     """
 
     def decompose(self, prompt: Any, *, last_only: bool = False) -> Any:
@@ -84,11 +84,12 @@ class CircuitsMixin:
         for ``u``'s edges, over the same points of the path on which only ``u``'s block of senders (the
         embedding, a layer's heads, a layer's MLP) moves from its corrupted to its clean outputs in the
         corrupted run: its node scores estimate patching a node's clean output into the corrupted run (as
-        :meth:`head_patching` does), at the cost of ``1 + (2 L + 1) (steps - 1)`` variants of the forward and
-        backward for ``L`` layers (README.md, "Circuits", says what each method estimates). Senders: ``embed``,
-        ``layers.L.attn.heads.H``, ``layers.L.mlp``. Receivers: each head's q input (``layers.L.attn.heads.H.q``),
-        each key-value head's k and v inputs (``.k``, ``.v``), each MLP (``layers.L.mlp``) and ``logits``; with
-        ``receivers="layers"`` each layer's attention (``layers.L.attn``) instead of its heads' inputs.
+        :meth:`~InterpretableModel.head_patching` does), at the cost of ``1 + (2 L + 1) (steps - 1)`` variants of the
+        forward and backward for ``L`` layers (README.md, "Circuits", says what each method estimates). Senders:
+        ``embed``, ``layers.L.attn.heads.H``, ``layers.L.mlp``. Receivers: each head's q input
+        (``layers.L.attn.heads.H.q``), each key-value head's k and v inputs (``.k``, ``.v``), each MLP
+        (``layers.L.mlp``) and ``logits``; with ``receivers="layers"`` each layer's attention (``layers.L.attn``)
+        instead of its heads' inputs.
 
         Args:
             clean: the clean prompt(s).
