@@ -27,14 +27,14 @@ class CircuitsMixin:
 
         Args:
             prompt: the prompt(s).
-            last_only: keep the last position only.
+            last_only: keep the last position only (``seq`` is then 1).
 
         Returns:
             A :class:`mlxterp.circuits.ResidualDecomposition`: ``.stack`` ``(components, batch, seq, hidden)``
-            named by ``.names``; ``.components(layer, phase)`` and ``.residual(layer, phase)`` (the parts of
-            and the sum at a layer's input, ``"pre"``, or its MLP's input, ``"mid"``); ``.accumulated()``
-            (the residual after the embedding and each layer); ``.heads(layer)``; ``.mlp(layer)``; ``.error``
-            (the final residual less the sum: output-projection biases, rounding).
+            (an ``mx.array`` in the model's activation dtype) named by ``.names``; ``.components(layer, phase)`` and
+            ``.residual(layer, phase)`` (the parts of and the sum at a layer's input, ``"pre"``, or its MLP's input,
+            ``"mid"``); ``.accumulated()`` (the residual after the embedding and each layer); ``.heads(layer)``;
+            ``.mlp(layer)``; ``.error`` (the final residual less the sum: output-projection biases, rounding).
 
         Raises:
             ValueError: a model circuits cannot decompose, or prompts of different token lengths.
@@ -60,9 +60,10 @@ class CircuitsMixin:
             save_path: write the heatmap as a PNG here.
 
         Returns:
-            A :class:`mlxterp.circuits.DirectLogitAttribution`: ``.top(k)`` ``(name, contribution)``,
-            ``.heads`` ``(layers, heads)``, ``.mlps``, ``.embed``, ``.total`` (their sum), ``.logit_diff`` (the
-            model's), ``.error``, ``.plot()``.
+            A :class:`mlxterp.circuits.DirectLogitAttribution`, every number in logits (float64, from float32
+            logits): ``.top(k)`` ``(name, contribution)``, ``.heads`` ``(layers, heads)``, ``.mlps``
+            ``(layers,)``, ``.embed``, ``.total`` (their sum), ``.logit_diff`` (the model's), ``.error``,
+            ``.plot()``.
 
         Raises:
             ValueError: as :meth:`decompose`, a bad target or foil, or a final norm that is neither an RMSNorm
@@ -105,7 +106,9 @@ class CircuitsMixin:
         Returns:
             :class:`mlxterp.circuits.EdgeScores`: ``.top(k)`` ``(sender, receiver, score)``,
             ``.circuit(n_edges=...)`` or ``.circuit(threshold=...)``, ``.node_scores()``, ``.head_scores()``,
-            ``.scores`` ``(receivers, senders)``, ``.clean``/``.corrupted`` (the metric), ``.plot()``.
+            ``.scores`` ``(receivers, senders)`` float64 numpy, ``.clean``/``.corrupted`` (the metric, mean over
+            the prompts), ``.plot()``; scores are changes of the metric, in its units (logits for
+            ``"logit_diff"``, nats for ``"logprob"``).
 
         Raises:
             ValueError: a bad method, ``steps < 1``, prompts of different token lengths, a distance metric or one
@@ -136,8 +139,9 @@ class CircuitsMixin:
             foil: the metric's foil token (``"logit_diff"``), as in :meth:`edge_attribution`.
 
         Returns:
-            :class:`mlxterp.circuits.EdgePatching`: ``.value`` (the patched metric), ``.corrupted``,
-            ``.logits`` ``(batch, vocab)``.
+            :class:`mlxterp.circuits.EdgePatching`: ``.value`` (the patched metric, mean over the prompts),
+            ``.corrupted``, ``.logits`` ``(batch, vocab)`` (the last position's, an ``mx.array`` in the model's
+            output dtype).
 
         Raises:
             ValueError: an unknown node, a sender that runs after its receiver, and as :meth:`edge_attribution`.
@@ -165,8 +169,9 @@ class CircuitsMixin:
             foil: the metric's foil token (``"logit_diff"``), as in :meth:`edge_attribution`.
 
         Returns:
-            :class:`mlxterp.circuits.Faithfulness`: ``.value``, ``.clean``, ``.baseline`` (every edge ablated)
-            and ``.faithfulness`` ``= (value - baseline) / (clean - baseline)``.
+            :class:`mlxterp.circuits.Faithfulness`: ``.value``, ``.clean``, ``.baseline`` (every edge ablated;
+            Python floats, the metric averaged over the prompts) and ``.faithfulness``
+            ``= (value - baseline) / (clean - baseline)`` (a fraction: 1 is the full model, not percent).
         """
         from .faithfulness import evaluate_circuit
 
@@ -193,8 +198,10 @@ class CircuitsMixin:
             save_path: write the curve as a PNG here.
 
         Returns:
-            :class:`mlxterp.circuits.FaithfulnessCurve`: ``.sizes``, ``.values``, ``.faithfulness``,
-            ``.clean``, ``.baseline``, ``.as_dict()`` (``{n_edges: faithfulness}``), ``.plot()``, ``.save(path)``.
+            :class:`mlxterp.circuits.FaithfulnessCurve`: ``.sizes``, ``.values`` (float64 ``(len(sizes),)``, the
+            metric), ``.faithfulness`` (float64 ``(len(sizes),)`` fractions), ``.clean``, ``.baseline``,
+            ``.as_dict()`` (``{n_edges: faithfulness}``), ``.plot()``, ``.save(path)``.
+
         """
         from .faithfulness import faithfulness_curve
 
