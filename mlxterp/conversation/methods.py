@@ -73,7 +73,8 @@ class ConversationMixin:
                 :meth:`~InterpretableModel.activation_patching`).
 
         Returns:
-            A :class:`mlxterp.conversation.TurnPatching` (``.grid`` ``(layers, turns)``, ``.layers``,
+            A :class:`mlxterp.conversation.TurnPatching` (``.grid``: a float64 numpy array
+            ``(len(layers), len(turns))`` of recovery in percent; ``.layers``,
             ``.positions`` (the turns), ``.position_labels``, ``.roles``, ``.spans``, ``.top(k)``,
             ``.plot(save_path=None)``).
 
@@ -98,8 +99,10 @@ class ConversationMixin:
             content_only: segments are the turns' contents (headers and markers count as outside).
 
         Returns:
-            A :class:`mlxterp.conversation.TurnAttention`: ``.mass`` ``(layers, heads, S, S)`` from segment
-            ``i`` (query, the mean over its positions) to segment ``j`` (key, the total over its positions),
+            A :class:`mlxterp.conversation.TurnAttention`: ``.mass`` ``(layers, heads, S, S)`` (float64
+            fractions of attention, in [0, 1]) from segment ``i`` (query, the mean over its positions) to
+            segment ``j`` (key, the total over its positions),
+
             segments being the turns then the generation prompt; ``.outside`` (mass on positions in no
             segment, the preamble); ``.per_layer`` and ``.mean`` (averaged over heads, and layers);
             ``.labels``; ``.top(k)``; ``.plot(layer=None, heads=None, save_path=None)``.
