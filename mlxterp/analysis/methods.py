@@ -92,9 +92,9 @@ class AnalysisMixin:
                 ``"self_attn.o_proj"``, GPT-2's ``"mlp.c_fc"``, ...).
             layers: layer indices; ``None`` = all.
             metric: ``"l2"``, ``"cosine"`` or ``"mse"`` (distances from the clean logits); ``"logit_diff"``
-                (``target`` minus ``foil`` logit), ``"logprob"`` or ``"prob"`` (of ``target``); a
+                (``target`` minus ``foil`` logit), ``"logprob"`` (nats) or ``"prob"`` (of ``target``); a
                 :class:`~mlxterp.analysis.metrics.Metric`; or a function ``logits -> score per row`` of the
-                last position's ``(rows, vocab)`` logits (MLX operations). Scores give recovery
+                last position's float32 ``(rows, vocab)`` logits (MLX operations). Scores give recovery
                 ``(m(patched) - m(corrupted)) / (m(clean) - m(corrupted)) * 100``.
             plot: draw a bar chart (shown only with an interactive matplotlib backend).
             figsize: plot size in inches.
@@ -147,9 +147,9 @@ class AnalysisMixin:
             layers: layer indices; ``None`` = all.
             positions: token positions (negative ones count from the end); ``None`` = all.
             metric: ``"l2"``, ``"cosine"`` or ``"mse"`` (distances from the clean logits); ``"logit_diff"``
-                (``target`` minus ``foil`` logit), ``"logprob"`` or ``"prob"`` (of ``target``); a
+                (``target`` minus ``foil`` logit), ``"logprob"`` (nats) or ``"prob"`` (of ``target``); a
                 :class:`~mlxterp.analysis.metrics.Metric`; or a function ``logits -> score per row`` of the
-                last position's ``(rows, vocab)`` logits (MLX operations). Scores give recovery
+                last position's float32 ``(rows, vocab)`` logits (MLX operations). Scores give recovery
                 ``(m(patched) - m(corrupted)) / (m(clean) - m(corrupted)) * 100``.
             plot: draw a heatmap (shown only with an interactive matplotlib backend).
             figsize: plot size in inches.
@@ -199,9 +199,9 @@ class AnalysisMixin:
             layers: layer indices; ``None`` = all.
             positions: token positions; ``None`` = all.
             metric: ``"l2"``, ``"cosine"`` or ``"mse"`` (distances from the clean logits); ``"logit_diff"``
-                (``target`` minus ``foil`` logit), ``"logprob"`` or ``"prob"`` (of ``target``); a
+                (``target`` minus ``foil`` logit), ``"logprob"`` (nats) or ``"prob"`` (of ``target``); a
                 :class:`~mlxterp.analysis.metrics.Metric`; or a function ``logits -> score per row`` of the
-                last position's ``(rows, vocab)`` logits (MLX operations). Scores give recovery
+                last position's float32 ``(rows, vocab)`` logits (MLX operations). Scores give recovery
                 ``(m(patched) - m(corrupted)) / (m(clean) - m(corrupted)) * 100``.
             plot: draw a heatmap (shown only with an interactive matplotlib backend).
             figsize: plot size in inches.
