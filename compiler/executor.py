@@ -52,7 +52,17 @@ class CacheEntry:
 
 @dataclasses.dataclass(frozen=True)
 class RunResult:
-    """What one execution returns, plus how it ran."""
+    """What one execution returns, plus how it ran.
+
+    Attributes:
+        output: the model's output (a language model's logits ``(batch, seq, vocab)``), or ``None`` when the
+            forward stopped after its last needed event.
+        saves: ``{save key: value}``, each value as the graph computed it (an ``mx.array`` of the shape and
+            dtype of the module value it came from, or of the computation on it).
+        captures: ``{module path: output}`` of the captured module calls (``"path#k"`` for call ``k > 0``).
+        mode: ``"eager"`` or ``"compiled"``.
+        entry: the cached lowering that ran.
+    """
 
     output: Any
     saves: dict
@@ -132,7 +142,8 @@ class Executor:
 
     @serialised(lambda executor: executor.model)  # one forward of a model at a time; cache and stats too
     def run(self, graph: Graph, tokens: mx.array, probe: Callable[[], Probe], mode: str = "auto") -> RunResult:
-        """Execute ``graph`` on ``tokens``; ``probe()`` gives the execution order on a cache miss."""
+        """Execute ``graph`` on ``tokens`` (the model's input: ``(batch, seq)`` integer token ids for a language
+        model); ``probe()`` gives the execution order on a cache miss."""
         if mode not in MODES:
             raise ValueError(f"compile mode {mode!r} is not one of {MODES} (True = 'compiled', False = 'eager')")
         self.sync()
@@ -176,7 +187,9 @@ class Executor:
     @serialised(lambda executor: executor.model)
     def program(self, graph: Graph, tokens: mx.array, probe: Callable[[], Probe]) -> LoweredProgram:
         """``graph`` as a pure function ``(tokens, params) -> saves`` (see :mod:`.program`) of the current
-        module tree (its ``tree_version``); its lowering is shared with traces of the same structure."""
+        module tree (its ``tree_version``), for inputs of ``tokens``' shape and dtype; its lowering is shared
+        with traces of the same structure."""
+
         self.sync()
         entry = self.entry(graph, tokens, probe)
         return LoweredProgram(self.model, entry.optimized, entry.forward, self.stats, self.tree_version)

@@ -28,8 +28,10 @@ def fold_tokens(tokens: mx.array, k: int) -> mx.array:
 def run_folded(forward: PatchedForward, tokens: mx.array, params: list, k: int,
                mapped: frozenset[int]) -> tuple[Any, dict, dict]:
     """Run ``k`` variants: param ``i`` in ``mapped`` has a leading axis of size ``k`` (one value per variant).
-    Returns the model output (``k * B`` rows, or ``None`` if the forward stopped early), the saves (each
-    with a leading ``k`` axis) and the captures (``k * B`` rows)."""
+    Returns the model output (``k * B`` rows for ``B`` rows of ``tokens``, or ``None`` if the forward stopped
+    early), the saves (each ``(k, *shape)``: a leading ``k`` axis) and the captures (``k * B`` rows); values
+    keep the dtypes the forward computes."""
+
     return forward.execute(FoldedRun(forward, params, k, mapped), fold_tokens(tokens, k))
 
 

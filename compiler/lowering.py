@@ -86,7 +86,10 @@ class PatchedForward:
         return self.execute(Run(self, params), tokens)
 
     def execute(self, run: "Run", tokens: mx.array) -> tuple[Any, dict, dict]:
-        """Run the model on ``tokens`` with ``run`` handling the hook events."""
+        """Run the model on ``tokens`` (its input: ``(batch, seq)`` integer token ids for a language model) with
+        ``run`` handling the hook events; returns ``(output, saves, captures)`` as :class:`.executor.RunResult`
+        holds them."""
+
         run.fire(START, None)
         try:
             with hooks_installed(self._modules, run):

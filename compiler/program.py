@@ -43,7 +43,18 @@ class LoweredProgram:
         self._folded: dict[frozenset[int], StateCompiled] = {}
 
     def fn(self, tokens: mx.array, params: list) -> dict:
-        """The saves of one run, uncompiled (a pure function: transform it freely)."""
+        """The saves of one run, uncompiled (a pure function: transform it freely).
+
+        Args:
+            tokens: the model's input, of the shape and dtype the program was lowered for (``(batch, seq)``
+                integer token ids for a language model).
+            params: one ``mx.array`` per param of ``self.graph``, in param order: a recorded array as it was,
+                a Python number as a float32, int32 or bool scalar (a weak number: cast where it is used).
+
+
+        Returns:
+            ``{save key: mx.array}``, each of the shape and dtype the graph computes.
+        """
         return distinct_outputs(self.forward(tokens, params)[1])
 
     def __call__(self, tokens: mx.array, params: list) -> dict:
@@ -54,7 +65,9 @@ class LoweredProgram:
 
     def folded(self, tokens: mx.array, params: list, mapped: frozenset[int]) -> dict:
         """``K`` variants in one compiled forward: each param index in ``mapped`` has a leading axis of size
-        ``K`` (the same for all); every save comes back with that leading axis."""
+        ``K`` (the same for all); every save comes back with that leading axis, ``(K, *shape)``. The model runs
+        on ``tokens`` repeated ``K`` times along the batch axis (``K * batch`` rows)."""
+
         if not mapped:
             raise ValueError("a folded run needs at least one param with a leading variant axis")
         compiled = self._folded.get(mapped)

@@ -26,7 +26,9 @@ class ActivationCache:
     """Captured activations keyed by name, plus optional metadata.
 
     Args:
-        activations: Mapping from activation name to array.
+        activations: Mapping from activation name to ``mx.array`` (any shape and dtype; kept as given,
+            e.g. a layer's ``(batch, seq, hidden)`` output).
+
         metadata: Optional JSON-serialisable dict describing the capture
             (model id, prompt, ...). Stored and restored verbatim.
         resolve: Optional callable mapping a user-given name to a stored key

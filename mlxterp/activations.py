@@ -54,8 +54,9 @@ def get_activations(model: WrappedModel, prompts: Any, layers: Optional[Sequence
             from each prompt's last real token (``-1`` = last real token of that prompt).
 
     Returns:
-        ``{"layer_{i}": array}`` (and ``{name: array}`` for named sites): ``(batch, hidden)`` for an int
-        position, ``(batch, n_positions, hidden)`` for a list (``hidden``: the site's trailing shape).
+        ``{"layer_{i}": array}`` (and ``{name: array}`` for named sites), ``mx.array`` values in the dtype the
+        model computed them in: ``(batch, hidden)`` for an int position, ``(batch, n_positions, hidden)`` for a
+        list (``hidden``: the site's trailing shape).
 
     Raises:
         ValueError: empty prompts, a layer index that is not an int or out of range, or a position outside
@@ -118,8 +119,9 @@ def batch_get_activations(model: WrappedModel, prompts: Any, layers: Optional[Se
             Every rank must pass the same arguments (checked before any work: ``DistributedMismatchError``).
 
     Returns:
-        ``{"layer_{i}": array}`` with ``len(prompts)`` rows, in the order of ``prompts``; with ``out=``, an
-        ``ActivationStore`` with the same keys and rows.
+        ``{"layer_{i}": array}`` with ``len(prompts)`` rows, in the order of ``prompts``, shaped as in
+        :func:`get_activations` (``(len(prompts), hidden)`` or ``(len(prompts), n_positions, hidden)``) and of
+        ``dtype`` (else the model's); with ``out=``, an ``ActivationStore`` with the same keys and rows.
     """
     _check_model(model)
     group = dist.resolve_group(distributed)
@@ -312,8 +314,13 @@ def collect_activations(model: WrappedModel, inputs: Any, layers: Optional[Seque
 
     Returns:
         An ``ActivationCache`` keyed by short names (``"layers.3"``, ``"layers.3.self_attn"``) whose
-        ``resolve`` also finds the other name forms, with ``metadata`` = ``{"model_class", "input_shape",
-        "lengths", "layers"}``; with ``out=``, an ``ActivationStore`` with the same keys.
+        ``resolve`` also finds the other name forms, each value the whole ``mx.array`` the module gave
+        (``(batch, seq, hidden)`` for a layer, right-padded, in the model's dtype), with ``metadata`` =
+        ``{"model_class", "input_shape", "lengths", "layers"}``; with ``out=``, an ``ActivationStore`` with
+        the same keys: one row per real token (``(n_tokens, hidden)`` for a layer; a row is the value's
+        trailing shape, ``(heads, head_dim)`` for ``attn.q``) of ``dtype`` (else the model's).
+
+
     """
     _check_model(model)
     group = dist.resolve_group(distributed)

@@ -45,7 +45,8 @@ zero_out.__doc__ = "Set activations to zero: ``zero_out(x) -> zeros_like(x)`` (s
 
 
 class scale(Intervention):  # noqa: N801 (the seed's name)
-    """Multiply activations by ``factor``."""
+    """Multiply activations by ``factor`` (a number keeps the activation's dtype; an ``mx.array`` broadcasts
+    to its shape and promotes its dtype as MLX does)."""
 
     def __init__(self, factor: float):
         if not (is_number(factor) or isinstance(factor, mx.array)):
@@ -58,7 +59,13 @@ class scale(Intervention):  # noqa: N801 (the seed's name)
 
 
 class add_vector(Intervention):  # noqa: N801
-    """Add a steering ``vector`` (broadcastable to the activation's shape)."""
+    """Add a steering ``vector`` (broadcastable to the activation's shape: ``(hidden,)`` adds it at every
+    position of a ``(batch, seq, hidden)`` activation).
+
+    The sum has MLX's promoted dtype: a float32 vector added to a float16 or bfloat16 activation makes it
+    float32 (and so everything computed from it); give the vector the activation's dtype
+    (``v.astype(mx.float16)``) to keep the model's.
+    """
 
     def __init__(self, vector: mx.array):
         self.vector = vector if isinstance(vector, mx.array) else mx.array(vector)
@@ -72,7 +79,8 @@ def _filled_like(x: mx.array, value: mx.array) -> mx.array:
 
 
 class replace_with(Intervention):  # noqa: N801
-    """Replace activations with ``value`` (a number, or an array broadcastable to the activation)."""
+    """Replace activations with ``value`` (a number, or an array broadcastable to the activation), cast to
+    the activation's dtype."""
 
     def __init__(self, value: Union[mx.array, float]):
         if not (is_number(value) or isinstance(value, mx.array)):
@@ -85,7 +93,7 @@ class replace_with(Intervention):  # noqa: N801
 
 
 class clamp(Intervention):  # noqa: N801
-    """Clamp activations to ``[min_val, max_val]`` (either bound may be ``None``)."""
+    """Clamp activations to ``[min_val, max_val]`` (either bound may be ``None``; the dtype is kept)."""
 
     def __init__(self, min_val: Optional[float] = None, max_val: Optional[float] = None):
         if min_val is None and max_val is None:
@@ -110,7 +118,9 @@ def _gaussian_like(x: mx.array) -> mx.array:
 
 
 class noise(Intervention):  # noqa: N801
-    """Add Gaussian noise with standard deviation ``std`` (fresh noise on every run)."""
+    """Add Gaussian noise with standard deviation ``std`` (in the activation's units; drawn in the
+    activation's dtype, fresh on every run)."""
+
 
     def __init__(self, std: float = 0.1):
         if not is_number(std) or std < 0:

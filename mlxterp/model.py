@@ -230,7 +230,9 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, CircuitsMixin, Generatio
 
     @property
     def output(self) -> Any:
-        """The model's final output inside a trace (save it with ``.save()``)."""
+        """The model's final output inside a trace (save it with ``.save()``): for a language model its
+        logits, ``(batch, seq, vocab)`` in the model's output dtype (float32 for float32 weights)."""
+
         return ModuleProxy(self, "").output
 
     @output.setter

@@ -89,15 +89,102 @@ def test_docstring_check_reports_what_is_missing():
     assert "no docstring" in problems[0] and "not found" in problems[1]
 
 
+# A tiny package for the role resolver: Comm and Group both have a public ``gather``; ``dist`` has a private
+# ``gather`` and ``invoke`` of its own; ``sub.mod`` imports Trace; ``LIMIT`` and ``N`` are the same interned 4.
+WORLD = {
+    "__init__.py": "from .comm import Comm, Group\nfrom .trace import Trace\nLIMIT = 4\n",
+    "comm.py": "class Comm:\n    def gather(self): pass\n    def dist(self): pass\n\n\n"
+               "class Group:\n    def gather(self): pass\n",
+    "trace.py": "class Trace:\n    def invoke(self): pass\n",
+    "dist.py": "N = 4\n\n\ndef gather(): pass\n\n\ndef invoke(): pass\n",
+    "other.py": "",
+    "sub/__init__.py": "",
+    "sub/mod.py": "from ..trace import Trace as T\n",
+}
+
+
+@pytest.fixture()
+def resolver(tmp_path, monkeypatch):
+    import importlib
+
+    from docsgen.roles import Resolver
+
+    for name, source in WORLD.items():
+        (tmp_path / "rw" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "rw" / name).write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("rw", "rw.dist", "rw.other", "rw.sub.mod"):
+        monkeypatch.setitem(sys.modules, name, importlib.import_module(name))
+    rw = sys.modules["rw"]
+    public = [("rw.Comm", rw.Comm), ("rw.Comm.gather", rw.Comm.gather), ("rw.Group", rw.Group),
+              ("rw.Group.gather", rw.Group.gather), ("rw.Trace", rw.Trace), ("rw.Trace.invoke", rw.Trace.invoke),
+              ("rw.Trace.tokens", None), ("rw.LIMIT", rw.LIMIT)]
+    yield Resolver(public)
+    for name in [m for m in sys.modules if m == "rw" or m.startswith("rw.")]:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+
+
+@pytest.mark.parametrize("name, module, cls, role, path", [
+    ("gather", "rw.comm", "rw.comm.Comm", "meth", "rw.Comm.gather"),  # the docstring's own class first
+    ("gather", "rw.comm", "rw.comm.Group", "meth", "rw.Group.gather"),
+    ("tokens", "rw.trace", "rw.trace.Trace", "attr", "rw.Trace.tokens"),  # an instance attribute of its class
+    ("Comm.gather", "rw.sub.mod", None, "meth", "rw.Comm.gather"),  # found in an enclosing package
+    ("T", "rw.sub.mod", None, "class", "rw.Trace"),  # a name the module imported: the object it is
+    (".comm.Comm", "rw.other", None, "class", "rw.Comm"),
+    ("rw.trace.Trace.invoke", "rw.dist", None, "meth", "rw.Trace.invoke"),  # a full path
+    ("LIMIT", "rw.dist", None, "data", "rw.LIMIT"),
+    ("N", "rw.dist", None, "data", None),  # the same object as rw.LIMIT, under another name: not linked
+    ("gather", "rw.dist", None, "func", None),  # the module's own private gather, not Comm.gather
+    ("invoke", "rw.dist", None, "func", None),  # nor Trace.invoke, the only public name ending with it
+    ("mx.compile", "rw.dist", None, "func", None),  # nothing public: plain code
+    (".dist", "rw.comm", "rw.comm.Comm", "mod", None),  # a mod role skips the method Comm.dist: the module
+    (".dist", "rw.comm", "rw.comm.Comm", "meth", None),  # the method, not public
+])
+def test_role_resolves_in_its_docstrings_scope(resolver, name, module, cls, role, path):
+    found = resolver.resolve(name, module, cls, role)
+    assert (found.path, found.candidates) == (path, ())
+
+
+@pytest.mark.parametrize("name, candidates", [
+    ("gather", ("rw.Comm.gather", "rw.Group.gather")),  # several public names: none is picked
+    ("invoke", ("rw.Trace.invoke",)),  # one public name in no enclosing scope: still not linked
+])
+def test_role_in_no_scope_is_not_matched_by_its_ending(resolver, name, candidates):
+    from docsgen.roles import Resolution
+
+    assert resolver.resolve(name, "rw.other", None, "meth") == Resolution(None, candidates)
+
+
+def test_role_scopes_are_class_module_packages_then_full_path():
+    from docsgen.roles import scopes
+
+    assert scopes("a.b.c", "a.b.c.K") == ["a.b.c.K", "a.b.c", "a.b", "a", ""]
+    assert scopes("a") == ["a", ""]
+
+
 @needs_griffe
-def test_sphinx_roles_become_links_to_public_names_or_code():
+def test_sphinx_roles_become_links_to_public_names_or_code(resolver, caplog):
     from docsgen.griffe_ext import SphinxRoles
 
     roles = SphinxRoles()
-    assert roles.rewrite(":class:`Viewable`") == "[`Viewable`][mlxterp.views.Viewable]"
-    assert roles.rewrite("see :meth:`~.Program.batched`.") == "see [`batched`][mlxterp.Program.batched]."
-    assert roles.rewrite(":mod:`.attention`") == "`attention`"  # not a public name: plain code
-    assert roles.rewrite(":class:`the trace <Trace>`") == "[`the trace`][mlxterp.Trace]"
+    roles._resolver = resolver
+    assert roles.rewrite(":class:`T`", "rw.sub.mod") == "[`T`][rw.Trace]"
+    assert roles.rewrite("see :meth:`~.Comm.gather`.", "rw.dist") == "see [`gather`][rw.Comm.gather]."
+    assert roles.rewrite(":func:`gather`", "rw.dist") == "`gather`"
+    assert roles.rewrite(":class:`the trace <rw.Trace>`", "rw.other") == "[`the trace`][rw.Trace]"
+    assert roles.problems == []
+    with caplog.at_level("WARNING", logger="mkdocs"):
+        assert roles.rewrite(":meth:`gather`", "rw.other", where="docstring of rw.other") == "`gather`"
+    assert len(roles.problems) == 1 and roles.problems[0] == caplog.records[-1].getMessage().split(": ", 1)[1]
+    assert caplog.records[-1].name.startswith("mkdocs.")  # counted by mkdocs build --strict
+    assert all(s in roles.problems[0] for s in ("docstring of rw.other", "rw.Comm.gather", "rw.Group.gather"))
+
+
+@needs_griffe
+def test_every_role_in_the_docstrings_resolves_or_is_not_ambiguous():
+    from docsgen.roles import problems
+
+    assert problems() == []
 
 
 def test_undocumented_reads_the_search_index(tmp_path):

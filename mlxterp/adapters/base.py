@@ -110,7 +110,9 @@ class Architecture:
         ln1, ln2: the norms before the attention and before the MLP, relative to a layer, or ``None``.
         residual: the :class:`Residual` form.
         logits: ``logits(raw_model, head, hidden)``: what the model computes from the final norm's
-            output, including any scaling or soft-capping after the projection (Gemma 2, Cohere, Granite).
+            output ``(..., hidden)``, the logits ``(..., vocab)``, including any scaling or soft-capping after
+            the projection (Gemma 2, Cohere, Granite).
+
         positions: ``positions(raw_model) -> PositionLimit``.
         attention: how attention internals are computed: ``"sdpa"`` (the layer's attention calls
             mlx-lm's ``scaled_dot_product_attention``, which a traced layer replaces by an explicit one),

@@ -46,12 +46,13 @@ class HeadPatchingGrid(Saveable, Viewable):
     interactive view.
 
     Attributes:
-        grid: ``(len(layers), len(heads))`` float array; cell ``(i, j)`` is the recovery (%) when only head
-            ``heads[j]`` of layer ``layers[i]`` takes its clean output (every position).
+        grid: ``(len(layers), len(heads))`` float64 numpy array; cell ``(i, j)`` is the recovery in percent
+            when only head ``heads[j]`` of layer ``layers[i]`` takes its clean output (every position).
         layers: layer index of each row.
         heads: head index of each column.
         metric: the metric used (``"l2"``, ``"logit_diff(' Paris' - ' Rome')"``, ...).
-        corrupted_distance: the normaliser of every cell (see :class:`~.patching.PatchingGrid`).
+        corrupted_distance: the normaliser of every cell, in the metric's units (see
+            :class:`~.patching.PatchingGrid`).
     """
 
     kind = "head_patching"
@@ -72,7 +73,7 @@ class HeadPatchingGrid(Saveable, Viewable):
                                   title=title or f"Head patching (metric {self.metric})")
 
     def as_dict(self) -> Dict[int, Dict[int, float]]:
-        """``{layer: {head: recovery}}``."""
+        """``{layer: {head: recovery}}``, recovery a Python float in percent."""
         return {layer: {h: float(v) for h, v in zip(self.heads, row)} for layer, row in zip(self.layers, self.grid)}
 
     def _page(self) -> Page:
@@ -84,7 +85,9 @@ class HeadPatchingGrid(Saveable, Viewable):
                                               "output, every position", self.corrupted_distance))
 
     def top(self, k: int = 5) -> List[Tuple[int, int, float]]:
-        """The ``k`` cells of largest absolute recovery, ``(layer, head, recovery)``, largest first."""
+        """The ``k`` cells of largest absolute recovery, ``(layer, head, recovery)`` (recovery in percent),
+        largest first."""
+
         order = np.argsort(-np.abs(self.grid), axis=None)[:k]
         return [(self.layers[i], self.heads[j], float(self.grid[i, j]))
                 for i, j in zip(*np.unravel_index(order, self.grid.shape))]

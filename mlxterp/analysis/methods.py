@@ -19,9 +19,11 @@ class AnalysisMixin:
         normed state (or use :meth:`logit_lens`, which applies the norm) for calibrated predictions.
 
         Args:
-            hidden_state: array of shape ``(hidden,)`` or ``(batch, hidden)``.
+            hidden_state: a float array (any float dtype; an ``mx.array`` or what ``mx.array()`` converts) of
+                shape ``(d_model,)`` or ``(batch, d_model)``, ``d_model`` the model's hidden size.
             top_k: number of predictions per row (at most the vocabulary size).
-            return_scores: also return each token's score, its logit (float).
+            return_scores: also return each token's score, its logit (a Python float, computed in float32;
+                not a probability).
 
         Returns:
             For a ``(hidden,)`` input, a list of ``top_k`` token ids (or ``(token_id, logit)`` tuples),
@@ -55,10 +57,11 @@ class AnalysisMixin:
 
         Returns:
             ``{layer: [[(token_id, probability, token_str), ...] per position]}`` with ``top_k`` entries per
-            position, best first; the score is the softmax probability. The last layer's top-1 is the
-            model's own prediction. The dict is a :class:`mlxterp.analysis.lens.LogitLensResult`: it also
-            holds the arrays (``.ids``, ``.probs``), saves and loads (``.save(path)``), and writes an
-            interactive view (``.save_html(path)``).
+            position, best first; the score is the softmax probability (a fraction in [0, 1], computed in
+            float32). The last layer's top-1 is the model's own prediction. The dict is a
+            :class:`mlxterp.analysis.lens.LogitLensResult`: it also holds the arrays (``.ids``: int64,
+            ``.probs``: float32, both numpy ``(layers, seq, top_k)``), saves and loads (``.save(path)``), and
+            writes an interactive view (``.save_html(path)``).
 
         Raises:
             ValueError: bad ``layers`` (the valid range is listed), ``top_k`` or ``text``.
@@ -89,9 +92,9 @@ class AnalysisMixin:
                 ``"self_attn.o_proj"``, GPT-2's ``"mlp.c_fc"``, ...).
             layers: layer indices; ``None`` = all.
             metric: ``"l2"``, ``"cosine"`` or ``"mse"`` (distances from the clean logits); ``"logit_diff"``
-                (``target`` minus ``foil`` logit), ``"logprob"`` or ``"prob"`` (of ``target``); a
+                (``target`` minus ``foil`` logit), ``"logprob"`` (nats) or ``"prob"`` (of ``target``); a
                 :class:`~mlxterp.analysis.metrics.Metric`; or a function ``logits -> score per row`` of the
-                last position's ``(rows, vocab)`` logits (MLX operations). Scores give recovery
+                last position's float32 ``(rows, vocab)`` logits (MLX operations). Scores give recovery
                 ``(m(patched) - m(corrupted)) / (m(clean) - m(corrupted)) * 100``.
             plot: draw a bar chart (shown only with an interactive matplotlib backend).
             figsize: plot size in inches.
@@ -109,8 +112,9 @@ class AnalysisMixin:
                 must pass the same arguments (checked before any work: ``DistributedMismatchError``).
 
         Returns:
-            ``{layer: recovery percent}``, a :class:`mlxterp.analysis.patching.LayerPatchingResult` (a dict
-            with ``.metric``, ``.component``, ``.save(path)`` and ``.save_html(path)``).
+            ``{layer: recovery}``, recovery a Python float in percent (100 = the clean behaviour restored), a
+            :class:`mlxterp.analysis.patching.LayerPatchingResult` (a dict with ``.metric``, ``.component``,
+            ``.corrupted_distance``, ``.save(path)`` and ``.save_html(path)``).
 
         Raises:
             ValueError: prompts of different token lengths, identical clean/corrupted logits, or a bad
@@ -143,9 +147,9 @@ class AnalysisMixin:
             layers: layer indices; ``None`` = all.
             positions: token positions (negative ones count from the end); ``None`` = all.
             metric: ``"l2"``, ``"cosine"`` or ``"mse"`` (distances from the clean logits); ``"logit_diff"``
-                (``target`` minus ``foil`` logit), ``"logprob"`` or ``"prob"`` (of ``target``); a
+                (``target`` minus ``foil`` logit), ``"logprob"`` (nats) or ``"prob"`` (of ``target``); a
                 :class:`~mlxterp.analysis.metrics.Metric`; or a function ``logits -> score per row`` of the
-                last position's ``(rows, vocab)`` logits (MLX operations). Scores give recovery
+                last position's float32 ``(rows, vocab)`` logits (MLX operations). Scores give recovery
                 ``(m(patched) - m(corrupted)) / (m(clean) - m(corrupted)) * 100``.
             plot: draw a heatmap (shown only with an interactive matplotlib backend).
             figsize: plot size in inches.
@@ -162,9 +166,9 @@ class AnalysisMixin:
                 must pass the same arguments (checked before any work: ``DistributedMismatchError``).
 
         Returns:
-            A :class:`mlxterp.analysis.patching.PatchingGrid` (``.grid`` numpy array, ``.layers``,
-            ``.positions``, ``.position_labels``, ``.metric``, ``.plot(save_path=None)``, ``.save(path)``,
-            ``.save_html(path)``).
+            A :class:`mlxterp.analysis.patching.PatchingGrid` (``.grid``: a float64 numpy array
+            ``(len(layers), len(positions))`` of recovery in percent; ``.layers``, ``.positions``,
+            ``.position_labels``, ``.metric``, ``.plot(save_path=None)``, ``.save(path)``, ``.save_html(path)``).
 
         Raises:
             ValueError: as :meth:`activation_patching`, and for bad ``positions``.
@@ -195,9 +199,9 @@ class AnalysisMixin:
             layers: layer indices; ``None`` = all.
             positions: token positions; ``None`` = all.
             metric: ``"l2"``, ``"cosine"`` or ``"mse"`` (distances from the clean logits); ``"logit_diff"``
-                (``target`` minus ``foil`` logit), ``"logprob"`` or ``"prob"`` (of ``target``); a
+                (``target`` minus ``foil`` logit), ``"logprob"`` (nats) or ``"prob"`` (of ``target``); a
                 :class:`~mlxterp.analysis.metrics.Metric`; or a function ``logits -> score per row`` of the
-                last position's ``(rows, vocab)`` logits (MLX operations). Scores give recovery
+                last position's float32 ``(rows, vocab)`` logits (MLX operations). Scores give recovery
                 ``(m(patched) - m(corrupted)) / (m(clean) - m(corrupted)) * 100``.
             plot: draw a heatmap (shown only with an interactive matplotlib backend).
             figsize: plot size in inches.
@@ -208,7 +212,8 @@ class AnalysisMixin:
             foil: ``logit_diff``'s foil token; default: the corrupted prompt's top prediction.
 
         Returns:
-            A :class:`mlxterp.analysis.patching.PatchingGrid` with ``method="attribution patching"``.
+            A :class:`mlxterp.analysis.patching.PatchingGrid` with ``method="attribution patching"`` (``.grid``:
+            float64 ``(len(layers), len(positions))``, estimated recovery in percent).
 
         Raises:
             ValueError: as :meth:`patching_grid`.
@@ -250,8 +255,9 @@ class AnalysisMixin:
                 must pass the same arguments (checked before any work: ``DistributedMismatchError``).
 
         Returns:
-            A :class:`mlxterp.analysis.heads.HeadPatchingGrid` (``.grid``, ``.layers``, ``.heads``,
-            ``.top(k)``, ``.plot(save_path=None)``, ``.save(path)``, ``.save_html(path)``).
+            A :class:`mlxterp.analysis.heads.HeadPatchingGrid` (``.grid``: a float64 numpy array
+            ``(len(layers), len(heads))`` of recovery in percent; ``.layers``, ``.heads``, ``.top(k)``,
+            ``.plot(save_path=None)``, ``.save(path)``, ``.save_html(path)``).
 
         Raises:
             ValueError: as :meth:`activation_patching`, for bad ``heads``, and for a model without attention.
@@ -270,8 +276,9 @@ class AnalysisMixin:
             layers: layer indices; ``None`` = all.
 
         Returns:
-            An :class:`mlxterp.analysis.patterns.AttentionPatterns`: ``[layer]`` is a ``(heads, seq, seq)``
-            numpy array (row = query, column = key), ``.tokens`` the prompt's tokens, and
+            An :class:`mlxterp.analysis.patterns.AttentionPatterns`: ``[layer]`` is a float32
+            ``(heads, seq, seq)`` numpy array of attention weights (row = query, column = key; each row sums to
+            1 over the keys up to the query), ``.tokens`` the prompt's tokens as text, and
             ``.plot(layer, heads=None, save_path=None)`` draws one head or a grid of heads, tokens on both axes;
             ``.save_html(path)`` writes the interactive view; ``.save(path)`` saves it.
 
@@ -297,7 +304,10 @@ class AnalysisMixin:
 
         Returns:
             A :class:`mlxterp.analysis.patterns.HeadScores` (``.induction``, ``.previous_token``,
-            ``.duplicate_token``: ``(layers, heads)`` arrays; ``.top(kind, k)``; ``.plot(save_path=None)``).
+            ``.duplicate_token``: float32 numpy ``(len(layers), heads)`` arrays of mean attention weights, in
+            [0, 1]; ``.tokens``: the int32 ``(batch, 2 * seq_len)`` ids, one more column with a BOS;
+            ``.top(kind, k)``; ``.plot(save_path=None)``).
+
 
         Raises:
             ValueError: bad arguments, or a model without attention.

@@ -37,7 +37,8 @@ PathLike = Union[str, Path]
 
 
 class LayerPatchingResult(dict, Saveable, Viewable):
-    """Recovery (%) per layer, ``{layer: recovery}`` (a dict, as ``activation_patching`` always returned).
+    """Recovery (%) per layer, ``{layer: recovery}`` (a dict of Python floats in percent, as
+    ``activation_patching`` always returned).
 
     Saves and loads (``save(path)``, ``LayerPatchingResult.load(path)``); ``save_html(path)`` writes the
     interactive view (one column of layers).
@@ -45,7 +46,7 @@ class LayerPatchingResult(dict, Saveable, Viewable):
     Attributes:
         component: the patched component (``"mlp"``, ...).
         metric: the metric used (``"l2"``, ``"logit_diff(' Paris' - ' Rome')"``, ...).
-        corrupted_distance: the normaliser of every layer (see :class:`PatchingGrid`).
+        corrupted_distance: the normaliser of every layer (see :class:`PatchingGrid`), in the metric's units.
     """
 
     kind = "layer_patching"
@@ -86,9 +87,9 @@ class PatchingGrid(Saveable, Viewable):
     interactive view.
 
     Attributes:
-        grid: ``(len(layers), len(positions))`` float array; cell ``(i, j)`` is the recovery (%) when only
-            position ``positions[j]`` of the component at layer ``layers[i]`` is patched (or its linear
-            estimate, for attribution patching).
+        grid: ``(len(layers), len(positions))`` float64 numpy array; cell ``(i, j)`` is the recovery in
+            percent when only position ``positions[j]`` of the component at layer ``layers[i]`` is patched (or
+            its linear estimate, for attribution patching).
         layers: layer index of each row.
         positions: token position of each column.
         position_labels: the clean prompt's token at each column; ``*`` marks positions where the clean
@@ -98,7 +99,8 @@ class PatchingGrid(Saveable, Viewable):
         component: the patched component (``"output"``, ``"mlp"``, ...).
         method: ``"activation patching"`` or ``"attribution patching"``.
         corrupted_distance: ``d(corrupted, clean)`` (for a score metric ``m(clean) - m(corrupted)``), the
-            normaliser of every cell.
+            normaliser of every cell, in the metric's units (a distance between float32 logits, or the
+            score's own: logits for ``logit_diff``, nats for ``logprob``, a probability for ``prob``).
     """
 
     kind = "patching_grid"
@@ -132,7 +134,8 @@ class PatchingGrid(Saveable, Viewable):
                                   figsize=figsize, cmap=cmap, title=title, save_path=save_path)
 
     def as_dict(self) -> Dict[int, Dict[int, float]]:
-        """``{layer: {position: recovery}}``."""
+        """``{layer: {position: recovery}}``, recovery a Python float in percent."""
+
         return {layer: {pos: float(v) for pos, v in zip(self.positions, row)}
                 for layer, row in zip(self.layers, self.grid)}
 

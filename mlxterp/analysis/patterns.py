@@ -51,7 +51,8 @@ class AttentionPatterns(Saveable, Viewable):
     head=0)`` writes the interactive view (see :func:`mlxterp.views.attention.attention_page`).
 
     Attributes:
-        patterns: ``{layer: (heads, seq, seq) array}``: row ``q`` holds query ``q``'s weights over the keys.
+        patterns: ``{layer: (heads, seq, seq) float32 numpy array}``: row ``q`` holds query ``q``'s softmax
+            weights over the keys (fractions summing to 1 over keys ``0..q``).
         tokens: the prompt's tokens (as text; ids without a tokenizer).
         layers: the layers read.
     """
@@ -111,9 +112,11 @@ class HeadScores(Saveable):
     """Per-(layer, head) attention scores on repeated random tokens (see the module docstring).
 
     Attributes:
-        induction, previous_token, duplicate_token: ``(len(layers), heads)`` arrays in [0, 1].
+        induction, previous_token, duplicate_token: ``(len(layers), heads)`` float32 numpy arrays of mean
+            attention weights, in [0, 1].
         layers: the layer of each row.
-        tokens: the ``(batch, length)`` token ids the scores were measured on.
+        tokens: the ``(batch, length)`` int32 numpy token ids the scores were measured on (``length`` is
+            ``2 * seq_len``, plus 1 for a BOS).
     """
 
     kind = "head_scores"
@@ -125,7 +128,8 @@ class HeadScores(Saveable):
     tokens: np.ndarray
 
     def as_dict(self) -> Dict[str, np.ndarray]:
-        """``{kind: (layers, heads) array}`` for every kind."""
+        """``{kind: (len(layers), heads) float32 array}`` for every kind."""
+
         return {kind: getattr(self, kind) for kind in KINDS}
 
     def top(self, kind: str = "induction", k: int = 5) -> List[Tuple[int, int, float]]:

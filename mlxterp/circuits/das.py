@@ -72,7 +72,8 @@ class DAS:
     # -- the subspace --------------------------------------------------------------------------
     @property
     def vectors(self) -> mx.array:
-        """The Householder vectors ``(dim, width)`` that parametrise the rotation (what training updates)."""
+        """The Householder vectors ``(dim, width)``, float32, that parametrise the rotation (what training
+        updates)."""
         if self._vectors is None:
             raise RuntimeError(f"{self!r} has no subspace yet: train it (das.train(model, base_prompts, "
                                "source_prompts, labels)) or load one (DAS.load(path))")
@@ -80,12 +81,12 @@ class DAS:
 
     @property
     def rotation(self) -> mx.array:
-        """The subspace's orthonormal basis ``(width, dim)``: the first ``dim`` columns of the rotation."""
+        """The subspace's orthonormal basis ``(width, dim)``, float32: the first ``dim`` columns of the rotation."""
         return householder(self.vectors)
 
     @property
     def direction(self) -> mx.array:
-        """The subspace's unit vector ``(width,)`` (``dim=1`` only)."""
+        """The subspace's unit vector ``(width,)``, float32 (``dim=1`` only)."""
         if self.dim != 1:
             raise ValueError(f"direction is the basis of a 1-dimensional subspace; this one has dim={self.dim}: "
                              "use das.rotation, (width, dim)")
@@ -99,8 +100,8 @@ class DAS:
 
         Args:
             model: the InterpretableModel (never modified).
-            base_prompts: the prompts run with the intervention (a list of str, token lists, or an int
-                array ``(n, seq)``), all of one token length.
+            base_prompts: the prompts run with the intervention (a list of str, token lists, or an integer
+                token array ``(n, seq)``), all of one token length.
             source_prompts: one per base prompt, of the same length: where the subspace's values come from.
             labels: one per pair, the token the model should predict after the intervention (ids, or
                 single-token strings such as ``" Paris"``).
@@ -113,7 +114,8 @@ class DAS:
             progress: show a progress bar.
 
         Returns:
-            Each step's loss ``(steps,)`` (float64, before that step's update).
+            Each step's loss, a float64 numpy array ``(steps,)``: the batch's mean cross-entropy of the label
+            at the last position, in nats (computed on float32 logits, before that step's update).
         """
         return DAS.train_many([self], model, base_prompts, source_prompts, labels, steps=steps, lr=lr,
                               batch_size=batch_size, seed=seed, optimizer=optimizer, progress=progress)[:, 0]
@@ -127,7 +129,8 @@ class DAS:
         Arguments as :meth:`train`.
 
         Returns:
-            Each step's loss per DAS ``(steps, len(dases))``.
+            Each step's loss per DAS, a float64 numpy array ``(steps, len(dases))`` (mean cross-entropy in
+            nats, as :meth:`train`).
         """
         dases = check_dases(dases)
         pairs = interchange_pairs(model, base_prompts, source_prompts, labels)
@@ -150,13 +153,14 @@ class DAS:
     def iia(self, model: "InterpretableModel", base_prompts: Any, source_prompts: Any, labels: Any, *,
             batch_size: int = 32) -> float:
         """Interchange-intervention accuracy: the share of pairs whose intervened run's top prediction at the
-        last position is the label (arguments as :meth:`train`)."""
+        last position is the label, a fraction in [0, 1] (arguments as :meth:`train`)."""
         return float(DAS.iia_many([self], model, base_prompts, source_prompts, labels, batch_size=batch_size)[0])
 
     @staticmethod
     def iia_many(dases: Sequence["DAS"], model: "InterpretableModel", base_prompts: Any, source_prompts: Any,
                  labels: Any, *, batch_size: int = 32) -> np.ndarray:
-        """The IIA of several DAS on the same pairs, ``(len(dases),)``, in one forward per batch."""
+        """The IIA of several DAS on the same pairs, a float64 numpy array ``(len(dases),)`` of fractions in
+        [0, 1], in one forward per batch."""
         dases = check_dases(dases)
         pairs = interchange_pairs(model, base_prompts, source_prompts, labels)
         batch_size = check_positive_int(batch_size, "batch_size")
@@ -166,8 +170,9 @@ class DAS:
 
     # -- use in traces, programs and generation ------------------------------------------------
     def source_activations(self, model: "InterpretableModel", prompts: Any) -> mx.array:
-        """The site's values at the positions in ``prompts`` (of one token length): ``(n, positions, width)``,
-        what :meth:`intervention` takes."""
+        """The site's values at the positions in ``prompts`` (of one token length): an ``mx.array``
+        ``(n, len(position), width)`` in the site's dtype, what :meth:`intervention` takes."""
+
         tokens = prompt_tokens(model, prompts, "prompts")
         site = self._bind(model, tokens)
         return source_program(model, [site], tokens)(tokens)[0]

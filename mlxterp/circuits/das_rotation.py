@@ -97,7 +97,15 @@ class DASIntervention(Intervention):
 
     Inside a trace (or a program, or each step of a generation) the rotation and the source activations
     are lifted to params like any array, so a program recorded with it replays with new source activations.
+
+    Args:
+        rotation: ``(width, dim)`` orthonormal columns (:attr:`mlxterp.DAS.rotation`, float32); the map is
+            computed in its dtype and returned in the activation's.
+        source: ``(n or 1, len(positions), width)`` source activations (:meth:`mlxterp.DAS.source_activations`).
+        positions: the token positions replaced (ints; negative count from the end of each activation's token
+            axis).
     """
+
 
     def __init__(self, rotation: mx.array, source: mx.array, positions: tuple):
         self.rotation = rotation

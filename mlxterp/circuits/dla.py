@@ -45,10 +45,11 @@ class ResidualDecomposition(Saveable):
 
     Attributes:
         graph: the model's :class:`~.nodes.CircuitGraph` (its ``senders`` name the components).
-        stack: ``(n_senders, batch, seq, hidden)``: ``stack[i]`` is sender ``graph.senders[i]``'s output.
-        error: ``(batch, hidden)``: the final residual at the last position minus the sum of the components
-            there (the output projections' biases; float rounding).
-        tokens: the prompt's token ids, ``(batch, seq)``.
+        stack: ``(n_senders, batch, seq, hidden)`` ``mx.array`` in the model's activation dtype: ``stack[i]``
+            is sender ``graph.senders[i]``'s output.
+        error: ``(batch, hidden)``, same dtype: the final residual at the last position minus the sum of the
+            components there (the output projections' biases; float rounding).
+        tokens: the prompt's token ids, an int32 ``(batch, seq)`` ``mx.array``.
     """
 
     kind = "residual_decomposition"
@@ -150,10 +151,11 @@ class DirectLogitAttribution(Saveable, Viewable):
 
     Attributes:
         graph: the model's :class:`~.nodes.CircuitGraph`; ``graph.senders`` names the components.
-        values: ``(n_senders,)`` float: each component's contribution (mean over the prompts).
-        logit_diff: the model's logit difference (or target logit), mean over the prompts.
+        values: ``(n_senders,)`` float64 numpy: each component's contribution in logits (mean over the
+            prompts).
+        logit_diff: the model's logit difference (or target logit), in logits, mean over the prompts.
         label: what is attributed (``"logit(' Paris') - logit(' Rome')"``).
-        per_prompt: ``(n_senders, batch)``: the contributions of each prompt.
+        per_prompt: ``(n_senders, batch)`` float64 numpy: the contributions of each prompt, in logits.
     """
 
     kind = "direct_logit_attribution"
@@ -178,36 +180,38 @@ class DirectLogitAttribution(Saveable, Viewable):
 
     @property
     def total(self) -> float:
-        """The sum of the components' contributions."""
+        """The sum of the components' contributions (logits)."""
         return float(self.values.sum())
 
     @property
     def error(self) -> float:
-        """``logit_diff - total``: what no component carries (biases, norm offsets, float rounding)."""
+        """``logit_diff - total`` (logits): what no component carries (biases, norm offsets, float rounding)."""
         return self.logit_diff - self.total
 
     @property
     def heads(self) -> np.ndarray:
-        """``(n_layers, n_heads)``: each head's contribution."""
+        """``(n_layers, n_heads)`` float64: each head's contribution (logits)."""
         g = self.graph
         return self.values[1:].reshape(g.n_layers, g.n_heads + 1)[:, :-1]
 
     @property
     def mlps(self) -> np.ndarray:
-        """``(n_layers,)``: each MLP's contribution."""
+        """``(n_layers,)`` float64: each MLP's contribution (logits)."""
         return self.values[1:].reshape(self.graph.n_layers, self.graph.n_heads + 1)[:, -1]
 
     @property
     def embed(self) -> float:
-        """The embedding's contribution."""
+        """The embedding's contribution (logits)."""
         return float(self.values[0])
 
     def as_dict(self) -> Dict[str, float]:
-        """``{component name: contribution}`` (``to_dict()`` is the saved record)."""
+        """``{component name: contribution in logits}`` (``to_dict()`` is the saved record)."""
         return {name: float(v) for name, v in zip(self.graph.senders, self.values)}
 
     def top(self, k: int = 10) -> List[Tuple[str, float]]:
-        """The ``k`` components of largest absolute contribution, ``(name, contribution)``, largest first."""
+        """The ``k`` components of largest absolute contribution, ``(name, contribution)`` (logits), largest
+        first."""
+
         order = np.argsort(-np.abs(self.values), kind="stable")[:k]
         return [(self.graph.senders[i], float(self.values[i])) for i in order]
 

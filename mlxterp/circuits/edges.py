@@ -105,14 +105,14 @@ class EdgeScores(Saveable, Viewable):
 
     Attributes:
         graph: the :class:`~.nodes.CircuitGraph`.
-        scores: ``(n_receivers, n_senders)`` float64; ``scores[r, u]`` estimates how much the metric changes
-            when edge ``(senders[u], receivers[r])`` takes its clean value in the corrupted run (0 where no
-            edge exists).
+        scores: ``(n_receivers, n_senders)`` float64 numpy; ``scores[r, u]`` estimates how much the metric
+            changes (in the metric's units: logits for ``logit_diff``, nats for ``logprob``) when edge
+            ``(senders[u], receivers[r])`` takes its clean value in the corrupted run (0 where no edge exists).
         method: ``"eap"``, ``"eap-ig"`` or ``"eap-ig-activations"``.
         steps: points of the integrated gradients (1 for EAP).
         metric: the metric's label.
-        clean: the metric on the clean prompts (mean over rows).
-        corrupted: the metric on the corrupted prompts.
+        clean: the metric on the clean prompts (mean over rows; a Python float).
+        corrupted: the metric on the corrupted prompts (mean over rows).
     """
 
     kind = "edge_scores"
@@ -140,8 +140,8 @@ class EdgeScores(Saveable, Viewable):
         return edges_page(self, n_edges=n_edges, max_edges=max_edges)
 
     def ranking(self) -> np.ndarray:
-        """Flat indices (into ``scores``) of the existing edges, largest absolute score first (computed once:
-        ``scores`` is not meant to change)."""
+        """Flat indices (an int64 numpy array into ``scores.ravel()``) of the existing edges, largest absolute
+        score first (computed once: ``scores`` is not meant to change)."""
         if self._ranking is None:
             flat = np.flatnonzero(self.graph.valid().ravel())
             self._ranking = flat[np.argsort(-np.abs(self.scores.ravel()[flat]), kind="stable")]
@@ -180,7 +180,8 @@ class EdgeScores(Saveable, Viewable):
         return {name: float(v) for name, v in zip(self.graph.senders, self.scores.sum(axis=0))}
 
     def head_scores(self) -> np.ndarray:
-        """``(n_layers, n_heads)``: each head's node score (:meth:`node_scores`)."""
+        """``(n_layers, n_heads)`` float64: each head's node score (:meth:`node_scores`)."""
+
         g = self.graph
         return self.scores.sum(axis=0)[1:].reshape(g.n_layers, g.n_heads + 1)[:, :-1]
 

@@ -36,10 +36,12 @@ class EdgePatching(Saveable):
     ``EdgePatching.load(path)``).
 
     Attributes:
-        value: the metric with the edges patched (mean over the prompts).
+        value: the metric with the edges patched (mean over the prompts; a Python float in the metric's
+            units).
         corrupted: the metric of the corrupted prompts (NaN with mean ablation over a different number of
             prompts than the clean ones: a metric may read one target per clean prompt).
-        logits: ``(batch, vocab)``: the last position's logits of the patched run.
+        logits: ``(batch, vocab)`` ``mx.array`` in the model's output dtype: the last position's logits of the
+            patched run.
         edges: the patched edges, as a :class:`~.edges.Circuit`.
         metric: the metric's label.
     """
@@ -66,7 +68,8 @@ class Faithfulness(Saveable):
     ``Faithfulness.load(path)``).
 
     Attributes:
-        value: the metric with only the circuit's edges (every other edge ablated).
+        value: the metric with only the circuit's edges (every other edge ablated; mean over the prompts, a
+            Python float in the metric's units).
         clean: the metric of the full model on the clean prompts.
         baseline: the metric with every edge ablated (the corrupted run for ``ablation="corrupted"``).
         n_edges: edges in the circuit.
@@ -85,7 +88,8 @@ class Faithfulness(Saveable):
 
     @property
     def faithfulness(self) -> float:
-        """``(value - baseline) / (clean - baseline)`` (NaN when the full and empty runs score the same)."""
+        """``(value - baseline) / (clean - baseline)``, a fraction (1: as faithful as the full model; not percent;
+        NaN when the full and empty runs score the same)."""
         gap = self.clean - self.baseline
         return (self.value - self.baseline) / gap if gap != 0 else float("nan")
 
@@ -97,7 +101,7 @@ class FaithfulnessCurve(Saveable):
 
     Attributes:
         sizes: edges in each circuit.
-        values: ``(len(sizes),)``: each circuit's metric.
+        values: ``(len(sizes),)`` float64 numpy: each circuit's metric (mean over the prompts).
         clean, baseline, ablation, metric: as in :class:`Faithfulness`.
     """
 
@@ -112,7 +116,9 @@ class FaithfulnessCurve(Saveable):
 
     @property
     def faithfulness(self) -> np.ndarray:
-        """``(values - baseline) / (clean - baseline)`` per size."""
+        """``(values - baseline) / (clean - baseline)`` per size: a float64 ``(len(sizes),)`` array of fractions
+        (1: as faithful as the full model)."""
+
         gap = self.clean - self.baseline
         return (self.values - self.baseline) / gap if gap != 0 else np.full(len(self.values), np.nan)
 

@@ -15,10 +15,10 @@ class CircuitsMixin:
     heads (``attn.heads`` through their slices of ``o_proj``) and the MLPs, with separate q, k, v and o
     projections (llama, mistral, qwen2/3 and their kin); the first call checks it on a short forward and
     otherwise says why it cannot. Metrics are scores of the last position's logits (as in
-    :meth:`head_patching`: ``"logit_diff"`` with ``target=``/``foil=``, ``"logprob"``, ``"prob"``, or a
-    function ``logits -> score per row``), averaged over the prompts. A prompt argument takes a str, a list of
-    prompts that encode to the same number of tokens (no padding: positions are matched one to one), token
-    ids, or a ``(batch, seq)`` token array.
+    :meth:`~InterpretableModel.head_patching`: ``"logit_diff"`` with ``target=``/``foil=``, ``"logprob"``, ``"prob"``,
+    or a function ``logits -> score per row``), averaged over the prompts. A prompt argument takes a str, a list of
+    prompts that encode to the same number of tokens (no padding: positions are matched one to one), token ids, or a
+    ``(batch, seq)`` token array.
     """
 
     def decompose(self, prompt: Any, *, last_only: bool = False) -> Any:
@@ -27,14 +27,14 @@ class CircuitsMixin:
 
         Args:
             prompt: the prompt(s).
-            last_only: keep the last position only.
+            last_only: keep the last position only (``seq`` is then 1).
 
         Returns:
             A :class:`mlxterp.circuits.ResidualDecomposition`: ``.stack`` ``(components, batch, seq, hidden)``
-            named by ``.names``; ``.components(layer, phase)`` and ``.residual(layer, phase)`` (the parts of
-            and the sum at a layer's input, ``"pre"``, or its MLP's input, ``"mid"``); ``.accumulated()``
-            (the residual after the embedding and each layer); ``.heads(layer)``; ``.mlp(layer)``; ``.error``
-            (the final residual less the sum: output-projection biases, rounding).
+            (an ``mx.array`` in the model's activation dtype) named by ``.names``; ``.components(layer, phase)`` and
+            ``.residual(layer, phase)`` (the parts of and the sum at a layer's input, ``"pre"``, or its MLP's input,
+            ``"mid"``); ``.accumulated()`` (the residual after the embedding and each layer); ``.heads(layer)``;
+            ``.mlp(layer)``; ``.error`` (the final residual less the sum: output-projection biases, rounding).
 
         Raises:
             ValueError: a model circuits cannot decompose, or prompts of different token lengths.
@@ -60,9 +60,10 @@ class CircuitsMixin:
             save_path: write the heatmap as a PNG here.
 
         Returns:
-            A :class:`mlxterp.circuits.DirectLogitAttribution`: ``.top(k)`` ``(name, contribution)``,
-            ``.heads`` ``(layers, heads)``, ``.mlps``, ``.embed``, ``.total`` (their sum), ``.logit_diff`` (the
-            model's), ``.error``, ``.plot()``.
+            A :class:`mlxterp.circuits.DirectLogitAttribution`, every number in logits (float64, from float32
+            logits): ``.top(k)`` ``(name, contribution)``, ``.heads`` ``(layers, heads)``, ``.mlps``
+            ``(layers,)``, ``.embed``, ``.total`` (their sum), ``.logit_diff`` (the model's), ``.error``,
+            ``.plot()``.
 
         Raises:
             ValueError: as :meth:`decompose`, a bad target or foil, or a final norm that is neither an RMSNorm
@@ -84,11 +85,12 @@ class CircuitsMixin:
         for ``u``'s edges, over the same points of the path on which only ``u``'s block of senders (the
         embedding, a layer's heads, a layer's MLP) moves from its corrupted to its clean outputs in the
         corrupted run: its node scores estimate patching a node's clean output into the corrupted run (as
-        :meth:`head_patching` does), at the cost of ``1 + (2 L + 1) (steps - 1)`` variants of the forward and
-        backward for ``L`` layers (README.md, "Circuits", says what each method estimates). Senders: ``embed``,
-        ``layers.L.attn.heads.H``, ``layers.L.mlp``. Receivers: each head's q input (``layers.L.attn.heads.H.q``),
-        each key-value head's k and v inputs (``.k``, ``.v``), each MLP (``layers.L.mlp``) and ``logits``; with
-        ``receivers="layers"`` each layer's attention (``layers.L.attn``) instead of its heads' inputs.
+        :meth:`~InterpretableModel.head_patching` does), at the cost of ``1 + (2 L + 1) (steps - 1)`` variants of the
+        forward and backward for ``L`` layers (README.md, "Circuits", says what each method estimates). Senders:
+        ``embed``, ``layers.L.attn.heads.H``, ``layers.L.mlp``. Receivers: each head's q input
+        (``layers.L.attn.heads.H.q``), each key-value head's k and v inputs (``.k``, ``.v``), each MLP
+        (``layers.L.mlp``) and ``logits``; with ``receivers="layers"`` each layer's attention (``layers.L.attn``)
+        instead of its heads' inputs.
 
         Args:
             clean: the clean prompt(s).
@@ -104,7 +106,9 @@ class CircuitsMixin:
         Returns:
             :class:`mlxterp.circuits.EdgeScores`: ``.top(k)`` ``(sender, receiver, score)``,
             ``.circuit(n_edges=...)`` or ``.circuit(threshold=...)``, ``.node_scores()``, ``.head_scores()``,
-            ``.scores`` ``(receivers, senders)``, ``.clean``/``.corrupted`` (the metric), ``.plot()``.
+            ``.scores`` ``(receivers, senders)`` float64 numpy, ``.clean``/``.corrupted`` (the metric, mean over
+            the prompts), ``.plot()``; scores are changes of the metric, in its units (logits for
+            ``"logit_diff"``, nats for ``"logprob"``).
 
         Raises:
             ValueError: a bad method, ``steps < 1``, prompts of different token lengths, a distance metric or one
@@ -135,8 +139,9 @@ class CircuitsMixin:
             foil: the metric's foil token (``"logit_diff"``), as in :meth:`edge_attribution`.
 
         Returns:
-            :class:`mlxterp.circuits.EdgePatching`: ``.value`` (the patched metric), ``.corrupted``,
-            ``.logits`` ``(batch, vocab)``.
+            :class:`mlxterp.circuits.EdgePatching`: ``.value`` (the patched metric, mean over the prompts),
+            ``.corrupted``, ``.logits`` ``(batch, vocab)`` (the last position's, an ``mx.array`` in the model's
+            output dtype).
 
         Raises:
             ValueError: an unknown node, a sender that runs after its receiver, and as :meth:`edge_attribution`.
@@ -164,8 +169,9 @@ class CircuitsMixin:
             foil: the metric's foil token (``"logit_diff"``), as in :meth:`edge_attribution`.
 
         Returns:
-            :class:`mlxterp.circuits.Faithfulness`: ``.value``, ``.clean``, ``.baseline`` (every edge ablated)
-            and ``.faithfulness`` ``= (value - baseline) / (clean - baseline)``.
+            :class:`mlxterp.circuits.Faithfulness`: ``.value``, ``.clean``, ``.baseline`` (every edge ablated;
+            Python floats, the metric averaged over the prompts) and ``.faithfulness``
+            ``= (value - baseline) / (clean - baseline)`` (a fraction: 1 is the full model, not percent).
         """
         from .faithfulness import evaluate_circuit
 
@@ -192,8 +198,10 @@ class CircuitsMixin:
             save_path: write the curve as a PNG here.
 
         Returns:
-            :class:`mlxterp.circuits.FaithfulnessCurve`: ``.sizes``, ``.values``, ``.faithfulness``,
-            ``.clean``, ``.baseline``, ``.as_dict()`` (``{n_edges: faithfulness}``), ``.plot()``, ``.save(path)``.
+            :class:`mlxterp.circuits.FaithfulnessCurve`: ``.sizes``, ``.values`` (float64 ``(len(sizes),)``, the
+            metric), ``.faithfulness`` (float64 ``(len(sizes),)`` fractions), ``.clean``, ``.baseline``,
+            ``.as_dict()`` (``{n_edges: faithfulness}``), ``.plot()``, ``.save(path)``.
+
         """
         from .faithfulness import faithfulness_curve
 

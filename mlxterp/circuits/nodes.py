@@ -120,7 +120,8 @@ class CircuitGraph:
 
     # -- edges -------------------------------------------------------------------------------------
     def reads(self) -> np.ndarray:
-        """``(n_receivers,)`` int: receiver ``r`` reads senders ``0 .. reads()[r] - 1`` (those that run before it)."""
+        """``(n_receivers,)`` int64 numpy: receiver ``r`` reads senders ``0 .. reads()[r] - 1`` (those that run
+        before it)."""
         out = np.empty(self.n_receivers, dtype=np.int64)
         for layer in range(self.n_layers):
             attn, mlp = self.layer_receivers(layer)
@@ -131,7 +132,7 @@ class CircuitGraph:
         return out
 
     def valid(self) -> np.ndarray:
-        """``(n_receivers, n_senders)`` bool, read-only: which edges exist."""
+        """``(n_receivers, n_senders)`` bool numpy array, read-only: which edges exist."""
         return _valid(self)
 
     @property
@@ -164,8 +165,10 @@ class CircuitGraph:
         return head * group + (group - 1) / 2 + (0.0 if parts[5] == "k" else 0.25), layer - 0.3
 
     def edge_index(self, edges: Iterable[Sequence[str]], arg: str = "edges") -> Tuple[np.ndarray, np.ndarray]:
-        """Receiver and sender indices of ``(sender, receiver)`` name pairs; a ValueError naming the first bad
-        one (unknown name, a sender used as a receiver or the reverse, a sender that runs after its receiver)."""
+        """Receiver and sender indices of ``(sender, receiver)`` name pairs, two int64 numpy arrays
+        ``(len(edges),)``; a ValueError naming the first bad one (unknown name, a sender used as a receiver or
+        the reverse, a sender that runs after its receiver)."""
+
         senders, receivers = self._lookup(self.senders), self._lookup(self.receivers)
         reads = self.reads()
         rows, cols = [], []

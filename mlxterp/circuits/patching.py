@@ -5,8 +5,9 @@ Receiver ``r``'s input is the residual stream ``x_r = sum_u z_u (+ biases)`` of 
 edge ``(u, r)`` *ablated* carries the sender's ablated value ``z_u'`` (its output in the corrupted run, or
 its mean over the corrupted prompts) instead of ``z_u``, its output in the same run:
 
-- patching edges ``P`` (:func:`edge_patching`): ``r`` reads ``x_r + sum_{u in P(r)} (z_u' - z_u)``;
-- a circuit ``C`` (every other edge ablated; :func:`evaluate_circuit`): ``r`` reads
+- patching edges ``P`` (:meth:`~InterpretableModel.edge_patching`): ``r`` reads
+  ``x_r + sum_{u in P(r)} (z_u' - z_u)``;
+- a circuit ``C`` (every other edge ablated; :meth:`~InterpretableModel.evaluate_circuit`): ``r`` reads
   ``x_r' + sum_{u in C(r)} (z_u - z_u')``, where ``x_r'`` is its ablated input (the same sum with every
   sender ablated). Both are the same rule; the second form costs work only for the circuit's edges.
 

@@ -46,8 +46,11 @@ class TurnAttention(Saveable):
     (``save(path)``, ``TurnAttention.load(path)``).
 
     Attributes:
-        mass: ``(len(layers), heads, S, S)`` float64: from segment ``i`` (query) to segment ``j`` (key).
-        outside: ``(len(layers), heads, S)``: from segment ``i`` to positions in no segment.
+        mass: ``(len(layers), heads, S, S)`` float64 numpy (computed in float32): the share of a query's
+            attention, a fraction in [0, 1], from segment ``i`` (query) to segment ``j`` (key); NaN rows for
+            empty segments.
+        outside: ``(len(layers), heads, S)`` float64: the share from segment ``i`` to positions in no segment
+            (``mass[..., i, :].sum(-1) + outside[..., i] == 1``).
         layers: the layer of each first-axis entry.
         labels: each segment's label (``"<index> <role>"`` for a turn, ``"generation prompt"``).
         spans: each segment's positions ``(start, stop)``.
@@ -69,17 +72,19 @@ class TurnAttention(Saveable):
 
     @property
     def per_layer(self) -> np.ndarray:
-        """``(len(layers), S, S)``: the mass averaged over heads."""
+        """``(len(layers), S, S)`` float64: the mass averaged over heads (fractions)."""
         return self.mass.mean(axis=1)
 
     @property
     def mean(self) -> np.ndarray:
-        """``(S, S)``: the mass averaged over layers and heads."""
+        """``(S, S)`` float64: the mass averaged over layers and heads (fractions)."""
         return self.mass.mean(axis=(0, 1))
 
     def top(self, k: int = 5) -> List[Tuple[int, int, str, str, float]]:
         """The ``k`` heads giving the most mass from a segment to an earlier one: ``(layer, head, from, to,
-        mass)``, highest first (a segment's attention to itself, and to the preamble, are left out)."""
+        mass)`` (``from``/``to`` are segment labels, ``mass`` a fraction in [0, 1]), highest first (a segment's
+        attention to itself, and to the preamble, are left out)."""
+
         earlier = np.tril(np.ones(self.mass.shape[-2:], dtype=bool), k=-1)
         values = np.where(earlier & ~np.isnan(self.mass), self.mass, -np.inf)
         order = np.argsort(-values, axis=None, kind="stable")[:check_positive_int(k, "k")]

@@ -1,10 +1,10 @@
 """A conversation's KV cache: the keys and values of the tokens computed so far, resumed by the next turn.
 
-A generation of a conversation (see :class:`mlxterp.generation.Generation`, which calls :meth:`resume` and
-:meth:`keep` when its program records nothing) starts its engine from the longest prefix of token ids the
-cache holds and runs only the rest, then keeps the KV of everything it fed the model: the conversation and
-the new tokens. In a causal model a position's keys and values depend only on the tokens up to it, so any
-prefix of what was computed is exact for every conversation that starts with those tokens.
+A generation of a conversation (see :class:`mlxterp.generation.Generation`, which calls
+:meth:`~ConversationCache.resume` and :meth:`~ConversationCache.keep` when its program records nothing) starts its
+engine from the longest prefix of token ids the cache holds and runs only the rest, then keeps the KV of everything it
+fed the model: the conversation and the new tokens. In a causal model a position's keys and values depend only on the
+tokens up to it, so any prefix of what was computed is exact for every conversation that starts with those tokens.
 
 The cache is kept for one model and its weights as they were. It holds a view of every weight array (no
 copy) and the address of its data: weights replaced since (``model.update``, ``load_weights``) or written

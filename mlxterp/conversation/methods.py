@@ -47,7 +47,8 @@ class ConversationMixin:
 
         Cell ``(layer, turn)`` gives every position of the turn the clean value of the layer's component in
         the corrupted run and reports the recovery (%) of the last position's logits, as
-        :meth:`activation_patching` does; all cells run as staircase batches of compiled forwards.
+        :meth:`~InterpretableModel.activation_patching` does; all cells run as staircase batches of compiled
+        forwards.
 
         Args:
             clean: the clean :class:`~mlxterp.Conversation`.
@@ -57,8 +58,8 @@ class ConversationMixin:
                 ``"attn"``, ...).
             layers: layer indices; ``None`` = all.
             turns: turn indices (negative count from the end); ``None`` = all.
-            metric: as in :meth:`activation_patching` (distances, ``"logit_diff"``, ``"logprob"``, ``"prob"``,
-                a function of the last position's logits).
+            metric: as in :meth:`~InterpretableModel.activation_patching` (distances, ``"logit_diff"``,
+                ``"logprob"``, ``"prob"``, a function of the last position's logits).
             content_only: patch each turn's content only, not its role header and end-of-turn markers.
             plot: draw a heatmap (shown only with an interactive matplotlib backend).
             figsize: plot size in inches.
@@ -68,10 +69,12 @@ class ConversationMixin:
             save_path: write the heatmap as a PNG here.
             target: the target token of a score metric (text or id); default the clean prediction.
             foil: ``logit_diff``'s foil token; default the corrupted prediction.
-            distributed: shard the cells over ``mx.distributed`` processes (as :meth:`activation_patching`).
+            distributed: shard the cells over ``mx.distributed`` processes (as
+                :meth:`~InterpretableModel.activation_patching`).
 
         Returns:
-            A :class:`mlxterp.conversation.TurnPatching` (``.grid`` ``(layers, turns)``, ``.layers``,
+            A :class:`mlxterp.conversation.TurnPatching` (``.grid``: a float64 numpy array
+            ``(len(layers), len(turns))`` of recovery in percent; ``.layers``,
             ``.positions`` (the turns), ``.position_labels``, ``.roles``, ``.spans``, ``.top(k)``,
             ``.plot(save_path=None)``).
 
@@ -96,8 +99,10 @@ class ConversationMixin:
             content_only: segments are the turns' contents (headers and markers count as outside).
 
         Returns:
-            A :class:`mlxterp.conversation.TurnAttention`: ``.mass`` ``(layers, heads, S, S)`` from segment
-            ``i`` (query, the mean over its positions) to segment ``j`` (key, the total over its positions),
+            A :class:`mlxterp.conversation.TurnAttention`: ``.mass`` ``(layers, heads, S, S)`` (float64
+            fractions of attention, in [0, 1]) from segment ``i`` (query, the mean over its positions) to
+            segment ``j`` (key, the total over its positions),
+
             segments being the turns then the generation prompt; ``.outside`` (mass on positions in no
             segment, the preamble); ``.per_layer`` and ``.mean`` (averaged over heads, and layers);
             ``.labels``; ``.top(k)``; ``.plot(layer=None, heads=None, save_path=None)``.

@@ -59,7 +59,9 @@ class TurnPatching(PatchingGrid):
         return cls(**dict(data, spans=[tuple(s) for s in data["spans"]]))
 
     def top(self, k: int = 5) -> List[Tuple[int, int, str, float]]:
-        """The ``k`` cells of highest recovery: ``(layer, turn, role, recovery)``, best first."""
+        """The ``k`` cells of highest recovery: ``(layer, turn, role, recovery)`` (recovery in percent), best
+        first."""
+
         order = np.argsort(-self.grid, axis=None, kind="stable")[:check_positive_int(k, "k")]
         rows, cols = np.unravel_index(order, self.grid.shape)
         return [(self.layers[i], self.positions[j], self.roles[j], float(self.grid[i, j])) for i, j in zip(rows, cols)]

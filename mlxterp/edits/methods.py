@@ -60,7 +60,9 @@ class EditMixin:
         Args:
             weights: ``{weight name: new}`` with names as ``"layers.10.mlp.down_proj.weight"`` and ``new`` an
                 ``mx.array`` of the weight's shape and dtype, or a function of the old weight returning one
-                (a rank-one update: ``lambda w: w + mx.outer(u, v)``). A weight of a quantized layer is
+                (a linear layer's weight is ``(out_features, in_features)``, as in MLX; a rank-one update:
+                ``lambda w: w + mx.outer(u, v)`` with ``u`` ``(out_features,)``, ``v`` ``(in_features,)``).
+ A weight of a quantized layer is
                 edited as the dequantized float matrix (in the layer's scales' dtype): in the edited model
                 that layer becomes a float layer (``edits`` says so); the original stays quantized.
             inplace: edit this model (its ``model`` becomes the edited module tree; the tree it had is left

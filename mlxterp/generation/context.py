@@ -230,8 +230,12 @@ class Generation:
 
     @property
     def saved_values(self) -> dict[str, Any]:
-        """Saved values by key: one per step stacked on a first axis (a list when shapes differ), or the
-        one step's value for a save that exists at one step only."""
+        """Saved values by key (``mx.array`` values, in the dtype they were computed in): one per step stacked
+        on a new first axis, ``(steps, ...)`` (``model.layers[i].output[:, -1]`` saves ``(steps, batch,
+        hidden)``); a list of the steps' arrays when their shapes differ (a whole output: ``(batch, prompt_len,
+        hidden)`` for the prompt pass, left-padded for several prompts, then ``(batch, 1, hidden)`` per step);
+        or the one step's value for a save that exists at one step only."""
+
         self._finished()
         return self._saved_values
 

@@ -27,8 +27,9 @@ class GenerationResult(Saveable, Viewable):
         new_labels: each new token as text.
         texts: each row's new text (None without a tokenizer).
         reasons: why each row stopped (``"eos"``, ``"stop"``, ``"length"``).
-        saved_values: the saves, as ``Generation.saved_values`` (one value per step stacked on a first axis,
-            a list where shapes differ, or one step's value).
+        saved_values: the saves, as ``Generation.saved_values`` (``mx.array`` values: one per step stacked on
+            a first axis ``(steps, ...)``, a list where shapes differ, or one step's value).
+
         saved_steps: the steps each save has values for (step 0 is the prompt pass; step ``k`` chose new
             token ``k``).
         single: one prompt was given (``text``, ``tokens`` and ``finish_reason`` are then single values).

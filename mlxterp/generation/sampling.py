@@ -19,9 +19,14 @@ Sampler = Callable[[mx.array], mx.array]
 class TokenEvent:
     """What a streaming callback receives for each new token of each row.
 
-    ``text`` is the new piece of that row's text (it may be empty while a multi-byte character or a
-    possible stop string is incomplete); ``step`` is the generation step that produced ``token``.
+    Attributes:
+        row: the prompt's row in the batch (0 for a single prompt).
+        step: the generation step that produced ``token`` (step 0 is the prompt pass).
+        token: the new token id.
+        text: the new piece of that row's text (it may be empty while a multi-byte character or a possible
+            stop string is incomplete).
     """
+
 
     row: int
     step: int

@@ -94,7 +94,8 @@ class ActivationStore:
         return int(self._bounds[-1])
 
     def row_shape(self, key: str) -> tuple:
-        """Shape of one row of ``key``."""
+        """Shape of one row of ``key``: ``(hidden,)`` for one position (or a tokens store's row),
+        ``(n_positions, hidden)`` for several; ``hidden`` being the site's trailing shape."""
         return tuple(self.manifest["row_shapes"][self._key(key)])
 
     def __repr__(self) -> str:
@@ -109,8 +110,9 @@ class ActivationStore:
 
     # -- reading ---------------------------------------------------------------------------------
     def get(self, key: Union[int, str], rows: Any = None, dtype: Any = None) -> mx.array:
-        """Rows of one key as an ``mx.array``: all of them, a ``slice``, or integer row numbers (negative ones
-        count from the end; anything but integers is a TypeError)."""
+        """Rows of one key as an ``mx.array`` ``(n_rows, *row_shape(key))`` in the stored dtype (or ``dtype``):
+        all of them, a ``slice``, or integer row numbers (negative ones count from the end; anything but
+        integers is a TypeError)."""
         key = self._key(key)
         if isinstance(rows, slice):
             span = range(len(self))[rows]
@@ -121,7 +123,8 @@ class ActivationStore:
         return self._read(key, rows, dtype)
 
     def to_dict(self, dtype: Any = None) -> Dict[str, mx.array]:
-        """Every selected key's rows in memory (for stores that fit)."""
+        """Every selected key's rows in memory, ``{key: (len(store), *row_shape) mx.array}`` in the stored dtype
+        (or ``dtype``), for stores that fit."""
         return {k: self._read(k, None, dtype) for k in self.keys}
 
     def batches(self, batch_size: int, *, layers: Layers = None, shuffle: bool = False, seed: Optional[int] = None,
@@ -147,18 +150,20 @@ class ActivationStore:
             yield {k: self._read(k, rows, dtype) for k in keys}
 
     def prompt_hashes(self) -> np.ndarray:
-        """``(n_prompts,)`` uint64 hash of each stored prompt (see :mod:`.manifest`), in prompt order."""
+        """``(n_prompts,)`` uint64 numpy hash of each stored prompt (see :mod:`.manifest`), in prompt order."""
         return np.concatenate([self._tensor(i, HASH_KEY) for i in range(len(self._shards))] or [np.zeros(0, np.uint64)])
 
     def lengths(self) -> np.ndarray:
-        """Tokens store: ``(n_prompts,)`` token count of each stored prompt (its rows, in order)."""
+        """Tokens store: ``(n_prompts,)`` int64 numpy token count of each stored prompt (its rows, in order)."""
         if self.kind != "tokens":
             raise ValueError(f"lengths() is for a tokens store; {str(self.path)!r} holds one row per prompt")
         return np.concatenate([self._tensor(i, LENGTHS_KEY) for i in range(len(self._shards))]
                               or [np.zeros(0, np.int32)]).astype(np.int64)
 
     def prompt_index(self) -> np.ndarray:
-        """``(rows,)`` index (into the collected prompt list) of the prompt each row comes from."""
+        """``(len(store),)`` int64 numpy index (into the collected prompt list) of the prompt each row comes
+        from."""
+
         firsts = [np.arange(e["start"], e["stop"]) for e in self._shards]
         prompts = np.concatenate(firsts) if firsts else np.zeros(0, np.int64)
         return prompts if self.kind == "positions" else np.repeat(prompts, self.lengths())

@@ -52,7 +52,19 @@ def generation_page(result: GenerationResult, *, values: Any = None, label: Opti
 
 
 def token_values(result: GenerationResult, values: Any) -> Values:
-    """One value (or None) per new token of each row, from a save key or an array (see :func:`generation_page`)."""
+    """One value (or None) per new token of each row, from a save key or an array (see :func:`generation_page`).
+
+    Args:
+        result: the generation.
+        values: a save key (one number per step and row: ``(steps, rows)`` or ``(steps, rows, 1)``), an array
+            ``(rows, n)`` (``(n,)`` for one prompt; any real dtype, read as float64), or lists of each row's
+            values.
+
+    Returns:
+        ``[[value or None per new token] per row]``: Python floats in the values' own units; non-finite ones
+        are None.
+    """
+
     lengths = [len(t) for t in result.new_tokens]
     if isinstance(values, str):
         return _from_save(result, values, lengths)
@@ -109,8 +121,14 @@ def token_probabilities(result: GenerationResult, logits: str) -> Values:
     """The probability each new token had when it was chosen, from a save of each step's last-position logits
     (``model.output[:, -1].save(logits)`` inside the generation): ``softmax(logits at step k)[token k]``.
 
+    Args:
+        result: the generation (``gen.result()``, or a loaded one).
+        logits: the key of the save: an ``mx.array`` ``(steps, rows, vocab)`` of logits (any float dtype; the
+            softmax runs in float32).
+
     Returns:
-        One value per new token of each row (for ``values=`` of :func:`generation_page`).
+        One value per new token of each row, a probability (a Python float in [0, 1], not percent; None
+        where the save has no value for that step), for ``values=`` of :func:`generation_page`.
 
     Raises:
         ValueError: no such save, or not one ``(rows, vocab)`` array per step.

@@ -112,7 +112,9 @@ class Saveable:
 
     def save(self, path: PathLike) -> Path:
         """Write the result to ``path`` (a ``.json`` file) and its arrays to ``path`` with the suffix
-        ``.safetensors``; returns ``path``.
+        ``.safetensors`` (each array bit for bit: its library, numpy or MLX, its dtype, bfloat16 included, and
+        its shape come back as they were); returns ``path``.
+
 
         Raises:
             ValueError: ``path`` does not end in ``.json``, or its folder does not exist.
