@@ -11,6 +11,7 @@ from .conversation import Conversation
 from .model import InterpretableModel
 from .names import ModuleNameError
 from .dictionaries import SAE, Transcoder, train
+from .features import splice
 from .store import ActivationStore, PromptFile
 from .tracing.invoke import Invoke, InvokeError
 from .tracing.module_proxy import LayerListProxy, ModuleProxy
@@ -50,5 +51,6 @@ __all__ = [
     "get_activations",
     "interventions",
     "param",
+    "splice",
     "train",
 ]

@@ -38,7 +38,7 @@ class WrappedModel(Protocol):
     _embedding_rows: Optional[int]  # rows of the token embedding (the valid token ids)
 
     def trace(self, inputs: Any = None, interventions: Optional[dict] = None, compile: Any = "auto",
-              capture: Any = "all") -> "Trace":
+              capture: Any = "all", *, dictionaries: Any = None) -> "Trace":
         """A tracing context: saves and interventions recorded inside ``with`` run on exit."""
 
     def _sync_tree(self) -> None:
@@ -67,6 +67,9 @@ class WrappedModel(Protocol):
 
     def _check_interventions(self, interventions: Any, kind: str = "interventions") -> list:
         """An ``interventions=`` dict as checked ``((path, phase), fn, key)`` entries."""
+
+    def _check_dictionaries(self, dictionaries: Any) -> tuple:
+        """A ``dictionaries=`` argument as checked splices, each with ``apply(trace)``."""
 
     def _apply_edits(self, trace: "Trace") -> None:
         """Record the model's edits into ``trace`` as it begins (see :mod:`mlxterp.edits`)."""
