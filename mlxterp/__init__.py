@@ -11,7 +11,8 @@ from .conversation import Conversation
 from .model import InterpretableModel
 from .names import ModuleNameError
 from .dictionaries import SAE, Transcoder, train
-from .features import splice
+from . import features
+from .features import evaluate, splice
 from .store import ActivationStore, PromptFile
 from .tracing.invoke import Invoke, InvokeError
 from .tracing.module_proxy import LayerListProxy, ModuleProxy
@@ -48,6 +49,8 @@ __all__ = [
     "batch_get_activations",
     "circuits",
     "collect_activations",
+    "evaluate",
+    "features",
     "get_activations",
     "interventions",
     "param",

@@ -138,7 +138,7 @@ def check_dictionaries(model: Any, entries: Any, spliced: Iterable[Splice] = ())
     if not isinstance(entries, (list, tuple)):
         raise TypeError(f"dictionaries= takes a list of SAEs/Transcoders (or mt.splice(d, name=..., error=...)), got "
                         f"{type(entries).__name__}")
-    splices = [_check_entry(model, entry, i) for i, entry in enumerate(entries)]
+    splices = [check_dictionary(model, entry, i) for i, entry in enumerate(entries)]
     check_unique(list(spliced) + splices)
     return tuple(splices)
 
@@ -156,7 +156,9 @@ def check_unique(splices: Iterable[Splice]) -> None:
             seen[(binding, s.name)] = s
 
 
-def _check_entry(model: Any, entry: Any, i: int) -> Splice:
+def check_dictionary(model: Any, entry: Any, i: int) -> Splice:
+    """``dictionaries[i]`` (a dictionary or an ``mt.splice(...)``) checked against ``model`` (see
+    :func:`check_dictionaries`), as a :class:`Splice`."""
     spec = entry if isinstance(entry, SpliceSpec) else SpliceSpec(entry) if isinstance(entry, Dictionary) else None
     if spec is None:
         raise TypeError(f"dictionaries[{i}] is a {type(entry).__name__}; expected an mlxterp SAE or Transcoder, or "
