@@ -2,7 +2,8 @@
 
 A dictionary spliced at its site replaces the site's value ``x`` by ``reconstruction + error``, where
 ``features = encode(x)``, ``reconstruction = decode(features)`` and ``error = x - reconstruction``: the forward
-is the model's own (to float rounding) until something is edited. A **transcoder** reads its input site (an
+is the model's own until something is edited (bit for bit: the new value is computed as ``x`` plus the parts'
+changes, which are 0 until a part is written). A **transcoder** reads its input site (an
 MLP's input) and stands for its output site (the MLP's output): ``features = encode(mlp input)``,
 ``reconstruction = decode(features)``, ``error = mlp output - reconstruction``, and the MLP's output becomes
 ``reconstruction + error``. With ``error=False`` (``mt.splice(sae, error=False)``) the site becomes the
@@ -194,9 +195,14 @@ def _check_finite(d: Dictionary, i: int) -> None:
     object.__setattr__(d, "_finite_checked", arrays)
 
 
-def splice_value(reconstruction: mx.array, error: mx.array, like: mx.array) -> mx.array:
-    """The site's spliced value ``reconstruction + error``, in the site's dtype."""
-    return (reconstruction + error).astype(like.dtype)
+def splice_value(site: mx.array, reconstruction: mx.array, error: mx.array, reconstruction_now: mx.array,
+                 error_now: mx.array) -> mx.array:
+    """The site's spliced value ``reconstruction_now + error_now``, in the site's dtype, written as ``site +
+    (reconstruction_now - reconstruction) + (error_now - error)`` (the same number, since ``site =
+    reconstruction + error``): while neither part is edited it is the site's value bit for bit, and an edit adds
+    its difference to it."""
+    delta = (reconstruction_now - reconstruction) + (error_now - error)
+    return (site.astype(delta.dtype) + delta).astype(site.dtype)
 
 
 def reconstruction_value(reconstruction: mx.array, like: mx.array) -> mx.array:
@@ -235,6 +241,7 @@ class SplicedDictionary:
         features = trace.record_call(d.encoder, (x, weights))
         reconstruction = trace.record_call(d.decoder, (features, weights))
         error = trace.record_call(error_of, (target, reconstruction))
+        object.__setattr__(self, "_original", (reconstruction, error))
         for name, value in (("features", features), ("reconstruction", reconstruction), ("error", error)):
             trace._versions[self._bindings[name]] = value._node
         self._write_site()
@@ -305,7 +312,8 @@ class SplicedDictionary:
         trace, site = self._trace, self._splice.site_out
         reconstruction = self._read("reconstruction")
         if self._splice.error:
-            value = trace.record_call(splice_value, (reconstruction, self._read("error"), self._like), keeps_shape=True)
+            value = trace.record_call(splice_value, (self._like, *self._original, reconstruction, self._read("error")),
+                                      keeps_shape=True)
         else:
             value = trace.record_call(reconstruction_value, (reconstruction, self._like), keeps_shape=True)
         trace.write(site.path, 0, site.phase, value)

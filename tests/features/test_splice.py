@@ -45,7 +45,16 @@ def test_splice_with_error_term_keeps_the_forward(model, site, compile):
     with model.trace(TOKENS, dictionaries=[sae], compile=compile) as tr:
         out = model.output.save()
     assert tr.mode == ("compiled" if compile else "eager")
-    close(out, raw)
+    np.testing.assert_array_equal(np.array(out), np.array(raw))  # bit for bit: nothing was edited
+
+
+def test_a_spliced_transcoder_and_two_saes_keep_the_forward_bit_for_bit(model):
+    dictionaries = [dictionary("topk", "layers.1.mlp.input", 32, 48, site_out="layers.1.mlp"),
+                    dictionary("relu", "layers.0.resid_mid", 32, 48), dictionary("jumprelu", "layers.2.resid_post", 32, 48)]
+    for compile in (False, True):
+        with model.trace(TOKENS, dictionaries=dictionaries, compile=compile):
+            out = model.output.save()
+        np.testing.assert_array_equal(np.array(out), np.array(model.model(TOKENS)))
 
 
 @pytest.mark.parametrize("arch", ARCHS)
