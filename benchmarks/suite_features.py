@@ -1,8 +1,9 @@
 """Dictionary evaluation: ``mt.evaluate`` of K dictionaries against the three-forwards-per-dictionary loop, with
 the floor beside it.
 
-``evaluate``   K = 3 TopK SAEs (``d_sae`` 8x the hidden size, as the dictionaries suite's, ``k`` 32) at ``layers.{L/4, L/2, 3L/4}.resid_pre``
-               of llama256, on 32 prompts of 64 random tokens in chunks of 8 (every token evaluated, no padding).
+``evaluate``   K = 3 TopK SAEs (``d_sae`` 8x the hidden size, as the dictionaries suite's, ``k`` 32) at
+               ``layers.{L/4, L/2, 3L/4}.resid_pre`` of llama256, and K = 8, one at every layer's ``resid_pre`` (as
+               SAE suites are released), on 32 prompts of 64 random tokens in chunks of 8 (every token evaluated, no padding).
                Candidate: ``mt.evaluate(model, saes, prompts, batch_size=8, exclude=None)`` (one staircase
                program per chunk: the clean rows, and each dictionary's spliced and zero-ablated rows born at
                its layer). Baseline: the loop, per dictionary and chunk three compiled forwards written with
@@ -37,13 +38,13 @@ DESCRIPTION = "mt.evaluate of K dictionaries vs the 3-forwards-per-dictionary lo
 TARGET = Target("<=", 0.5)
 
 
-def _setup(ctx: Context) -> Dict[str, Any]:
+def _setup(ctx: Context, every_layer: bool) -> Dict[str, Any]:
     smoke = "tiny" in ctx.settings.models
     name = "tiny" if smoke else "llama256"
     m = ctx.model(name)
     n, seq, batch = (8, 16, 4) if smoke else (32, 64, 8)
     prompts = [m.tokens(1, seq, seed=100 + i).tolist()[0] for i in range(n)]
-    layers = [m.layers // 4, m.layers // 2, 3 * m.layers // 4]
+    layers = list(range(m.layers)) if every_layer else [m.layers // 4, m.layers // 2, 3 * m.layers // 4]
     saes = []
     for i, layer in enumerate(layers):
         sae = SAE.create("topk", d_sae=8 * m.hidden, k=min(32, m.hidden), site=f"layers.{layer}.resid_pre", seed=i)
@@ -51,7 +52,7 @@ def _setup(ctx: Context) -> Dict[str, Any]:
         saes.append(sae)
     chunks = [mx.array(prompts[i:i + batch]) for i in range(0, n, batch)]
     return {"loaded": m, "name": name, "prompts": prompts, "saes": saes, "layers": layers, "chunks": chunks,
-            "batch": batch, "shape": f"K3 {n}x{seq} b{batch}"}
+            "batch": batch, "shape": f"K{len(layers)} {n}x{seq} b{batch}"}
 
 
 class Raw:
@@ -140,13 +141,18 @@ def _floor(raw: Raw, saes: List[SAE], layers: List[int]) -> Any:
 
 
 def evaluate(ctx: Context) -> Iterator[Row]:
-    """``mt.evaluate`` of 3 SAEs vs the loop of 3 forwards per dictionary (target <= 0.5x), floor in the notes."""
+    """``mt.evaluate`` of 3 SAEs at the quartiles, and of an SAE at every layer, vs the loop of 3 forwards per
+    dictionary (target <= 0.5x), the floor in the notes."""
     name = "tiny" if "tiny" in ctx.settings.models else "llama256"
     if name not in ctx.available((name,)):
         yield Row(SUITE, "evaluate", name, "", "3 forwards per dictionary", "mt.evaluate", float("nan"),
                   skipped=ctx.missing((name,)).get(name, "unavailable"))
         return
-    s = _setup(ctx)
+    for every_layer in (False, True):
+        yield _evaluate_row(ctx, _setup(ctx, every_layer))
+
+
+def _evaluate_row(ctx: Context, s: Dict[str, Any]) -> Row:
     model, raw = s["loaded"].wrap(), Raw(s["loaded"].module)
     saes, layers, chunks = s["saes"], s["layers"], s["chunks"]
     loop, floor = _loop(raw, saes, layers), _floor(raw, saes, layers)
@@ -154,18 +160,19 @@ def evaluate(ctx: Context) -> Iterator[Row]:
     def candidate() -> None:
         mt.evaluate(model, saes, s["prompts"], batch_size=s["batch"], exclude=None)
 
-    ctx.log("  evaluate")
+    ctx.log(f"  evaluate {s['shape']}")
     repeats = max(3, ctx.settings.repeats // 2)
     timings = compare(lambda: loop(chunks), candidate, repeats=repeats, warmup=ctx.settings.warmup,
                       clock=time.process_time)
     floor_timings = compare(lambda: floor(chunks), candidate, repeats=repeats, warmup=ctx.settings.warmup,
                             clock=time.process_time)
-    note = (f"sites {', '.join(sae.site for sae in saes)}; floor (the staircase by hand, compiled): evaluate / floor "
+    sites = ", ".join(sae.site for sae in saes) if len(saes) <= 4 else "layers.N.resid_pre for every N"
+    note = (f"sites {sites}; floor (the staircase by hand, compiled): evaluate / floor "
             f"{floor_timings[1].median / floor_timings[0].median:.3f}x (min {floor_timings[1].min / floor_timings[0].min:.3f}x), "
             f"floor / loop {floor_timings[0].median / timings[0].median:.3f}x; cpu time; wall-clock ratio "
             f"{_wall_ratio(lambda: loop(chunks), candidate, rounds=2):.3f}x")
-    yield ratio_row(SUITE, "evaluate", s["name"], s["shape"], "3 compiled forwards per dictionary (loop)",
-                    "mt.evaluate (one staircase program per chunk)", timings, TARGET, note=note)
+    return ratio_row(SUITE, "evaluate", s["name"], s["shape"], "3 compiled forwards per dictionary (loop)",
+                     "mt.evaluate (one staircase program per chunk)", timings, TARGET, note=note)
 
 
 CASES = {"evaluate": evaluate}
