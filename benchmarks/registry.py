@@ -24,6 +24,7 @@ SUITES: dict[str, str] = {
     "edits": "benchmarks.suite_edits",
     "circuits": "benchmarks.suite_circuits",
     "dictionaries": "benchmarks.suite_dictionaries",
+    "features": "benchmarks.suite_features",
 }
 
 Case = Callable[..., Iterable]

@@ -11,6 +11,8 @@ from .conversation import Conversation
 from .model import InterpretableModel
 from .names import ModuleNameError
 from .dictionaries import SAE, Transcoder, train
+from . import features
+from .features import evaluate, splice
 from .store import ActivationStore, PromptFile
 from .tracing.invoke import Invoke, InvokeError
 from .tracing.module_proxy import LayerListProxy, ModuleProxy
@@ -48,8 +50,11 @@ __all__ = [
     "batch_get_activations",
     "circuits",
     "collect_activations",
+    "evaluate",
+    "features",
     "get_activations",
     "interventions",
     "param",
+    "splice",
     "train",
 ]

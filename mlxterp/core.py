@@ -39,7 +39,7 @@ class WrappedModel(Protocol):
     edits: tuple  # the model's edits (mlxterp.edits), in order: each .apply(trace) records itself
 
     def trace(self, inputs: Any = None, interventions: Optional[dict] = None, compile: Any = "auto",
-              capture: Any = "all") -> "Trace":
+              capture: Any = "all", *, dictionaries: Any = None) -> "Trace":
         """A tracing context: saves and interventions recorded inside ``with`` run on exit."""
 
     def _sync_tree(self) -> None:
@@ -68,6 +68,9 @@ class WrappedModel(Protocol):
 
     def _check_interventions(self, interventions: Any, kind: str = "interventions") -> list:
         """An ``interventions=`` dict as checked ``((path, phase), fn, key)`` entries."""
+
+    def _check_dictionaries(self, dictionaries: Any) -> tuple:
+        """A ``dictionaries=`` argument as checked splices, each with ``apply(trace)``."""
 
     def _padding_safe(self) -> bool:
         """Whether right-padding prompts together keeps each one exact under the model's edits."""

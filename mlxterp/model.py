@@ -121,7 +121,7 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, CircuitsMixin, Generatio
     # -- tracing -----------------------------------------------------------------------------
     def trace(self, inputs: Union[str, List[str], mx.array, List[int], None] = None,
               interventions: Optional[Dict[str, Callable]] = None, compile: Union[bool, str] = "auto",
-              capture: Union[str, List[str]] = "all") -> Trace:
+              capture: Union[str, List[str]] = "all", *, dictionaries: Optional[List[Any]] = None) -> Trace:
         """A tracing context: record saves and interventions inside ``with``; they run on exit.
 
         Args:
@@ -137,11 +137,16 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, CircuitsMixin, Generatio
                 structure is seen and compiled once it repeats.
             capture: which module outputs land in ``trace.activations``: ``"all"`` (default),
                 ``"saved"`` (none beyond ``.save()``), or a list of module names.
+            dictionaries: SAEs and transcoders to splice at their sites (after the edits and
+                ``interventions=``): each site's value becomes the dictionary's reconstruction plus its error
+                term, and ``h.sae.features`` / ``.error`` / ``.reconstruction`` are readable and writable from
+                the site's value ``h`` (see :mod:`mlxterp.features.splice`; ``mt.splice(d, name=...,
+                error=False)`` names one or leaves out its error term).
         """
         if inputs is None:
             self._sync_tree()  # as _batch does: the trace records against the current module tree
-            return Trace(self, None, interventions, compile, capture)
-        return Trace(self, self._batch(inputs), interventions, compile, capture)
+            return Trace(self, None, interventions, compile, capture, dictionaries)
+        return Trace(self, self._batch(inputs), interventions, compile, capture, dictionaries)
 
     def _batch(self, inputs: Any) -> TokenBatch:
         self._sync_tree()  # the valid ids are the current embedding's, and callers go on to use the index
@@ -184,6 +189,16 @@ class InterpretableModel(TokenizerMixin, AnalysisMixin, CircuitsMixin, Generatio
                 raise ModuleNameError(f"{kind}[{name!r}]: {exc}") from None
             checked.append((site, fn, name))
         return checked
+
+    def _check_dictionaries(self, dictionaries: Any) -> tuple:
+        """A ``dictionaries=`` argument as checked splices (see :func:`mlxterp.features.splice.check_dictionaries`)."""
+        if dictionaries is None:
+            return ()
+        from .edits.records import DictionaryEdit
+        from .features.splice import check_dictionaries
+
+        spliced = [e.splice for e in self._edits if isinstance(e, DictionaryEdit)]  # the edits' splices come first
+        return check_dictionaries(self, dictionaries, spliced)
 
     def _probe(self, tokens: mx.array) -> Probe:
         """Execution order and shapes for inputs of this shape (one lazy forward, cached, of the current

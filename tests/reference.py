@@ -7,7 +7,8 @@ the attention internals ``("q", i)``, ``("k", i)``, ``("v", i)`` (after RoPE, ``
 keys and values with the key-value heads), ``("scores", i)`` (scaled, causal entries masked with the dtype's
 lowest finite value, ``(batch, heads, query, key)``), ``("pattern", i)`` (their softmax), ``("heads", i)``
 (each head's output before ``o_proj``, ``(batch, seq, heads, head_dim)``), then ``("attn", i)`` (attention
-output after ``o_proj``), ``("resid_mid", i)`` (the residual after the attention half), ``("mlp", i)``,
+output after ``o_proj``), ``("resid_mid", i)`` (the residual after the attention half), ``("mlp_in", i)``
+(the MLP's input, after its norm), ``("mlp", i)``,
 ``("layer", i)`` (the block output); then ``("output",)`` (the logits).
 
 ``offset`` runs the forward on a suffix of a sequence whose first ``offset`` positions are already in
@@ -109,7 +110,8 @@ def llama_forward(model: nn.Module, tokens: mx.array, hook: Optional[Hook] = Non
             present.append(kv)
         a = at(("attn", i), attn_out)
         r = at(("resid_mid", i), h + a)
-        m = at(("mlp", i), mlp(layer.mlp, rms_norm(r, layer.post_attention_layernorm.weight, args.rms_norm_eps)))
+        m_in = at(("mlp_in", i), rms_norm(r, layer.post_attention_layernorm.weight, args.rms_norm_eps))
+        m = at(("mlp", i), mlp(layer.mlp, m_in))
         h = at(("layer", i), r + m)
     h = rms_norm(h, inner.norm.weight, args.rms_norm_eps)
     head = inner.embed_tokens.weight if args.tie_word_embeddings else model.lm_head.weight

@@ -21,6 +21,7 @@ import mlx.nn as nn
 
 from . import architectures as archs
 from .config import DictionaryConfig
+from .functional import Decoder, Encoder
 
 WEIGHTS = ("W_enc", "b_enc", "W_dec", "b_dec")
 RELU_DECODER_NORM = 0.1  # Anthropic's April 2024 update: decoder rows start at norm 0.1 under an L1 penalty
@@ -93,6 +94,19 @@ class Dictionary(nn.Module):
     def site_out(self) -> Optional[str]:
         """The site the output stands for (the input's site for an SAE)."""
         return self.config.site_out
+
+    @property
+    def name(self) -> str:
+        """What a trace calls this dictionary where it is spliced (``h.sae.features``): ``"sae"`` or
+        ``"transcoder"`` unless set (``sae.name = "res6"``; a Python identifier). Not saved with the weights."""
+        found = getattr(self, "_name", None)
+        return found if found is not None else self.config.kind
+
+    @name.setter
+    def name(self, value: str) -> None:
+        from ..features.splice import check_name
+
+        object.__setattr__(self, "_name", check_name(value))
 
     @property
     def has_weights(self) -> bool:
@@ -191,37 +205,43 @@ class Dictionary(nn.Module):
                              "or an activation store reads the widths from its sites)")
 
     # -- computing ---------------------------------------------------------------------------------
+    @property
+    def encoder(self) -> Encoder:
+        """This dictionary's encoding as a pure function of ``(x, weights)`` (see :mod:`.functional`)."""
+        c = self.config
+        k = int(c.k) if c.architecture == "topk" else None
+        return Encoder(c.architecture, k, bool(c.apply_b_dec_to_input), bool(c.rescale_acts_by_decoder_norm))
+
+    @property
+    def decoder(self) -> Decoder:
+        """This dictionary's decoding as a pure function of ``(features, weights)``."""
+        return Decoder(bool(self.config.rescale_acts_by_decoder_norm))
+
+    def inference_weights(self) -> dict:
+        """``{name: array}`` that :attr:`encoder` and :attr:`decoder` take: the inference weights and the
+        normalization scalars ``input_scale``/``output_scale``."""
+        self._require_weights("inference")
+        return dict(self.weights(), input_scale=self.input_scale, output_scale=self.output_scale)
+
     def hidden_pre(self, x: mx.array) -> mx.array:
         """Pre-activations ``(..., d_sae)`` of raw inputs ``x (..., d_in)`` (in the normalized space)."""
         self._require_weights("hidden_pre")
         self._check_width(x, self.config.d_in, "input")
-        x = x.astype(self.W_enc.dtype) * self.input_scale
-        if self.config.apply_b_dec_to_input:
-            x = x - self.b_dec
-        pre = x @ self.W_enc + self.b_enc
-        if self.config.rescale_acts_by_decoder_norm:
-            pre = pre * self._decoder_norms()
-        return pre
+        return self.encoder.hidden_pre(x, self.inference_weights())
 
     def encode(self, x: mx.array) -> mx.array:
         """Features ``(..., d_sae)`` of raw activations ``x (..., d_in)``: TopK per row for ``topk``, a JumpReLU
         with the learned thresholds for ``jumprelu`` and ``batchtopk`` (whose batch selection is for
         training only), ReLU for ``relu``."""
-        pre = self.hidden_pre(x)
-        name = self.config.architecture
-        if name == "topk":
-            return archs.topk(pre, int(self.config.k))
-        if name in ("jumprelu", "batchtopk"):
-            return archs.threshold_relu(pre, self.threshold)
-        return archs.relu(pre)
+        self._require_weights("encode")
+        self._check_width(x, self.config.d_in, "input")
+        return self.encoder(x, self.inference_weights())
 
     def decode(self, features: mx.array) -> mx.array:
         """Raw output activations ``(..., d_out)`` of ``features (..., d_sae)``."""
         self._require_weights("decode")
         self._check_width(features, self.config.d_sae, "features")
-        if self.config.rescale_acts_by_decoder_norm:
-            features = features / self._decoder_norms()
-        return (features @ self.W_dec + self.b_dec) / self.output_scale
+        return self.decoder(features, self.inference_weights())
 
     def __call__(self, x: mx.array) -> mx.array:
         """The reconstruction (SAE) or prediction (transcoder) of ``x``: ``decode(encode(x))``."""
@@ -237,9 +257,6 @@ class Dictionary(nn.Module):
         features = self.encode(x)
         reconstruction = self.decode(features)
         return Parts(features, reconstruction, target.astype(reconstruction.dtype) - reconstruction)
-
-    def _decoder_norms(self) -> mx.array:
-        return mx.linalg.norm(self.W_dec, axis=-1)
 
     def _check_width(self, x: mx.array, width: int, what: str) -> None:
         if not isinstance(x, mx.array):

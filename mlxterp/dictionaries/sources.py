@@ -232,7 +232,7 @@ class LiveSource(Source):
         self.model, self.prompts = model, prompts
         self.sites = list({s.key: s for s in sites}.values())
         self.widths = {s.key: s.width for s in self.sites}
-        self.excluded = _excluded_ids(model, exclude)
+        self.excluded = excluded_ids(model, exclude)
         self.context, self.prompt_batch, self.shuffle_batches = context, prompt_batch, shuffle_batches
         self.forwards = 0  # forwards run (each feeds every dictionary)
         self._program: Any = None
@@ -398,7 +398,7 @@ class LiveSource(Source):
         return out
 
 
-def _excluded_ids(model: Any, exclude: Any) -> frozenset:
+def excluded_ids(model: Any, exclude: Any) -> frozenset:
     """Token ids that never become rows (see :class:`LiveSource`)."""
     if exclude is None:
         return frozenset()

@@ -3,7 +3,8 @@
 A saved result or an activation store names the model that made it by a fingerprint of every weight byte
 (:func:`mlxterp.store.manifest.model_identity`). A model edited with ``edit`` has its base's weights but
 computes something else, so its fingerprint also covers its edits: each function (by its code and data,
-see :mod:`mlxterp.digest`) and each recorded edit's nodes with their constants. Where an edit was written
+see :mod:`mlxterp.digest`), each recorded edit's nodes with their constants, and each spliced dictionary
+(its weights, name, sites and whether it keeps its error term). Where an edit was written
 (its source line) does not count. Weight edits need nothing here: they are in the weights.
 """
 
@@ -15,7 +16,7 @@ from mlxterp.compiler import Op
 from mlxterp.compiler.ir import Node, map_refs
 
 from ..digest import digest
-from .records import InterventionEdit, RecordedEdit
+from .records import DictionaryEdit, InterventionEdit, RecordedEdit
 
 
 def edits_digest(edits: tuple) -> Optional[str]:
@@ -26,6 +27,11 @@ def edits_digest(edits: tuple) -> Optional[str]:
             parts.append(("function", edit.site, edit.fn))
         elif isinstance(edit, RecordedEdit):
             parts.append(("recorded", [_node(n) for n in edit.graph]))
+        elif isinstance(edit, DictionaryEdit):
+            s = edit.splice
+            d = s.dictionary
+            parts.append(("dictionary", s.name, s.error, s.site_in.key, s.site_out.key, d.encoder, d.decoder,
+                          sorted(d.inference_weights().items())))
     return f"{digest(parts):016x}" if parts else None
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -10,7 +10,7 @@ import mlx.nn as nn
 from mlxterp.compiler.locks import model_lock, share_lock
 
 from ..tracing.source import user_source
-from .records import InterventionEdit
+from .records import DictionaryEdit, InterventionEdit
 from .recorder import EditRecording
 from .weights import edited_tree, plan
 
@@ -18,7 +18,8 @@ from .weights import edited_tree, plan
 class EditMixin:
     """Mixed into InterpretableModel (see :mod:`mlxterp.edits`)."""
 
-    def edit(self, edits: Optional[Dict[str, Callable]] = None, *, inplace: bool = False) -> Any:
+    def edit(self, edits: Optional[Dict[str, Callable]] = None, *, dictionaries: Optional[List[Any]] = None,
+             inplace: bool = False) -> Any:
         """A model whose every trace, program, sweep and generation starts with these edits.
 
         ``model.edit({"layers.5.attn.heads": iv.zero_out_heads([2, 7])})`` takes ``{site: fn}`` as
@@ -30,6 +31,10 @@ class EditMixin:
         Args:
             edits: ``{module name: fn}`` (``fn(activation) -> activation``, called at the start of every trace),
                 or ``None`` to record the edit in a ``with`` block.
+            dictionaries: SAEs and transcoders spliced at their sites in every trace, after ``edits`` (as
+                ``model.trace(dictionaries=...)`` splices them; ``mt.splice(d, error=False)`` for the
+                reconstruction alone): every sweep, activation collection and generation of the edited
+                model runs through them, and its traces read ``h.sae.features``.
             inplace: add the edits to this model instead of returning a new one (undo with
                 :meth:`clear_edits`).
 
@@ -44,14 +49,18 @@ class EditMixin:
         """
         _check_inplace(inplace)
         self._sync_tree()  # names resolve on the current module tree
-        if edits is None:
+        if edits is None and dictionaries is None:
             return EditRecording(self, inplace)
         if isinstance(edits, dict) and not edits:
             raise ValueError("edit() got an empty dict; pass {module name: fn}, or record the edit with "
                              "`with model.edit() as ed:`")
         source = user_source()
-        checked = self._check_interventions(edits, kind="edit")
-        return with_edits(self, tuple(InterventionEdit(name, site, fn, source) for site, fn, name in checked), inplace)
+        checked = self._check_interventions(edits, kind="edit") if edits is not None else []
+        splices = self._check_dictionaries(dictionaries)
+        if dictionaries is not None and not splices:
+            raise ValueError("edit(dictionaries=[]) splices nothing; pass the dictionaries to splice")
+        records = tuple(InterventionEdit(name, site, fn, source) for site, fn, name in checked)
+        return with_edits(self, records + tuple(DictionaryEdit(s, source) for s in splices), inplace)
 
     def edit_weights(self, weights: Dict[str, Union[mx.array, Callable[[mx.array], mx.array]]], *,
                      inplace: bool = False) -> Any:

@@ -4,6 +4,8 @@
   start of every trace exactly as an ``interventions=`` entry is (so it sees that trace's shapes).
 - :class:`RecordedEdit`: ``with model.edit() as ed:``: the writes recorded in the block, as a graph that is
   replayed into every trace (see :mod:`.replay`).
+- :class:`DictionaryEdit`: ``model.edit(dictionaries=[sae])``: a dictionary spliced at its site in every trace
+  (see :mod:`mlxterp.features.splice`).
 - :class:`WeightEdit`: ``model.edit_weights({...})``: a weight of the edited model's own module tree (see
   :mod:`mlxterp.edits.weights`); nothing to record in a trace.
 """
@@ -106,6 +108,34 @@ class RecordedEdit:
 
     def __repr__(self) -> str:
         return f"Edit(recorded at {format_source(self.source)}: writes {', '.join(self.writes)})"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DictionaryEdit:
+    """A dictionary spliced at its site in every trace (``model.edit(dictionaries=[sae])``; see
+    :mod:`mlxterp.features.splice`).
+
+    Attributes:
+        splice: the checked :class:`~mlxterp.features.splice.Splice` (the dictionary, its name, sites and
+            whether the error term is kept).
+        source: where ``model.edit(...)`` was called.
+    """
+
+    splice: Any
+    source: Any
+
+    padding_safe = True  # a dictionary encodes and decodes each position alone
+
+    def apply(self, trace: Any) -> None:
+        """Splice the dictionary into ``trace`` (as it begins)."""
+        previous = pin(self.source)
+        try:
+            self.splice.apply(trace)
+        finally:
+            pin(previous)
+
+    def __repr__(self) -> str:
+        return f"Edit({self.splice!r}, at {format_source(self.source)})"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

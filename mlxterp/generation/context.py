@@ -16,6 +16,7 @@ from ..adapters.attention import KEY_AXIS_POINTS
 from ..adapters.attention_cache import cache_support
 from ..core import WrappedModel
 from ..tracing import context
+from ..tracing.attached import is_part
 from ..tracing.results import rebind_in_frame
 from ..tracing.trace import Trace
 from . import token_axis
@@ -33,14 +34,22 @@ class _Recorder(Trace):
     (read instead at steps where the write does not apply) and the ``gen.steps[...]`` scope of each
     write and save."""
 
-    def __init__(self, owner: WrappedModel, batch: Any, interventions: Any, compile: Any, positions: int):
-        super().__init__(owner, batch, interventions, compile, "saved")
+    def __init__(self, owner: WrappedModel, batch: Any, interventions: Any, compile: Any, positions: int,
+                 dictionaries: Any = None):
+        super().__init__(owner, batch, interventions, compile, "saved", dictionaries)
         self.bases: dict[int, int] = {}
         self.scopes: dict[int, tuple[StepRange, ...]] = {}
         self._positions = positions  # how many token positions the generation computes, prompt included
 
     def write(self, path: str, call_idx: int, phase: str, value: Any, origin: Optional[str] = None) -> None:
         target = (path, call_idx, phase)
+        if is_part(phase):  # a spliced dictionary's parts: each new version is a write too (the written part's,
+            before = {b: v for b, v in self._versions.items() if is_part(b[2])}  # and the reconstruction
+            super().write(path, call_idx, phase, value, origin)                  # decoded from new features)
+            for binding, base in before.items():
+                if self._versions[binding] != base:
+                    self.bases[self._versions[binding]] = base
+            return
         if phase not in ("output", "input"):  # a residual site: written through the module values it maps to
             super().write(path, call_idx, phase, value, origin)
             return
@@ -150,7 +159,7 @@ class Generation:
     def __init__(self, owner: WrappedModel, prompt: Any, max_new_tokens: int, *, temperature: float = 0.0,
                  top_p: float = 1.0, top_k: int = 0, seed: Optional[int] = None, stop: Any = None,
                  ignore_eos: bool = False, stream: Optional[Callable[[TokenEvent], Any]] = None,
-                 chat: bool = False, interventions: Any = None, compile: Any = "auto"):
+                 chat: bool = False, interventions: Any = None, compile: Any = "auto", dictionaries: Any = None):
         if not (isinstance(max_new_tokens, int) and not isinstance(max_new_tokens, bool) and max_new_tokens >= 1):
             raise ValueError(f"max_new_tokens={max_new_tokens!r}: expected an int >= 1")
         if stream is not None and not callable(stream):
@@ -169,10 +178,11 @@ class Generation:
         owner._positions.check(self.prompts.columns + max_new_tokens - 1,
                                f"the prompt plus max_new_tokens={max_new_tokens} (less the last, never fed back)")
         self._recorder = _Recorder(owner, self.prompts.batch, interventions, compile,
-                                   self.prompts.columns + max_new_tokens - 1)
+                                   self.prompts.columns + max_new_tokens - 1, dictionaries)
         self._origin: tuple = (prompt, dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                             top_k=top_k, seed=seed, stop=stop, ignore_eos=ignore_eos, chat=chat,
-                                            interventions=sorted(interventions or {}), compile=compile))
+                                            interventions=sorted(interventions or {}), compile=compile,
+                                            dictionaries=[repr(s) for s in self._recorder._splices]))
         self._result: Optional[GenerationResult] = None
         self.steps = _Steps(self)
         self._open_scopes: list[StepRange] = []  # the `with gen.steps[...]:` blocks being recorded, outermost first

@@ -14,7 +14,8 @@ class GenerationMixin:
                  temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: Optional[int] = None,
                  stop: Union[None, str, Sequence[str]] = None, ignore_eos: bool = False,
                  stream: Optional[Callable[[Any], Any]] = None, chat: bool = False,
-                 interventions: Optional[Dict[str, Callable]] = None, compile: Union[bool, str] = "auto") -> Any:
+                 interventions: Optional[Dict[str, Callable]] = None, compile: Union[bool, str] = "auto",
+                 dictionaries: Optional[List[Any]] = None) -> Any:
         """Generate text with interventions: a context that records them once and applies them at every step.
 
         ``with model.generate(prompt) as gen:`` records reads, writes and ``.save()``-s like
@@ -41,6 +42,8 @@ class GenerationMixin:
                 new token, as it is generated.
             chat: wrap each prompt as a user message in the tokenizer's chat template.
             interventions: ``{module name: fn}`` applied to that module's output at every step.
+            dictionaries: SAEs and transcoders spliced at their sites at every step (as ``model.trace`` splices
+                them): ``h.sae.features[:, -1, i] = 8.0`` in the block steers by feature ``i`` at every step.
             compile: ``"auto"`` (default) runs decode steps as one compiled function on a static KV cache
                 that grows with the generation, when the model supports it (checked once per model against
                 mlx-lm's cache) and the program has no key axis (attention scores or patterns), else
@@ -54,7 +57,7 @@ class GenerationMixin:
         self._sync_tree()  # a module replaced since the last run: names, vocabulary and step programs follow
         return Generation(self, prompt, max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                           seed=seed, stop=stop, ignore_eos=ignore_eos, stream=stream, chat=chat,
-                          interventions=interventions, compile=compile)
+                          interventions=interventions, compile=compile, dictionaries=dictionaries)
 
     def steering_vector(self, toward: Union[str, Sequence[str]], away: Union[str, Sequence[str]], layer: int,
                         positions: str = "last") -> mx.array:

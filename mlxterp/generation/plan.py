@@ -2,7 +2,8 @@
 
 Reads, writes and saves apply at every step unless recorded inside ``with gen.steps[...]``; token positions
 are read as :mod:`mlxterp.generation.token_axis` describes. At a step where a write does not apply, whatever
-read the written value reads the value before the write instead. A value that exists at some steps only
+read the written value reads the value before the write instead (a module's write, or a new version of a
+spliced dictionary's part: ``bases`` maps each to the version before it). A value that exists at some steps only
 (an absolute position, a value read inside ``gen.steps[...]``) cannot feed a write at another step: values
 do not carry across steps, and such a program is refused with the line that asked for it.
 
@@ -135,8 +136,8 @@ class StepPlan:
             if node.op is Op.SAVE:
                 if single or node.args[0].id in pinned:
                     pinned.add(node.id)
-            elif node.op is Op.REPLACE:  # a write's result is read at every step (the unwritten value elsewhere)
-                continue
+            elif node.op is Op.REPLACE or node.id in self.bases:  # a write's result is read at every step (the
+                continue                                            # unwritten value elsewhere)
             elif single:  # a value read inside `gen.steps[k]`
                 pinned.add(node.id)
             elif any(not e.key and e.kind == "absolute" and is_int(e.entry) for e in self.entries.get(node.id, ())) \
@@ -163,6 +164,13 @@ class StepPlan:
                     redirect[node.id] = self.bases[node.id]
                     continue
                 if refs[0] in absent:
+                    raise self._cross_step(node, k)
+            elif node.id in self.bases:  # a new version of a spliced dictionary's part: a write, as above (and the
+                own = node.id in local and ABSENT in local[node.id]  # reconstruction decoded from written features)
+                if not self._in_scope(node.id, k) or own or node.meta.get("derived_from") in redirect:
+                    redirect[node.id] = self.bases[node.id]
+                    continue
+                if any(r in absent for r in refs):
                     raise self._cross_step(node, k)
             elif not self._in_scope(node.id, k):  # read inside `gen.steps[...]`: exists at those steps only
                 absent[node.id] = "input"

@@ -19,6 +19,7 @@ from mlxterp.compiler.errors import bad_write_message, describe_value
 from mlxterp.compiler.semantics import format_index
 
 from ..scalars import is_number, python_number
+from .attached import is_part
 from .proxy import Proxy
 from .source import format_source, user_source
 
@@ -141,6 +142,8 @@ def _out_of_range(proxy: Proxy, index: int, axis: int, shape: tuple) -> str:
 def _what(proxy: Proxy) -> str:
     if proxy._binding is not None:
         path, _, phase = proxy._binding
+        if is_part(phase):
+            return phase.label
         return f"{proxy._trace._owner._index.short(path) or '<model>'} {phase}"
     node = proxy._trace.graph.node(proxy._node)
     return f"the traced value %{node.id} ({node.describe()})"
@@ -165,6 +168,9 @@ def known_shape(proxy: Proxy) -> tuple | None:
 def _probe_shape(trace: Any, event: tuple, node_id: int | None = None) -> tuple | None:
     """The shape the probe gives at ``event`` (for the tokens of node ``node_id``'s invoke, if it has one)."""
     path, idx, phase = event
+    if is_part(phase):  # a value attached to a site (a dictionary's features): the site's axes, its own width
+        site = _probe_shape(trace, (path, idx, phase.site_phase), node_id)
+        return None if site is None else site[:-1] + (phase.width,)
     if phase not in ("output", "input"):  # a residual value (resid_mid): read at a module's input
         path, phase = trace._owner._index.residual_site(path, phase)
     spec = trace._owner._probe(trace.recording_tokens(node_id)).values.get((path, idx, phase))
@@ -177,8 +183,10 @@ def _input_rewritten(trace: Any) -> bool:
     graph = trace.graph
     for binding, node_id in trace._versions.items():
         node = graph.node(node_id)
-        if binding[2] == "input" and node.op is Op.REPLACE and "invoke" not in graph.node(node.args[0].id).meta:
-            return True
+        if binding[2] == "input" and node.op is Op.REPLACE:
+            meta = graph.node(node.args[0].id).meta
+            if "invoke" not in meta and not meta.get("keeps_shape"):  # a splice writes the value's own shape
+                return True
     return False
 
 

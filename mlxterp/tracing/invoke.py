@@ -281,6 +281,12 @@ class Invokes:
         copy sharing their constants (:class:`SharedConstants`)."""
         entries = self.trace.beginning()
         lead = next((k for k, (positionwise, _) in enumerate(entries) if not positionwise), len(entries))
+        if self.trace._splices and lead < len(entries):
+            # Splices are recorded once on the batch (their parts are read on it, not per invoke), after every
+            # edit and intervention: one recorded per invoke before them would come after the splice.
+            raise InvokeError("dictionaries= with invokes needs every model edit and interventions= entry to compute "
+                              "each position from that position alone; one does not: splice in a trace without "
+                              "invokes (one prompt or a padded batch), or drop that edit or intervention")
         if first and lead:
             self.whole = True  # shapes stand in as the first invoke's: only axes after the tokens' are read
             try:

@@ -96,10 +96,16 @@ class Proxy:
             raise AttributeError(name)
         if self._value is not _UNSET:
             return getattr(self._value, name)
+        if self._binding is not None:  # a dictionary spliced at this site, by its name (see .attached)
+            found = self._trace.attached(self._binding, name)
+            if found is not None:
+                return found
         attr = getattr(mx.array, name, None)
         if attr is None:
+            attached = self._trace.attached_names()
+            hint = f"; the dictionaries spliced in this trace are {', '.join(attached)}" if attached else ""
             raise AttributeError(f"a traced value has no attribute {name!r}; mx.array methods such as "
-                                 "reshape, sum, mean, astype, transpose, max, min are recorded")
+                                 f"reshape, sum, mean, astype, transpose, max, min are recorded{hint}")
         if isinstance(attr, property) or not callable(attr):
             getter = _ATTRGETTERS.setdefault(name, operator.attrgetter(name))
             return self._record(Op.CALL_FUNCTION, getter, (self,))

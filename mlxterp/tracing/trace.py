@@ -17,6 +17,7 @@ from mlxterp.compiler.semantics import evaluate, format_index
 from ..core import WrappedModel
 from ..scalars import python_number
 from . import context, guards
+from .attached import Part, is_part
 from .invoke import Invoke, InvokeError, Invokes, explain_causality
 from .program import Program, build_program, check_param_name, param_default
 from .proxy import _UNSET, Proxy, apply
@@ -68,7 +69,8 @@ class Trace:
     once the block has ended.
     """
 
-    def __init__(self, owner: WrappedModel, batch: Any, interventions: dict | None, compile: Any, capture: Any):
+    def __init__(self, owner: WrappedModel, batch: Any, interventions: dict | None, compile: Any, capture: Any,
+                 dictionaries: Any = None):
         if compile not in COMPILE_CHOICES:
             raise ValueError(f"compile={compile!r} is not valid; choose True, False, 'auto', 'eager' or 'compiled'")
         self._owner = owner
@@ -80,6 +82,8 @@ class Trace:
         self.compile_mode = COMPILE_CHOICES[compile]
         self.graph = Graph(captures=owner._capture_spec(capture))
         self._interventions = owner._check_interventions(interventions)
+        self._splices = owner._check_dictionaries(dictionaries)
+        self._attached: dict[tuple, dict[str, Any]] = {}  # site binding -> {name: attached object}
         self._versions: dict[tuple, int] = {}
         self._abstract: dict[int, Any] = {}
         self._saved: list[Proxy] = []
@@ -107,20 +111,23 @@ class Trace:
         return self
 
     def begin(self) -> None:
-        """Record the model's edits (see :mod:`mlxterp.edits`), then the ``interventions=`` entries, as the
-        trace begins. A trace with invokes records them as each invoke begins instead (see
-        :meth:`Invokes.enter <mlxterp.tracing.invoke.Invokes.enter>`)."""
+        """Record the model's edits (see :mod:`mlxterp.edits`), then the ``interventions=`` entries, then the
+        ``dictionaries=`` splices, as the trace begins. A trace with invokes records them as each invoke begins
+        instead (see :meth:`Invokes.enter <mlxterp.tracing.invoke.Invokes.enter>`)."""
         for _, record in self.beginning():
             record()
 
     def beginning(self) -> list[tuple[bool, Callable[[], None]]]:
         """What the trace records as it begins, in order (the model's edits, then the ``interventions=``
-        entries), each as (whether it computes each position from that position alone, the call recording it)."""
+        entries, then the ``dictionaries=`` splices, which see the site as the interventions left it), each as
+        (whether it computes each position from that position alone, the call recording it)."""
         from ..interventions import positionwise
 
         entries = [(edit.padding_safe, functools.partial(edit.apply, self)) for edit in self._owner.edits]
-        return entries + [(positionwise(fn, site), functools.partial(self._apply_intervention, site, fn, name))
-                          for site, fn, name in self._interventions]
+        entries += [(positionwise(fn, site), functools.partial(self._apply_intervention, site, fn, name))
+                    for site, fn, name in self._interventions]
+        # A dictionary encodes each token alone: a splice is position-wise (invokes record it once, on the batch).
+        return entries + [(True, functools.partial(splice.apply, self)) for splice in self._splices]
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         context.pop(self)
@@ -153,6 +160,40 @@ class Trace:
         current = self.module_value(path, 0, phase)
         value = fn(current) if isinstance(fn, Intervention) else apply(fn, current)
         self.write(path, 0, phase, value, guards.intervention_origin(name, fn, kind))
+
+    # -- objects attached to sites (see .attached) --------------------------------------------
+    def attach(self, binding: tuple, name: str, obj: Any) -> None:
+        """Make ``obj`` reachable as ``value.<name>`` from the traced values bound to ``binding``
+        (``(path, call, phase)`` of a site)."""
+        at = self._attached.setdefault(binding, {})
+        if name in at:
+            raise ValueError(f"{self._site_name(binding)} already has {name!r} attached; give each dictionary at "
+                             "one site its own name")
+        at[name] = obj
+
+    def attached(self, binding: tuple, name: str) -> Any:
+        """The object attached as ``name`` to the site ``binding``, or ``None``."""
+        found = self._attached.get(binding)
+        return None if found is None else found.get(name)
+
+    def attached_names(self) -> list[str]:
+        """``"<site>.<name>"`` of every attached object (for error messages)."""
+        return [f"{self._site_name(b)}.{n}" for b, names in self._attached.items() for n in names]
+
+    def _site_name(self, binding: tuple) -> str:
+        path, idx, phase = binding
+        short = self._owner._index.short(path)
+        if self._owner._index.is_layer(path) and phase in ("input", "output"):
+            return f"{short}.{'resid_pre' if phase == 'input' else 'resid_post'}"
+        return f"{short}.{phase}" if short else phase
+
+    def _binding_name(self, binding: tuple) -> str:
+        """``layers.3.mlp output`` (a module value) or ``layers.6.resid_pre.sae.features`` (an attached one)."""
+        return str(binding[2]) if is_part(binding[2]) else f"{self._owner._index.short(binding[0])} {binding[2]}"
+
+    def _write_part(self, path: str, call_idx: int, part: Part, value: Any) -> None:
+        obj = self.attached((path, call_idx, part.site_phase), part.owner)
+        obj.write_part(self, part.name, value)
 
     # -- invokes ------------------------------------------------------------------------------
     def invoke(self, inputs: Any, name: str | None = None) -> Invoke:
@@ -200,6 +241,17 @@ class Trace:
             key = keys.refs_key(op, target, tuple(a.id for a in args))
         node = self.graph.add(op, target, args, kwargs, _meta(src) if meta is None else dict(meta, source=src), key)
         return Proxy(self, node.id)
+
+    def record_call(self, fn: Callable, args: tuple, keeps_shape: bool = False, derived_from: int | None = None,
+                    ) -> Proxy:
+        """``fn(*args)`` recorded (as ``apply`` does). ``keeps_shape``: the value has the shape of the site it is
+        written to (index checks downstream of an input it rewrites stay valid); ``derived_from``: the value is a
+        new version that a write of node ``derived_from`` implies (a generation step where that write does not
+        apply keeps the version before it)."""
+        meta = {"keeps_shape": True} if keeps_shape else {}
+        if derived_from is not None:
+            meta["derived_from"] = derived_from
+        return self.record(Op.CALL_FUNCTION, fn, args, None, meta or None)
 
     def binary(self, name: str, a: Any, b: Any) -> Proxy:
         """``a <name> b`` (an operator such as ``"add"``) with at least one operand a proxy of this trace."""
@@ -304,6 +356,12 @@ class Trace:
             return proxy
         binding = (path, call_idx, phase)
         node_id = self._versions.get(binding)
+        if is_part(phase):
+            if self._invokes is not None and not self._invokes.whole:  # the splice itself is recorded on the batch
+                raise InvokeError(f"{phase.label} is read inside an invoke: a spliced dictionary's features, error "
+                                  "and reconstruction are read and written in traces given their inputs "
+                                  "(model.trace(prompts)); the dictionary itself is spliced into every invoke's rows")
+            return Proxy(self, node_id, binding)
         if node_id is None:
             node_id = self.module_node(path, call_idx, phase)
         if self._invokes is not None:  # the open invoke's rows of it
@@ -325,6 +383,9 @@ class Trace:
             self._check_open()
         if phase == RESID_MID:
             self.write_resid_mid(path, call_idx, value)
+            return
+        if is_part(phase):
+            self._write_part(path, call_idx, phase, value)
             return
         src = user_source()
         value, extra = guards.written_value(value, f"the {phase} of {path or '<model>'}", src, origin)
@@ -368,7 +429,7 @@ class Trace:
                 "`a = out[...]; a[...] = v` does not change `out`. "
                 "Index the module value in one step instead, e.g. `model.layers[3].output[:, -1, :5] = v`"
             )
-        where = self._owner._index.short(proxy._binding[0]) + f" {proxy._binding[2]}" if proxy._binding else None
+        where = self._binding_name(proxy._binding) if proxy._binding else None
         self._check_index(proxy, index)
         if self._invokes is not None:
             self._invokes.check_item_write(proxy, index)
@@ -406,6 +467,9 @@ class Trace:
             key = names.get(proxy._binding)
             if key is None:
                 path, idx, phase = proxy._binding
+                if is_part(phase):
+                    key = names[proxy._binding] = phase.label
+                    return key
                 short = self._owner._index.short(path)
                 head = f"{short}.{phase}" if short else phase
                 if self._owner._index.point_owner(path) is not None:  # an attention internal: no phase

@@ -13,8 +13,9 @@ from mlxterp import InterpretableModel, apply
 from mlxterp import interventions as iv
 from tests.reference import llama_forward
 
-from .programs import (ATTENTION, HEAD_DIM, HEADS, HIDDEN, KV_HEADS, LAYOUTS, SITE_KINDS, VOCAB, Step, StepValues,
-                       recipe_value, sites_in_order)
+from .dictionaries import FuzzDictionaries, HandSplices, library_part, parts_of
+from .programs import (ATTENTION, D_SAE, DICT_KINDS, HEAD_DIM, HEADS, HIDDEN, KV_HEADS, LAYOUTS, SITE_KINDS, VOCAB, Step,
+                       StepValues, recipe_value, sites_in_order)
 
 
 class Applier:
@@ -39,6 +40,7 @@ class Applier:
         self.recipes: dict[int, tuple] = {}
         self._handed: dict[tuple, Any] = {}  # keeps the values alive, so their ids stay theirs
         self._named: dict[tuple, Any] = {}
+        self.splice_at: Optional[Callable[[tuple], None]] = None  # the reference's dictionaries (HandSplices)
 
     def _hand(self, recipe: tuple, named: bool = True) -> Any:
         if recipe not in self._handed:
@@ -73,7 +75,8 @@ class Applier:
     def shape(self, site: tuple) -> tuple:
         """The site's shape after its batch axis."""
         group, seq = LAYOUTS[site[0]].group, self.seq_len
-        return {"residual": (seq, HIDDEN), "output": (seq, VOCAB), "query": (seq, HEADS, HEAD_DIM),
+        return {"residual": (seq, HIDDEN), "output": (seq, VOCAB), "features": (seq, D_SAE),
+                "query": (seq, HEADS, HEAD_DIM),
                 "kv": (seq, KV_HEADS, HEAD_DIM), "scores": (HEADS, seq, self.key_len)}[group]
 
     def width(self, site: tuple) -> int:
@@ -85,8 +88,13 @@ class Applier:
 
     def run_site(self, site: tuple) -> None:
         steps = [(k, s) for k, s in enumerate(self.program) if s.site == site]
-        for k, step in sorted(steps, key=lambda ks: ks[1].kind != "intervention"):  # interventions= first
-            if not (step.kind == "intervention" and self.interventions_done):
+        for k, step in steps:  # interventions= first
+            if step.kind == "intervention" and not self.interventions_done:
+                self.step(k, step)
+        if self.splice_at is not None:  # then the dictionaries spliced there (the library splices on entry)
+            self.splice_at(site)
+        for k, step in steps:
+            if step.kind != "intervention":
                 self.step(k, step)
         self.earlier.append((site, self.get(site)))
 
@@ -162,25 +170,39 @@ class Applier:
 
 
 def run_reference(module, tokens: mx.array, program: Sequence[Step], values: Sequence[StepValues],
-                  offset: int = 0, past: Optional[list] = None, present: Optional[list] = None) -> tuple:
+                  offset: int = 0, past: Optional[list] = None, present: Optional[list] = None,
+                  dictionaries: Optional[FuzzDictionaries] = None) -> tuple:
     """The hand-written forward's logits and saves with ``program`` applied to its arrays. ``offset``, ``past``
-    and ``present``: its decode form (see ``tests.reference.llama_forward``), for a decode step."""
+    and ``present``: its decode form (see ``tests.reference.llama_forward``), for a decode step.
+    ``dictionaries``: spliced by hand (:class:`HandSplices`), their parts' statements run after their sites'."""
     saves: dict = {}
     current: dict = {}
+    hands = None if dictionaries is None else HandSplices(dictionaries, current)
 
     def set_(site, value):
+        if hands is not None and site[0] in DICT_KINDS:
+            hands.set_part(site, value)
+            return
         if isinstance(value, float):  # a whole write of a number: the activation's shape and dtype
             value = mx.broadcast_to(mx.array(value, dtype=current[site].dtype), current[site].shape)
         current[site] = value
 
     applier = Applier(program, values, tokens.shape[1], lambda site: mx.array(current[site]), set_, saves.__setitem__,
                       key_len=offset + tokens.shape[1])
+    if hands is not None:
+        applier.splice_at = lambda site: hands.splice(site) if hands.owner(site) else None
 
     def hook(site, value):
+        if hands is not None:
+            hands.see(site, value)
         if site[0] not in SITE_KINDS:  # a site the programs never touch (the reference's resid_mid)
             return value
         current[site] = value
         applier.run_site(site)
+        which = None if hands is None else hands.owner(site)
+        if which is not None:
+            for kind in parts_of(which):
+                applier.run_site((kind, site[1]))
         return current[site]
 
     return llama_forward(module, tokens, hook, offset, past, present), saves
@@ -195,8 +217,10 @@ class TraceRun:
 
 
 def library_site(model: InterpretableModel, site: tuple) -> tuple[Any, str]:
-    """The module proxy holding ``site`` and the attribute that reads or writes it."""
+    """The module proxy (or spliced dictionary) holding ``site`` and the attribute that reads or writes it."""
     kind = site[0]
+    if kind in DICT_KINDS:
+        return library_part(model, site)
     if kind == "embed":
         return model.module("model.embed_tokens"), "output"
     if kind == "output":
@@ -213,8 +237,9 @@ def library_name(model: InterpretableModel, site: tuple) -> str:
 
 
 def run_trace(model: InterpretableModel, inputs: Any, program: Sequence[Step], values: Sequence[StepValues],
-              compile: Any) -> TraceRun:
-    """``program`` in ``model.trace(inputs, compile=compile)``: its logits, saves, trace and applier."""
+              compile: Any, dictionaries: Optional[FuzzDictionaries] = None) -> TraceRun:
+    """``program`` in ``model.trace(inputs, compile=compile)`` (with ``dictionaries`` spliced): its logits,
+    saves, trace and applier."""
     seq_len = max(len(r) for r in inputs) if isinstance(inputs, list) else inputs.shape[1]
     saves: dict = {}
     applier = Applier(program, values, seq_len, lambda site: getattr(*library_site(model, site)),
@@ -222,8 +247,10 @@ def run_trace(model: InterpretableModel, inputs: Any, program: Sequence[Step], v
                       lambda key, v: saves.__setitem__(key, v.save(key)), interventions_done=True, name=mt.param)
     interventions = {library_name(model, s.site): applier.intervention(k, s.site)
                      for k, s in enumerate(program) if s.kind == "intervention"}
-    with model.trace(inputs, interventions=interventions or None, compile=compile, capture="saved") as tr:
-        for site in sites_in_order():
+    spliced = None if dictionaries is None else dictionaries.all()
+    with model.trace(inputs, interventions=interventions or None, compile=compile, capture="saved",
+                     dictionaries=spliced) as tr:
+        for site in sites_in_order(dictionaries is not None):
             applier.run_site(site)
         model.output.save("logits")
     return TraceRun(tr.saved_values["logits"], {k: tr.saved_values[k] for k in saves}, tr, applier)

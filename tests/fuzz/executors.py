@@ -38,6 +38,7 @@ class Case:
     program: Sequence[Step]
     seed: int
     variants: int = 3
+    dictionaries: Any = None  # FuzzDictionaries spliced into every trace (and by hand into the reference)
     _program: Any = None
 
     def seeds(self, i: int) -> Seeds:
@@ -47,7 +48,7 @@ class Case:
         return values_for(self.program, seeds)
 
     def trace(self, seeds: Seeds, compile: Any) -> TraceRun:
-        return run_trace(self.model, self.inputs, self.program, self.values(seeds), compile)
+        return run_trace(self.model, self.inputs, self.program, self.values(seeds), compile, self.dictionaries)
 
     def recorded(self) -> tuple[Any, TraceRun]:
         """The program of a compiled trace of ``seeds(1)`` and that trace."""
@@ -142,17 +143,19 @@ def assert_close(got: Any, expected: Any, what: str) -> None:
 
 def check_program(model: InterpretableModel, inputs: Any, tokens: mx.array, program: Sequence[Step], seed: int,
                   executors: Iterable[str] = tuple(EXECUTORS), extra: Optional[dict] = None,
-                  variants: int = 3) -> None:
+                  variants: int = 3, dictionaries: Any = None) -> None:
     """Run ``program`` through each named executor (and ``extra``: ``{name: fn(case)}``) and check every
-    outcome's logits and saves against the reference run with the outcome's values."""
+    outcome's logits and saves against the reference run with the outcome's values (``dictionaries``: a
+    :class:`~tests.fuzz.dictionaries.FuzzDictionaries` spliced into both)."""
     model.clear_compile_cache()
-    case = Case(model, inputs, tokens, program, seed, variants)
+    case = Case(model, inputs, tokens, program, seed, variants, dictionaries)
     references: dict[Seeds, tuple] = {}
     chosen = {**{name: EXECUTORS[name] for name in executors}, **(extra or {})}
     for name, executor in chosen.items():
         for outcome in executor(case):
             if outcome.seeds not in references:
-                references[outcome.seeds] = run_reference(model.model, tokens, program, case.values(outcome.seeds))
+                references[outcome.seeds] = run_reference(model.model, tokens, program, case.values(outcome.seeds),
+                                                          dictionaries=dictionaries)
             ref_logits, ref_saves = references[outcome.seeds]
             where = f"{outcome.label} seed={seed} program={list(program)}"
             assert outcome.saves.keys() == ref_saves.keys(), where

@@ -13,11 +13,16 @@ from mlxterp import InterpretableModel
 from tests.models import tiny_llama_module
 
 LAYERS, HIDDEN, VOCAB, HEADS, KV_HEADS = 2, 32, 128, 4, 2
+D_SAE = 48  # latents of the fuzzer's dictionaries (tests/fuzz/dictionaries.py)
 HEAD_DIM = HIDDEN // HEADS
 
 RESIDUAL = ("embed", "layer_in", "attn", "mlp", "layer")
 ATTENTION = ("q", "k", "v", "scores", "pattern", "heads")
 SITE_KINDS = RESIDUAL + ATTENTION + ("output",)
+# Parts of the dictionaries spliced in every layer (see dictionaries.py): an SAE at the layer's input
+# (resid_pre) and a transcoder at its MLP; each with its features, error and reconstruction.
+SAE_PARTS, TC_PARTS = ("sae_f", "sae_e", "sae_r"), ("tc_f", "tc_e", "tc_r")
+DICT_KINDS = SAE_PARTS + TC_PARTS
 WRITES = ("scale", "add_vec", "set_pos", "set_pos_vec", "set_slice", "set_index", "tanh_mix", "cross",
           "replace_number", "intervention")
 READS = ("save", "save_pos", "save_reduce", "dead_number", "dead_array", "dead_function")
@@ -37,8 +42,11 @@ class Layout:
 LAYOUTS = {**{kind: Layout((1,), None, "residual") for kind in RESIDUAL}, "output": Layout((1,), None, "output"),
            "q": Layout((1,), 2, "query"), "heads": Layout((1,), 2, "query"),  # (batch, query, heads, head_dim)
            "k": Layout((1,), 2, "kv"), "v": Layout((1,), 2, "kv"),  # (batch, key, kv_heads, head_dim)
-           "scores": Layout((2, 3), 1, "scores"), "pattern": Layout((2, 3), 1, "scores")}  # (batch, heads, q, k)
+           "scores": Layout((2, 3), 1, "scores"), "pattern": Layout((2, 3), 1, "scores"),  # (batch, heads, q, k)
+           **{kind: Layout((1,), None, "features" if kind.endswith("_f") else "residual") for kind in DICT_KINDS}}
 ORDER = ("layer_in",) + ATTENTION + ("attn", "mlp", "layer")  # a layer's sites in execution order
+# with dictionaries: each one's parts right after the site whose value they replace
+DICT_ORDER = ("layer_in",) + SAE_PARTS + ATTENTION + ("attn", "mlp") + TC_PARTS + ("layer",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,11 +65,13 @@ def site_order(site: tuple) -> tuple:
         return (-1, 0)
     if site[0] == "output":
         return (LAYERS, 0)
-    return (site[1], ORDER.index(site[0]))
+    return (site[1], DICT_ORDER.index(site[0]))
 
 
-def sites_in_order() -> list[tuple]:
-    return [("embed",)] + [(kind, i) for i in range(LAYERS) for kind in ORDER] + [("output",)]
+def sites_in_order(dictionaries: bool = False) -> list[tuple]:
+    """Every site in execution order (with ``dictionaries``: the spliced dictionaries' parts too)."""
+    order = DICT_ORDER if dictionaries else ORDER
+    return [("embed",)] + [(kind, i) for i in range(LAYERS) for kind in order] + [("output",)]
 
 
 @st.composite
@@ -112,7 +122,7 @@ def recipe_value(recipe: tuple, values: Sequence[StepValues]) -> Any:
     if kind in ("number", "positive"):
         return values[k].number if kind == "number" else abs(values[k].number)
     if kind == "vector":
-        return mx.array(values[k].vocab if size == VOCAB else values[k].hidden[:size])
+        return mx.array(values[k].vocab[:size] if size > HIDDEN else values[k].hidden[:size])
     return mx.array(values[k].ints % size - size * (values[k].ints < 0))  # in [-size, size): negative ones too
 
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from mlxterp import apply
 from mlxterp import interventions as iv
+from tests.fuzz.programs import D_SAE, DICT_KINDS, SAE_PARTS, TC_PARTS
 from tests.reference import llama_forward
 
 LAYERS, HIDDEN, VOCAB, HEAD_DIM = 2, 32, 128, 8
@@ -51,8 +52,14 @@ class Stmt:
     scope: Any = None  # None (every step), an int step, or a slice of steps
 
 
-def sites_in_order() -> list[tuple]:
-    return [("embed",)] + [(name, i) for i in range(LAYERS) for name in PER_LAYER] + [("output",)]
+# With dictionaries (tests/fuzz/dictionaries.py: an SAE at each layer's input, a transcoder at its MLP), their
+# parts' sites follow the site whose value they replace.
+PER_LAYER_DICT = ("layer_in",) + SAE_PARTS + ATTENTION + ("attn", "resid_mid", "mlp") + TC_PARTS + ("layer",)
+
+
+def sites_in_order(dictionaries: bool = False) -> list[tuple]:
+    order = PER_LAYER_DICT if dictionaries else PER_LAYER
+    return [("embed",)] + [(name, i) for i in range(LAYERS) for name in order] + [("output",)]
 
 
 def token_axis(site: tuple) -> int:
@@ -63,6 +70,8 @@ def width(site: tuple) -> Optional[int]:
     """Size of the site's last axis where it is fixed (``None``: the key axis)."""
     if site[0] in KEYED:
         return None
+    if site[0] in DICT_KINDS:
+        return D_SAE if site[0].endswith("_f") else HIDDEN
     return VOCAB if site[0] == "output" else HEAD_DIM if site[0] in ATTENTION else HIDDEN
 
 
@@ -88,15 +97,23 @@ class Applier:
         self.step_ok: Callable = lambda stmt: True  # whether a statement's scope holds (reference: this step)
         self.scope: Callable = lambda stmt: contextlib.nullcontext()  # library: `with gen.steps[...]:`
         self.interventions_done = False  # the library applies them through interventions=
+        self.splice_at: Optional[Callable[[tuple], None]] = None  # the reference's dictionaries (HandSplices)
 
     def run_site(self, site: tuple) -> None:
         here = [(k, s) for k, s in enumerate(self.program) if s.site == site]
-        for k, stmt in sorted(here, key=lambda ks: ks[1].kind != "intervention"):  # interventions= first
-            if stmt.kind == "intervention" and self.interventions_done:
-                continue
-            if self.step_ok(stmt):
-                with self.scope(stmt):
-                    self.statement(k, stmt)
+        for k, stmt in here:  # interventions= first
+            if stmt.kind == "intervention" and not self.interventions_done:
+                self.run(k, stmt)
+        if self.splice_at is not None:  # then the dictionaries spliced there (the library splices on entry)
+            self.splice_at(site)
+        for k, stmt in here:
+            if stmt.kind != "intervention":
+                self.run(k, stmt)
+
+    def run(self, k: int, stmt: Stmt) -> None:
+        if self.step_ok(stmt):
+            with self.scope(stmt):
+                self.statement(k, stmt)
 
     def index(self, stmt: Stmt, axis: str, entry: Any) -> Any:
         """The site's index with ``entry`` on its token or key axis (``ABSENT`` if it is not in this block)."""
@@ -206,10 +223,14 @@ class StepBlocks:
 
 
 def teacher_forced(module: Any, prompt: list[int], generated: list[int], steps: int, program: list[Stmt],
-                   values: list, positions: int, keys_kept: int) -> tuple[mx.array, dict[str, dict[int, mx.array]]]:
+                   values: list, positions: int, keys_kept: int, dictionaries: Any = None,
+                   ) -> tuple[mx.array, dict[str, dict[int, mx.array]]]:
     """The hand-written forward of ``prompt + generated[:steps - 1]`` with ``program`` applied to each step's
-    blocks. Returns the logits at each step's last position ``(steps, vocab)`` and the saves
-    ``{key: {step: value}}``."""
+    blocks (and ``dictionaries``, a ``tests.fuzz.FuzzDictionaries``, spliced by hand into each step's block:
+    a dictionary computes each position alone). Returns the logits at each step's last position
+    ``(steps, vocab)`` and the saves ``{key: {step: value}}``."""
+    from tests.fuzz.dictionaries import HandSplices, parts_of
+
     tokens = mx.array([prompt + generated[: steps - 1]])
     blocks = StepBlocks(len(prompt), steps)
     saves: dict[str, dict[int, mx.array]] = {}
@@ -218,9 +239,14 @@ def teacher_forced(module: Any, prompt: list[int], generated: list[int], steps: 
     applier = Applier(program, values, positions, keys_kept, None)
     applier.get = lambda site: mx.array(current[site])
     applier.set = current.__setitem__
+    hands = None if dictionaries is None else HandSplices(dictionaries, current)
+    if hands is not None:
+        applier.set = lambda site, v: hands.set_part(site, v) if site[0] in DICT_KINDS else current.__setitem__(site, v)
+        applier.splice_at = lambda site: hands.splice(site) if hands.owner(site) else None
 
     def hook(site: tuple, value: mx.array) -> mx.array:
         per_step = []
+        which = None if hands is None else hands.owner(site)
         for s in range(steps):
             o, n = blocks.span(s)
             current.update({other: values_at[s] for other, values_at in done.items()})
@@ -229,6 +255,8 @@ def teacher_forced(module: Any, prompt: list[int], generated: list[int], steps: 
             applier.step_ok = lambda stmt, s=s: in_scope(stmt.scope, s)
             applier.save = lambda key, v, s=s: saves.setdefault(key, {}).__setitem__(s, v)
             applier.run_site(site)
+            for kind in parts_of(which) if which is not None else ():
+                applier.run_site((kind, site[1]))
             per_step.append(current[site])
         done[site] = per_step
         for s, block in enumerate(per_step):

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from mlxterp import InterpretableModel
 from tests.generation.teacher import (ATTENTION, HIDDEN_SITES, KEYED, LAYERS, MODULE_SITES, VOCAB, Applier, Stmt,
                                       make_intervention, sites_in_order, teacher_forced, token_axis, values_for)
+from tests.fuzz.dictionaries import DICT_KINDS, FuzzDictionaries, library_part
 from tests.models import CharTokenizer, tiny_llama_module
 
 EVERYWHERE = ["save", "save_last", "save_reduce", "scale", "add", "set_last", "tanh_mix"]
@@ -34,10 +35,13 @@ SCOPES = [None, None, None, 0, slice(1, None), 1, slice(0, None, 2)]
 
 
 @st.composite
-def programs(draw, padded: bool) -> list[Stmt]:
+def programs(draw, padded: bool, dictionaries: bool = False) -> list[Stmt]:
     statements = []
+    sites = sites_in_order(dictionaries)
+    if dictionaries:  # weighted toward the dictionaries' parts
+        sites = sites + [s for s in sites if s[0] in DICT_KINDS] * 3
     for _ in range(draw(st.integers(1, 6))):
-        site = draw(st.sampled_from(sites_in_order()))
+        site = draw(st.sampled_from(sites))
         kinds = EVERYWHERE + ([] if padded else ABSOLUTE)
         if site[0] in KEYED:  # weighted: the key axis is what these sites add
             kinds += KEY_AXIS * 3 + ([] if padded else KEY_ABSOLUTE * 3)
@@ -52,12 +56,14 @@ def programs(draw, padded: bool) -> list[Stmt]:
         if kind == "set_prev":
             scope = 0  # -2 on the token axis means something in the prompt pass only
         statements.append(Stmt(site, kind, draw(st.integers(0, 10_000)), scope))
-    order = sites_in_order()
+    order = sites_in_order(dictionaries)
     return sorted(statements, key=lambda s: order.index(s.site))  # written in execution order, as users do
 
 
 def site_value(model: InterpretableModel, site: tuple):
     name = site[0]
+    if name in DICT_KINDS:
+        return getattr(*library_part(model, site))
     if name == "embed":
         return model.module("model.embed_tokens").output
     if name == "output":
@@ -71,7 +77,9 @@ def site_value(model: InterpretableModel, site: tuple):
 
 def set_site(model: InterpretableModel, site: tuple, value) -> None:
     name = site[0]
-    if name == "embed":
+    if name in DICT_KINDS:
+        setattr(*library_part(model, site), value)
+    elif name == "embed":
         model.module("model.embed_tokens").output = value
     elif name == "output":
         model.output = value
@@ -87,16 +95,16 @@ def module_name(site: tuple) -> str:
         site[0]]
 
 
-def run_library(model, prompts, program, values, steps, compile, positions, keys_kept):
+def run_library(model, prompts, program, values, steps, compile, positions, keys_kept, dictionaries=None):
     interventions = {module_name(s.site): make_intervention(s, values[k][0], mx.array(values[k][1]))
                      for k, s in enumerate(program) if s.kind == "intervention"}
-    with model.generate(prompts, steps, ignore_eos=True, interventions=interventions or None,
-                        compile=compile) as gen:
+    with model.generate(prompts, steps, ignore_eos=True, interventions=interventions or None, compile=compile,
+                        dictionaries=None if dictionaries is None else dictionaries.all()) as gen:
         applier = Applier(program, values, positions, keys_kept, lambda key, v: v.save(key))
         applier.get, applier.set = (lambda site: site_value(model, site)), (lambda s, v: set_site(model, s, v))
         applier.scope = lambda stmt: contextlib.nullcontext() if stmt.scope is None else gen.steps[stmt.scope]
         applier.interventions_done = True
-        for site in sites_in_order():
+        for site in sites_in_order(dictionaries is not None):
             applier.run_site(site)
         model.output[:, -1].save("logits")
     return gen
@@ -143,12 +151,12 @@ def assert_close(got, expected, what):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * scale, err_msg=what)
 
 
-def check_against_reference(model, gen, rows, program, values, steps, positions, keys_kept, where):
+def check_against_reference(model, gen, rows, program, values, steps, positions, keys_kept, where, dictionaries=None):
     pads = [max(map(len, rows)) - len(r) for r in rows]
     tokens = gen.tokens if len(rows) > 1 else [gen.tokens]
     for b, (prompt, pad) in enumerate(zip(rows, pads)):
         logits, saves = teacher_forced(model.model, list(prompt), tokens[b], steps, program, values, positions,
-                                       keys_kept)
+                                       keys_kept, dictionaries)
         got = gen.saved_values["logits"][:, b]
         assert_close(got, logits, f"logits row {b} {where}")
         for s, token in enumerate(tokens[b]):  # the token chosen is the reference's best (to rounding)
@@ -166,7 +174,7 @@ def check_against_reference(model, gen, rows, program, values, steps, positions,
                              f"save {key} {stmt} step {s} row {b} {where}")
 
 
-def check_program(model, rows, program, steps, seeds):
+def check_program(model, rows, program, steps, seeds, dictionaries=None):
     keyed = any(s.site[0] in KEYED for s in program)
     positions, keys_kept = min(map(len, rows)) + steps - 1, min(map(len, rows))
     prompts = [list(r) for r in rows] if len(rows) > 1 else list(rows[0])
@@ -174,17 +182,18 @@ def check_program(model, rows, program, steps, seeds):
     for compile in (False, True):
         if compile and keyed:
             with pytest.raises(ValueError, match="key axis"):
-                run_library(model, prompts, program, values_for(program, seeds[0]), steps, True, positions, keys_kept)
+                run_library(model, prompts, program, values_for(program, seeds[0]), steps, True, positions, keys_kept,
+                            dictionaries)
             continue
         for n, seed in enumerate(seeds):
             values = values_for(program, seed)
             traces = model.compile_stats()["traces"]
-            gen = run_library(model, prompts, program, values, steps, compile, positions, keys_kept)
+            gen = run_library(model, prompts, program, values, steps, compile, positions, keys_kept, dictionaries)
             if compile and n > 0:  # same structure, new values: served by the compiled cache, no retrace
                 assert model.compile_stats()["traces"] == traces
             assert gen.mode == ("compiled" if compile else "eager")
             where = f"compile={compile} values#{n} program={program}"
-            check_against_reference(model, gen, rows, program, values, steps, positions, keys_kept, where)
+            check_against_reference(model, gen, rows, program, values, steps, positions, keys_kept, where, dictionaries)
 
 
 @pytest.fixture(scope="module")
@@ -216,3 +225,28 @@ def test_generation_programs_match_the_teacher_forced_reference(fuzz_model, prog
 def test_generation_programs_on_padded_batches_match_the_teacher_forced_reference(fuzz_model, program, lengths, steps,
                                                                                    seeds):
     check_program(fuzz_model, prompt_rows(lengths), program, steps, seeds)
+
+
+@pytest.fixture(scope="module")
+def fuzz_dictionaries() -> FuzzDictionaries:
+    return FuzzDictionaries(seed=7)
+
+
+@FUZZ
+@given(program=programs(padded=False, dictionaries=True), length=st.integers(2, 6), steps=st.integers(2, 4),
+       seeds=st.tuples(st.integers(0, 99), st.integers(100, 199)))
+def test_generation_with_spliced_dictionaries_matches_the_teacher_forced_reference(fuzz_model, fuzz_dictionaries,
+                                                                                  program, length, steps, seeds):
+    """Reads and writes of an SAE's and a transcoder's features, errors and reconstructions at every step (some
+    in ``gen.steps[...]``), mixed with every other statement: each step equals the hand-written forward with the
+    dictionaries spliced by hand (tests/fuzz/dictionaries.py)."""
+    check_program(fuzz_model, prompt_rows([length]), program, steps, seeds, fuzz_dictionaries)
+
+
+@FUZZ
+@given(program=programs(padded=True, dictionaries=True), lengths=st.lists(st.integers(2, 6), min_size=2,
+       max_size=3).filter(lambda ls: len(set(ls)) > 1), steps=st.integers(2, 4),
+       seeds=st.tuples(st.integers(0, 99), st.integers(100, 199)))
+def test_generation_with_spliced_dictionaries_on_padded_batches(fuzz_model, fuzz_dictionaries, program, lengths, steps,
+                                                                seeds):
+    check_program(fuzz_model, prompt_rows(lengths), program, steps, seeds, fuzz_dictionaries)

@@ -305,3 +305,61 @@ def test_dla_view(results, open_view):
         name = f"layers.{layer}.mlp" if col == g.n_heads else f"layers.{layer}.attn.heads.{col}"
         assert view.page.inner_text("#tip .tip-title") == name
     assert_not_blank(view)
+# feature page
+# ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def feature_contexts(tiny):
+    import mlxterp as mt
+    from tests.features.helpers import dictionary
+
+    d = dictionary("relu", "layers.1.resid_pre", 64, 96, seed=2)
+    return mt.features.top_contexts(tiny, d, ["hello world", "the cat sat", "abc abc", "<b>&amp;"], k=4,
+                                    window=(3, 2), logits=5)
+
+
+def test_feature_page(feature_contexts, open_view):
+    ctx = feature_contexts
+    feature = int(ctx.features[int(np.nanargmax(ctx.values[:, 0]))])
+    contexts = ctx.top(feature)
+    view = open_view(ctx, feature=feature)
+    assert_clean(view)
+    assert view.page.locator(".context").count() == len(contexts)
+    for r, c in enumerate(contexts):
+        spans = view.page.locator(f'.tok.ctx[data-row="{r}"]')
+        assert spans.all_text_contents() == [shown(t) for t in c["tokens"]]
+        centre = view.page.locator(f'.tok.ctx.centre[data-row="{r}"]')
+        centre.hover()
+        fields = tip(view)
+        assert float(fields["activation"]) == pytest.approx(c["activation"], rel=1e-5)
+    histogram = view.page.locator(".histogram .bin")
+    assert histogram.count() == 30 and view.page.locator(".histogram .bin.mine").count() == 1
+    promoted = ctx.effects.top(feature)["promoted"]
+    assert view.page.locator('.effect[data-kind="promoted"] .effect-token').all_text_contents() == [
+        shown(t) for t, _ in promoted]
+    assert_not_blank(view)
+
+
+def test_feature_page_of_hostile_tokens(feature_contexts, open_view):
+    import dataclasses
+
+    ctx = feature_contexts
+    feature = int(ctx.features[int(np.nanargmax(ctx.values[:, 0]))])
+    labels = {t: HOSTILE[i % len(HOSTILE)] for i, t in enumerate(sorted(ctx.labels))}
+    effects = dataclasses.replace(ctx.effects, labels={t: HOSTILE[i % len(HOSTILE)]
+                                                       for i, t in enumerate(sorted(ctx.effects.labels))})
+    view = open_view(dataclasses.replace(ctx, labels=labels, effects=effects), feature=feature)
+    assert_clean(view)
+    first = [labels[int(t)] for t in ctx.tokens[ctx.row(feature), 0] if t >= 0]
+    assert view.page.locator('.tok.ctx[data-row="0"]').all_text_contents() == [shown(t) for t in first]
+    assert view.page.locator("#view script, #view img").count() == 0
+
+
+def test_feature_page_of_a_feature_never_active(feature_contexts, open_view):
+    ctx = feature_contexts
+    dead = [int(f) for f in ctx.features if ctx.density[int(f)] == 0]
+    if not dead:
+        pytest.skip("every feature of this random dictionary fires on the prompts")
+    view = open_view(ctx, feature=dead[0])
+    assert_clean(view)
+    assert view.page.locator(".context").count() == 0 and view.page.locator(".empty-note").count() == 1
+    assert view.page.locator(".histogram .bin.mine").count() == 0

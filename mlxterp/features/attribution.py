@@ -1,0 +1,264 @@
+"""Feature attribution: the indirect effect of every feature of a dictionary on a metric, from one forward and
+one backward (attribution patching at the level of features), and exact feature ablation to check it.
+
+The dictionary is spliced with its error term (the forward is the model's own), and two zero params are added
+to its parts: ``features + delta_f`` and ``error + delta_e``. One ``mx.value_and_grad`` of the metric with
+respect to them gives ``g_f = dm/df`` at every position and feature and ``g_e = dm/de``. Then, to first order:
+
+- ablation (one prompt): zeroing feature ``i`` at position ``t`` changes the metric by ``-f[t, i] * g_f[t, i]``,
+  and zeroing the error term at ``t`` by ``-e[t] . g_e[t]``;
+- patching (``corrupted=``): the gradient is taken on the corrupted run and giving feature ``i`` at ``t`` its
+  clean value changes the metric by ``(f_clean - f_corrupted)[t, i] * g_f[t, i]`` (the clean features come from
+  a forward of the clean prompt), the error likewise.
+
+:func:`feature_ablation` and :func:`feature_patching` run the exact versions for chosen features, one batched
+forward of all variants.
+The same construction is open to user programs (the README's "Features" section): add a param to
+``h.sae.features`` or ``h.sae.error`` inside a trace and differentiate the program with respect to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import mlx.core as mx
+import numpy as np
+
+from mlxterp.compiler import StateCompiled
+
+from ..analysis.metrics import Metric
+from ..analysis.programs import cached_program, keep_program
+from ..dictionaries import sites
+from ..analysis.validate import prompt_pair, resolve_metric, single_prompt, token_labels
+from ..tracing.program import param
+from ..tracing.proxy import apply
+from ..views.saving import Saveable, attach
+from . import plots
+from .splice import Splice, check_dictionary, splice
+
+KIND = "features.attribution"
+NAME = "attribution"  # what the dictionary is spliced as in these programs
+
+
+@dataclasses.dataclass
+class FeatureAttribution(Saveable):
+    """The first-order effect of each feature (and of the error term) at each position on a metric.
+
+    Attributes:
+        dictionary: the dictionary's label.
+        tokens: the prompt's tokens as text (the corrupted prompt's in patching mode).
+        scores: ``(seq, d_sae)`` float32: the estimated change of the metric when that feature at that position
+            is zeroed (ablation) or given its clean value (patching).
+        error: ``(seq,)`` float32: the same for the error term.
+        metric: the metric's label (``"logprob(' Paris')"``).
+        value: the metric on the run the gradient was taken on.
+        mode: ``"ablation"`` or ``"patching"``.
+    """
+
+    kind = "feature_attribution"
+
+    dictionary: str
+    tokens: List[str]
+    scores: np.ndarray
+    error: np.ndarray
+    metric: str
+    value: float
+    mode: str
+
+    def top(self, k: int = 10) -> List[Tuple[int, str, int, float]]:
+        """The ``k`` largest scores in absolute value: ``(position, token, feature, score)``."""
+        flat = np.argsort(-np.abs(self.scores), axis=None, kind="stable")[:k]
+        return [(int(t), self.tokens[t], int(f), float(self.scores[t, f]))
+                for t, f in zip(*np.unravel_index(flat, self.scores.shape))]
+
+    def by_feature(self) -> np.ndarray:
+        """Each feature's score summed over positions ``(d_sae,)`` (all positions at once, to first order)."""
+        return self.scores.sum(axis=0)
+
+    def __repr__(self) -> str:
+        head = f"FeatureAttribution({self.dictionary}, {self.mode}, {self.metric} = {self.value:.4g})"
+        rows = [f"  {t:>3} {tok!r:<12} feature {f:>6}: {s:+.4g}" for t, tok, f, s in self.top(5)]
+        return "\n".join([head] + rows)
+
+    def plot(self, k: int = 20, save_path: Any = None, *, figsize: Tuple[float, float] = (10, 5)) -> Any:
+        """Bars of the ``k`` largest scores (``feature @ token``) beside each position's error-term score."""
+        top = self.top(k)
+        fig, axes = plots.figure(figsize, 1, 2)
+        plots.bars(axes[0][0], [f"{f} @ {t}:{tok!r}" for t, tok, f, _ in top], [s for *_, s in top],
+                   f"top features ({self.mode}, {self.metric})",
+                   colors=["#4c72b0" if s >= 0 else "#c44e52" for *_, s in top])
+        plots.bars(axes[0][1], [f"{t}:{tok!r}" for t, tok in enumerate(self.tokens)], list(self.error),
+                   "error term per position")
+        return plots.finish(fig, save_path)
+
+
+def attribution(model: Any, dictionary: Any, prompt: Any, *, metric: Any = "logprob", target: Any = None,
+                foil: Any = None, corrupted: Any = None) -> FeatureAttribution:
+    """The indirect effect of every feature of ``dictionary`` on a metric of the last position's logits.
+
+    Args:
+        model: the InterpretableModel.
+        dictionary: an SAE or transcoder with weights and a site.
+        prompt: the prompt (the clean one in patching mode).
+        metric: a score of the last position's logits: ``"logprob"`` (default) or ``"prob"`` of ``target``,
+            ``"logit_diff"`` (``target`` minus ``foil``), a :class:`~mlxterp.analysis.metrics.Metric`, or a
+            function ``logits (rows, vocab) -> (rows,)``.
+        target, foil: tokens (text or ids) of a named score; ``target`` defaults to the prompt's top
+            prediction (``foil`` to the corrupted prompt's).
+        corrupted: a prompt of the same length: patching mode (see the module docstring).
+
+    Returns:
+        A :class:`FeatureAttribution` (``.top(k)``, ``.by_feature()``, ``.plot()``, saveable).
+
+    Raises:
+        ValueError: a distance metric (its gradient at the clean run is 0), prompts of different lengths, a
+            bad dictionary (as ``dictionaries=`` checks it).
+    """
+    spec = splice(dictionary, name=NAME)
+    checked = check_dictionary(model, spec, 0)
+    pair = _pair(model, prompt, corrupted)
+    metric_ = _score_metric(resolve_metric(model, metric, pair, target, foil))
+    run = pair[1:2] if corrupted is not None else pair[0:1]
+    program = _program(model, spec, checked, run, metric_)
+    weights = dictionary.inference_weights()
+    (value, f, e), (g_f, g_e) = program.grad(run, weights)
+    if corrupted is None:
+        scores, error = -f * g_f, -(e * g_e).sum(axis=-1)
+    else:
+        _, f_clean, e_clean = program.parts(pair[0:1], weights)
+        scores, error = (f_clean - f) * g_f, ((e_clean - e) * g_e).sum(axis=-1)
+    result = FeatureAttribution(dictionary.label, token_labels(model, run[0].tolist()),
+                                np.array(scores[0], dtype=np.float32), np.array(error[0], dtype=np.float32),
+                                str(metric_), float(value), "ablation" if corrupted is None else "patching")
+    prompts = [prompt] if corrupted is None else [prompt, corrupted]
+    return attach(result, model, prompts, {"dictionary": dictionary.label, "metric": str(metric_), "target": target,
+                                          "foil": foil})
+
+
+def feature_ablation(model: Any, dictionary: Any, prompt: Any, features: Sequence[int], *, position: Optional[int] = None,
+                     metric: Any = "logprob", target: Any = None, foil: Any = None) -> np.ndarray:
+    """The exact change of the metric when each of ``features`` is zeroed (the error term kept): one batched
+    forward of ``len(features)`` variants.
+
+    Args:
+        model, dictionary, prompt, metric, target, foil: as for :func:`attribution`.
+        features: the features to ablate, one variant each.
+        position: ablate at this position only (negative counts from the end); ``None``: at every position.
+
+    Returns:
+        ``(len(features),)`` float64: ``metric(ablated) - metric(prompt)``, what
+        ``attribution(...).scores[position, feature]`` (or ``.by_feature()[feature]`` for every position)
+        estimates.
+    """
+    return _exact(model, dictionary, prompt, None, features, position, metric, target, foil)
+
+
+def feature_patching(model: Any, dictionary: Any, clean: Any, corrupted: Any, features: Sequence[int], *,
+                     position: Optional[int] = None, metric: Any = "logprob", target: Any = None,
+                     foil: Any = None) -> np.ndarray:
+    """The exact change of the metric on the corrupted run when each of ``features`` takes its value from the
+    clean run (the error term kept): one batched forward of ``len(features)`` variants.
+
+    Returns:
+        ``(len(features),)`` float64: ``metric(patched) - metric(corrupted)``, what
+        ``attribution(model, dictionary, clean, corrupted=corrupted).scores[position, feature]`` estimates.
+    """
+    return _exact(model, dictionary, clean, corrupted, features, position, metric, target, foil)
+
+
+def _exact(model: Any, dictionary: Any, prompt: Any, corrupted: Any, features: Sequence[int],
+           position: Optional[int], metric: Any, target: Any, foil: Any) -> np.ndarray:
+    """Each variant replaces feature ``features[j]`` (at ``position``, or every position) on the run by 0, or by
+    its clean value when ``corrupted`` is given."""
+    from .contexts import _features
+
+    ids = _features(features, dictionary.d_sae)
+    spec = splice(dictionary, name=NAME)
+    checked = check_dictionary(model, spec, 0)
+    pair = _pair(model, prompt, corrupted)
+    metric_ = _score_metric(resolve_metric(model, metric, pair, target, foil))
+    seq = pair.shape[1]
+    if position is not None and not -seq <= position < seq:
+        raise IndexError(f"position {position} is out of range for a prompt of {seq} tokens")
+    keep = np.ones((len(ids), 1, seq, dictionary.d_sae), dtype=np.float32)
+    keep[np.arange(len(ids)), 0, slice(None) if position is None else position, ids] = 0.0
+    source = mx.zeros((1, seq, dictionary.d_sae))
+    if corrupted is not None:
+        with model.trace(pair[0:1], capture="saved", dictionaries=[spec]):
+            source = getattr(sites.read(model, checked.site_in), NAME).features.save()
+    with model.trace(pair[1:2] if corrupted is not None else pair[0:1], capture="saved", dictionaries=[spec]) as tr:
+        parts = getattr(sites.read(model, checked.site_in), NAME)
+        mask = param("keep", mx.ones((1, seq, dictionary.d_sae)))
+        parts.features = parts.features * mask + param("source", source) * (1.0 - mask)
+        apply(metric_.score, model.output[:, -1]).save("metric")
+    base = float(np.array(tr.saved_values["metric"])[0])
+    changed = np.array(tr.program().batched(keep=mx.array(keep))["metric"], dtype=np.float64)[:, 0]
+    return changed - base
+
+
+def _pair(model: Any, prompt: Any, corrupted: Any) -> mx.array:
+    if corrupted is not None:
+        return prompt_pair(model, prompt, corrupted)
+    return _twice(single_prompt(model, prompt, "prompt"))
+
+
+def _twice(tokens: mx.array) -> mx.array:
+    return mx.concatenate([tokens, tokens], axis=0)
+
+
+def _score_metric(metric: Metric) -> Metric:
+    if metric.kind != "score":
+        raise ValueError(f"metric {metric.name!r} is a distance from the clean logits, whose gradient at the clean run "
+                         "is 0; feature attribution needs a score of the logits: 'logprob', 'prob', 'logit_diff' "
+                         "(with target= and foil=) or a function logits -> score per row")
+    return metric
+
+
+class _Program:
+    """The traced attribution program (features, error and metric saved; zero params ``delta_f``/``delta_e``
+    added to the parts), its dictionary's weights as params by name, and its compiled value and gradient."""
+
+    def __init__(self, model: Any, prog: Any, names: Dict[str, str], seq: int, d_sae: int, d_out: int):
+        self.prog, self.names = prog, names
+        self.zeros = (mx.zeros((1, seq, d_sae)), mx.zeros((1, seq, d_out)))
+        step = mx.value_and_grad(self._value, argnums=(0, 1))
+        self._grad = StateCompiled(step, model.model, model._executor.stats)
+
+    def _params(self, weights: Dict[str, mx.array]) -> Dict[str, mx.array]:
+        return {self.names[n]: w for n, w in weights.items()}
+
+    def _value(self, delta_f: mx.array, delta_e: mx.array, tokens: mx.array, weights: Dict[str, mx.array]) -> tuple:
+        out = self.prog.fn(tokens, {"delta_f": delta_f, "delta_e": delta_e, **self._params(weights)})
+        return out["metric"].sum(), out["features"], out["error"]
+
+    def grad(self, tokens: mx.array, weights: Dict[str, mx.array]) -> tuple:
+        """``((metric, features, error), (d metric / d features, d metric / d error))``: one forward, one backward."""
+        return self._grad(*self.zeros, tokens, weights)
+
+    def parts(self, tokens: mx.array, weights: Dict[str, mx.array]) -> tuple:
+        """The metric, features and error of a run on ``tokens`` (no delta)."""
+        out = self.prog(tokens=tokens, **self._params(weights))
+        return out["metric"], out["features"], out["error"]
+
+
+def _program(model: Any, spec: Any, s: Splice, tokens: mx.array, metric: Metric) -> _Program:
+    """The attribution program for this structure (cached on the model; recorded on ``tokens`` once)."""
+    d = s.dictionary
+    shapes = tuple((n, tuple(w.shape), w.dtype) for n, w in d.inference_weights().items())
+    key = (d.encoder, d.decoder, s.site_in.key, s.site_out.key, shapes, metric, tuple(tokens.shape))
+    found = cached_program(model, KIND, key)
+    if found is not None:
+        return found
+    seq = tokens.shape[1]
+    with model.trace(tokens, capture="saved", dictionaries=[spec]) as tr:
+        parts = getattr(sites.read(model, s.site_in), NAME)
+        parts.features.save("features")
+        parts.error.save("error")
+        parts.features = parts.features + param("delta_f", mx.zeros((1, seq, d.d_sae)))
+        parts.error = parts.error + param("delta_e", mx.zeros((1, seq, d.d_out)))
+        apply(metric.score, model.output[:, -1]).save("metric")
+    prog = tr.program()
+    by_id = {id(spec_.default): name for name, spec_ in prog.params.items()}
+    names = {n: by_id[id(w)] for n, w in d.inference_weights().items()}
+    return keep_program(model, KIND, key, _Program(model, prog, names, seq, d.d_sae, d.d_out))
