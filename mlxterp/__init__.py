@@ -11,6 +11,7 @@ from .conversation import Conversation
 from .model import InterpretableModel
 from .names import ModuleNameError
 from .dictionaries import SAE, Transcoder, train
+from .lenses import TunedLens
 from .store import ActivationStore, PromptFile
 from .tracing.invoke import Invoke, InvokeError
 from .tracing.module_proxy import LayerListProxy, ModuleProxy
@@ -43,6 +44,7 @@ __all__ = [
     "SAE",
     "Trace",
     "Transcoder",
+    "TunedLens",
     "apply",
     "batch_get_activations",
     "circuits",

@@ -115,9 +115,11 @@ def hash_array(value: mx.array) -> int:
 
 # -- activation stores ---------------------------------------------------------------------------------
 class StoreSource(Source):
-    """Rows of an activation store for the batch keys of ``keys`` (``{batch key: store key}``)."""
+    """Rows of an activation store for the batch keys of ``keys`` (``{batch key: store key}``), and of the
+    arrays of ``extra`` (``{batch key: (rows,) or (rows, width) array}``, one row per store row, in the
+    store's row order: labels, weights), served beside the store's rows."""
 
-    def __init__(self, store: Any, keys: Dict[str, str]):
+    def __init__(self, store: Any, keys: Dict[str, str], extra: Optional[Dict[str, Any]] = None):
         self.store = store
         self.keys = dict(keys)
         self.widths = {}
@@ -134,12 +136,17 @@ class StoreSource(Source):
         self.rows = int(self._bounds[-1])
         if self.rows == 0:
             raise ValueError(f"the activation store {str(store.path)!r} has no rows")
+        self.extra = {k: _row_array(k, v, self.rows, str(store.path)) for k, v in (extra or {}).items()}
+        self.widths.update({k: int(v.shape[1]) for k, v in self.extra.items()})
         self._cache: "collections.OrderedDict[tuple, Dict[str, mx.array]]" = collections.OrderedDict()
 
     def identity(self) -> Dict[str, Any]:
         m = self.store.manifest
-        return {"kind": "store", "model": (m.get("model") or {}).get("fingerprint"), "prompts": m.get("prompts_sha256"),
-                "rows": self.rows, "keys": self.keys, "dtype": m.get("dtype")}
+        out = {"kind": "store", "model": (m.get("model") or {}).get("fingerprint"), "prompts": m.get("prompts_sha256"),
+               "rows": self.rows, "keys": self.keys, "dtype": m.get("dtype")}
+        if self.extra:
+            out["extra"] = {k: hash_array(mx.array(v)) for k, v in sorted(self.extra.items())}
+        return out
 
     def batches(self, batch_size: int, seed: int, comm: Comm, cursor: Optional[Cursor] = None,
                 total: Optional[int] = None) -> Iterator[Tuple[Batch, Cursor]]:
@@ -153,7 +160,7 @@ class StoreSource(Source):
 
     def _stream_rows(self, begin: int, end: int, seed: int) -> Batch:
         """Stream positions ``[begin, end)`` (epochs follow one another) as one batch."""
-        parts: Dict[str, List[mx.array]] = {k: [] for k in self.keys}
+        parts: Dict[str, List[mx.array]] = {k: [] for k in self.widths}
         pos = begin
         while pos < end:
             epoch, offset = divmod(pos, self.rows)
@@ -163,7 +170,7 @@ class StoreSource(Source):
             first = int(self._permuted_bounds(order)[position])
             rows = self._shard(seed, epoch, shard)
             take = min(end - pos, int(self._bounds[shard + 1] - self._bounds[shard]) - (offset - first))
-            for key in self.keys:
+            for key in self.widths:
                 parts[key].append(rows[key][offset - first: offset - first + take])
             pos += take
         return {k: v[0] if len(v) == 1 else mx.concatenate(v) for k, v in parts.items()}
@@ -180,11 +187,22 @@ class StoreSource(Source):
         lo, hi = int(self._bounds[shard]), int(self._bounds[shard + 1])
         perm = np.random.default_rng([seed, epoch, self._windows[shard]]).permutation(hi - lo)
         rows = {k: self.store.get(stored, rows=lo + perm, dtype="float32") for k, stored in self.keys.items()}
+        rows.update({k: mx.array(v[lo + perm]) for k, v in self.extra.items()})
         mx.eval(list(rows.values()))
         self._cache[(epoch, shard)] = rows
         while len(self._cache) > 2:
             self._cache.popitem(last=False)
         return rows
+
+
+def _row_array(key: str, value: Any, rows: int, where: str) -> np.ndarray:
+    """``value`` as a float32 ``(rows, width)`` array, one row per store row."""
+    array = np.asarray(value, dtype=np.float32)
+    array = array[:, None] if array.ndim == 1 else array
+    if array.ndim != 2 or array.shape[0] != rows:
+        raise ValueError(f"extra array {key!r} has shape {np.shape(value)}; expected one row per row of the activation "
+                         f"store {where!r}: ({rows},) or ({rows}, width)")
+    return array
 
 
 # -- live forwards -------------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ def train(dictionaries: Union[Dictionary, Sequence[Dictionary]], data: Any = Non
           out: Optional[PathLike] = None, warmup: float = 0.01, decay: float = 0.2, max_grad_norm: float = 1.0,
           betas: Tuple[float, float] = (0.9, 0.999), checkpoint_every: Optional[int] = None, resume: bool = True,
           progress: bool = True, distributed: Any = "auto", exclude: Any = "special", context: Optional[int] = None,
-          prompt_batch: int = 8, shuffle_batches: int = 8, compile: bool = True) -> TrainResult:
+          prompt_batch: int = 8, shuffle_batches: int = 8, compile: bool = True,
+          until: Optional[int] = None) -> TrainResult:
     """Train dictionaries (SAEs, transcoders) on activations, one compiled step per batch.
 
     Args:
@@ -61,6 +62,11 @@ def train(dictionaries: Union[Dictionary, Sequence[Dictionary]], data: Any = Non
         prompt_batch: live training: prompts per forward.
         shuffle_batches: live training: batches per shuffled window of rows.
         compile: run each step compiled (False: the same step eagerly, for debugging).
+        until: pause this call once the run has trained this many tokens (whole steps; None: train to
+            ``tokens``). With ``out=`` a checkpoint is written there and the same call with a later ``until``
+            (or none) continues, ending with the weights of an uninterrupted run (the learning-rate schedule
+            is always that of ``tokens``): train in segments and evaluate between them. The dictionaries
+            are saved in ``out`` only when the run is complete.
 
     Returns:
         A :class:`~mlxterp.dictionaries.TrainResult` (history, densities, timings).
@@ -77,16 +83,18 @@ def train(dictionaries: Union[Dictionary, Sequence[Dictionary]], data: Any = Non
         raise ValueError(f"batch_size={batch_size} must be a multiple of the number of processes ({group.size()}), "
                          "so that every rank gets the same share of each batch")
     _check_int("checkpoint_every", checkpoint_every, 1, allow_none=True)
+    _check_int("until", until, batch_size, allow_none=True)
     source, keys = _source(dicts, data, model, prompts, exclude, context, prompt_batch, shuffle_batches)
     objectives = [DictionaryObjective(d, k_in, k_out, batch_size) for d, (k_in, k_out) in zip(dicts, keys)]
     identity = {"dictionaries": [dict(d.config.identity(), weights=_weights_digest(d)) for d in dicts]}
     outcome = fit(objectives, source, settings, out=out, identity=identity, resume=resume,
                   checkpoint_every=checkpoint_every, progress=progress, group=group, compile=compile,
-                  desc="training " + ", ".join(o.name for o in objectives[:3]) + ("..." if len(dicts) > 3 else ""))
-    trained = settings.steps * batch_size
+                  desc="training " + ", ".join(o.name for o in objectives[:3]) + ("..." if len(dicts) > 3 else ""),
+                  until=None if until is None else until // batch_size)
+    trained = max(1, outcome.end) * batch_size
     density = [np.array(st.state["fires"]) / trained for st in outcome.states]
-    saved = _save_all(dicts, Path(out).expanduser(), group) if out is not None else []
-    return TrainResult(dicts, histories(outcome.states), density, settings.steps, batch_size, outcome.start,
+    saved = _save_all(dicts, Path(out).expanduser(), group) if out is not None and outcome.done else []
+    return TrainResult(dicts, histories(outcome.states), density, outcome.end, batch_size, outcome.start,
                        outcome.forwards, outcome.seconds, Path(out).expanduser() if out is not None else None, saved)
 
 
