@@ -12,6 +12,7 @@ from .model import InterpretableModel
 from .names import ModuleNameError
 from .dictionaries import SAE, Transcoder, train
 from .lenses import TunedLens
+from .probes import Probe
 from .store import ActivationStore, PromptFile
 from .tracing.invoke import Invoke, InvokeError
 from .tracing.module_proxy import LayerListProxy, ModuleProxy
@@ -39,6 +40,7 @@ __all__ = [
     "OutputProxy",
     "ParamSpec",
     "Program",
+    "Probe",
     "PromptFile",
     "Proxy",
     "SAE",
