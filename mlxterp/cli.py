@@ -1,4 +1,5 @@
-"""The ``mlxterp`` command line: ``demo``, ``logit-lens``, ``patch``, ``activations``, ``generate``, ``models``.
+"""The ``mlxterp`` command line: ``demo``, ``logit-lens``, ``patch``, ``activations``, ``generate``, ``train-sae``,
+``train-lens``, ``features``, ``models``.
 
 Every subcommand is also reachable in-process: ``main(["logit-lens", "--model", M, "text"])`` returns the
 exit status (0 ok, 1 runtime error, 2 usage error) instead of exiting. User errors (bad arguments, missing
@@ -241,6 +242,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return run_generate(args)
 
 
+def cmd_train_sae(args: argparse.Namespace) -> int:
+    from .cli_train import run_train_sae
+
+    return run_train_sae(args)
+
+
+def cmd_train_lens(args: argparse.Namespace) -> int:
+    from .cli_train import run_train_lens
+
+    return run_train_lens(args)
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from .cli_features import run_features
+
+    return run_features(args)
+
+
 # ---------------------------------------------------------------------------------------------------
 # parser
 # ---------------------------------------------------------------------------------------------------
@@ -369,6 +388,26 @@ def build_parser() -> argparse.ArgumentParser:
                                "over the --steer-toward texts' last tokens minus that over --steer-away's), add --alpha times it to that layer's output at "
                                "every position and step, and print the baseline and steered continuations side "
                                "by side (both rows run in one batch).", EXAMPLES))
+
+    from .cli_features import EXAMPLES as FEATURE_EXAMPLES, add_features_arguments
+    from .cli_train import LENS_EXAMPLES, SAE_EXAMPLES, add_lens_arguments, add_sae_arguments
+
+    add_sae_arguments(add("train-sae", cmd_train_sae, "train a sparse autoencoder live on a file of prompts",
+                          "Train a sparse autoencoder (TopK, BatchTopK, JumpReLU or ReLU) on the activations at "
+                          "--site of every token of --prompts, one compiled step per batch, the forward stopped after "
+                          "the site. --out is a run folder: rerunning the same command after an interruption "
+                          "continues it; when done, the SAE is saved there in SAELens's layout.", SAE_EXAMPLES))
+    add_lens_arguments(add("train-lens", cmd_train_lens, "train a tuned lens live on a file of prompts",
+                           "Train a tuned lens (an affine translator per layer, read by the model's own final norm "
+                           "and unembedding, fitted to the model's final distribution) on every token of --prompts. "
+                           "--out is a resumable run folder; the lens is saved in --out/lens. With --eval, print "
+                           "per-layer KL and cross-entropy on held-out prompts against the logit lens.",
+                           LENS_EXAMPLES))
+    add_features_arguments(add("features", cmd_features, "a trained dictionary's top features and their contexts",
+                               "Run --prompts through the model, encode the activations at the dictionary's site, "
+                               "and print the most often active features (or --features), each with the contexts "
+                               "where it fires hardest ([[token]] marks the token); --plot writes the histogram of "
+                               "feature densities.", FEATURE_EXAMPLES))
 
     add("models", cmd_models, "list the registered model names",
         "List the model names that --model accepts besides paths and Hugging Face ids.", "  mlxterp models",

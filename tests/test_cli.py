@@ -35,6 +35,9 @@ SUBCOMMANDS = {
     "activations": ["--model", "--prompts", "--layers", "--out", "--batch-size", "--positions"],
     "generate": ["--model", "--max-new-tokens", "--temperature", "--seed", "--chat", "--steer-toward",
                  "--steer-away", "--layer", "--alpha", "--html", "TEXT"],
+    "train-sae": ["--model", "--prompts", "--site", "--arch", "--k", "--latents", "--tokens", "--out", "--lr"],
+    "train-lens": ["--model", "--prompts", "--tokens", "--out", "--layers", "--optimizer", "--eval", "--plot"],
+    "features": ["--model", "--prompts", "--top", "--features", "--contexts", "--plot", "DIR"],
     "models": [],
 }
 
