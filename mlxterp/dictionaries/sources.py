@@ -117,9 +117,11 @@ def hash_array(value: mx.array) -> int:
 class StoreSource(Source):
     """Rows of an activation store for the batch keys of ``keys`` (``{batch key: store key}``), and of the
     arrays of ``extra`` (``{batch key: (rows,) or (rows, width) array}``, one row per store row, in the
-    store's row order: labels, weights), served beside the store's rows."""
+    store's row order: labels, weights), served beside the store's rows. ``use``: a boolean mask over the
+    store's rows, the rows to serve (None: all)."""
 
-    def __init__(self, store: Any, keys: Dict[str, str], extra: Optional[Dict[str, Any]] = None):
+    def __init__(self, store: Any, keys: Dict[str, str], extra: Optional[Dict[str, Any]] = None,
+                 use: Optional[np.ndarray] = None):
         self.store = store
         self.keys = dict(keys)
         self.widths = {}
@@ -132,11 +134,17 @@ class StoreSource(Source):
             self.widths[key] = int(shape[0])
         shards = sorted(store.manifest["shards"], key=lambda e: e["window"])
         self._windows = [int(e["window"]) for e in shards]
-        self._bounds = np.cumsum([0] + [int(e["rows"]) for e in shards])
+        stored = np.cumsum([0] + [int(e["rows"]) for e in shards])
+        self.extra = {k: _row_array(k, v, int(stored[-1]), str(store.path)) for k, v in (extra or {}).items()}
+        self.use = None if use is None else _row_array("use", use, int(stored[-1]), str(store.path))[:, 0] > 0
+        # each shard's rows (global store row numbers) that are served, and the served rows' bounds
+        self._served = [np.arange(stored[i], stored[i + 1]) if self.use is None else
+                        np.flatnonzero(self.use[stored[i]:stored[i + 1]]) + stored[i] for i in range(len(shards))]
+        self._bounds = np.cumsum([0] + [len(r) for r in self._served])
         self.rows = int(self._bounds[-1])
         if self.rows == 0:
-            raise ValueError(f"the activation store {str(store.path)!r} has no rows")
-        self.extra = {k: _row_array(k, v, self.rows, str(store.path)) for k, v in (extra or {}).items()}
+            raise ValueError(f"the activation store {str(store.path)!r} has no rows"
+                             + (" left to use" if self.use is not None else ""))
         self.widths.update({k: int(v.shape[1]) for k, v in self.extra.items()})
         self._cache: "collections.OrderedDict[tuple, Dict[str, mx.array]]" = collections.OrderedDict()
 
@@ -146,6 +154,8 @@ class StoreSource(Source):
                "rows": self.rows, "keys": self.keys, "dtype": m.get("dtype")}
         if self.extra:
             out["extra"] = {k: hash_array(mx.array(v)) for k, v in sorted(self.extra.items())}
+        if self.use is not None:
+            out["use"] = hash_array(mx.array(self.use.astype(np.uint8)))
         return out
 
     def batches(self, batch_size: int, seed: int, comm: Comm, cursor: Optional[Cursor] = None,
@@ -184,10 +194,10 @@ class StoreSource(Source):
         found = self._cache.get((epoch, shard))
         if found is not None:
             return found
-        lo, hi = int(self._bounds[shard]), int(self._bounds[shard + 1])
-        perm = np.random.default_rng([seed, epoch, self._windows[shard]]).permutation(hi - lo)
-        rows = {k: self.store.get(stored, rows=lo + perm, dtype="float32") for k, stored in self.keys.items()}
-        rows.update({k: mx.array(v[lo + perm]) for k, v in self.extra.items()})
+        served = self._served[shard]
+        picked = served[np.random.default_rng([seed, epoch, self._windows[shard]]).permutation(len(served))]
+        rows = {k: self.store.get(stored, rows=picked, dtype="float32") for k, stored in self.keys.items()}
+        rows.update({k: mx.array(v[picked]) for k, v in self.extra.items()})
         mx.eval(list(rows.values()))
         self._cache[(epoch, shard)] = rows
         while len(self._cache) > 2:
@@ -216,19 +226,20 @@ class LiveSource(Source):
         exclude: token ids never used as rows: ``"special"`` (the tokenizer's BOS, EOS, padding and other
             special ids), a list of ids, or None (every real token).
         context: keep at most this many tokens of each prompt (None: all).
+        skip: leave out each prompt's first ``skip`` tokens (the forward still sees them).
         prompt_batch: prompts per forward.
         shuffle_batches: batches per shuffled window.
     """
 
     def __init__(self, model: Any, prompts: Sequence[Any], sites: Sequence[Any], *, exclude: Any = "special",
-                 context: Optional[int] = None, prompt_batch: int = 8, shuffle_batches: int = 8):
+                 context: Optional[int] = None, prompt_batch: int = 8, shuffle_batches: int = 8, skip: int = 0):
         if len(prompts) == 0:
             raise ValueError("prompts is empty; give a non-empty list of prompts (or a PromptFile)")
         self.model, self.prompts = model, prompts
         self.sites = list({s.key: s for s in sites}.values())
         self.widths = {s.key: s.width for s in self.sites}
         self.excluded = _excluded_ids(model, exclude)
-        self.context, self.prompt_batch, self.shuffle_batches = context, prompt_batch, shuffle_batches
+        self.context, self.prompt_batch, self.shuffle_batches, self.skip = context, prompt_batch, shuffle_batches, skip
         self.forwards = 0  # forwards run (each feeds every dictionary)
         self._program: Any = None
         self._prompts_cache: Dict[int, Tuple[List[int], np.ndarray]] = {}
@@ -249,10 +260,13 @@ class LiveSource(Source):
         self.model._positions.check(longest, f"prompt {which}")
 
     def identity(self) -> Dict[str, Any]:
-        return {"kind": "live", "model": model_identity(self.model)["fingerprint"],
-                "prompts": digest(prompt_hashes(self.prompts)), "n_prompts": len(self.prompts),
-                "sites": sorted(self.widths), "exclude": sorted(self.excluded), "context": self.context,
-                "prompt_batch": self.prompt_batch, "shuffle_batches": self.shuffle_batches}
+        out = {"kind": "live", "model": model_identity(self.model)["fingerprint"],
+               "prompts": digest(prompt_hashes(self.prompts)), "n_prompts": len(self.prompts),
+               "sites": sorted(self.widths), "exclude": sorted(self.excluded), "context": self.context,
+               "prompt_batch": self.prompt_batch, "shuffle_batches": self.shuffle_batches}
+        if self.skip:  # recorded only when set, so that runs begun before it keep their identity
+            out["skip"] = self.skip
+        return out
 
     def batches(self, batch_size: int, seed: int, comm: Comm, cursor: Optional[Cursor] = None,
                 total: Optional[int] = None) -> Iterator[Tuple[Batch, Cursor]]:
@@ -334,7 +348,7 @@ class LiveSource(Source):
         if found is None:
             ids = _token_rows(self.model, [self.prompts[prompt]], offset=prompt)[0]
             ids = ids[: self.context] if self.context else ids
-            found = (ids, np.flatnonzero(~np.isin(np.array(ids), list(self.excluded))))
+            found = (ids, np.flatnonzero(~np.isin(np.array(ids), list(self.excluded)) & (np.arange(len(ids)) >= self.skip)))
             self._prompts_cache[prompt] = found
             if len(self._prompts_cache) > 1 << 16:
                 self._prompts_cache.pop(next(iter(self._prompts_cache)))

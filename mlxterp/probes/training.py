@@ -36,7 +36,7 @@ class Rows:
 
 
 def train_probe(data: Any, labels: Any, *, site: Optional[str] = None, kind: str = "auto", holdout: float = 0.2,
-                epochs: float = 20.0, batch_size: int = 256, lr: float = 1e-2, l2: float = 0.0, seed: int = 0,
+                epochs: float = 20.0, batch_size: Optional[int] = None, lr: float = 1e-2, l2: float = 0.0, seed: int = 0,
                 out: Optional[Union[str, Path]] = None, resume: bool = True, progress: bool = False,
                 distributed: Any = "auto", compile: bool = True) -> Probe:
     """Train a linear probe (``Probe.train(store, labels, site="layers.12.resid_pre")``).
@@ -52,8 +52,9 @@ def train_probe(data: Any, labels: Any, *, site: Optional[str] = None, kind: str
         holdout: the fraction of prompts (of rows, for arrays) held out of training and scored at the end
             (``probe.heldout``); 0 trains on everything.
         epochs: passes over the training rows (the run takes ``ceil(epochs * rows / batch_size)`` steps).
-        batch_size, lr, seed, out, resume, progress, distributed, compile: as for :func:`mlxterp.train` (Adam,
-            ``lr`` on standardised activations).
+        batch_size: rows per step (None: 256, or every training row when there are fewer).
+        lr, seed, out, resume, progress, distributed, compile: as for :func:`mlxterp.train` (Adam, ``lr`` on
+            standardised activations).
         l2: ridge penalty on the standardised weights.
 
     Returns:
@@ -69,6 +70,7 @@ def train_probe(data: Any, labels: Any, *, site: Optional[str] = None, kind: str
     _check_real("epochs", epochs, strict=True)
     _check_real("l2", l2)
     weights, held = _split(rows.groups, holdout, seed)
+    batch_size = min(256, int(weights.sum())) if batch_size is None else batch_size
     steps = max(1, math.ceil(epochs * int(weights.sum()) / batch_size))
     settings = _settings(steps * batch_size, batch_size, lr, seed, 0.01, 0.2, 1.0, (0.9, 0.999))
     group = dist.resolve_group(distributed)

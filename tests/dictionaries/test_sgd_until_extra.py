@@ -125,3 +125,28 @@ def test_extra_arrays_come_with_their_store_rows(model, tmp_path):
     assert sorted(seen[:rows]) == list(range(rows))  # the first epoch visits every row once
     with pytest.raises(ValueError, match=f"one row per row of the activation store .*: \\({rows},\\)"):
         StoreSource(store, {"x": store.keys[0]}, extra={"label": np.zeros(rows + 1)})
+
+
+def test_skip_positions_leaves_out_each_prompts_first_tokens(model, tmp_path):
+    from mlxterp.dictionaries.sources import LiveSource
+    from mlxterp.dictionaries.train import positions_from
+    from mlxterp.dictionaries import sites
+
+    prompts = [f"prompt {i}: " + "xyz"[: i % 3 + 1] for i in range(10)]
+    store = collect_activations(model, prompts, layers=["layers.1"], out=tmp_path / "acts", shard_size=4,
+                                progress=False)
+    lengths = store.lengths()
+    position = np.concatenate([np.arange(n) for n in lengths])
+    use = positions_from(store, 2)
+    source = StoreSource(store, {"x": store.keys[0]}, extra={"index": np.arange(len(position))}, use=use)
+    assert source.rows == int((position >= 2).sum())
+    batch, _ = next(source.batches(source.rows, 0, Comm(None)))
+    served = np.array(batch["index"][:, 0]).astype(int)
+    assert sorted(served) == list(np.flatnonzero(position >= 2))
+    live = LiveSource(model, prompts, [sites.resolve(model, "layers.1")], exclude=None, skip=1)
+    assert [len(live._kept(i)) for i in range(10)] == [n - 1 for n in lengths] and live.identity()["skip"] == 1
+    sae = SAE.create("topk", d_sae=16, k=2, site="layers.1")
+    run = train(sae, store, tokens=64, batch_size=32, skip_positions=1, progress=False)
+    assert run.steps == 2
+    with pytest.raises(ValueError, match="skip_positions needs prompts"):
+        train(SAE.create("topk", d_sae=16, k=2, site="x"), {"x": ROWS}, tokens=64, batch_size=32, skip_positions=1)
