@@ -113,17 +113,24 @@ def write_html(result: Any, html: Optional[Path], **options: Any) -> None:
 
 
 def cmd_logit_lens(args: argparse.Namespace) -> int:
+    lens_dir = _lens_dir(args.lens)
     model, layers, plot, html = load_for(args)
+    lens = None
+    if lens_dir is not None:
+        from .lenses import TunedLens
+
+        lens = call(TunedLens.load, lens_dir, usage=True)
+        layers = layers if layers is not None else [*lens.layers, lens.n_layers - 1]
     n_tokens = len(call(model.encode, args.text, usage=True))
     if not -n_tokens <= args.position < n_tokens:
         raise UsageError(f"argument --position: {args.position} is outside the prompt, which has {n_tokens} tokens "
                          f"(valid: 0 to {n_tokens - 1}, or -{n_tokens} to -1)")
     t1 = time.perf_counter()
-    results = call(model.logit_lens, args.text, top_k=args.top_k, layers=layers, usage=True,
+    results = call(model.logit_lens, args.text, top_k=args.top_k, layers=layers, usage=True, lens=lens,
                    **({"save_path": str(plot)} if plot else {}))
     ids = model.encode(args.text)
     pos = args.position % n_tokens
-    print(f"logit lens of {args.text!r} at position {pos} (token {token_text(model, ids[pos])}), "
+    print(f"{results.lens} of {args.text!r} at position {pos} (token {token_text(model, ids[pos])}), "
           f"{len(results)} layers, in {seconds(t1)}")
     print(f"{'layer':>5}  " + "   ".join(f"{'top-' + str(k + 1):<22}" for k in range(args.top_k)).rstrip())
     for layer, positions in results.items():
@@ -131,8 +138,24 @@ def cmd_logit_lens(args: argparse.Namespace) -> int:
         print(f"{layer:>5}  " + "   ".join(cells))
     if plot:
         print(f"wrote {plot}")
-    write_html(results, html)
+    if lens is not None and html is not None:  # the logit lens beside the tuned lens
+        plain = call(model.logit_lens, args.text, top_k=args.top_k, layers=layers, usage=True)
+        write_html(plain, html, compare=results)
+    else:
+        write_html(results, html)
     return 0
+
+
+def _lens_dir(path: Optional[str]) -> Optional[Path]:
+    """``--lens``: a folder written by ``TunedLens.save`` (or a train-lens run folder), checked before loading."""
+    if path is None:
+        return None
+    folder = Path(path).expanduser()
+    for candidate in (folder, folder / "lens"):
+        if (candidate / "config.json").is_file() and (candidate / "params.safetensors").is_file():
+            return candidate
+    raise UsageError(f"argument --lens: {path!r} holds no tuned lens (config.json and params.safetensors, as "
+                     "TunedLens.save and train-lens write)")
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
@@ -320,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=layers_arg, help=f"layers to show ({LAYER_SPEC_HELP}); default: all")
     p.add_argument("--top-k", type=positive_int, default=1, help="predictions per layer (default 1)")
     p.add_argument("--position", type=int, default=-1, help="token position to show (default -1, the last)")
+    p.add_argument("--lens", metavar="DIR", help="read the layers through this tuned lens (a TunedLens.save folder or "
+                                                 "a train-lens run); --html then shows the logit lens beside it")
     p.add_argument("--plot", metavar="PNG", help="also write the layers x positions heatmap to this PNG")
     p.add_argument("--html", metavar="PATH",
                    help="also write the interactive view (layers x positions, hover for the top-k) to this HTML file")

@@ -29,7 +29,7 @@ GIRL = "Once upon a time there was a little girl"
 BOY = "Once upon a time there was a little boy"
 SUBCOMMANDS = {
     "demo": ["--model", "--out-dir", "--prompt", "--corrupted", "--no-grid"],
-    "logit-lens": ["--model", "--layers", "--top-k", "--position", "--plot", "--html", "TEXT"],
+    "logit-lens": ["--model", "--layers", "--top-k", "--position", "--plot", "--html", "--lens", "TEXT"],
     "patch": ["--model", "--clean", "--corrupted", "--component", "--layers", "--metric", "--target", "--foil",
               "--plot", "--html"],
     "activations": ["--model", "--prompts", "--layers", "--out", "--batch-size", "--positions"],

@@ -103,3 +103,20 @@ def test_top_contexts_are_the_largest_activations(tiny_model):  # noqa: F811
             best = {(every[j][1], every[j][2]) for j in np.flatnonzero(acts[:, feature] == acts[order[0], feature])}
             assert tuple(found.where[0, feature]) in best
     assert mx.array_equal(mx.array(found.density), mx.array(found.counts / found.tokens)).item()
+
+
+def test_logit_lens_through_a_tuned_lens(capsys, tiny_model, prompts, tmp_path):  # noqa: F811
+    code, _, err = run(capsys, "train-lens", "--prompts", str(prompts), "--tokens", "128", "--batch-size", "64",
+                       "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    code, stdout, err = run(capsys, "logit-lens", "the cat", "--lens", str(tmp_path / "run"), "--top-k", "2",
+                            "--html", str(tmp_path / "both.html"))
+    assert code == 0, err
+    assert stdout.startswith("tuned lens of 'the cat'") and (tmp_path / "both.html").stat().st_size > 0
+    assert "Logit lens vs Tuned lens" in (tmp_path / "both.html").read_text()
+
+
+def test_logit_lens_with_a_missing_lens_fails_before_loading(capsys, no_load, tmp_path):  # noqa: F811
+    code, _, err = run(capsys, "logit-lens", "the cat", "--lens", str(tmp_path))
+    assert code == 2
+    assert_only_error(err, "--lens", "holds no tuned lens")
