@@ -13,6 +13,8 @@ from .names import ModuleNameError
 from .dictionaries import SAE, Transcoder, train
 from . import features
 from .features import evaluate, splice
+from .lenses import TunedLens
+from .probes import Probe
 from .store import ActivationStore, PromptFile
 from .tracing.invoke import Invoke, InvokeError
 from .tracing.module_proxy import LayerListProxy, ModuleProxy
@@ -41,11 +43,13 @@ __all__ = [
     "OutputProxy",
     "ParamSpec",
     "Program",
+    "Probe",
     "PromptFile",
     "Proxy",
     "SAE",
     "Trace",
     "Transcoder",
+    "TunedLens",
     "apply",
     "batch_get_activations",
     "circuits",

@@ -1,4 +1,5 @@
-"""The ``mlxterp`` command line: ``demo``, ``logit-lens``, ``patch``, ``activations``, ``generate``, ``models``.
+"""The ``mlxterp`` command line: ``demo``, ``logit-lens``, ``patch``, ``activations``, ``generate``, ``train-sae``,
+``train-lens``, ``features``, ``models``.
 
 Every subcommand is also reachable in-process: ``main(["logit-lens", "--model", M, "text"])`` returns the
 exit status (0 ok, 1 runtime error, 2 usage error) instead of exiting. User errors (bad arguments, missing
@@ -112,17 +113,24 @@ def write_html(result: Any, html: Optional[Path], **options: Any) -> None:
 
 
 def cmd_logit_lens(args: argparse.Namespace) -> int:
+    lens_dir = _lens_dir(args.lens)
     model, layers, plot, html = load_for(args)
+    lens = None
+    if lens_dir is not None:
+        from .lenses import TunedLens
+
+        lens = call(TunedLens.load, lens_dir, usage=True)
+        layers = layers if layers is not None else [*lens.layers, lens.n_layers - 1]
     n_tokens = len(call(model.encode, args.text, usage=True))
     if not -n_tokens <= args.position < n_tokens:
         raise UsageError(f"argument --position: {args.position} is outside the prompt, which has {n_tokens} tokens "
                          f"(valid: 0 to {n_tokens - 1}, or -{n_tokens} to -1)")
     t1 = time.perf_counter()
-    results = call(model.logit_lens, args.text, top_k=args.top_k, layers=layers, usage=True,
+    results = call(model.logit_lens, args.text, top_k=args.top_k, layers=layers, usage=True, lens=lens,
                    **({"save_path": str(plot)} if plot else {}))
     ids = model.encode(args.text)
     pos = args.position % n_tokens
-    print(f"logit lens of {args.text!r} at position {pos} (token {token_text(model, ids[pos])}), "
+    print(f"{results.lens} of {args.text!r} at position {pos} (token {token_text(model, ids[pos])}), "
           f"{len(results)} layers, in {seconds(t1)}")
     print(f"{'layer':>5}  " + "   ".join(f"{'top-' + str(k + 1):<22}" for k in range(args.top_k)).rstrip())
     for layer, positions in results.items():
@@ -130,8 +138,24 @@ def cmd_logit_lens(args: argparse.Namespace) -> int:
         print(f"{layer:>5}  " + "   ".join(cells))
     if plot:
         print(f"wrote {plot}")
-    write_html(results, html)
+    if lens is not None and html is not None:  # the logit lens beside the tuned lens
+        plain = call(model.logit_lens, args.text, top_k=args.top_k, layers=layers, usage=True)
+        write_html(plain, html, compare=results)
+    else:
+        write_html(results, html)
     return 0
+
+
+def _lens_dir(path: Optional[str]) -> Optional[Path]:
+    """``--lens``: a folder written by ``TunedLens.save`` (or a train-lens run folder), checked before loading."""
+    if path is None:
+        return None
+    folder = Path(path).expanduser()
+    for candidate in (folder, folder / "lens"):
+        if (candidate / "config.json").is_file() and (candidate / "params.safetensors").is_file():
+            return candidate
+    raise UsageError(f"argument --lens: {path!r} holds no tuned lens (config.json and params.safetensors, as "
+                     "TunedLens.save and train-lens write)")
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
@@ -241,6 +265,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return run_generate(args)
 
 
+def cmd_train_sae(args: argparse.Namespace) -> int:
+    from .cli_train import run_train_sae
+
+    return run_train_sae(args)
+
+
+def cmd_train_lens(args: argparse.Namespace) -> int:
+    from .cli_train import run_train_lens
+
+    return run_train_lens(args)
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from .cli_features import run_features
+
+    return run_features(args)
+
+
 # ---------------------------------------------------------------------------------------------------
 # parser
 # ---------------------------------------------------------------------------------------------------
@@ -301,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=layers_arg, help=f"layers to show ({LAYER_SPEC_HELP}); default: all")
     p.add_argument("--top-k", type=positive_int, default=1, help="predictions per layer (default 1)")
     p.add_argument("--position", type=int, default=-1, help="token position to show (default -1, the last)")
+    p.add_argument("--lens", metavar="DIR", help="read the layers through this tuned lens (a TunedLens.save folder or "
+                                                 "a train-lens run); --html then shows the logit lens beside it")
     p.add_argument("--plot", metavar="PNG", help="also write the layers x positions heatmap to this PNG")
     p.add_argument("--html", metavar="PATH",
                    help="also write the interactive view (layers x positions, hover for the top-k) to this HTML file")
@@ -369,6 +413,26 @@ def build_parser() -> argparse.ArgumentParser:
                                "over the --steer-toward texts' last tokens minus that over --steer-away's), add --alpha times it to that layer's output at "
                                "every position and step, and print the baseline and steered continuations side "
                                "by side (both rows run in one batch).", EXAMPLES))
+
+    from .cli_features import EXAMPLES as FEATURE_EXAMPLES, add_features_arguments
+    from .cli_train import LENS_EXAMPLES, SAE_EXAMPLES, add_lens_arguments, add_sae_arguments
+
+    add_sae_arguments(add("train-sae", cmd_train_sae, "train a sparse autoencoder live on a file of prompts",
+                          "Train a sparse autoencoder (TopK, BatchTopK, JumpReLU or ReLU) on the activations at "
+                          "--site of every token of --prompts, one compiled step per batch, the forward stopped after "
+                          "the site. --out is a run folder: rerunning the same command after an interruption "
+                          "continues it; when done, the SAE is saved there in SAELens's layout.", SAE_EXAMPLES))
+    add_lens_arguments(add("train-lens", cmd_train_lens, "train a tuned lens live on a file of prompts",
+                           "Train a tuned lens (an affine translator per layer, read by the model's own final norm "
+                           "and unembedding, fitted to the model's final distribution) on every token of --prompts. "
+                           "--out is a resumable run folder; the lens is saved in --out/lens. With --eval, print "
+                           "per-layer KL and cross-entropy on held-out prompts against the logit lens.",
+                           LENS_EXAMPLES))
+    add_features_arguments(add("features", cmd_features, "a trained dictionary's top features and their contexts",
+                               "Run --prompts through the model, encode the activations at the dictionary's site, "
+                               "and print the most often active features (or --features), each with the contexts "
+                               "where it fires hardest ([[token]] marks the token); --plot writes the histogram of "
+                               "feature densities.", FEATURE_EXAMPLES))
 
     add("models", cmd_models, "list the registered model names",
         "List the model names that --model accepts besides paths and Hugging Face ids.", "  mlxterp models",

@@ -29,12 +29,15 @@ GIRL = "Once upon a time there was a little girl"
 BOY = "Once upon a time there was a little boy"
 SUBCOMMANDS = {
     "demo": ["--model", "--out-dir", "--prompt", "--corrupted", "--no-grid"],
-    "logit-lens": ["--model", "--layers", "--top-k", "--position", "--plot", "--html", "TEXT"],
+    "logit-lens": ["--model", "--layers", "--top-k", "--position", "--plot", "--html", "--lens", "TEXT"],
     "patch": ["--model", "--clean", "--corrupted", "--component", "--layers", "--metric", "--target", "--foil",
               "--plot", "--html"],
     "activations": ["--model", "--prompts", "--layers", "--out", "--batch-size", "--positions"],
     "generate": ["--model", "--max-new-tokens", "--temperature", "--seed", "--chat", "--steer-toward",
                  "--steer-away", "--layer", "--alpha", "--html", "TEXT"],
+    "train-sae": ["--model", "--prompts", "--site", "--arch", "--k", "--latents", "--tokens", "--out", "--lr"],
+    "train-lens": ["--model", "--prompts", "--tokens", "--out", "--layers", "--optimizer", "--eval", "--plot"],
+    "features": ["--model", "--prompts", "--top", "--features", "--contexts", "--plot", "DIR"],
     "models": [],
 }
 

@@ -58,3 +58,19 @@ def test_every_subpackage_is_listed_for_installation():
     listed = set(tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(repo).parts) for p in (repo / "mlxterp").rglob("__init__.py")}
     assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages in pyproject.toml"
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+    # setuptools installs only the packages pyproject.toml lists: one left out imports from a checkout but
+    # not from an installed wheel.
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    text = (repo / "pyproject.toml").read_text()
+    listed = set(re.findall(r'"(mlxterp(?:\.[\w.]+)?)"', text.split("packages = [", 1)[1].split("]", 1)[0]))
+    found = {"mlxterp." + ".".join(p.parent.relative_to(repo / "mlxterp").parts) if p.parent != repo / "mlxterp"
+             else "mlxterp" for p in (repo / "mlxterp").rglob("__init__.py")}
+    found |= {"mlxterp.compiler." + ".".join(p.parent.relative_to(repo / "compiler").parts)
+              if p.parent != repo / "compiler" else "mlxterp.compiler" for p in (repo / "compiler").rglob("__init__.py")}
+    assert found - listed == set(), f"package folders missing from pyproject.toml's packages: {sorted(found - listed)}"

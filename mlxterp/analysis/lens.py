@@ -115,7 +115,7 @@ def get_token_predictions(model: InterpretableModel, hidden_state: Any, top_k: i
 @holds_model_lock
 def logit_lens(model: InterpretableModel, text: Any, top_k: int = 1, layers: Optional[List[int]] = None, plot: bool = False,
                max_display_tokens: int = 15, figsize: Tuple[float, float] = (16, 10), cmap: str = "viridis", *,
-               save_path: Optional[Union[str, Path]] = None) -> LogitLensResult:
+               save_path: Optional[Union[str, Path]] = None, lens: Any = None) -> LogitLensResult:
     """Each layer's residual output, through the final norm and unembedding, at every position.
 
     See :meth:`mlxterp.analysis.methods.AnalysisMixin.logit_lens`.
@@ -124,17 +124,38 @@ def logit_lens(model: InterpretableModel, text: Any, top_k: int = 1, layers: Opt
     layer_ids = resolve_layers(layers, len(model.layers))
     unembed = find_unembedding(model)
     top_k = check_top_k(top_k, unembed.vocab_size)
+    _check_lens(model, lens, layer_ids, unembed.hidden_size)
     with model.trace(tokens, capture="saved"):
         handles = [model.layers[layer].output.save() for layer in layer_ids]
-    hidden = mx.stack([_layer_state(h, layer) for h, layer in zip(handles, layer_ids)])
-    ids, probs = _project(unembed, hidden, top_k)
+    states = [_layer_state(h, layer) for h, layer in zip(handles, layer_ids)]
+    if lens is not None:
+        states = [lens.translate(h, layer) for h, layer in zip(states, layer_ids)]
+    ids, probs = _project(unembed, mx.stack(states), top_k)
     input_ids = tokens[0].tolist()
     results = LogitLensResult(layer_ids, input_ids, token_labels(model, input_ids), ids.astype(np.int64), probs,
-                              _strings(model, np.unique(ids)))
-    attach(results, model, [text], {"top_k": top_k, "layers": layers})
+                              _strings(model, np.unique(ids)), lens="logit lens" if lens is None else "tuned lens")
+    attach(results, model, [text], {"top_k": top_k, "layers": layers, "lens": None if lens is None else repr(lens)})
     if plot or save_path is not None:
         _plot(model, results, tokens, max_display_tokens, figsize, cmap, save_path, plot)
     return results
+
+
+def _check_lens(model: InterpretableModel, lens: Any, layers: List[int], width: int) -> None:
+    """ValueError before any forward when ``lens`` is not a tuned lens of this model reading every layer."""
+    if lens is None:
+        return
+    from ..lenses import TunedLens
+
+    if not isinstance(lens, TunedLens):
+        raise ValueError(f"lens: expected an mlxterp TunedLens (mt.TunedLens.train(...) or .load(...)), got "
+                         f"{type(lens).__name__}")
+    if lens.n_layers != len(model.layers) or lens.d_model != width:
+        raise ValueError(f"lens: made for a model of {lens.n_layers} layers of width {lens.d_model}; this model has "
+                         f"{len(model.layers)} layers of width {width}")
+    missing = [layer for layer in layers if not lens.covers(layer)]
+    if missing:
+        raise ValueError(f"lens: {lens!r} has no translator for layers {missing}; pass layers= within "
+                         f"{lens.layers} (and the last, {lens.n_layers - 1})")
 
 
 def _layer_state(handle: Any, layer: int) -> mx.array:

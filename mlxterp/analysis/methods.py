@@ -38,7 +38,7 @@ class AnalysisMixin:
 
     def logit_lens(self, text: Any, top_k: int = 1, layers: Optional[List[int]] = None, plot: bool = False,
                    max_display_tokens: int = 15, figsize: Tuple[float, float] = (16, 10), cmap: str = "viridis", *,
-                   save_path: Optional[PathLike] = None) -> Dict[int, List[List[Tuple[int, float, str]]]]:
+                   save_path: Optional[PathLike] = None, lens: Any = None) -> Dict[int, List[List[Tuple[int, float, str]]]]:
         """What each layer predicts at each position: its output through the final norm and unembedding.
 
         One traced forward saves the requested layers' outputs; they are then stacked and projected in
@@ -54,6 +54,9 @@ class AnalysisMixin:
             figsize: plot size in inches.
             cmap: plot colormap.
             save_path: write the heatmap as a PNG here (drawn even if ``plot`` is False).
+            lens: a :class:`mlxterp.TunedLens`: each layer's output goes through its translator first (the
+                tuned lens); the result names itself ``"tuned lens"`` (``result.save_html(path, compare=...)``
+                shows it beside the logit lens). None: the logit lens.
 
         Returns:
             ``{layer: [[(token_id, probability, token_str), ...] per position]}`` with ``top_k`` entries per
@@ -64,11 +67,13 @@ class AnalysisMixin:
             writes an interactive view (``.save_html(path)``).
 
         Raises:
-            ValueError: bad ``layers`` (the valid range is listed), ``top_k`` or ``text``.
+            ValueError: bad ``layers`` (the valid range is listed), ``top_k`` or ``text``; a ``lens`` of another
+                model or without a translator for a requested layer.
         """
         from .lens import logit_lens
 
-        return logit_lens(self, text, top_k, layers, plot, max_display_tokens, figsize, cmap, save_path=save_path)
+        return logit_lens(self, text, top_k, layers, plot, max_display_tokens, figsize, cmap, save_path=save_path,
+                          lens=lens)
 
     def activation_patching(self, clean_text: Any, corrupted_text: Any, component: str = "mlp",
                             layers: Optional[List[int]] = None, metric: str = "l2", plot: bool = False,

@@ -23,6 +23,7 @@ Training (:func:`mlxterp.train`)::
 
     run = train(sae, store, tokens=2_000_000, batch_size=4096, lr=4e-4, seed=0, out="runs/sae12")  # resumable
     run = train([sae, tc], model=model, prompts=PromptFile("corpus.jsonl"), tokens=2_000_000)     # live
+    run = train(sae, store, tokens=2_000_000, out="runs/sae12", until=250_000)  # pause; the same call continues
     run.history[0]["fve"], run.density[0], run.plot()
 
 Data is an :class:`~mlxterp.ActivationStore` (rows shuffled across shards with the seed, memory bounded by
@@ -39,9 +40,11 @@ Building on it:
   ``d.parts`` are plain MLX functions of arrays, usable inside ``mlxterp.apply`` and programs.
 - Anything else trained on activations (tuned lens, probes) subclasses :class:`Objective` (its parameters,
   state, a loss written as this rank's sum over rows divided by a global normalizer, metrics, write-back)
-  and calls :func:`fit` with a :class:`Source` (:class:`StoreSource`, :class:`LiveSource` over any sites,
-  :class:`ArraySource` for labels or other arrays, or its own) and :class:`FitSettings`: it gets the same
-  compiled step, checkpoints, resume, distribution and progress bar.
+  and calls :func:`fit` with a :class:`Source` (:class:`StoreSource`, with per-row ``extra`` arrays such as
+  labels; :class:`LiveSource` over any sites; :class:`ArraySource`; or its own) and :class:`FitSettings`
+  (Adam, or ``optimizer="sgd"``: Nesterov momentum, weight decay): it gets the same compiled step,
+  checkpoints, resume (``until=`` pauses), distribution and progress bar (``Objective.postfix``). The tuned
+  lens (:mod:`mlxterp.lenses`) and probes (:mod:`mlxterp.probes`) are built this way.
 """
 
 from . import architectures, sites

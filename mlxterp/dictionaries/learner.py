@@ -12,7 +12,7 @@ The step, compiled once per objective and batch shape::
     (loss, aux), grads = value_and_grad(objective.loss)(params, state, batch, hyper, comm)
     grads = objective.project(params, comm.sum(grads))          # e.g. keep unit-norm decoder rows
     grads, norm = clip_by_global_norm(grads, max_grad_norm)
-    params, moments = adam(params, grads, moments, hyper["lr"], hyper["t"], betas, eps)
+    params, moments = adam(params, grads, moments, hyper["lr"], hyper["t"], betas, eps)  # or SGD (Nesterov)
     params = objective.constrain(params)
     state = objective.update_state(params, state, aux, comm)   # e.g. dead-latent counters
     metrics = objective.metrics(params, state, aux, comm)            # scalars, every rank's combined
@@ -24,11 +24,11 @@ from a checkpoint gives the same bits.
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import mlx.core as mx
 
-from .optim import Tree, adam, clip_by_global_norm
+from .optim import Tree, adam, clip_by_global_norm, sgd_nesterov
 
 
 class Comm:
@@ -144,15 +144,28 @@ class Objective(abc.ABC):
         """Scalars of this step, every rank's combined (``loss`` and ``grad_norm`` are added)."""
         return {}
 
+    def postfix(self, history: Dict[str, List[float]]) -> Optional[str]:
+        """What the progress bar shows of this objective's history (None: the dictionaries' L0, FVE, dead)."""
+        return None
+
     @abc.abstractmethod
     def write_back(self, params: Tree, state: Tree) -> None:
         """Put the trained arrays back into the module being trained (outside the compiled step)."""
 
 
 def make_step(objective: Objective, comm: Comm, variant: Any, betas: Tuple[float, float], eps: float,
-              max_grad_norm: float, compile: bool = True) -> Callable:
+              max_grad_norm: float, compile: bool = True, *, optimizer: str = "adam", momentum: float = 0.9,
+              weight_decay: float = 0.0) -> Callable:
     """The training step of ``objective`` as one function (compiled unless ``compile=False``):
-    ``step(params, moments, state, batch, hyper) -> (params, moments, state, metrics)``."""
+    ``step(params, moments, state, batch, hyper) -> (params, moments, state, metrics)``.
+
+    ``optimizer``: ``"adam"`` (``betas``, ``eps``) or ``"sgd"`` (Nesterov ``momentum``, coupled
+    ``weight_decay``: :func:`.optim.sgd_nesterov`)."""
+
+    def update(params: Tree, grads: Tree, moments: Dict[str, Tree], hyper: Dict[str, mx.array]) -> tuple:
+        if optimizer == "sgd":
+            return sgd_nesterov(params, grads, moments, hyper["lr"], momentum, weight_decay)
+        return adam(params, grads, moments, hyper["lr"], hyper["t"], betas, eps)
 
     def step(params: Tree, moments: Dict[str, Tree], state: Tree, batch: Dict[str, mx.array],
              hyper: Dict[str, mx.array]) -> tuple:
@@ -162,7 +175,7 @@ def make_step(objective: Objective, comm: Comm, variant: Any, betas: Tuple[float
         (loss, aux), grads = mx.value_and_grad(loss_fn)(params)
         grads = objective.project(params, comm.sum_tree(grads))
         grads, norm = clip_by_global_norm(grads, max_grad_norm)
-        new_params, new_moments = adam(params, grads, moments, hyper["lr"], hyper["t"], betas, eps)
+        new_params, new_moments = update(params, grads, moments, hyper)
         new_params = objective.constrain(new_params)
         new_state = objective.update_state(new_params, state, aux, comm)
         metrics = dict(objective.metrics(new_params, new_state, aux, comm))

@@ -1,4 +1,5 @@
-"""The optimizer as pure functions of arrays: Adam, global-norm clipping, and the per-step schedules.
+"""The optimizers as pure functions of arrays (Adam; SGD with Nesterov momentum, the tuned lens's), global-norm
+clipping, and the per-step schedules.
 
 Everything the compiled step needs is an input or an output (parameters, Adam's moments, the step
 number, the learning rate), so a step can be replayed from a checkpoint bit for bit and nothing is
@@ -15,9 +16,19 @@ from mlx.utils import tree_map, tree_reduce
 Tree = Dict[str, mx.array]
 
 
+OPTIMIZERS = ("adam", "sgd")
+
+
 def adam_init(params: Tree) -> Dict[str, Tree]:
     """Adam's state for ``params``: first and second moments at 0."""
     return {"m": tree_map(mx.zeros_like, params), "v": tree_map(mx.zeros_like, params)}
+
+
+def optimizer_init(optimizer: str, params: Tree) -> Dict[str, Tree]:
+    """The state of ``optimizer`` (``"adam"`` or ``"sgd"``) for ``params``: its moments at 0."""
+    if optimizer == "sgd":
+        return {"m": tree_map(mx.zeros_like, params), "v": {}}
+    return adam_init(params)
 
 
 def adam(params: Tree, grads: Tree, state: Dict[str, Tree], lr: mx.array, t: mx.array,
@@ -34,6 +45,21 @@ def adam(params: Tree, grads: Tree, state: Dict[str, Tree], lr: mx.array, t: mx.
     c2 = mx.rsqrt(1 - b2 ** t)
     new = {k: params[k] - (c1 * m[k]).astype(params[k].dtype) / (mx.sqrt(v[k]) * c2 + eps) for k in params}
     return new, {"m": m, "v": v}
+
+
+def sgd_nesterov(params: Tree, grads: Tree, state: Dict[str, Tree], lr: mx.array, momentum: float,
+                 weight_decay: float) -> Tuple[Tree, Dict[str, Tree]]:
+    """One step of SGD with Nesterov momentum and coupled weight decay, momentum kept as an average:
+    ``g = grad + wd * p``, ``m = mu * m + (1 - mu) * g``, ``p - lr * ((1 - mu) * g + mu * m)``.
+
+    This is ``torch.optim.SGD(lr=lr * (1 - mu), momentum=mu, nesterov=True, weight_decay=wd)`` (PyTorch's
+    buffer is ``m / (1 - mu)``), the form the tuned lens (Belrose et al. 2023) trains with at ``lr`` 1. The
+    state's ``"v"`` stays empty (the checkpoint's groups are those of Adam).
+    """
+    g = {k: grads[k] + weight_decay * params[k] if weight_decay else grads[k] for k in grads}
+    m = {k: momentum * state["m"][k] + (1 - momentum) * g[k] for k in g}
+    new = {k: params[k] - (lr * ((1 - momentum) * g[k] + momentum * m[k])).astype(params[k].dtype) for k in params}
+    return new, {"m": m, "v": {}}
 
 
 def clip_by_global_norm(grads: Tree, max_norm: float) -> Tuple[Tree, mx.array]:

@@ -25,7 +25,8 @@ class TrainResult:
             ``auxk`` (their loss terms), ``grad_norm`` (before clipping), ``lr``.
         density: one ``(d_sae,)`` array per dictionary: the fraction of training tokens on which each latent
             fired.
-        steps: the run's number of steps.
+        steps: the steps trained (``steps * batch_size`` tokens): the run's length, or where ``until=``
+            paused it.
         batch_size: rows (tokens) per step, over all processes together.
         start: the step this call started from (0, or where a resumed run stood).
         forwards: model forwards run by this call (live training), else None.

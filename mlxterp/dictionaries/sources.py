@@ -126,17 +126,22 @@ def hash_array(value: mx.array) -> int:
 
 # -- activation stores ---------------------------------------------------------------------------------
 class StoreSource(Source):
-    """Rows of an activation store for the batch keys of ``keys`` (``{batch key: store key}``).
+    """Rows of an activation store for the batch keys of ``keys`` (``{batch key: store key}``), and of the
+    arrays of ``extra`` (``{batch key: (rows,) or (rows, width) array}``, one row per store row, in the
+    store's row order: labels, weights), served beside the store's rows.
 
     Args:
         store: the :class:`~mlxterp.ActivationStore`.
         keys: ``{batch key: store key}``; each store key must hold one vector per row.
+        extra: ``{batch key: array}`` served beside the store's rows (labels, weights), one row per store row.
+        use: a boolean mask over the store's rows, the rows to serve (None: all).
 
     Raises:
         ValueError: a store key whose rows are not vectors, or a store without rows.
     """
 
-    def __init__(self, store: Any, keys: Dict[str, str]):
+    def __init__(self, store: Any, keys: Dict[str, str], extra: Optional[Dict[str, Any]] = None,
+                 use: Optional[np.ndarray] = None):
         self.store = store
         self.keys = dict(keys)
         self.widths = {}
@@ -149,17 +154,30 @@ class StoreSource(Source):
             self.widths[key] = int(shape[0])
         shards = sorted(store.manifest["shards"], key=lambda e: e["window"])
         self._windows = [int(e["window"]) for e in shards]
-        self._bounds = np.cumsum([0] + [int(e["rows"]) for e in shards])
+        stored = np.cumsum([0] + [int(e["rows"]) for e in shards])
+        self.extra = {k: _row_array(k, v, int(stored[-1]), str(store.path)) for k, v in (extra or {}).items()}
+        self.use = None if use is None else _row_array("use", use, int(stored[-1]), str(store.path))[:, 0] > 0
+        # each shard's rows (global store row numbers) that are served, and the served rows' bounds
+        self._served = [np.arange(stored[i], stored[i + 1]) if self.use is None else
+                        np.flatnonzero(self.use[stored[i]:stored[i + 1]]) + stored[i] for i in range(len(shards))]
+        self._bounds = np.cumsum([0] + [len(r) for r in self._served])
         self.rows = int(self._bounds[-1])
         if self.rows == 0:
-            raise ValueError(f"the activation store {str(store.path)!r} has no rows")
+            raise ValueError(f"the activation store {str(store.path)!r} has no rows"
+                             + (" left to use" if self.use is not None else ""))
+        self.widths.update({k: int(v.shape[1]) for k, v in self.extra.items()})
         self._cache: "collections.OrderedDict[tuple, Dict[str, mx.array]]" = collections.OrderedDict()
 
     def identity(self) -> Dict[str, Any]:
         """The store's model fingerprint, prompts digest, row count and dtype, and the keys read."""
         m = self.store.manifest
-        return {"kind": "store", "model": (m.get("model") or {}).get("fingerprint"), "prompts": m.get("prompts_sha256"),
-                "rows": self.rows, "keys": self.keys, "dtype": m.get("dtype")}
+        out = {"kind": "store", "model": (m.get("model") or {}).get("fingerprint"), "prompts": m.get("prompts_sha256"),
+               "rows": self.rows, "keys": self.keys, "dtype": m.get("dtype")}
+        if self.extra:
+            out["extra"] = {k: hash_array(mx.array(v)) for k, v in sorted(self.extra.items())}
+        if self.use is not None:
+            out["use"] = hash_array(mx.array(self.use.astype(np.uint8)))
+        return out
 
     def batches(self, batch_size: int, seed: int, comm: Comm, cursor: Optional[Cursor] = None,
                 total: Optional[int] = None) -> Iterator[Tuple[Batch, Cursor]]:
@@ -176,7 +194,7 @@ class StoreSource(Source):
 
     def _stream_rows(self, begin: int, end: int, seed: int) -> Batch:
         """Stream positions ``[begin, end)`` (epochs follow one another) as one batch."""
-        parts: Dict[str, List[mx.array]] = {k: [] for k in self.keys}
+        parts: Dict[str, List[mx.array]] = {k: [] for k in self.widths}
         pos = begin
         while pos < end:
             epoch, offset = divmod(pos, self.rows)
@@ -186,7 +204,7 @@ class StoreSource(Source):
             first = int(self._permuted_bounds(order)[position])
             rows = self._shard(seed, epoch, shard)
             take = min(end - pos, int(self._bounds[shard + 1] - self._bounds[shard]) - (offset - first))
-            for key in self.keys:
+            for key in self.widths:
                 parts[key].append(rows[key][offset - first: offset - first + take])
             pos += take
         return {k: v[0] if len(v) == 1 else mx.concatenate(v) for k, v in parts.items()}
@@ -200,14 +218,25 @@ class StoreSource(Source):
         found = self._cache.get((epoch, shard))
         if found is not None:
             return found
-        lo, hi = int(self._bounds[shard]), int(self._bounds[shard + 1])
-        perm = np.random.default_rng([seed, epoch, self._windows[shard]]).permutation(hi - lo)
-        rows = {k: self.store.get(stored, rows=lo + perm, dtype="float32") for k, stored in self.keys.items()}
+        served = self._served[shard]
+        picked = served[np.random.default_rng([seed, epoch, self._windows[shard]]).permutation(len(served))]
+        rows = {k: self.store.get(stored, rows=picked, dtype="float32") for k, stored in self.keys.items()}
+        rows.update({k: mx.array(v[picked]) for k, v in self.extra.items()})
         mx.eval(list(rows.values()))
         self._cache[(epoch, shard)] = rows
         while len(self._cache) > 2:
             self._cache.popitem(last=False)
         return rows
+
+
+def _row_array(key: str, value: Any, rows: int, where: str) -> np.ndarray:
+    """``value`` as a float32 ``(rows, width)`` array, one row per store row."""
+    array = np.asarray(value, dtype=np.float32)
+    array = array[:, None] if array.ndim == 1 else array
+    if array.ndim != 2 or array.shape[0] != rows:
+        raise ValueError(f"extra array {key!r} has shape {np.shape(value)}; expected one row per row of the activation "
+                         f"store {where!r}: ({rows},) or ({rows}, width)")
+    return array
 
 
 # -- live forwards -------------------------------------------------------------------------------------
@@ -221,19 +250,20 @@ class LiveSource(Source):
         exclude: token ids never used as rows: ``"special"`` (the tokenizer's BOS, EOS, padding and other
             special ids), a list of ids, or None (every real token).
         context: keep at most this many tokens of each prompt (None: all).
+        skip: leave out each prompt's first ``skip`` tokens (the forward still sees them).
         prompt_batch: prompts per forward.
         shuffle_batches: batches per shuffled window.
     """
 
     def __init__(self, model: Any, prompts: Sequence[Any], sites: Sequence[Any], *, exclude: Any = "special",
-                 context: Optional[int] = None, prompt_batch: int = 8, shuffle_batches: int = 8):
+                 context: Optional[int] = None, prompt_batch: int = 8, shuffle_batches: int = 8, skip: int = 0):
         if len(prompts) == 0:
             raise ValueError("prompts is empty; give a non-empty list of prompts (or a PromptFile)")
         self.model, self.prompts = model, prompts
         self.sites = list({s.key: s for s in sites}.values())
         self.widths = {s.key: s.width for s in self.sites}
         self.excluded = excluded_ids(model, exclude)
-        self.context, self.prompt_batch, self.shuffle_batches = context, prompt_batch, shuffle_batches
+        self.context, self.prompt_batch, self.shuffle_batches, self.skip = context, prompt_batch, shuffle_batches, skip
         self.forwards = 0  # forwards run (each feeds every dictionary)
         self._program: Any = None
         self._prompts_cache: Dict[int, Tuple[List[int], np.ndarray]] = {}
@@ -256,10 +286,13 @@ class LiveSource(Source):
     def identity(self) -> Dict[str, Any]:
         """The model's fingerprint, a digest of the prompts and their number, the sites, the excluded ids and
         the other arguments (``context``, ``prompt_batch``, ``shuffle_batches``)."""
-        return {"kind": "live", "model": model_identity(self.model)["fingerprint"],
-                "prompts": digest(prompt_hashes(self.prompts)), "n_prompts": len(self.prompts),
-                "sites": sorted(self.widths), "exclude": sorted(self.excluded), "context": self.context,
-                "prompt_batch": self.prompt_batch, "shuffle_batches": self.shuffle_batches}
+        out = {"kind": "live", "model": model_identity(self.model)["fingerprint"],
+               "prompts": digest(prompt_hashes(self.prompts)), "n_prompts": len(self.prompts),
+               "sites": sorted(self.widths), "exclude": sorted(self.excluded), "context": self.context,
+               "prompt_batch": self.prompt_batch, "shuffle_batches": self.shuffle_batches}
+        if self.skip:  # recorded only when set, so that runs begun before it keep their identity
+            out["skip"] = self.skip
+        return out
 
     def batches(self, batch_size: int, seed: int, comm: Comm, cursor: Optional[Cursor] = None,
                 total: Optional[int] = None) -> Iterator[Tuple[Batch, Cursor]]:
@@ -345,7 +378,7 @@ class LiveSource(Source):
         if found is None:
             ids = _token_rows(self.model, [self.prompts[prompt]], offset=prompt)[0]
             ids = ids[: self.context] if self.context else ids
-            found = (ids, np.flatnonzero(~np.isin(np.array(ids), list(self.excluded))))
+            found = (ids, np.flatnonzero(~np.isin(np.array(ids), list(self.excluded)) & (np.arange(len(ids)) >= self.skip)))
             self._prompts_cache[prompt] = found
             if len(self._prompts_cache) > 1 << 16:
                 self._prompts_cache.pop(next(iter(self._prompts_cache)))

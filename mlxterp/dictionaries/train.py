@@ -27,7 +27,8 @@ def train(dictionaries: Union[Dictionary, Sequence[Dictionary]], data: Any = Non
           out: Optional[PathLike] = None, warmup: float = 0.01, decay: float = 0.2, max_grad_norm: float = 1.0,
           betas: Tuple[float, float] = (0.9, 0.999), checkpoint_every: Optional[int] = None, resume: bool = True,
           progress: bool = True, distributed: Any = "auto", exclude: Any = "special", context: Optional[int] = None,
-          prompt_batch: int = 8, shuffle_batches: int = 8, compile: bool = True) -> TrainResult:
+          prompt_batch: int = 8, shuffle_batches: int = 8, compile: bool = True,
+          until: Optional[int] = None, skip_positions: int = 0) -> TrainResult:
     """Train dictionaries (SAEs, transcoders) on activations, one compiled step per batch.
 
     Args:
@@ -64,6 +65,15 @@ def train(dictionaries: Union[Dictionary, Sequence[Dictionary]], data: Any = Non
         prompt_batch: live training: prompts per forward.
         shuffle_batches: live training: batches per shuffled window of rows.
         compile: run each step compiled (False: the same step eagerly, for debugging).
+        skip_positions: leave out each prompt's first ``skip_positions`` tokens (live, or from a tokens
+            store): on models without a BOS token the first token is an attention sink whose residual is
+            orders of magnitude larger than any other (SmolLM2: norm ~23,000 against ~140 at layer 12), and
+            would dominate the reconstruction loss and the variance FVE is measured against.
+        until: pause this call once the run has trained this many tokens (whole steps; None: train to
+            ``tokens``). With ``out=`` a checkpoint is written there and the same call with a later ``until``
+            (or none) continues, ending with the weights of an uninterrupted run (the learning-rate schedule
+            is always that of ``tokens``): train in segments and evaluate between them. The dictionaries
+            are saved in ``out`` only when the run is complete.
 
     Returns:
         A :class:`~mlxterp.dictionaries.TrainResult` (history, densities, timings).
@@ -84,16 +94,20 @@ def train(dictionaries: Union[Dictionary, Sequence[Dictionary]], data: Any = Non
         raise ValueError(f"batch_size={batch_size} must be a multiple of the number of processes ({group.size()}), "
                          "so that every rank gets the same share of each batch")
     _check_int("checkpoint_every", checkpoint_every, 1, allow_none=True)
-    source, keys = _source(dicts, data, model, prompts, exclude, context, prompt_batch, shuffle_batches)
+    _check_int("until", until, batch_size, allow_none=True)
+    _check_int("skip_positions", skip_positions, 0)
+    source, keys = _source(dicts, data, model, prompts, exclude, context, prompt_batch, shuffle_batches,
+                           skip_positions)
     objectives = [DictionaryObjective(d, k_in, k_out, batch_size) for d, (k_in, k_out) in zip(dicts, keys)]
     identity = {"dictionaries": [dict(d.config.identity(), weights=_weights_digest(d)) for d in dicts]}
     outcome = fit(objectives, source, settings, out=out, identity=identity, resume=resume,
                   checkpoint_every=checkpoint_every, progress=progress, group=group, compile=compile,
-                  desc="training " + ", ".join(o.name for o in objectives[:3]) + ("..." if len(dicts) > 3 else ""))
-    trained = settings.steps * batch_size
+                  desc="training " + ", ".join(o.name for o in objectives[:3]) + ("..." if len(dicts) > 3 else ""),
+                  until=None if until is None else until // batch_size)
+    trained = max(1, outcome.end) * batch_size
     density = [np.array(st.state["fires"]) / trained for st in outcome.states]
-    saved = _save_all(dicts, Path(out).expanduser(), group) if out is not None else []
-    return TrainResult(dicts, histories(outcome.states), density, settings.steps, batch_size, outcome.start,
+    saved = _save_all(dicts, Path(out).expanduser(), group) if out is not None and outcome.done else []
+    return TrainResult(dicts, histories(outcome.states), density, outcome.end, batch_size, outcome.start,
                        outcome.forwards, outcome.seconds, Path(out).expanduser() if out is not None else None, saved)
 
 
@@ -151,16 +165,19 @@ def _check_real(name: str, value: Any, strict: bool = False) -> None:
 
 # -- data ----------------------------------------------------------------------------------------------
 def _source(dicts: List[Dictionary], data: Any, model: Any, prompts: Any, exclude: Any, context: Any,
-            prompt_batch: Any, shuffle_batches: Any) -> Tuple[Source, List[Tuple[str, str]]]:
+            prompt_batch: Any, shuffle_batches: Any, skip: int = 0) -> Tuple[Source, List[Tuple[str, str]]]:
     """The batches' source and each dictionary's ``(input key, target key)``; binds unbound dictionaries."""
     live = model is not None or prompts is not None
     if (data is None) == (not live) or (live and (model is None or prompts is None)):
         raise ValueError("give the training data either as data= (an ActivationStore or its folder) or as model= and "
                          "prompts= (live training on the model's forwards), not both")
     if isinstance(data, dict):
+        if skip:
+            raise ValueError("skip_positions needs prompts (live training or a tokens store); data= arrays are rows "
+                             "without positions")
         return _array_source(dicts, data)
     if not live:
-        return _store_source(dicts, data)
+        return _store_source(dicts, data, skip)
     _check_int("prompt_batch", prompt_batch, 1)
     _check_int("shuffle_batches", shuffle_batches, 1)
     _check_int("context", context, 1, allow_none=True)
@@ -173,7 +190,7 @@ def _source(dicts: List[Dictionary], data: Any, model: Any, prompts: Any, exclud
         resolved += [s_in, s_out]
     prompts = [prompts] if isinstance(prompts, str) else prompts
     return LiveSource(model, prompts, resolved, exclude=exclude, context=context, prompt_batch=prompt_batch,
-                      shuffle_batches=shuffle_batches), keys
+                      shuffle_batches=shuffle_batches, skip=skip), keys
 
 
 def _check_model(model: Any) -> None:
@@ -183,7 +200,7 @@ def _check_model(model: Any) -> None:
         raise TypeError(f"model must be an mlxterp.InterpretableModel, got {type(model).__name__}")
 
 
-def _store_source(dicts: List[Dictionary], data: Any) -> Tuple[Source, List[Tuple[str, str]]]:
+def _store_source(dicts: List[Dictionary], data: Any, skip: int = 0) -> Tuple[Source, List[Tuple[str, str]]]:
     from ..store import ActivationStore
 
     store = data if isinstance(data, ActivationStore) else None
@@ -205,10 +222,20 @@ def _store_source(dicts: List[Dictionary], data: Any) -> Tuple[Source, List[Tupl
             mapping[key] = by_key[key]
             pair.append(key)
         keys.append(tuple(pair))
-    source = StoreSource(store, mapping)
+    source = StoreSource(store, mapping, use=positions_from(store, skip) if skip else None)
     for d, (k_in, k_out) in zip(dicts, keys):
         d.bind(source.widths[k_in], source.widths[k_out])
     return source, keys
+
+
+def positions_from(store: Any, first: int) -> np.ndarray:
+    """A mask over a tokens store's rows: True for every token at position ``first`` or later of its prompt."""
+    if store.kind != "tokens":
+        raise ValueError(f"skip_positions needs a tokens store (one row per token); {str(store.path)!r} holds chosen "
+                         "positions of each prompt")
+    lengths = store.lengths()
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.arange(int(lengths.sum())) - starts >= first
 
 
 def _array_source(dicts: List[Dictionary], data: Dict[Any, Any]) -> Tuple[Source, List[Tuple[str, str]]]:

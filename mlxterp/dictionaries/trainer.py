@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .. import distributed as dist
 from . import checkpoint
 from .learner import Comm, Objective, make_step
-from .optim import adam_init, learning_rate
+from .optim import OPTIMIZERS, learning_rate, optimizer_init
 from .sources import Source
 
 Tree = Dict[str, mx.array]
@@ -36,13 +36,16 @@ class FitSettings:
     Attributes:
         steps: the number of steps.
         batch_size: rows per step, over all ranks together.
-        lr: Adam's peak learning rate.
+        optimizer: ``"adam"`` (``betas``, ``eps``) or ``"sgd"`` (Nesterov ``momentum``, coupled ``weight_decay``).
+        lr: the peak learning rate.
         seed: seed of the data order.
         warmup: fraction of the steps with a linear learning-rate warm-up.
         decay: fraction of the steps, at the end, with a linear decay to 0.
         max_grad_norm: the global gradient norm is clipped to this (0: no clipping).
         betas: Adam's moment decay rates.
         eps: Adam's epsilon.
+        momentum: SGD's Nesterov momentum.
+        weight_decay: SGD's coupled weight decay.
     """
 
     steps: int
@@ -54,11 +57,23 @@ class FitSettings:
     max_grad_norm: float = 1.0
     betas: Tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(map(repr, OPTIMIZERS))}, got {self.optimizer!r}")
 
     def identity(self) -> Dict[str, Any]:
-        """Every field as a JSON-able dict (part of what a run folder records and a resumed run must match)."""
+        """Every field as a JSON-able dict (part of what a run folder records and a resumed run must match); the
+        fields added with SGD appear only when set away from their defaults, so that runs begun before them keep
+        the identity they were started with (and resume)."""
         out = dataclasses.asdict(self)
         out["betas"] = list(self.betas)
+        for name, default in (("optimizer", "adam"), ("momentum", 0.9), ("weight_decay", 0.0)):
+            if out[name] == default:
+                del out[name]
         return out
 
 
@@ -91,12 +106,17 @@ class FitOutcome:
     start: int
     forwards: Optional[int]
     seconds: float
+    end: Optional[int] = None  # the step reached (``steps`` unless paused by ``until``)
+
+    @property
+    def done(self) -> bool:
+        return self.end is None or self.end >= self.steps
 
 
 def fit(objectives: Sequence[Objective], source: Source, settings: FitSettings, *,
         out: Optional[Union[str, Path]] = None, identity: Optional[Dict[str, Any]] = None, resume: bool = True,
         checkpoint_every: Optional[int] = None, checkpoint_seconds: float = 300.0, progress: bool = True,
-        group: Any = None, compile: bool = True, desc: str = "training") -> FitOutcome:
+        group: Any = None, compile: bool = True, desc: str = "training", until: Optional[int] = None) -> FitOutcome:
     """Train ``objectives`` for ``settings.steps`` steps of ``settings.batch_size`` rows from ``source``.
 
     Args:
@@ -114,6 +134,9 @@ def fit(objectives: Sequence[Objective], source: Source, settings: FitSettings, 
         group: the ``mx.distributed`` group to train data-parallel over (None: this process alone).
         compile: compile the step (False: the same functions run eagerly).
         desc: the progress bar's label.
+        until: pause once the run stands at this step (None: train to the end): a checkpoint is written there,
+            so a later call continues (to a later ``until``, or the end) with the weights an uninterrupted run
+            has; the learning-rate schedule is the whole run's.
 
     Returns:
         A :class:`FitOutcome`. Each objective's :meth:`~Objective.write_back` has run, also when a step
@@ -146,15 +169,16 @@ def fit(objectives: Sequence[Objective], source: Source, settings: FitSettings, 
         iterator = itertools.chain([first], iterator)
         states = [runner.fresh(obj) for obj in objectives]
     runner.states = states
+    stop = settings.steps if until is None else max(start, min(int(until), settings.steps))
     try:
         if not done:
             writer = _Checkpointer(folder, checkpoint.digest(run_id), comm, checkpoint_every, checkpoint_seconds)
-            runner.loop(iterator, start, writer, progress and comm.rank == 0, desc)
+            runner.loop(iterator, start, stop, writer, progress and comm.rank == 0, desc)
     finally:  # the last good arrays, also when a step raised
         for obj, st in zip(objectives, runner.states):
             obj.write_back(st.params, st.state)
     return FitOutcome(runner.states, settings.steps, start, getattr(source, "forwards", None),
-                      time.perf_counter() - began)
+                      time.perf_counter() - began, settings.steps if done else stop)
 
 
 def _check_finite(batch: Dict[str, mx.array], comm: Comm) -> None:
@@ -178,7 +202,7 @@ class _Runner:
 
     def fresh(self, obj: Objective) -> FitState:
         params = obj.init_params()
-        return FitState(params, adam_init(params), obj.init_state(), {})
+        return FitState(params, optimizer_init(self.settings.optimizer, params), obj.init_state(), {})
 
     def restore(self, index: int, arrays: Dict[str, Tree]) -> FitState:
         """An objective's arrays from a checkpoint, each dict in the order a fresh start has: the compiled
@@ -201,7 +225,8 @@ class _Runner:
         if key not in self._steps:
             s = self.settings
             self._steps[key] = make_step(self.objectives[index], self.comm, variant, s.betas, s.eps, s.max_grad_norm,
-                                         compile=self.compile)
+                                         compile=self.compile, optimizer=s.optimizer, momentum=s.momentum,
+                                         weight_decay=s.weight_decay)
         return self._steps[key]
 
     def run_step(self, step: int, batch: Dict[str, mx.array], states: List[FitState]) -> List[tuple]:
@@ -216,13 +241,13 @@ class _Runner:
             outs.append(self.step_fn(i, obj.variant(st.state))(st.params, st.moments, st.state, data, hyper))
         return outs
 
-    def loop(self, iterator: Any, start: int, writer: "_Checkpointer", show: bool, desc: str) -> None:
-        """Steps ``start`` to the end; :attr:`states` holds the last good arrays after every step."""
+    def loop(self, iterator: Any, start: int, stop: int, writer: "_Checkpointer", show: bool, desc: str) -> None:
+        """Steps ``start`` to ``stop``; :attr:`states` holds the last good arrays after every step."""
         s = self.settings
         bar = tqdm(total=s.steps * s.batch_size, initial=start * s.batch_size, unit="tok", unit_scale=True,
                    desc=desc, disable=not show, smoothing=0.1)
         try:
-            for step in range(start, s.steps):
+            for step in range(start, stop):
                 batch, cursor = next(iterator)
                 outs = self.run_step(step, batch, self.states)
                 mx.eval(outs)
@@ -230,7 +255,7 @@ class _Runner:
                 self.states = [self._adopt(step, st, out, v) for st, out, v in zip(self.states, outs, values)]
                 bar.update(s.batch_size)
                 bar.set_postfix_str(_postfix(self.objectives, self.states), refresh=False)
-                writer.maybe(step + 1, cursor, self.states, done=step + 1 == s.steps)
+                writer.maybe(step + 1, cursor, self.states, done=step + 1 == s.steps, pause=step + 1 == stop)
         finally:
             bar.close()
 
@@ -262,6 +287,10 @@ def _shapes(tree: Tree) -> Dict[str, tuple]:
 
 
 def _postfix(objectives: List[Objective], states: List[FitState]) -> str:
+    own = [obj.postfix(st.history) for obj, st in zip(objectives, states)]
+    if all(text is not None for text in own):
+        return " | ".join(own[:3]) + (f" (+{len(own) - 3})" if len(own) > 3 else "")
+
     def last(st: FitState, key: str) -> float:
         values = st.history.get(key)
         return values[-1] if values else float("nan")
@@ -282,10 +311,10 @@ class _Checkpointer:
         self.every, self.seconds = every, seconds
         self.last = time.monotonic()
 
-    def maybe(self, step: int, cursor: Any, states: List[FitState], done: bool) -> None:
+    def maybe(self, step: int, cursor: Any, states: List[FitState], done: bool, pause: bool = False) -> None:
         if self.folder is None:
             return
-        due = done or (step % self.every == 0 if self.every else time.monotonic() - self.last >= self.seconds)
+        due = done or pause or (step % self.every == 0 if self.every else time.monotonic() - self.last >= self.seconds)
         if not due:
             return
         if self.comm.rank == 0:
