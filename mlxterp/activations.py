@@ -67,7 +67,7 @@ def get_activations(model: WrappedModel, prompts: Any, layers: Optional[Sequence
     pos_list, single = _check_positions(positions)
     _check_not_empty(prompts)
     batch = model._batch(prompts)
-    index = _position_index(batch.lengths, pos_list)
+    index = position_index(batch.lengths, pos_list)
     if model._padding_safe() or not batch.padded:
         gathered = _gather(model, batch.tokens, index, sites)
     else:  # edits that may count positions from the end: one forward per prompt length (see padded_batches)
@@ -138,8 +138,8 @@ def batch_get_activations(model: WrappedModel, prompts: Any, layers: Optional[Se
 
         collection = positions_collection(model, sites, pos_list, single, dtype, batch_size)
         return _write_store(collection, prompts, out, batch_size, shard_size, resume, progress, metadata, group)
-    rows = _token_rows(model, prompts)
-    index = _position_index([len(r) for r in rows], pos_list)  # validates every prompt before any forward runs
+    rows = token_rows(model, prompts)
+    index = position_index([len(r) for r in rows], pos_list)  # validates every prompt before any forward runs
     model._check_length([len(r) for r in rows])
     if group is not None and len(rows) >= dist.size(group):
         acts = _gather_sharded(model, rows, index, sites, single, batch_size, progress, group)
@@ -436,7 +436,7 @@ def _check_not_empty(prompts: Any) -> None:
         raise ValueError(f"prompts is an empty array of shape {tuple(prompts.shape)}; give at least one token")
 
 
-def _position_index(lengths: Sequence[int], positions: List[int], offset: int = 0) -> np.ndarray:
+def position_index(lengths: Sequence[int], positions: List[int], offset: int = 0) -> np.ndarray:
     """``(batch, n_positions)`` int32 column of each requested position in each row; negative positions
     count from the row's own length. Raises ValueError for the first position outside a row (numbered from
     ``offset``)."""
@@ -474,7 +474,7 @@ def take_positions(value: mx.array, index: mx.array) -> mx.array:
     return mx.take_along_axis(value, index.reshape(index.shape[:2] + (1,) * (value.ndim - 2)), axis=1)
 
 
-def _token_rows(model: WrappedModel, prompts: Any, offset: int = 0) -> List[List[int]]:
+def token_rows(model: WrappedModel, prompts: Any, offset: int = 0) -> List[List[int]]:
     """Unpadded token ids of each prompt (text is encoded once, ids are range-checked); errors number the
     prompts from ``offset``."""
     if isinstance(prompts, (list, tuple)) and prompts and all(isinstance(p, (str, list, tuple)) for p in prompts):

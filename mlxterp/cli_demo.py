@@ -94,7 +94,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"mlxterp: warning: the prompts have different token counts (clean {len(clean_ids)}, corrupted "
               f"{len(corrupted_ids)}); patching needs equal lengths, so the patching steps are skipped. Choose a "
               "--corrupted prompt with as many tokens.", file=sys.stderr)
-        return _finish(t_start, written)
+        return finish_figure(t_start, written)
     diff = check_prompts_differ(clean_ids, corrupted_ids, "--prompt", "--corrupted")
     shown = ", ".join(f"{i}: {tokens[i]!r} vs {model.token_to_str(corrupted_ids[i])!r}" for i in diff)
     print(f"      same token count ({len(clean_ids)}); they differ at position {shown}")
@@ -125,10 +125,10 @@ def run_demo(args: argparse.Namespace) -> int:
                 note = ", differs" if pos in diff else ""
                 print(f"      position {pos} ({tokens[pos]!r}{note}): recovery > 50% at layers {_ranges(strong)}")
             print(f"      wrote {grid_png} and {grid_png.with_suffix('.html').name}  ({seconds(t0)})", flush=True)
-    return _finish(t_start, written)
+    return finish_figure(t_start, written)
 
 
-def _finish(t_start: float, written: List[Path]) -> int:
+def finish_figure(t_start: float, written: List[Path]) -> int:
     for path in written:
         if not path.is_file() or path.stat().st_size == 0:
             raise RunError(f"figure {str(path)!r} was not written")

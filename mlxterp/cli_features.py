@@ -51,7 +51,7 @@ class FeatureContexts:
 def top_contexts(model: Any, dictionary: Any, prompts: Sequence[Any], *, contexts: int = 5, batch_size: int = 8,
                  progress: bool = True) -> FeatureContexts:
     """The dictionary's features over every real token of ``prompts`` (see :class:`FeatureContexts`)."""
-    from .activations import _token_rows, padded_batches
+    from .activations import token_rows, padded_batches
     from .dictionaries import sites
 
     site = sites.resolve(model, dictionary.site)
@@ -59,7 +59,7 @@ def top_contexts(model: Any, dictionary: Any, prompts: Sequence[Any], *, context
     with model.trace(probe, capture="saved", compile=False) as tr:
         sites.read(model, site).save("site")
     program = tr.program()
-    rows = _token_rows(model, list(prompts))
+    rows = token_rows(model, list(prompts))
     d_sae = dictionary.d_sae
     counts, total = np.zeros(d_sae, dtype=np.int64), 0
     values = np.zeros((contexts, d_sae), dtype=np.float32)

@@ -65,7 +65,7 @@ def format_token(token: str, max_chars: int = 8) -> str:
     return text if len(text) <= max_chars else text[: max(1, max_chars - 1)] + "…"
 
 
-def _new_axes(figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+def new_axes(figsize: tuple[float, float]) -> tuple[Figure, Axes]:
     """Create a display-free Figure (Agg canvas) with one Axes."""
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -86,7 +86,7 @@ def _get_cmap(cmap: str | Colormap) -> Colormap:
         raise ValueError(f"cmap: expected a matplotlib colormap name, got {cmap!r}") from err
 
 
-def _finish(fig: Figure, save_path: str | Path | None) -> Figure:
+def finish_figure(fig: Figure, save_path: str | Path | None) -> Figure:
     """Write ``fig`` as a PNG when ``save_path`` is given; return it."""
     if save_path is not None:
         target = Path(save_path)
@@ -207,7 +207,7 @@ def plot_logit_lens(
     known = scores[~np.isnan(scores)]
     is_prob = bool(np.all((known >= 0) & (known <= 1)))
 
-    fig, ax = _new_axes(figsize)
+    fig, ax = new_axes(figsize)
     limits = {"vmin": 0.0, "vmax": 1.0} if is_prob else {}
     image = ax.imshow(scores, cmap=_get_cmap(cmap), aspect="auto", origin="lower", **limits)
     _annotate(ax, image, scores, tokens, figsize)
@@ -219,7 +219,7 @@ def plot_logit_lens(
     ax.set_ylabel("Layer")
     fig.colorbar(image, ax=ax, label="Top-1 probability" if is_prob else "Top-1 score")
     ax.set_title(title or "Logit lens: top-1 prediction per layer and position")
-    return _finish(fig, save_path)
+    return finish_figure(fig, save_path)
 
 
 def plot_patching_bars(
@@ -256,7 +256,7 @@ def plot_patching_bars(
     # Map [-limit, limit] onto [0, 1] so that 0 sits at the colormap's centre.
     colors = _get_cmap(cmap)((np.nan_to_num(values) / limit + 1.0) / 2.0)
 
-    fig, ax = _new_axes(figsize)
+    fig, ax = new_axes(figsize)
     ax.bar(np.arange(len(layers)), values, color=colors, edgecolor="black", linewidth=0.4)
     ax.axhline(0.0, color="black", linewidth=0.8)
     # Mark NaN layers so they are not mistaken for a zero effect.
@@ -267,7 +267,7 @@ def plot_patching_bars(
     ax.set_ylabel("Recovery (%)")
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(title or f"Activation patching recovery by layer ({component})")
-    return _finish(fig, save_path)
+    return finish_figure(fig, save_path)
 
 
 def _as_grid(grid: Any) -> np.ndarray:
@@ -336,7 +336,7 @@ def plot_patching_grid(
     limit = max(float(np.nanmax(np.abs(data))), _EPS)
     colormap = _get_cmap(cmap).with_extremes(bad="lightgrey")
 
-    fig, ax = _new_axes(figsize)
+    fig, ax = new_axes(figsize)
     image = ax.imshow(data, cmap=colormap, vmin=-limit, vmax=limit, aspect="auto", origin="lower")
     _set_ticks(ax, "x", cols, rotate=True)
     _set_ticks(ax, "y", rows)
@@ -344,4 +344,4 @@ def plot_patching_grid(
     ax.set_ylabel("Layer")
     fig.colorbar(image, ax=ax, label=colorbar_label)
     ax.set_title(title or "Activation patching: layer x position")
-    return _finish(fig, save_path)
+    return finish_figure(fig, save_path)

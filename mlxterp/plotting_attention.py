@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .plotting import _finish, _get_cmap, _set_ticks, format_token, require_matplotlib
+from .plotting import finish_figure, _get_cmap, _set_ticks, format_token, require_matplotlib
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from matplotlib.colors import Colormap
@@ -75,7 +75,7 @@ def plot_attention_patterns(
     fig.colorbar(image, ax=axes, label="attention weight", shrink=0.8)
     if title is not None or len(heads) > 1:
         fig.suptitle(title or f"Attention patterns, layer {layer}")
-    return _finish(fig, save_path)
+    return finish_figure(fig, save_path)
 
 
 def plot_head_scores(
@@ -117,4 +117,4 @@ def plot_head_scores(
     axes[0, 0].set_ylabel("layer")
     fig.colorbar(image, ax=axes, label="score", shrink=0.8)
     fig.suptitle(title or "Attention head scores")
-    return _finish(fig, save_path)
+    return finish_figure(fig, save_path)

@@ -21,7 +21,7 @@ from ..views.saving import Saveable, attach
 from .components import resolve_sites
 from .display import show_if_interactive
 from .metrics import identical_logits_message
-from .patching import _details, _sliceable_norm, sharded_sweep
+from .patching import _details, sliceable_norm, sharded_sweep
 from .validate import (
     check_positive_int,
     prompt_pair,
@@ -113,7 +113,7 @@ def head_patching(model: InterpretableModel, clean_text: Any, corrupted_text: An
                                valid=f"the layers have {n_heads} heads (valid indices 0 to {n_heads - 1})")
     metric = resolve_metric(model, metric, tokens, target, foil)
     cells = [(layer, h) for layer in layer_ids for h in head_ids]
-    result = sharded_sweep(model, tokens, sites, cells, metric, norm_path=_sliceable_norm(model, tokens), group=group,
+    result = sharded_sweep(model, tokens, sites, cells, metric, norm_path=sliceable_norm(model, tokens), group=group,
                            batch_size=batch_size, progress=progress, desc="patching heads")
     if result.corrupted == 0.0:
         raise ValueError(identical_logits_message(metric))

@@ -164,10 +164,10 @@ def _setup(model: InterpretableModel, clean_text: Any, corrupted_text: Any, comp
     layer_ids = resolve_layers(layers, len(model.layers))
     sites = resolve_sites(model, component, layer_ids, tokens)
     metric = resolve_metric(model, metric, tokens, target, foil)
-    return _Setup(tokens, layer_ids, sites, metric, _sliceable_norm(model, tokens))
+    return _Setup(tokens, layer_ids, sites, metric, sliceable_norm(model, tokens))
 
 
-def _sliceable_norm(model: InterpretableModel, tokens: mx.array) -> Optional[str]:
+def sliceable_norm(model: InterpretableModel, tokens: mx.array) -> Optional[str]:
     """The final norm, if cutting its input to the last position is safe (called once, per position, and
     no edit of the model reads or writes a later value position-dependently: ``[:, 0]`` of the logits
     would land on the last position)."""

@@ -96,12 +96,12 @@ def prompt_pair(model: InterpretableModel, clean_text: Any, corrupted_text: Any)
         raise ValueError(
             "clean_text and corrupted_text must encode to the same number of tokens for patching "
             f"(positions are matched one to one): clean_text has {n_clean} tokens "
-            f"{_show(model, clean)}, corrupted_text has {n_corr} tokens {_show(model, corrupted)}"
+            f"{show_tokens(model, clean)}, corrupted_text has {n_corr} tokens {show_tokens(model, corrupted)}"
         )
     return mx.concatenate([clean, corrupted], axis=0).astype(mx.int32)
 
 
-def _show(model: InterpretableModel, tokens: mx.array) -> str:
+def show_tokens(model: InterpretableModel, tokens: mx.array) -> str:
     ids = tokens[0].tolist()
     if model.tokenizer is None:
         return str(ids)
@@ -177,13 +177,13 @@ def resolve_metric(model: InterpretableModel, metric: Any, tokens: mx.array, tar
     t = token_id(model, target, "target")
     if metric != "logit_diff":
         made = logprob(t) if metric == "logprob" else prob(t)
-        return dataclasses.replace(made, label=f"{metric}({_show_token(model, t)})")
+        return dataclasses.replace(made, label=f"{metric}({show_token(model, t)})")
     f = token_id(model, foil, "foil")
     if f == t:
-        raise ValueError(f"target and foil are the same token {_show_token(model, t)}: logit_diff would be 0 on "
+        raise ValueError(f"target and foil are the same token {show_token(model, t)}: logit_diff would be 0 on "
                          "every run; give target= and foil= (by default the clean and the corrupted prompt's "
                          "top predictions, which coincide here)")
-    return dataclasses.replace(logit_diff(t, f), label=f"logit_diff({_show_token(model, t)} - {_show_token(model, f)})")
+    return dataclasses.replace(logit_diff(t, f), label=f"logit_diff({show_token(model, t)} - {show_token(model, f)})")
 
 
 def _predictions(model: InterpretableModel, tokens: mx.array) -> List[int]:
@@ -194,7 +194,7 @@ def _predictions(model: InterpretableModel, tokens: mx.array) -> List[int]:
     return [int(i) for i in mx.argmax(value, axis=-1).tolist()]
 
 
-def _show_token(model: InterpretableModel, token: int) -> str:
+def show_token(model: InterpretableModel, token: int) -> str:
     return repr(model.token_to_str(token)) if model.tokenizer is not None else str(token)
 
 

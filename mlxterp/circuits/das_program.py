@@ -37,7 +37,7 @@ from mlxterp.compiler.fold import fold_tokens
 from mlxterp.compiler.locks import model_lock
 from mlxterp.compiler.passes.lift import param_sources, param_values
 
-from ..analysis.patching import _sliceable_norm
+from ..analysis.patching import sliceable_norm
 from ..analysis.sweep import last_position
 from ..generation.cache import cache_layers, static_eligible
 from ..generation.program import call_with_cache
@@ -159,7 +159,7 @@ def _record(model: "InterpretableModel", sites: Sequence[Site], tokens: mx.array
     is safe (every site inside the layers), the last position's logits saved."""
     batch, seq_len = (int(n) for n in tokens.shape)
     inside = all(s.path.startswith(model._index.container + ".") for s in sites)
-    norm_path = _sliceable_norm(model, tokens) if inside else None
+    norm_path = sliceable_norm(model, tokens) if inside else None
     with model.trace(fold_tokens(tokens, stairs.start_blocks()), capture="saved") as tr:
         for layer, count in stairs.births():
             path = model.layers[layer].path

@@ -23,7 +23,7 @@ import numpy as np
 from ..adapters.base import plain_logits
 from ..analysis.display import show_if_interactive
 from ..analysis.unembed import find_unembedding
-from ..analysis.validate import _show_token, token_id
+from ..analysis.validate import show_token, token_id
 from ..views.page import Page, Viewable
 from ..views.saving import Saveable, attach
 from .inputs import prompt_rows
@@ -239,7 +239,7 @@ def direct_logit_attribution(model: InterpretableModel, prompt: Any, target: Any
     saves = capture_program(model, parts, tokens, last_only=True)()
     t = int(mx.argmax(saves["logits"][0]).item()) if given is None else given
     if f == t:
-        raise ValueError(f"target and foil are the same token {_show_token(model, t)}; the logit difference is 0")
+        raise ValueError(f"target and foil are the same token {show_token(model, t)}; the logit difference is 0")
     direction = _direction(model, saves["resid"], t, f)  # (batch, 1, hidden)
     frozen = freeze(model._index.modules[parts.final_norm], saves["resid"])
     stack = sender_stack(parts, saves)  # (senders, batch, 1, hidden)
@@ -247,7 +247,7 @@ def direct_logit_attribution(model: InterpretableModel, prompt: Any, target: Any
     logits = saves["logits"].astype(mx.float32)
     diff = logits[:, t] - (logits[:, f] if f is not None else 0.0)
     per_prompt = np.array(contributions, dtype=np.float64)
-    label = f"logit({_show_token(model, t)})" + (f" - logit({_show_token(model, f)})" if f is not None else "")
+    label = f"logit({show_token(model, t)})" + (f" - logit({show_token(model, f)})" if f is not None else "")
     out = DirectLogitAttribution(parts.graph, per_prompt.mean(axis=1), float(diff.mean().item()), label, per_prompt)
     attach(out, model, [prompt], {"target": target, "foil": foil})
     if plot or save_path is not None:

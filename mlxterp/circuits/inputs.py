@@ -9,7 +9,7 @@ import mlx.core as mx
 
 from ..analysis.metrics import Metric
 from ..analysis.programs import cached_program, keep_program
-from ..analysis.validate import _show, check_positive_int, resolve_metric
+from ..analysis.validate import show_tokens, check_positive_int, resolve_metric
 from ..inputs import is_int
 
 if TYPE_CHECKING:
@@ -43,8 +43,8 @@ def prompt_pair(model: InterpretableModel, clean: Any, corrupted: Any, *, same_r
     a = prompt_rows(model, clean, clean_arg)
     b = prompt_rows(model, corrupted, corrupted_arg)
     if a.shape[1] != b.shape[1]:
-        raise ValueError(f"{clean_arg} has {a.shape[1]} tokens {_show(model, a)} and {corrupted_arg} has {b.shape[1]} "
-                         f"{_show(model, b)}; {ALIGN}")
+        raise ValueError(f"{clean_arg} has {a.shape[1]} tokens {show_tokens(model, a)} and {corrupted_arg} has {b.shape[1]} "
+                         f"{show_tokens(model, b)}; {ALIGN}")
     if same_rows and b.shape[0] != a.shape[0]:
         if b.shape[0] != 1:
             raise ValueError(f"{clean_arg} has {a.shape[0]} prompts and {corrupted_arg} {b.shape[0]}: give one "

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Optional, Tuple, Union
 
 import numpy as np
 
-from ..plotting import _finish, _new_axes
+from ..plotting import finish_figure, new_axes
 
 if TYPE_CHECKING:
     from .edges import EdgeScores
@@ -22,7 +22,7 @@ def plot_edges(scores: EdgeScores, n_edges: int, *, figsize: Tuple[float, float]
     """The ``n_edges`` best edges of ``scores``: red positive, blue negative, line width by ``|score|``."""
     g = scores.graph
     top = scores.top(n_edges)
-    fig, ax = _new_axes(figsize)
+    fig, ax = new_axes(figsize)
     limit = max((abs(s) for _, _, s in top), default=1.0) or 1.0
     for sender, receiver, score in top:
         (x0, y0), (x1, y1) = g.position(sender), g.position(receiver, receiver=True)
@@ -37,13 +37,13 @@ def plot_edges(scores: EdgeScores, n_edges: int, *, figsize: Tuple[float, float]
     ax.set_ylabel("Layer")
     ax.set_ylim(-1.5, g.n_layers + 0.5)
     ax.set_title(title or f"Top {n_edges} edges")
-    return _finish(fig, save_path)
+    return finish_figure(fig, save_path)
 
 
 def plot_faithfulness(curve: FaithfulnessCurve, *, figsize: Tuple[float, float] = (8, 5),
                       save_path: Optional[PathLike] = None, title: Optional[str] = None) -> Any:
     """Faithfulness against the number of edges (log scale when every size is positive)."""
-    fig, ax = _new_axes(figsize)
+    fig, ax = new_axes(figsize)
     ax.plot(curve.sizes, curve.faithfulness, marker="o")
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
     ax.axhline(0.0, color="grey", linewidth=0.8)
@@ -53,4 +53,4 @@ def plot_faithfulness(curve: FaithfulnessCurve, *, figsize: Tuple[float, float] 
     ax.set_ylabel("Faithfulness")
     ax.grid(alpha=0.3)
     ax.set_title(title or "Circuit faithfulness")
-    return _finish(fig, save_path)
+    return finish_figure(fig, save_path)

@@ -28,7 +28,7 @@ import mlx.core as mx
 import numpy as np
 
 from .. import distributed as dist
-from ..activations import _token_rows, padded_batches
+from ..activations import token_rows, padded_batches
 from ..store.manifest import digest, model_identity, prompt_hashes
 from . import sites as site_names
 from .learner import Comm
@@ -276,7 +276,7 @@ class LiveSource(Source):
         cut to ``context``), so that a bad prompt is an error before training, naming it."""
         longest, which = 0, 0
         for first in range(0, len(self.prompts), CHECK_CHUNK):
-            rows = _token_rows(self.model, self.prompts[first:first + CHECK_CHUNK], offset=first)
+            rows = token_rows(self.model, self.prompts[first:first + CHECK_CHUNK], offset=first)
             lengths = [min(len(r), self.context or len(r)) for r in rows]
             top = int(np.argmax(lengths))
             if lengths[top] > longest:
@@ -376,7 +376,7 @@ class LiveSource(Source):
         """``(token ids, kept positions)`` of a prompt, tokenized once (the last 65536 prompts are kept)."""
         found = self._prompts_cache.get(prompt)
         if found is None:
-            ids = _token_rows(self.model, [self.prompts[prompt]], offset=prompt)[0]
+            ids = token_rows(self.model, [self.prompts[prompt]], offset=prompt)[0]
             ids = ids[: self.context] if self.context else ids
             found = (ids, np.flatnonzero(~np.isin(np.array(ids), list(self.excluded)) & (np.arange(len(ids)) >= self.skip)))
             self._prompts_cache[prompt] = found

@@ -88,14 +88,14 @@ def train(dictionaries: Union[Dictionary, Sequence[Dictionary]], data: Any = Non
             its last good weights).
     """
     dicts = _check_dictionaries(dictionaries)
-    settings = _settings(tokens, batch_size, lr, seed, warmup, decay, max_grad_norm, betas)
+    settings = fit_settings(tokens, batch_size, lr, seed, warmup, decay, max_grad_norm, betas)
     group = dist.resolve_group(distributed)
     if group is not None and batch_size % group.size():
         raise ValueError(f"batch_size={batch_size} must be a multiple of the number of processes ({group.size()}), "
                          "so that every rank gets the same share of each batch")
-    _check_int("checkpoint_every", checkpoint_every, 1, allow_none=True)
-    _check_int("until", until, batch_size, allow_none=True)
-    _check_int("skip_positions", skip_positions, 0)
+    check_int("checkpoint_every", checkpoint_every, 1, allow_none=True)
+    check_int("until", until, batch_size, allow_none=True)
+    check_int("skip_positions", skip_positions, 0)
     source, keys = _source(dicts, data, model, prompts, exclude, context, prompt_batch, shuffle_batches,
                            skip_positions)
     objectives = [DictionaryObjective(d, k_in, k_out, batch_size) for d, (k_in, k_out) in zip(dicts, keys)]
@@ -128,18 +128,18 @@ def _check_dictionaries(dictionaries: Any) -> List[Dictionary]:
     return list(items)
 
 
-def _settings(tokens: Any, batch_size: Any, lr: Any, seed: Any, warmup: Any, decay: Any, max_grad_norm: Any,
+def fit_settings(tokens: Any, batch_size: Any, lr: Any, seed: Any, warmup: Any, decay: Any, max_grad_norm: Any,
               betas: Any) -> FitSettings:
-    _check_int("batch_size", batch_size, 1)
-    _check_int("tokens", tokens, 1)
-    _check_int("seed", seed, 0)
+    check_int("batch_size", batch_size, 1)
+    check_int("tokens", tokens, 1)
+    check_int("seed", seed, 0)
     if tokens < batch_size:
         raise ValueError(f"tokens={tokens} is less than one batch (batch_size={batch_size}); the run takes "
                          "tokens // batch_size steps")
-    _check_real("lr", lr, strict=True)
-    _check_real("max_grad_norm", max_grad_norm)
+    check_real("lr", lr, strict=True)
+    check_real("max_grad_norm", max_grad_norm)
     for name, value in (("warmup", warmup), ("decay", decay)):
-        _check_real(name, value)
+        check_real(name, value)
         if value > 1:
             raise ValueError(f"{name} is a fraction of the steps (0 to 1), got {value}")
     if warmup + decay > 1:
@@ -150,14 +150,14 @@ def _settings(tokens: Any, batch_size: Any, lr: Any, seed: Any, warmup: Any, dec
                        decay=float(decay), max_grad_norm=float(max_grad_norm), betas=(float(betas[0]), float(betas[1])))
 
 
-def _check_int(name: str, value: Any, low: int, allow_none: bool = False) -> None:
+def check_int(name: str, value: Any, low: int, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
         raise ValueError(f"{name} must be an int >= {low}{' or None' if allow_none else ''}, got {value!r}")
 
 
-def _check_real(name: str, value: Any, strict: bool = False) -> None:
+def check_real(name: str, value: Any, strict: bool = False) -> None:
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < 0 or (strict and value == 0):
         raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} 0, got {value!r}")
@@ -178,10 +178,10 @@ def _source(dicts: List[Dictionary], data: Any, model: Any, prompts: Any, exclud
         return _array_source(dicts, data)
     if not live:
         return _store_source(dicts, data, skip)
-    _check_int("prompt_batch", prompt_batch, 1)
-    _check_int("shuffle_batches", shuffle_batches, 1)
-    _check_int("context", context, 1, allow_none=True)
-    _check_model(model)
+    check_int("prompt_batch", prompt_batch, 1)
+    check_int("shuffle_batches", shuffle_batches, 1)
+    check_int("context", context, 1, allow_none=True)
+    check_model(model)
     keys, resolved = [], []
     for d in dicts:
         s_in, s_out = site_names.resolve(model, d.site), site_names.resolve(model, d.site_out)
@@ -193,7 +193,7 @@ def _source(dicts: List[Dictionary], data: Any, model: Any, prompts: Any, exclud
                       shuffle_batches=shuffle_batches, skip=skip), keys
 
 
-def _check_model(model: Any) -> None:
+def check_model(model: Any) -> None:
     from ..model import InterpretableModel
 
     if not isinstance(model, InterpretableModel):

@@ -19,7 +19,7 @@ import mlx.core as mx
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..activations import _token_rows, padded_batches
+from ..activations import token_rows, padded_batches
 from ..analysis.programs import run_program
 from ..analysis.validate import check_positive_int
 from ..dictionaries.sources import excluded_ids
@@ -63,7 +63,7 @@ def top_contexts(model: Any, dictionary: Any, prompts: Sequence[Any], *, feature
     prompts = list(prompts)
     if not prompts:
         raise ValueError("prompts is empty; give the prompts to look for contexts in")
-    rows = _token_rows(model, prompts)
+    rows = token_rows(model, prompts)
     excluded = excluded_ids(model, exclude)
     best = Best(len(ids), k, before + 1 + after)
     fires, tokens = np.zeros(dictionary.d_sae), 0.0

@@ -22,7 +22,7 @@ import mlx.core as mx
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..activations import _token_rows, padded_batches
+from ..activations import token_rows, padded_batches
 from ..analysis.programs import run_program
 from ..dictionaries.dictionary import Dictionary
 from ..dictionaries.sources import excluded_ids
@@ -84,7 +84,7 @@ def evaluate(model: Any, dictionaries: Sequence[Dictionary], prompts: Sequence[A
     prompts = list(prompts)
     if not prompts:
         raise ValueError("prompts is empty; give the held-out prompts to evaluate on")
-    rows = _token_rows(model, prompts)
+    rows = token_rows(model, prompts)
     model._positions.check(max(len(r) for r in rows), "the longest prompt")
     excluded = excluded_ids(model, exclude)
     tallies = [Tally(e.splice.dictionary.d_sae) for e in entries]

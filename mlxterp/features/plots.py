@@ -24,9 +24,9 @@ def figure(figsize: Tuple[float, float], rows: int = 1, cols: int = 1) -> Tuple[
 
 
 def finish(fig: Any, save_path: Optional[PathLike]) -> Any:
-    from ..plotting import _finish
+    from ..plotting import finish_figure
 
-    return _finish(fig, save_path)
+    return finish_figure(fig, save_path)
 
 
 def density_histogram(ax: Any, density: np.ndarray, label: str) -> None:

@@ -11,7 +11,7 @@ import mlx.core as mx
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..activations import _token_rows, padded_batches
+from ..activations import token_rows, padded_batches
 from ..dictionaries import sites as site_names
 from ..dictionaries.sources import excluded_ids
 from .objective import Target, lse_softmax, translate
@@ -108,7 +108,7 @@ def evaluate_lens(model: Any, lens: Any, prompts: Any, *, layers: Optional[Seque
     if missing or not chosen:
         raise ValueError(f"layers {missing or chosen}: this tuned lens reads layers {lens.layers} and the last "
                          f"({lens.n_layers - 1})")
-    rows = _token_rows(model, [prompts] if isinstance(prompts, str) else list(prompts))
+    rows = token_rows(model, [prompts] if isinstance(prompts, str) else list(prompts))
     rows = [r[:context] for r in rows] if context else rows
     excluded = np.array(sorted(excluded_ids(model, exclude)), dtype=np.int64)
     program = _program(model, [*chosen, lens.n_layers - 1])

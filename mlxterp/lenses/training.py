@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from .. import distributed as dist
 from ..dictionaries import sites as site_names
 from ..dictionaries.sources import ArraySource, LiveSource, Source, StoreSource, hash_array
-from ..dictionaries.train import _check_int, _check_model, _check_real, _settings
+from ..dictionaries.train import check_int, check_model, check_real, fit_settings
 from ..dictionaries.trainer import fit
 from .objective import TunedLensObjective
 from .tuned import TunedLens
@@ -57,15 +57,15 @@ def train_lens(model: Any, data: Any, *, tokens: int, layers: Optional[Sequence[
         ValueError: before any work: bad arguments, a layer out of range, a store from another model or
             lacking a layer, data that are neither prompts nor a store.
     """
-    _check_model(model)
+    check_model(model)
     lens = TunedLens.create(model, layers)
-    settings = _settings(tokens, batch_size, lr, seed, warmup, decay, max_grad_norm, (0.9, 0.999))
-    _check_real("weight_decay", weight_decay)
+    settings = fit_settings(tokens, batch_size, lr, seed, warmup, decay, max_grad_norm, (0.9, 0.999))
+    check_real("weight_decay", weight_decay)
     if not 0 <= momentum < 1:
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
     settings = dataclasses.replace(settings, optimizer=optimizer, momentum=float(momentum),
                                    weight_decay=float(weight_decay))
-    _check_int("until", until, batch_size, allow_none=True)
+    check_int("until", until, batch_size, allow_none=True)
     group = dist.resolve_group(distributed)
     if group is not None and batch_size % group.size():
         raise ValueError(f"batch_size={batch_size} must be a multiple of the number of processes ({group.size()})")
@@ -105,9 +105,9 @@ def _source(model: Any, lens: TunedLens, data: Any, exclude: Any, context: Any, 
     elif _is_store(data):
         source = _store_source(model, data, wanted)
     else:
-        _check_int("prompt_batch", prompt_batch, 1)
-        _check_int("shuffle_batches", shuffle_batches, 1)
-        _check_int("context", context, 1, allow_none=True)
+        check_int("prompt_batch", prompt_batch, 1)
+        check_int("shuffle_batches", shuffle_batches, 1)
+        check_int("context", context, 1, allow_none=True)
         prompts = [data] if isinstance(data, str) else data
         sites = [site_names.resolve(model, name) for name in dict.fromkeys(wanted)]
         source = LiveSource(model, prompts, sites, exclude=exclude, context=context, prompt_batch=prompt_batch,

@@ -14,7 +14,7 @@ import numpy as np
 from .. import distributed as dist
 from ..dictionaries import sites as site_names
 from ..dictionaries.sources import ArraySource, Source, StoreSource
-from ..dictionaries.train import _check_real, _settings
+from ..dictionaries.train import check_real, fit_settings
 from ..dictionaries.trainer import fit
 from .objective import KINDS, ProbeObjective, hits, row_losses
 from .probe import Probe, ProbeScore
@@ -66,13 +66,13 @@ def train_probe(data: Any, labels: Any, *, site: Optional[str] = None, kind: str
     """
     rows = resolve_rows(data, site)
     kind, targets, classes = _labels(labels, rows, kind)
-    _check_real("holdout", holdout)
-    _check_real("epochs", epochs, strict=True)
-    _check_real("l2", l2)
+    check_real("holdout", holdout)
+    check_real("epochs", epochs, strict=True)
+    check_real("l2", l2)
     weights, held = _split(rows.groups, holdout, seed)
     batch_size = min(256, int(weights.sum())) if batch_size is None else batch_size
     steps = max(1, math.ceil(epochs * int(weights.sum()) / batch_size))
-    settings = _settings(steps * batch_size, batch_size, lr, seed, 0.01, 0.2, 1.0, (0.9, 0.999))
+    settings = fit_settings(steps * batch_size, batch_size, lr, seed, 0.01, 0.2, 1.0, (0.9, 0.999))
     group = dist.resolve_group(distributed)
     if group is not None and batch_size % group.size():
         raise ValueError(f"batch_size={batch_size} must be a multiple of the number of processes ({group.size()})")

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Sequence
 import mlx.core as mx
 import numpy as np
 
-from ..activations import _position_index, _token_rows, gather_rows, padded_batches
+from ..activations import position_index, token_rows, gather_rows, padded_batches
 from ..core import WrappedModel
 from ..sites import Site, read_site, sequence_specs
 from .manifest import model_identity
@@ -42,7 +42,7 @@ def dtype_name(dtype: Any) -> str:
 def check_lengths(model: WrappedModel, prompts: Sequence[Any], first: int) -> np.ndarray:
     """Token counts of ``prompts`` (numbered from ``first``), each tokenized and range-checked, and the
     longest checked against the model's position limit."""
-    lengths = np.array([len(r) for r in _token_rows(model, prompts, offset=first)], dtype=np.int64)
+    lengths = np.array([len(r) for r in token_rows(model, prompts, offset=first)], dtype=np.int64)
     longest = int(np.argmax(lengths))
     model._positions.check(int(lengths[longest]), f"prompt {first + longest}")
     return lengths
@@ -62,12 +62,12 @@ def positions_collection(model: WrappedModel, sites: List[Site], positions: List
 
     def check(prompts: Sequence[Any], first: int) -> np.ndarray:
         lengths = check_lengths(model, prompts, first)
-        _position_index(lengths, positions, offset=first)
+        position_index(lengths, positions, offset=first)
         return lengths
 
     def compute(prompts: Sequence[Any], first: int, bar: Any) -> Dict[str, mx.array]:
-        rows = _token_rows(model, prompts, offset=first)
-        index = _position_index([len(r) for r in rows], positions, offset=first)
+        rows = token_rows(model, prompts, offset=first)
+        index = position_index([len(r) for r in rows], positions, offset=first)
         out = gather_rows(model, rows, index, sites, single, batch_size, bar)
         return {k: v.astype(store_dtype) for k, v in out.items()}
 
@@ -89,7 +89,7 @@ def tokens_collection(model: WrappedModel, sites: List[Site], dtype: Any, batch_
         return check_lengths(model, prompts, first)
 
     def compute(prompts: Sequence[Any], first: int, bar: Any) -> Dict[str, mx.array]:
-        rows = _token_rows(model, prompts, offset=first)
+        rows = token_rows(model, prompts, offset=first)
         out = token_outputs(model, rows, sites, batch_size, bar)
         out = {k: v.astype(store_dtype) for k, v in out.items()}
         out[LENGTHS_KEY] = mx.array([len(r) for r in rows], dtype=mx.int32)

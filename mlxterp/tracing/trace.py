@@ -10,14 +10,14 @@ import mlx.core as mx
 import numpy as np
 
 from mlxterp.compiler import CausalityError, Graph, Op, Ref, to_dot, to_json, to_text
-from mlxterp.compiler.ir import map_refs
 from mlxterp.compiler import structure as keys
-from mlxterp.compiler.semantics import evaluate, format_index
+from mlxterp.compiler.semantics import format_index
 
 from ..core import WrappedModel
 from ..scalars import python_number
 from . import context, guards
-from .attached import Part, is_part
+from .attached import SiteAttachments, is_part
+from .stand_ins import StandIns
 from .invoke import Invoke, InvokeError, Invokes, explain_causality
 from .program import Program, build_program, check_param_name, param_default
 from .proxy import _UNSET, Proxy, apply
@@ -57,7 +57,7 @@ def shift_residual(out: mx.array, new: mx.array, old: mx.array) -> mx.array:
 COMPILE_CHOICES = {False: "eager", True: "compiled", "eager": "eager", "compiled": "compiled", "auto": "auto"}
 
 
-class Trace:
+class Trace(SiteAttachments, StandIns):
     """Context manager for one traced forward (created by :meth:`InterpretableModel.trace`).
 
     After the block: ``output`` (the model's output), ``saved_values`` (``.save()``-d values by key),
@@ -160,40 +160,6 @@ class Trace:
         current = self.module_value(path, 0, phase)
         value = fn(current) if isinstance(fn, Intervention) else apply(fn, current)
         self.write(path, 0, phase, value, guards.intervention_origin(name, fn, kind))
-
-    # -- objects attached to sites (see .attached) --------------------------------------------
-    def attach(self, binding: tuple, name: str, obj: Any) -> None:
-        """Make ``obj`` reachable as ``value.<name>`` from the traced values bound to ``binding``
-        (``(path, call, phase)`` of a site)."""
-        at = self._attached.setdefault(binding, {})
-        if name in at:
-            raise ValueError(f"{self._site_name(binding)} already has {name!r} attached; give each dictionary at "
-                             "one site its own name")
-        at[name] = obj
-
-    def attached(self, binding: tuple, name: str) -> Any:
-        """The object attached as ``name`` to the site ``binding``, or ``None``."""
-        found = self._attached.get(binding)
-        return None if found is None else found.get(name)
-
-    def attached_names(self) -> list[str]:
-        """``"<site>.<name>"`` of every attached object (for error messages)."""
-        return [f"{self._site_name(b)}.{n}" for b, names in self._attached.items() for n in names]
-
-    def _site_name(self, binding: tuple) -> str:
-        path, idx, phase = binding
-        short = self._owner._index.short(path)
-        if self._owner._index.is_layer(path) and phase in ("input", "output"):
-            return f"{short}.{'resid_pre' if phase == 'input' else 'resid_post'}"
-        return f"{short}.{phase}" if short else phase
-
-    def _binding_name(self, binding: tuple) -> str:
-        """``layers.3.mlp output`` (a module value) or ``layers.6.resid_pre.sae.features`` (an attached one)."""
-        return str(binding[2]) if is_part(binding[2]) else f"{self._owner._index.short(binding[0])} {binding[2]}"
-
-    def _write_part(self, path: str, call_idx: int, part: Part, value: Any) -> None:
-        obj = self.attached((path, call_idx, part.site_phase), part.owner)
-        obj.write_part(self, part.name, value)
 
     # -- invokes ------------------------------------------------------------------------------
     def invoke(self, inputs: Any, name: str | None = None) -> Invoke:
@@ -478,32 +444,6 @@ class Trace:
             return key if self._invokes is None else self._invokes.save_key(proxy._node, key)
         node = self.graph.node(proxy._node)
         return f"{node.op.value}_{node.id}"
-
-    # -- shapes during tracing ---------------------------------------------------------------
-    def abstract(self, node_id: int) -> Any:
-        """A lazily built, never evaluated stand-in with the node's real shape and dtype."""
-        if node_id not in self._abstract:
-            self._abstract[node_id] = self._abstract_value(self.graph.node(node_id))
-        return self._abstract[node_id]
-
-    def _abstract_value(self, node: Any) -> Any:
-        if self._invokes is not None and node.meta.get("view"):
-            return self._invokes.abstract(node)
-        if node.op in (Op.MODULE_OUTPUT, Op.MODULE_INPUT):
-            path, idx = node.target
-            event = (path, idx, "output" if node.op is Op.MODULE_OUTPUT else "input")
-            spec = self._owner._probe(self.recording_tokens()).values.get(event)
-            if not isinstance(spec, tuple):
-                raise RuntimeError(f"{self._owner._index.short(path) or '<model>'} {event[2]} has no array shape "
-                                   f"(call {idx} {'returns' if event[2] == 'output' else 'receives'} {spec})")
-            return mx.zeros(spec[0], spec[1])
-        if node.op is Op.CONSTANT:
-            return node.meta["value"]
-        if node.op is Op.REPLACE:
-            return self.abstract(node.args[0].id)
-        args = map_refs(node.args, lambda r: self.abstract(r.id))
-        kwargs = map_refs(node.kwargs, lambda r: self.abstract(r.id))
-        return evaluate(node, args, kwargs)
 
     # -- results -----------------------------------------------------------------------------
     @property

@@ -178,12 +178,12 @@ def test_sweeps_keep_an_edit_of_a_position_after_their_last_position_cuts(model,
     at the norm, to the last position: an edit of position 0 there then landed on the last position (the
     sweep's metric). It cannot change the last position's logits, so the edited model's sweeps equal the
     base model's."""
-    from mlxterp.analysis.patching import _sliceable_norm
+    from mlxterp.analysis.patching import sliceable_norm
 
     edited = first_position_tanh(model, where)
     tokens = mx.array([CLEAN, CORRUPTED])
-    assert (_sliceable_norm(edited, tokens) is None) == (where == "logits")
-    assert _sliceable_norm(steered(model), tokens) is not None  # an edit before the norm keeps its cut
+    assert (sliceable_norm(edited, tokens) is None) == (where == "logits")
+    assert sliceable_norm(steered(model), tokens) is not None  # an edit before the norm keeps its cut
     for component in ("mlp", "output"):
         want = model.activation_patching(CLEAN, CORRUPTED, component=component)
         assert edited.activation_patching(CLEAN, CORRUPTED, component=component) == pytest.approx(want, abs=1e-4)
