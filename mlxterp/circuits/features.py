@@ -28,7 +28,7 @@ one forward, and faithfulness is ``(m(circuit) - m(empty)) / (m(full) - m(empty)
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
 import mlx.core as mx
 import numpy as np
