@@ -243,3 +243,26 @@ def test_bad_arguments_are_refused_and_the_model_is_left_as_it_was(model, dictio
         out = model.output.save()
     np.testing.assert_allclose(np.array(out), np.array(llama_forward(model.model, tokens)), atol=1e-5)
 
+
+
+@pytest.mark.realmodel
+def test_stories260k_scores_and_faithfulness_equal_the_hand_written_forward(stories):
+    # A real llama (grouped-query attention, tied embeddings): an SAE and a TopK transcoder (its chunked
+    # selection on the gradient's path) at two layers, patching with 2 steps of integrated gradients.
+    ds = [dictionary("relu", "layers.1.resid_post", 64, 96, seed=11),
+          dictionary("topk", "layers.3.mlp.input", 64, 256, seed=12, site_out="layers.3.mlp")]
+    clean = mx.array([stories.encode("Once upon a time there was a little cat")])
+    corrupted = mx.array(clean)
+    corrupted[0, 7] = stories.encode(" dog")[-1]
+    scores = mt.circuits.feature_attribution(stories, ds, clean, corrupted, steps=2, target=A, foil=B)
+    points = [hand_gradients(stories, ds, corrupted, alpha=k / 2, source=clean) for k in range(2)]
+    ends = hand_parts(stories, ds, clean), hand_parts(stories, ds, corrupted)
+    for i, ((fc, ec), (fr, er)) in enumerate(zip(*ends)):
+        gf, ge = (sum(p[i][j] for p in points) / 2 for j in range(2))
+        np.testing.assert_allclose(scores.features[i], np.array(((fc - fr) * gf).sum(0)), atol=2e-5, rtol=1e-4)
+        np.testing.assert_allclose(scores.errors[i], np.array(((ec - er) * ge).sum(axis=(0, 2))), atol=2e-5,
+                                   rtol=1e-4)
+    circuit = scores.circuit(n_nodes=30)
+    curve = mt.circuits.feature_faithfulness(stories, ds, [circuit], clean, corrupted, target=A, foil=B)
+    expected = hand_circuit(stories, ds, clean, ends[1], circuit, keep_errors=False)
+    assert curve.values[0] == pytest.approx(expected, abs=2e-5)
