@@ -27,6 +27,7 @@ from mlxterp.compiler import StateCompiled
 from ..analysis.metrics import Metric
 from ..analysis.programs import cached_program, keep_program
 from ..dictionaries import sites
+from ..dictionaries.dictionary import Dictionary
 from ..tracing.program import param
 from ..tracing.proxy import apply
 from .splice import Splice, check_dictionaries, splice
@@ -62,9 +63,7 @@ def node_splices(model: Any, dictionaries: Sequence[Any]) -> tuple:
     return check_dictionaries(model, [splice(_dictionary(d, i), name=f"node{i}") for i, d in enumerate(dictionaries)])
 
 
-def _dictionary(entry: Any, i: int) -> Any:
-    from ..dictionaries.dictionary import Dictionary
-
+def _dictionary(entry: Any, i: int) -> Dictionary:
     if not isinstance(entry, Dictionary):
         raise TypeError(f"dictionaries[{i}] is a {type(entry).__name__}; expected an mlxterp SAE or Transcoder "
                         "(each is spliced with its error term)")
@@ -85,6 +84,9 @@ def part_gradients(model: Any, splices: Sequence[Splice], tokens: mx.array, metr
         source: token ids like ``tokens``: the other end of the input path (``None``: every variant is the
             run of ``tokens``).
         alphas: each variant's point on the input path (with ``source``).
+
+    Returns:
+        :class:`PartGradients`, every array with leading axes ``(K, rows)`` (``values``: ``(K,)``).
     """
     k = len(weights)
     program = _program(model, splices, tokens, metric, k, source is not None)
