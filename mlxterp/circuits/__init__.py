@@ -1,6 +1,7 @@
 """Circuits: direct logit attribution, residual decomposition, edge attribution (EAP, EAP-IG), exact edge
-patching and circuit faithfulness, built on programs (see README.md, "Circuits"); and trainable
-interventions: distributed alignment search (:class:`DAS`).
+patching and circuit faithfulness, built on programs (see README.md, "Circuits"); feature circuits
+(:func:`feature_attribution`, :func:`feature_faithfulness`: nodes are the features and error terms of trained
+dictionaries); and trainable interventions: distributed alignment search (:class:`DAS`).
 
 The entry points are methods of :class:`mlxterp.InterpretableModel` (``model.direct_logit_attribution``,
 ``model.decompose``, ``model.edge_attribution``, ``model.edge_patching``, ``model.evaluate_circuit``,
@@ -12,6 +13,8 @@ from .das_rotation import DASIntervention
 from .dla import DirectLogitAttribution, ResidualDecomposition
 from .edges import Circuit, EdgeScores
 from .faithfulness import EdgePatching, Faithfulness, FaithfulnessCurve
+from .feature_nodes import FeatureCircuit, FeatureScores
+from .features import feature_attribution, feature_faithfulness
 from .nodes import CircuitGraph
 
 __all__ = [
@@ -24,5 +27,9 @@ __all__ = [
     "EdgeScores",
     "Faithfulness",
     "FaithfulnessCurve",
+    "FeatureCircuit",
+    "FeatureScores",
     "ResidualDecomposition",
+    "feature_attribution",
+    "feature_faithfulness",
 ]

@@ -100,9 +100,11 @@ class FaithfulnessCurve(Saveable):
     ``save(path)``, ``FaithfulnessCurve.load(path)``).
 
     Attributes:
-        sizes: edges in each circuit.
+        sizes: edges (or nodes, for feature circuits) in each circuit.
         values: ``(len(sizes),)`` float64 numpy: each circuit's metric (mean over the prompts).
         clean, baseline, ablation, metric: as in :class:`Faithfulness`.
+        unit: what ``sizes`` count: ``"edges"`` (edge circuits) or ``"nodes"`` (feature circuits,
+            :func:`mlxterp.circuits.feature_faithfulness`).
     """
 
     kind = "faithfulness_curve"
@@ -113,6 +115,7 @@ class FaithfulnessCurve(Saveable):
     baseline: float
     ablation: str
     metric: str
+    unit: str = "edges"
 
     @property
     def faithfulness(self) -> np.ndarray:
@@ -123,12 +126,12 @@ class FaithfulnessCurve(Saveable):
         return (self.values - self.baseline) / gap if gap != 0 else np.full(len(self.values), np.nan)
 
     def as_dict(self) -> dict:
-        """``{n_edges: faithfulness}`` (``to_dict()`` is the saved record)."""
+        """``{size: faithfulness}`` (``to_dict()`` is the saved record)."""
         return {n: float(f) for n, f in zip(self.sizes, self.faithfulness)}
 
     def plot(self, save_path: Optional[PathLike] = None, *, figsize: Tuple[float, float] = (8, 5),
              title: Optional[str] = None) -> Any:
-        """Faithfulness against circuit size (log-scaled edges)."""
+        """Faithfulness against circuit size (log-scaled when every size is positive)."""
         from .plots import plot_faithfulness
 
         return plot_faithfulness(self, figsize=figsize, save_path=save_path,

@@ -106,15 +106,15 @@ def check_ablation(ablation: Any) -> str:
     return ablation
 
 
-def check_sizes(sizes: Any, n_edges: int) -> list:
-    """Circuit sizes of a faithfulness curve: positive ints (each at most the number of edges)."""
+def check_sizes(sizes: Any, n_edges: int, unit: str = "edges") -> list:
+    """Circuit sizes of a faithfulness curve: positive ints (each at most the number of edges, or of nodes)."""
     if isinstance(sizes, (str, bytes)) or not isinstance(sizes, (list, tuple, range)) or not sizes:
-        raise ValueError(f"sizes: expected a non-empty list of edge counts, got {sizes!r}")
+        raise ValueError(f"sizes: expected a non-empty list of {unit[:-1]} counts, got {sizes!r}")
     out = []
     for s in sizes:
         if not is_int(s) or int(s) < 0:
-            raise ValueError(f"sizes: {s!r} is not a non-negative int (edge counts, at most {n_edges})")
+            raise ValueError(f"sizes: {s!r} is not a non-negative int ({unit[:-1]} counts, at most {n_edges})")
         if int(s) > n_edges:
-            raise ValueError(f"sizes: {int(s)} edges asked, but the model has {n_edges} edges")
+            raise ValueError(f"sizes: {int(s)} {unit} asked, but there are {n_edges} {unit}")
         out.append(int(s))
     return out

@@ -42,14 +42,14 @@ def plot_edges(scores: EdgeScores, n_edges: int, *, figsize: Tuple[float, float]
 
 def plot_faithfulness(curve: FaithfulnessCurve, *, figsize: Tuple[float, float] = (8, 5),
                       save_path: Optional[PathLike] = None, title: Optional[str] = None) -> Any:
-    """Faithfulness against the number of edges (log scale when every size is positive)."""
+    """Faithfulness against the number of edges or nodes (log scale when every size is positive)."""
     fig, ax = new_axes(figsize)
     ax.plot(curve.sizes, curve.faithfulness, marker="o")
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
     ax.axhline(0.0, color="grey", linewidth=0.8)
     if min(curve.sizes) > 0:
         ax.set_xscale("log")
-    ax.set_xlabel("Edges in the circuit")
+    ax.set_xlabel(f"{curve.unit.capitalize()} in the circuit")
     ax.set_ylabel("Faithfulness")
     ax.grid(alpha=0.3)
     ax.set_title(title or "Circuit faithfulness")

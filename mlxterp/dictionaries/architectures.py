@@ -106,8 +106,10 @@ def relu(pre: mx.array) -> mx.array:
 
 
 def topk(pre: mx.array, k: int) -> mx.array:
-    """ReLU of the ``k`` largest values of each row (last axis), 0 elsewhere."""
-    kth = kth_largest(pre, k)
+    """ReLU of the ``k`` largest values of each row (last axis), 0 elsewhere. Differentiable in ``pre``: the
+    threshold only selects (its gradient is 0), and it is held constant, since the chunked search's gather has
+    no gradient with respect to its indices (a gradient through a spliced TopK dictionary would raise)."""
+    kth = mx.stop_gradient(kth_largest(pre, k))
     return mx.where(pre >= kth, mx.maximum(pre, 0), 0)
 
 

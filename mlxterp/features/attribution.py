@@ -3,13 +3,15 @@ one backward (attribution patching at the level of features), and exact feature 
 
 The dictionary is spliced with its error term (the forward is the model's own), and two zero params are added
 to its parts: ``features + delta_f`` and ``error + delta_e``. One ``mx.value_and_grad`` of the metric with
-respect to them gives ``g_f = dm/df`` at every position and feature and ``g_e = dm/de``. Then, to first order:
+respect to them gives ``g_f = dm/df`` at every position and feature and ``g_e = dm/de`` (the program is
+:mod:`.gradients`', which :func:`mlxterp.circuits.feature_attribution` runs with several dictionaries). Then, to
+first order:
 
 - ablation (one prompt): zeroing feature ``i`` at position ``t`` changes the metric by ``-f[t, i] * g_f[t, i]``,
   and zeroing the error term at ``t`` by ``-e[t] . g_e[t]``;
 - patching (``corrupted=``): the gradient is taken on the corrupted run and giving feature ``i`` at ``t`` its
-  clean value changes the metric by ``(f_clean - f_corrupted)[t, i] * g_f[t, i]`` (the clean features come from
-  a forward of the clean prompt), the error likewise.
+  clean value changes the metric by ``(f_clean - f_corrupted)[t, i] * g_f[t, i]`` (the clean run is a second
+  variant of the same forward, of weight 0 in the differentiated sum), the error likewise.
 
 :func:`feature_ablation` and :func:`feature_patching` run the exact versions for chosen features, one batched
 forward of all variants.
@@ -20,24 +22,21 @@ The same construction is open to user programs (the README's "Features" section)
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import mlx.core as mx
 import numpy as np
 
-from mlxterp.compiler import StateCompiled
-
 from ..analysis.metrics import Metric
-from ..analysis.programs import cached_program, keep_program
 from ..dictionaries import sites
 from ..analysis.validate import prompt_pair, resolve_metric, single_prompt, token_labels
 from ..tracing.program import param
 from ..tracing.proxy import apply
 from ..views.saving import Saveable, attach
 from . import plots
-from .splice import Splice, check_dictionary, splice
+from .gradients import node_splices, part_gradients
+from .splice import check_dictionary, splice
 
-KIND = "features.attribution"
 NAME = "attribution"  # what the dictionary is spliced as in these programs
 
 
@@ -115,22 +114,21 @@ def attribution(model: Any, dictionary: Any, prompt: Any, *, metric: Any = "logp
         ValueError: a distance metric (its gradient at the clean run is 0), prompts of different lengths, a
             bad dictionary (as ``dictionaries=`` checks it).
     """
-    spec = splice(dictionary, name=NAME)
-    checked = check_dictionary(model, spec, 0)
+    splices = node_splices(model, [dictionary])
     pair = _pair(model, prompt, corrupted)
     metric_ = _score_metric(resolve_metric(model, metric, pair, target, foil))
     run = pair[1:2] if corrupted is not None else pair[0:1]
-    program = _program(model, spec, checked, run, metric_)
-    weights = dictionary.inference_weights()
-    (value, f, e), (g_f, g_e) = program.grad(run, weights)
     if corrupted is None:
-        scores, error = -f * g_f, -(e * g_e).sum(axis=-1)
-    else:
-        _, f_clean, e_clean = program.parts(pair[0:1], weights)
-        scores, error = (f_clean - f) * g_f, ((e_clean - e) * g_e).sum(axis=-1)
+        g = part_gradients(model, splices, run, metric_, [1.0])
+        scores, error = -g.features[0][0] * g.grad_features[0][0], -(g.errors[0][0] * g.grad_errors[0][0]).sum(-1)
+    else:  # the corrupted run (weight 1) and the clean one (weight 0, for its parts) as two variants
+        g = part_gradients(model, splices, run, metric_, [1.0, 0.0], source=pair[0:1], alphas=[0.0, 1.0])
+        (f, f_clean), (e, e_clean) = g.features[0], g.errors[0]
+        scores, error = (f_clean - f) * g.grad_features[0][0], ((e_clean - e) * g.grad_errors[0][0]).sum(axis=-1)
+    value = g.values[0]
     result = FeatureAttribution(dictionary.label, token_labels(model, run[0].tolist()),
                                 np.array(scores[0], dtype=np.float32), np.array(error[0], dtype=np.float32),
-                                str(metric_), float(value), "ablation" if corrupted is None else "patching")
+                                str(metric_), float(value.item()), "ablation" if corrupted is None else "patching")
     prompts = [prompt] if corrupted is None else [prompt, corrupted]
     return attach(result, model, prompts, {"dictionary": dictionary.label, "metric": str(metric_), "target": target,
                                           "foil": foil})
@@ -213,52 +211,3 @@ def _score_metric(metric: Metric) -> Metric:
                          "is 0; feature attribution needs a score of the logits: 'logprob', 'prob', 'logit_diff' "
                          "(with target= and foil=) or a function logits -> score per row")
     return metric
-
-
-class _Program:
-    """The traced attribution program (features, error and metric saved; zero params ``delta_f``/``delta_e``
-    added to the parts), its dictionary's weights as params by name, and its compiled value and gradient."""
-
-    def __init__(self, model: Any, prog: Any, names: Dict[str, str], seq: int, d_sae: int, d_out: int):
-        self.prog, self.names = prog, names
-        self.zeros = (mx.zeros((1, seq, d_sae)), mx.zeros((1, seq, d_out)))
-        step = mx.value_and_grad(self._value, argnums=(0, 1))
-        self._grad = StateCompiled(step, model.model, model._executor.stats)
-
-    def _params(self, weights: Dict[str, mx.array]) -> Dict[str, mx.array]:
-        return {self.names[n]: w for n, w in weights.items()}
-
-    def _value(self, delta_f: mx.array, delta_e: mx.array, tokens: mx.array, weights: Dict[str, mx.array]) -> tuple:
-        out = self.prog.fn(tokens, {"delta_f": delta_f, "delta_e": delta_e, **self._params(weights)})
-        return out["metric"].sum(), out["features"], out["error"]
-
-    def grad(self, tokens: mx.array, weights: Dict[str, mx.array]) -> tuple:
-        """``((metric, features, error), (d metric / d features, d metric / d error))``: one forward, one backward."""
-        return self._grad(*self.zeros, tokens, weights)
-
-    def parts(self, tokens: mx.array, weights: Dict[str, mx.array]) -> tuple:
-        """The metric, features and error of a run on ``tokens`` (no delta)."""
-        out = self.prog(tokens=tokens, **self._params(weights))
-        return out["metric"], out["features"], out["error"]
-
-
-def _program(model: Any, spec: Any, s: Splice, tokens: mx.array, metric: Metric) -> _Program:
-    """The attribution program for this structure (cached on the model; recorded on ``tokens`` once)."""
-    d = s.dictionary
-    shapes = tuple((n, tuple(w.shape), w.dtype) for n, w in d.inference_weights().items())
-    key = (d.encoder, d.decoder, s.site_in.key, s.site_out.key, shapes, metric, tuple(tokens.shape))
-    found = cached_program(model, KIND, key)
-    if found is not None:
-        return found
-    seq = tokens.shape[1]
-    with model.trace(tokens, capture="saved", dictionaries=[spec]) as tr:
-        parts = getattr(sites.read(model, s.site_in), NAME)
-        parts.features.save("features")
-        parts.error.save("error")
-        parts.features = parts.features + param("delta_f", mx.zeros((1, seq, d.d_sae)))
-        parts.error = parts.error + param("delta_e", mx.zeros((1, seq, d.d_out)))
-        apply(metric.score, model.output[:, -1]).save("metric")
-    prog = tr.program()
-    by_id = {id(spec_.default): name for name, spec_ in prog.params.items()}
-    names = {n: by_id[id(w)] for n, w in d.inference_weights().items()}
-    return keep_program(model, KIND, key, _Program(model, prog, names, seq, d.d_sae, d.d_out))
