@@ -13,7 +13,7 @@ respect to them gives ``g_f = dm/df`` at every position and feature and ``g_e = 
 
 :func:`feature_ablation` and :func:`feature_patching` run the exact versions for chosen features, one batched
 forward of all variants.
-The same construction is open to user programs (the README's "Features" section): add a param to
+The same construction is open to user programs (the guide's features page, docs/guide/features.md): add a param to
 ``h.sae.features`` or ``h.sae.error`` inside a trace and differentiate the program with respect to it.
 """
 
