@@ -149,8 +149,8 @@ for s, text in zip(strengths.tolist(), gen.text):
 #
 # The logit lens reads a layer's residual through the final norm and unembedding as if it were the last
 # layer's. A tuned lens (Belrose et al. 2023) first passes it through an affine translator per layer,
-# trained so that the readout matches the model's own final distribution. Here a few translators are
-# trained on 512 tokens of the training prompts (a few seconds per translator here), then evaluated on the
+# trained so that the readout matches the model's own final distribution. Here two translators are
+# trained on 256 tokens of the training prompts (a few seconds per translator here), then evaluated on the
 # held-out ones: KL to the model's final distribution and next-token cross-entropy, both lenses, in nats.
 # The held-out prompts are the same templates with other words, which flatters the lens; on real text see
 # the benchmarks (4,096 training tokens of documentation: below the logit lens at every layer of this model,
@@ -158,8 +158,8 @@ for s, text in zip(strengths.tolist(), gen.text):
 
 # %%
 n = len(model.layers)
-shown = sorted({n // 3, n // 2, 2 * n // 3, n - 1})
-lens = mt.TunedLens.train(model, prompts, tokens=512, batch_size=64, layers=shown[:-1], progress=False)
+shown = sorted({n // 2, 2 * n // 3, n - 1})
+lens = mt.TunedLens.train(model, prompts, tokens=256, batch_size=64, layers=shown[:-1], progress=False)
 print(lens)
 print(lens.evaluate(model, heldout).table())
 
