@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import re
 import sys
 from pathlib import Path
@@ -27,11 +28,16 @@ REPO = Path(__file__).resolve().parents[1]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
-def site_link(target: str) -> str:
-    """A README link as the site has it: ``docs/x.md`` is ``x.md``, ``benchmarks/README.md`` the Benchmarks page."""
+def site_link(target: str, folder: str = "") -> str:
+    """A README link as the site has it: ``docs/x.md`` is ``x.md``, ``benchmarks/README.md`` the Benchmarks page.
+
+    ``folder`` is the README's folder in the repository (``"benchmarks"``): its relative links are read from
+    there (``../docs/x.png`` in ``benchmarks/README.md`` is ``docs/x.png``)."""
     path, sep, anchor = target.partition("#")
     if "://" in path or not path or path.startswith("mailto:"):
         return target
+    if folder not in ("", "."):
+        path = posixpath.normpath(posixpath.join(folder, path))
     if path.startswith("docs/"):
         path = path[len("docs/"):]
     elif path == "benchmarks/README.md":
@@ -43,7 +49,8 @@ def site_link(target: str) -> str:
 
 def readme_page(source: Path) -> str:
     """``source`` (a README) with its links rewritten by :func:`site_link`."""
-    return LINK.sub(lambda m: f"]({site_link(m.group(1))})", source.read_text())
+    folder = source.parent.relative_to(REPO).as_posix()
+    return LINK.sub(lambda m: f"]({site_link(m.group(1), folder)})", source.read_text())
 
 
 def on_config(config):

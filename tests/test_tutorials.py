@@ -71,8 +71,24 @@ def any_distributed_sweep(ns: dict) -> None:
     assert np.abs(np.array(alone.astype(mx.float16).astype(mx.float32)) - x[:40]).max() < 1e-2
 
 
+def any_train_an_sae(ns: dict) -> None:
+    """The trained SAE's numbers hang together, and what the feature tools report is the SAE's own encode of
+    the residual read by a plain trace (no splice)."""
+    model, sae, site, feature, ctx = ns["model"], ns["sae"], ns["site"], ns["feature"], ns["ctx"]
+    assert ns["run"].steps * ns["run"].batch_size == 8192 and ns["report"][0]["l0"] <= 16
+    best = ctx.top(feature, 1)[0]
+    with model.trace((ns["prompts"] + ns["heldout"])[best["prompt"]]):
+        h = model.layers[ns["layer"]].resid_pre.save()
+    assert site == f"layers.{ns['layer']}.resid_pre"
+    assert abs(float(sae.encode(h)[0, best["position"], feature]) - best["activation"]) < 1e-3
+    assert len(ns["gen"].text) == 3 and ns["lens"].layers == ns["shown"][:-1]
+    # the last layer is read as it is: both lenses give the model's own top prediction there
+    assert list(ns["plain"].values())[-1][-1][0][0] == list(ns["tuned"].values())[-1][-1][0][0]
+
+
 ANY = {"find_a_fact": any_find_a_fact, "induction_heads": any_induction_heads, "steering": any_steering,
-       "find_a_circuit": any_find_a_circuit, "distributed_sweep": any_distributed_sweep}
+       "find_a_circuit": any_find_a_circuit, "distributed_sweep": any_distributed_sweep,
+       "train_an_sae": any_train_an_sae}
 
 
 def test_every_tutorial_is_tested():
@@ -121,8 +137,20 @@ def real_distributed_sweep(ns: dict) -> None:
     assert ns["accuracy"] > 0.9
 
 
+def real_train_an_sae(ns: dict) -> None:
+    any_train_an_sae(ns)
+    row = ns["report"][0]
+    assert row["fve"] > 0.5 and row["ce_recovered"] > 0.3  # weak, as the page says, but it learned something
+    positive = ("wonderful", "delightful", "loved", "enjoyed")
+    texts = [c["text"] for c in ns["ctx"].top(ns["feature"])]
+    assert sum(any(w in t for w in positive) for t in texts) >= 3  # the feature fires on positive reviews
+    assert ns["lens"].evaluate(ns["model"], ns["heldout"]).improved  # below the logit lens at every layer
+    assert ns["gen"].text[0] != ns["gen"].text[2]
+
+
 REAL = {"find_a_fact": real_find_a_fact, "induction_heads": real_induction_heads, "steering": real_steering,
-        "find_a_circuit": real_find_a_circuit, "distributed_sweep": real_distributed_sweep}
+        "find_a_circuit": real_find_a_circuit, "distributed_sweep": real_distributed_sweep,
+        "train_an_sae": real_train_an_sae}
 
 
 @pytest.mark.realmodel

@@ -35,7 +35,8 @@ class LogitLensResult(dict, Saveable, Viewable):
         input_ids: the prompt's token ids.
         input_tokens: the prompt's tokens as text.
         ids: ``(layers, seq, k)`` int64 top-k token ids, best first.
-        probs: ``(layers, seq, k)`` float32 softmax probabilities of ``ids``.
+        probs: ``(layers, seq, k)`` float32 softmax probabilities of ``ids`` (fractions in [0, 1], computed in
+            float32).
         strings: ``{token_id: text}`` of every id in ``ids``.
         lens: what projected the hidden states (``"logit lens"``; a tuned lens names itself).
     """

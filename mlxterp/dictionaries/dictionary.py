@@ -194,7 +194,10 @@ class Dictionary(nn.Module):
             setattr(self, name, weights[name])
 
     def weights(self) -> dict:
-        """``{name: array}`` of the inference weights (SAELens's names; normalization not folded)."""
+        """``{name: array}`` of the inference weights (SAELens's names; normalization not folded), in the
+        dictionary's dtype (``config.dtype``, float32 by default): ``W_enc (d_in, d_sae)``, ``b_enc (d_sae,)``,
+        ``W_dec (d_sae, d_out)``, ``b_dec (d_out,)``, and ``threshold (d_sae,)`` for ``jumprelu`` and
+        ``batchtopk``."""
         self._require_weights("weights")
         return {n: self[n] for n in WEIGHTS + ("threshold",) if n in self}
 
@@ -232,13 +235,23 @@ class Dictionary(nn.Module):
     def encode(self, x: mx.array) -> mx.array:
         """Features ``(..., d_sae)`` of raw activations ``x (..., d_in)``: TopK per row for ``topk``, a JumpReLU
         with the learned thresholds for ``jumprelu`` and ``batchtopk`` (whose batch selection is for
-        training only), ReLU for ``relu``."""
+        training only), ReLU for ``relu``. ``x`` (any float dtype) is cast to the weights' dtype (float32 by
+        default), which the features have; they are non-negative, and 0 for an inactive feature.
+
+        Raises:
+            ValueError: no weights yet, or ``x``'s last axis is not ``d_in``.
+        """
         self._require_weights("encode")
         self._check_width(x, self.config.d_in, "input")
         return self.encoder(x, self.inference_weights())
 
     def decode(self, features: mx.array) -> mx.array:
-        """Raw output activations ``(..., d_out)`` of ``features (..., d_sae)``."""
+        """Raw output activations ``(..., d_out)`` of ``features (..., d_sae)``, in the weights' dtype (float32
+        by default), on the scale of the site's own values (the input normalization undone).
+
+        Raises:
+            ValueError: no weights yet, or ``features``' last axis is not ``d_sae``.
+        """
         self._require_weights("decode")
         self._check_width(features, self.config.d_sae, "features")
         return self.decoder(features, self.inference_weights())

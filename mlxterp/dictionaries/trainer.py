@@ -110,6 +110,7 @@ class FitOutcome:
 
     @property
     def done(self) -> bool:
+        """Whether the run reached its last step (False when ``until=`` paused it earlier)."""
         return self.end is None or self.end >= self.steps
 
 

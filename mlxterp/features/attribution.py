@@ -15,7 +15,7 @@ first order:
 
 :func:`feature_ablation` and :func:`feature_patching` run the exact versions for chosen features, one batched
 forward of all variants.
-The same construction is open to user programs (the README's "Features" section): add a param to
+The same construction is open to user programs (the guide's features page, docs/guide/features.md): add a param to
 ``h.sae.features`` or ``h.sae.error`` inside a trace and differentiate the program with respect to it.
 """
 
@@ -48,10 +48,11 @@ class FeatureAttribution(Saveable):
         dictionary: the dictionary's label.
         tokens: the prompt's tokens as text (the corrupted prompt's in patching mode).
         scores: ``(seq, d_sae)`` float32: the estimated change of the metric when that feature at that position
-            is zeroed (ablation) or given its clean value (patching).
+            is zeroed (ablation) or given its clean value (patching), in the metric's units (nats for
+            ``logprob``, logits for ``logit_diff``, probability for ``prob``).
         error: ``(seq,)`` float32: the same for the error term.
         metric: the metric's label (``"logprob(' Paris')"``).
-        value: the metric on the run the gradient was taken on.
+        value: the metric on the run the gradient was taken on, in its units.
         mode: ``"ablation"`` or ``"patching"``.
     """
 
@@ -66,13 +67,15 @@ class FeatureAttribution(Saveable):
     mode: str
 
     def top(self, k: int = 10) -> List[Tuple[int, str, int, float]]:
-        """The ``k`` largest scores in absolute value: ``(position, token, feature, score)``."""
+        """The ``k`` largest scores in absolute value: ``(position, token text, feature, score)``, the score in
+        the metric's units."""
         flat = np.argsort(-np.abs(self.scores), axis=None, kind="stable")[:k]
         return [(int(t), self.tokens[t], int(f), float(self.scores[t, f]))
                 for t, f in zip(*np.unravel_index(flat, self.scores.shape))]
 
     def by_feature(self) -> np.ndarray:
-        """Each feature's score summed over positions ``(d_sae,)`` (all positions at once, to first order)."""
+        """Each feature's score summed over positions, ``(d_sae,)`` float32 in the metric's units: the
+        estimated effect of that feature at every position at once, to first order."""
         return self.scores.sum(axis=0)
 
     def __repr__(self) -> str:
@@ -103,8 +106,8 @@ def attribution(model: Any, dictionary: Any, prompt: Any, *, metric: Any = "logp
         metric: a score of the last position's logits: ``"logprob"`` (default) or ``"prob"`` of ``target``,
             ``"logit_diff"`` (``target`` minus ``foil``), a :class:`~mlxterp.analysis.metrics.Metric`, or a
             function ``logits (rows, vocab) -> (rows,)``.
-        target, foil: tokens (text or ids) of a named score; ``target`` defaults to the prompt's top
-            prediction (``foil`` to the corrupted prompt's).
+        target: the token (text or id) a named score is of; default: the prompt's top prediction.
+        foil: the token ``logit_diff`` subtracts; default: the corrupted prompt's top prediction.
         corrupted: a prompt of the same length: patching mode (see the module docstring).
 
     Returns:
@@ -140,12 +143,17 @@ def feature_ablation(model: Any, dictionary: Any, prompt: Any, features: Sequenc
     forward of ``len(features)`` variants.
 
     Args:
-        model, dictionary, prompt, metric, target, foil: as for :func:`attribution`.
+        model: the InterpretableModel.
+        dictionary: an SAE or transcoder with weights and a site.
+        prompt: the prompt.
         features: the features to ablate, one variant each.
         position: ablate at this position only (negative counts from the end); ``None``: at every position.
+        metric: as for :func:`attribution`.
+        target: as for :func:`attribution`.
+        foil: as for :func:`attribution`.
 
     Returns:
-        ``(len(features),)`` float64: ``metric(ablated) - metric(prompt)``, what
+        ``(len(features),)`` float64, in the metric's units: ``metric(ablated) - metric(prompt)``, what
         ``attribution(...).scores[position, feature]`` (or ``.by_feature()[feature]`` for every position)
         estimates.
     """
@@ -158,8 +166,19 @@ def feature_patching(model: Any, dictionary: Any, clean: Any, corrupted: Any, fe
     """The exact change of the metric on the corrupted run when each of ``features`` takes its value from the
     clean run (the error term kept): one batched forward of ``len(features)`` variants.
 
+    Args:
+        model: the InterpretableModel.
+        dictionary: an SAE or transcoder with weights and a site.
+        clean: the prompt whose feature values are patched in.
+        corrupted: the prompt run (the same length as ``clean``).
+        features: the features to patch, one variant each.
+        position: patch at this position only (negative counts from the end); ``None``: at every position.
+        metric: as for :func:`attribution`.
+        target: as for :func:`attribution`.
+        foil: as for :func:`attribution`.
+
     Returns:
-        ``(len(features),)`` float64: ``metric(patched) - metric(corrupted)``, what
+        ``(len(features),)`` float64, in the metric's units: ``metric(patched) - metric(corrupted)``, what
         ``attribution(model, dictionary, clean, corrupted=corrupted).scores[position, feature]`` estimates.
     """
     return _exact(model, dictionary, clean, corrupted, features, position, metric, target, foil)

@@ -48,8 +48,13 @@ def top_contexts(model: Any, dictionary: Any, prompts: Sequence[Any], *, feature
         progress: show a progress bar.
 
     Returns:
-        A :class:`~mlxterp.features.pages.FeatureContexts` (``.top(feature)``, ``.density``, ``.plot(feature)``,
-        ``.save_html(path, feature=...)``: the feature page; saveable).
+        A :class:`~mlxterp.features.pages.FeatureContexts`: activations ``(n, k)`` float32 in the dictionary's
+        feature units, densities ``(d_sae,)`` float32 as fractions of the evaluated tokens (``.top(feature)``,
+        ``.density``, ``.plot(feature)``, ``.save_html(path, feature=...)``: the feature page; saveable).
+
+    Raises:
+        ValueError, TypeError, ModuleNameError: a bad dictionary (as ``dictionaries=`` checks it), feature
+            indices out of range, a bad ``k``, ``window`` or ``batch_size``, empty prompts; before any forward.
     """
     from ..views.saving import attach
     from .logits import logit_effects

@@ -69,8 +69,10 @@ def evaluate(model: Any, dictionaries: Sequence[Dictionary], prompts: Sequence[A
     Returns:
         An :class:`~mlxterp.features.results.EvaluationReport`: per dictionary ``tokens``, ``l0``, ``fve``,
         ``mse``, ``cosine``, ``shrinkage``, ``dead``, ``dense``, ``ce_clean``, ``ce_spliced``, ``ce_zero``,
-        ``ce_recovered``, ``kl_spliced``, ``kl_zero``, ``kl_recovered`` (see :mod:`mlxterp.features.tally`),
-        and each feature's density.
+        ``ce_recovered``, ``kl_spliced``, ``kl_zero``, ``kl_recovered`` (see :mod:`mlxterp.features.tally`;
+        cross-entropies and KLs in nats per token, ``dead``/``dense`` fractions of the features, ``fve`` and
+        the ``*_recovered`` ratios fractions where 1 is perfect), and each feature's density ``(d_sae,)``
+        float32 (the fraction of evaluated tokens it is active on).
 
     Raises:
         TypeError, ValueError, ModuleNameError: bad dictionaries (as ``dictionaries=`` checks them), a site in no

@@ -32,7 +32,9 @@ class LogitEffects(Saveable):
         dictionary: the dictionary's label.
         features: the feature indices ``(n,)``.
         promoted, suppressed: token ids ``(n, k)``, largest effect first (most negative first).
-        promoted_values, suppressed_values: their logit effects ``(n, k)`` float32.
+        promoted_values, suppressed_values: their logit effects ``(n, k)`` float32, in logits: the logit
+            lens's readout of the feature's decoder direction (the final norm rescales the direction, so the
+            values rank tokens within a feature rather than measure one unit of its activation).
         labels: ``{token id: text}`` of every token listed.
     """
 
@@ -47,6 +49,11 @@ class LogitEffects(Saveable):
     labels: Dict[int, str]
 
     def row(self, feature: int) -> int:
+        """The index of ``feature`` in :attr:`features` (the row of the ``(n, k)`` arrays that holds it).
+
+        Raises:
+            KeyError: ``feature`` is not among these features (they are listed).
+        """
         found = np.flatnonzero(np.asarray(self.features) == int(feature))
         if not found.size:
             raise KeyError(f"feature {feature} is not in these logit effects; they cover features "
@@ -54,7 +61,8 @@ class LogitEffects(Saveable):
         return int(found[0])
 
     def top(self, feature: int, k: Optional[int] = None) -> Dict[str, List[Tuple[str, float]]]:
-        """``{"promoted": [(token, effect), ...], "suppressed": [...]}`` of one feature."""
+        """``{"promoted": [(token text, effect in logits), ...], "suppressed": [...]}`` of one feature, the
+        ``k`` first of each (all kept by default)."""
         i = self.row(feature)
         pick = lambda ids, vals: [(self.labels[int(t)], float(v)) for t, v in zip(ids[i][:k], vals[i][:k])]  # noqa
         return {"promoted": pick(self.promoted, self.promoted_values),
@@ -80,7 +88,12 @@ def logit_effects(model: Any, dictionary: Any, features: Optional[Sequence[int]]
         k: tokens promoted and suppressed kept per feature.
 
     Returns:
-        A :class:`LogitEffects`.
+        A :class:`LogitEffects`: per feature the ``k`` tokens whose logits its decoder direction raises most
+        and lowers most, with the changes in logits (float32).
+
+    Raises:
+        ValueError: feature indices out of range, a bad ``k``, or a dictionary whose output width is not the
+            residual width.
     """
     from .contexts import _features, _label
 

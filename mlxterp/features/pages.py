@@ -65,6 +65,11 @@ class FeatureContexts(Saveable, Viewable):
 
     # -- reading ------------------------------------------------------------------------------------
     def row(self, feature: int) -> int:
+        """The index of ``feature`` in :attr:`features` (the row of the ``(n, ...)`` arrays that holds it).
+
+        Raises:
+            KeyError: ``feature`` is not among the reported features (they are listed).
+        """
         found = np.flatnonzero(np.asarray(self.features) == int(feature))
         if not found.size:
             shown = list(np.asarray(self.features)[:8])

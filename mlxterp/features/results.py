@@ -19,7 +19,13 @@ COLUMNS = ("tokens", "l0", "fve", "mse", "cosine", "shrinkage", "dead", "dense",
 class EvaluationReport(Saveable):
     """Per dictionary (in the order given): ``label`` and the metrics of :mod:`mlxterp.features.tally`
     (``report[0]["fve"]``, ``report["topk@layers.6.resid_pre"]["ce_recovered"]``); ``density[i]`` is each
-    feature's firing density ``(d_sae,)`` float32.
+    feature's firing density ``(d_sae,)`` float32 (the fraction of evaluated tokens it is active on).
+
+    The metrics' units: ``tokens`` a count; ``l0`` features per token; ``fve``, ``cosine``, ``shrinkage``,
+    ``ce_recovered``, ``kl_recovered`` ratios where 1 is perfect (``shrinkage`` below 1: the reconstruction
+    is shrunk);
+    ``dead`` and ``dense`` fractions of the features; ``mse`` squared units of the site's values per token;
+    ``ce_*`` and ``kl_*`` nats per token.
 
     Saves and loads (``save(path)``, ``EvaluationReport.load(path)``); ``plot()`` draws the key metrics and the
     density histograms; ``top(metric)`` ranks the dictionaries.

@@ -218,8 +218,9 @@ def error_of(target: mx.array, reconstruction: mx.array) -> mx.array:
 class SplicedDictionary:
     """``h.<name>`` inside a trace: one dictionary spliced at the site ``h`` (see the module docstring).
 
-    ``features`` ``(batch, seq, d_sae)``, ``reconstruction`` and ``error`` ``(batch, seq, d_out)`` are traced
-    values: read, index, save (default keys ``layers.6.resid_pre.sae.features``), and write them, by item
+    ``features`` ``(batch, seq, d_sae)``, ``reconstruction`` and ``error`` ``(batch, seq, d_out)`` (in the
+    dictionary's dtype, float32 by default, whatever the site's; the site's new value is cast back to the
+    site's dtype) are traced values: read, index, save (default keys ``layers.6.resid_pre.sae.features``), and write them, by item
     (``h.sae.features[:, -1, 123] = 8.0``) or whole (``h.sae.features = f * 2``, a value broadcast to the
     part's shape). ``dictionary`` is the dictionary itself.
     """
@@ -254,11 +255,12 @@ class SplicedDictionary:
     # -- the parts ---------------------------------------------------------------------------------
     @property
     def dictionary(self) -> Dictionary:
+        """The spliced dictionary itself (an :class:`~mlxterp.SAE` or :class:`~mlxterp.Transcoder`)."""
         return self._splice.dictionary
 
     @property
     def features(self) -> Proxy:
-        """The features ``(batch, seq, d_sae)`` (after any writes so far)."""
+        """The features ``(batch, seq, d_sae)`` float32 (the dictionary's dtype), after any writes so far."""
         return self._read("features")
 
     @features.setter

@@ -20,9 +20,9 @@ class TokenFeatures(Saveable):
     Attributes:
         dictionary: the dictionary's label.
         tokens: the prompt's tokens as text.
-        features: feature indices ``(seq, k)``, most active first.
+        features: feature indices ``(seq, k)`` int64, most active first.
         values: their activations ``(seq, k)`` float32 (0 where fewer than ``k`` features are active).
-        active: how many features are active at each token ``(seq,)``.
+        active: how many features are active at each token ``(seq,)`` int64.
     """
 
     kind = "token_features"
@@ -77,7 +77,8 @@ def token_features(model: Any, dictionary: Any, prompt: Any, *, k: int = 5) -> T
         k: features kept per token.
 
     Returns:
-        A :class:`TokenFeatures` (``.top(position)``, ``.plot()``, saveable).
+        A :class:`TokenFeatures`: per token the ``k`` most active features ``(seq, k)`` int64 and their
+        activations float32 (``.top(position)``, ``.plot()``, saveable).
     """
     splice = check_dictionary(model, dictionary, 0)
     k = check_positive_int(k, "k", upper=dictionary.d_sae)

@@ -25,9 +25,9 @@ class LensEvaluation:
 
     Attributes:
         layers: the layers evaluated.
-        kl, kl_logit: ``(layers,)`` mean ``KL(final || lens)`` of the tuned lens and of the logit lens, over
+        kl, kl_logit: ``(layers,)`` float64 mean ``KL(final || lens)`` of the tuned lens and of the logit lens, over
             every kept token.
-        ce, ce_logit: ``(layers,)`` mean next-token cross-entropy of each lens's prediction, over the kept
+        ce, ce_logit: ``(layers,)`` float64 mean next-token cross-entropy of each lens's prediction, over the kept
             tokens that have a next token; ``ce_model`` the model's own.
         tokens: tokens the KL averages over; ``predicted``: those the cross-entropies average over.
     """

@@ -39,15 +39,28 @@ def train_lens(model: Any, data: Any, *, tokens: int, layers: Optional[Sequence[
         tokens: rows (tokens) to train on; the run takes ``tokens // batch_size`` steps.
         layers: layers to give a translator (None: all but the last).
         batch_size: rows per step (all processes together).
-        lr, optimizer, momentum, weight_decay: the paper's optimizer by default: SGD with Nesterov momentum 0.9,
-            learning rate 1 (PyTorch's ``lr=0.1``, see :func:`mlxterp.dictionaries.optim.sgd_nesterov`),
-            weight decay 1e-3 (towards the identity); ``optimizer="adam"`` uses Adam (``lr`` ~1e-3).
-        warmup, decay: fractions of the steps with a linear warm-up and a linear decay to 0 (default: none and
-            all, the paper's linear decay).
+        lr: the peak learning rate: 1 for the paper's SGD (PyTorch's ``lr=0.1``, see
+            :func:`mlxterp.dictionaries.optim.sgd_nesterov`), about 1e-3 for Adam.
+        optimizer: ``"sgd"`` (the paper's: Nesterov momentum) or ``"adam"``.
+        momentum: SGD's Nesterov momentum, in [0, 1).
+        weight_decay: SGD's weight decay, towards the identity (``A = 0``, ``b = 0``).
+        warmup: the fraction of the steps with a linear warm-up (default none).
+        decay: the fraction of the steps with a linear decay to 0 (default all: the paper's linear decay).
         max_grad_norm: clip the global gradient norm (every translator together) to this (0: no clipping).
-        seed, out, resume, checkpoint_every, progress, distributed, exclude, context, prompt_batch,
-            shuffle_batches, compile, until: as for :func:`mlxterp.train` (``out`` is a resumable run folder;
-            the trained lens is saved in ``out/lens`` when the run is complete).
+        seed: seed of the data order.
+        out: a resumable run folder, as for :func:`mlxterp.train`; the trained lens is saved in ``out/lens``
+            when the run is complete.
+        resume: continue the run found in ``out`` (False: an existing run there is an error).
+        checkpoint_every: write a checkpoint every this many steps (None: every 5 minutes); always at the end.
+        progress: show a progress bar (tokens, rate, ETA, mean KL).
+        distributed: data-parallel over ``mx.distributed``, as for :func:`mlxterp.train`.
+        exclude: live training: token ids that are never rows (``"special"``, a list of ids, or None).
+        context: live training: keep at most this many tokens of each prompt.
+        prompt_batch: live training: prompts per forward.
+        shuffle_batches: live training: batches per shuffled window of rows.
+        compile: run each step compiled (False: eagerly, for debugging).
+        until: pause once this many tokens are trained (with ``out=``, the same call with a later ``until``
+            continues), as for :func:`mlxterp.train`.
 
     Returns:
         The trained :class:`TunedLens`; its ``history`` holds ``loss``, ``kl`` (mean over layers) and

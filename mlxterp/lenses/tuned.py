@@ -86,7 +86,8 @@ class TunedLens:
         return layer in self._row or layer == self.n_layers - 1
 
     def translate(self, h: mx.array, layer: int) -> mx.array:
-        """Layer ``layer``'s residual output ``h (..., d_model)`` translated (the last layer's as it is).
+        """Layer ``layer``'s residual output ``h (..., d_model)`` translated, ``h + h @ A + b`` in ``h``'s dtype
+        (the last layer's as it is).
 
         Raises:
             ValueError: the lens has no translator for ``layer`` (its layers are named).
@@ -100,8 +101,8 @@ class TunedLens:
         return translate(h, self.weight[i].astype(h.dtype), self.bias[i].astype(h.dtype))
 
     def logits(self, model: Any, h: mx.array, layer: int) -> mx.array:
-        """The lens's logits for layer ``layer``'s output ``h``: the model's final norm and unembedding of
-        the translated state."""
+        """The lens's logits ``(..., vocab)`` for layer ``layer``'s output ``h (..., d_model)``: the model's final
+        norm and unembedding of the translated state, in the model's dtype."""
         from ..analysis.unembed import find_unembedding
 
         return find_unembedding(model).logits(self.translate(h, layer))

@@ -22,6 +22,7 @@ from ..dictionaries.learner import Comm, Objective
 from ..dictionaries.optim import Tree
 
 KINDS = ("linear", "logistic", "softmax")
+"""The probe kinds: ``linear`` (least-squares regression), ``logistic`` (two classes), ``softmax`` (several)."""
 
 
 def outputs(kind: str, z: mx.array) -> mx.array:
@@ -83,6 +84,7 @@ class ProbeObjective(Objective):
             self.shift.update(y_mean=y_mean, y_scale=mx.maximum(mx.sqrt(y_var), 1e-6))
 
     def init_params(self) -> Tree:
+        """``{"W": (d_in, d_out), "b": (d_out,)}`` float32 zeros (in the standardised space)."""
         d_in, d_out = self.probe.d_in, self.probe.d_out
         return {"W": mx.zeros((d_in, d_out)), "b": mx.zeros((d_out,))}
 
@@ -98,6 +100,19 @@ class ProbeObjective(Objective):
 
     def loss(self, params: Tree, state: Tree, batch: Dict[str, mx.array], hyper: Dict[str, mx.array],
              comm: Comm, variant: Any) -> Tuple[mx.array, Dict[str, mx.array]]:
+        """The weighted mean loss of the global batch (see the module docstring) plus the ridge term, a float32
+        scalar, and ``aux``: the data loss, the weighted hit count, the total weight and whether ``x`` is
+        finite.
+
+        Args:
+            params: ``{"W", "b"}``.
+            state: the standardisation (:meth:`init_state`).
+            batch: ``x (rows, d_in)``, ``label (rows, d_out)`` (regression) or ``(rows, 1)`` (class indices as
+                float32, or 0/1 for logistic), ``weight (rows, 1)`` (1 for a training row, 0 held out).
+            hyper: the step's hyperparameters (unused).
+            comm: sums over the ranks.
+            variant: unused (the trainer's common signature).
+        """
         kind = self.probe.kind
         x = (batch["x"] - state["x_mean"]) / state["x_scale"]
         y = batch["label"]
@@ -113,12 +128,16 @@ class ProbeObjective(Objective):
         return data + ridge, aux
 
     def metrics(self, params: Tree, state: Tree, aux: Dict[str, mx.array], comm: Comm) -> Dict[str, mx.array]:
+        """Per step: ``data_loss`` (the loss without the ridge term; squared error in standardised units, or
+        nats), ``finite`` (1.0 while the activations are finite) and, for classification, ``accuracy`` (the
+        fraction of the batch's training rows classified right)."""
         out = {"data_loss": comm.sum(aux["data"]), "finite": comm.min(aux["finite"].astype(mx.float32))}
         if self.probe.kind != "linear":
             out["accuracy"] = comm.sum(aux["hits"]) / aux["total"]
         return out
 
     def postfix(self, history: Dict[str, list]) -> str:
+        """The progress bar's text: the last step's loss (and accuracy)."""
         loss = history.get("data_loss", [float("nan")])[-1]
         accuracy = history.get("accuracy")
         return f"loss {loss:.4f}" + (f" accuracy {accuracy[-1]:.3f}" if accuracy else "")

@@ -55,7 +55,7 @@ class Probe:
     Attributes:
         kind: ``"linear"``, ``"logistic"`` or ``"softmax"``.
         d_in, d_out: widths (``d_out`` is 1 for ``logistic``, the number of classes for ``softmax``).
-        weight: ``(d_in, d_out)`` float32; bias: ``(d_out,)``; they take raw activations.
+        weight: ``(d_in, d_out)`` float32; bias: ``(d_out,)`` float32; they take raw activations.
         site: the site it reads (e.g. ``"layers.12.resid_pre"``), or None.
         classes: the label values of the classes (classification), in index order, or None.
         history: the training history, or None; heldout: the :class:`ProbeScore` on the held-out rows, or
@@ -87,7 +87,9 @@ class Probe:
         return x.astype(mx.float32) @ self.weight + self.bias
 
     def forward(self, x: mx.array) -> mx.array:
-        """The prediction (linear), P(``classes[1]``) (logistic) or class probabilities (softmax) of arrays."""
+        """The prediction (linear, ``(...)`` or ``(..., d_out)``), P(``classes[1]``) (logistic, ``(...)``, a
+        fraction) or class probabilities (softmax, ``(..., d_out)``, fractions summing to 1) of arrays
+        ``x (..., d_in)``, float32."""
         return outputs(self.kind, self.logits(x))
 
     def __call__(self, x: Any) -> Any:
@@ -95,7 +97,8 @@ class Probe:
         return apply(self.forward, x)
 
     def predict(self, x: Any) -> Any:
-        """Class indices into :attr:`classes` (classification) or predictions (linear); arrays or traced values."""
+        """Integer class indices ``(...)`` into :attr:`classes` (classification) or float32 predictions (linear)
+        of ``x (..., d_in)``; arrays or traced values."""
         if self.kind == "linear":
             return self(x)
         return apply(self._classify, x)
@@ -106,7 +109,7 @@ class Probe:
 
     def score(self, data: Any, labels: Any, *, site: Optional[str] = None) -> ProbeScore:
         """The probe on ``data`` (a store, an array or ``{site: array}``, as for training) against ``labels``
-        (per row, or per prompt of a store)."""
+        (per row, or per prompt of a store), as a :class:`ProbeScore` (accuracy as a fraction, or R^2)."""
         from .training import score_probe
 
         return score_probe(self, data, labels, site=site)

@@ -53,9 +53,14 @@ def train_probe(data: Any, labels: Any, *, site: Optional[str] = None, kind: str
             (``probe.heldout``); 0 trains on everything.
         epochs: passes over the training rows (the run takes ``ceil(epochs * rows / batch_size)`` steps).
         batch_size: rows per step (None: 256, or every training row when there are fewer).
-        lr, seed, out, resume, progress, distributed, compile: as for :func:`mlxterp.train` (Adam, ``lr`` on
-            standardised activations).
+        lr: Adam's learning rate, on standardised activations.
         l2: ridge penalty on the standardised weights.
+        seed: seed of the held-out split and the data order.
+        out: a resumable run folder, as for :func:`mlxterp.train`.
+        resume: continue the run found in ``out`` (False: an existing run there is an error).
+        progress: show a progress bar.
+        distributed: data-parallel over ``mx.distributed``, as for :func:`mlxterp.train`.
+        compile: run each step compiled (False: eagerly, for debugging).
 
     Returns:
         The trained :class:`~mlxterp.probes.Probe` (``history``: ``data_loss``, ``accuracy`` per step).

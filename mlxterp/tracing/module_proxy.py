@@ -77,8 +77,9 @@ class ModuleProxy:
         """The module's output inside a trace: a traced value to read, index, ``.save()`` or assign to.
 
         Assigning (``module.output = value``) replaces the whole output; item assignment
-        (``module.output[:, -1] = value``) writes part of it. The shape is the module's own, e.g.
-        ``(batch, seq, hidden)`` float for a layer or an MLP; outside a trace it is an error.
+        (``module.output[:, -1] = value``) writes part of it. The shape and dtype are the module's own, e.g.
+        ``(batch, seq, hidden)`` in the model's activation dtype for a layer or an MLP (float32 on the default
+        model; float16 on a float16 model); outside a trace it is an error.
         """
         return context.current(self, "output").module_value(self._path, self._call, "output")
 

@@ -158,7 +158,18 @@ class Program:
 
     def fn(self, tokens: Any = None, params: Optional[Dict[str, Any]] = None) -> Dict[str, mx.array]:
         """The same function uncompiled and pure (``params`` by name, missing ones take their defaults):
-        the form to put inside your own ``mx.compile``, ``mx.vmap`` or ``mx.grad``."""
+        the form to put inside your own ``mx.compile``, ``mx.vmap`` or ``mx.grad``.
+
+        Args:
+            tokens: ``(batch, seq)`` int32 token ids (default: the recorded ones), or anything ``model.trace``
+                accepts.
+            params: ``{name: value}`` for any of the program's ``params`` (arrays of the param's shape, or numbers);
+                differentiate with respect to them (``mx.grad(lambda p: prog.fn(params={"alpha": p})[...].sum())``).
+
+        Returns:
+            ``{save key: array}``: each saved value of one run, its shape and dtype as in the trace (e.g.
+            ``(batch, seq, vocab)`` logits in the model's dtype for ``model.output``).
+        """
         tokens, params, lowered = self._prepare(tokens, dict(params or {}))
         return lowered.fn(tokens, self._bind(params))
 
@@ -176,7 +187,7 @@ class Program:
         with the same tokens and values (checked before any work: ``DistributedMismatchError``).
 
         Args:
-            tokens: ``(batch, seq)`` int token ids (default: the recorded ones), shared by every variant.
+            tokens: ``(batch, seq)`` int32 token ids (default: the recorded ones), shared by every variant.
             distributed: ``"auto"``, ``True`` or ``False`` (see above).
             **values: ``name=array`` for the mapped params, each of shape ``(K, *param_shape)`` (``(K,)`` for a
                 number param), cast to the param's dtype.

@@ -448,7 +448,14 @@ class Trace(SiteAttachments, StandIns):
     # -- results -----------------------------------------------------------------------------
     @property
     def output(self) -> Any:
-        """The model's output (after the block; ``None`` before)."""
+        """The model's output after the block (``None`` before): the logits ``(batch, seq, vocab)`` in the model's
+        activation dtype (float32 for the default model; a float16 or bfloat16 model's own dtype), right-padded
+        rows as ``tokens``.
+
+        Raises:
+            RuntimeError: the forward stopped early (nothing after some module was saved, written or captured),
+                so no output was computed.
+        """
         stop = self._result.entry.forward.stop_at if self._result is not None else None
         if self._output is None and stop is not None:
             raise RuntimeError(
