@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import signal
+
 import mlx.core as mx
 import mlx.nn as nn
 import pytest
 
 from mlxterp import InterpretableModel
 from tests.models import STORIES, CharTokenizer, tiny_llama_module
+
+
+@pytest.fixture(scope="session", autouse=True)
+def python_sigint_handler():
+    """The tests that press Ctrl-C (``os.kill(pid, SIGINT)``) expect Python's own handler. A shell starts a
+    background job (``pytest &``, ``nohup``) with SIGINT ignored, and Python then leaves it ignored: install
+    the default handler for the session (and put back what was there)."""
+    before = signal.getsignal(signal.SIGINT)
+    if before is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if before is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, before)
 
 
 @pytest.fixture(scope="module")
