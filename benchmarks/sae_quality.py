@@ -25,7 +25,7 @@ draws the curve::
 
     python -m benchmarks.corpus --out ~/.cache/mlxterp/corpus
     python -m benchmarks.sae_quality --phase collect
-    python -m benchmarks.sae_quality --phase train --tag base --png docs/sae_quality.png
+    python -m benchmarks.sae_quality --phase train --tag final --png docs/sae_quality.png
 """
 
 from __future__ import annotations
@@ -210,7 +210,8 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--tokens", type=int, default=2_000_000, help="tokens to train (default %(default)s)")
     parser.add_argument("--every", type=int, default=250_000, help="evaluate every this many tokens")
     parser.add_argument("--batch-size", type=int, default=1024, help="rows per step (default %(default)s)")
-    parser.add_argument("--lr", type=float, default=4e-4, help="Adam's learning rate (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=1e-3,
+                        help="Adam's learning rate (default %(default)s; 4e-4 reached FVE 0.70 at 205k tokens where 1e-3 reached 0.79)")
     parser.add_argument("--warmup", type=float, default=0.01, help="warm-up fraction (default %(default)s)")
     parser.add_argument("--dead-tokens", type=int, default=250_000,
                         help="a latent silent for this many tokens is dead (AuxK's set; default %(default)s)")
