@@ -14,13 +14,14 @@ from tqdm.auto import tqdm
 from ..activations import token_rows, padded_batches
 from ..dictionaries import sites as site_names
 from ..dictionaries.sources import excluded_ids
+from ..views.saving import Saveable, attach
 from .objective import Target, lse_softmax, translate
 
 ROWS = 256  # token rows per compiled readout (padded with masked rows: one compiled shape per run)
 
 
 @dataclasses.dataclass
-class LensEvaluation:
+class LensEvaluation(Saveable):
     """Per-layer quality of a tuned lens and of the logit lens on the same tokens (nats per token).
 
     Attributes:
@@ -30,7 +31,12 @@ class LensEvaluation:
         ce, ce_logit: ``(layers,)`` float64 mean next-token cross-entropy of each lens's prediction, over the kept
             tokens that have a next token; ``ce_model`` the model's own.
         tokens: tokens the KL averages over; ``predicted``: those the cross-entropies average over.
+
+    Saves and loads (``save(path)``, ``LensEvaluation.load(path)``, :func:`mlxterp.views.load_result`) with the
+    model's fingerprint, the prompts and the call's arguments.
     """
+
+    kind = "lens_evaluation"
 
     layers: List[int]
     kl: np.ndarray
@@ -129,8 +135,11 @@ def evaluate_lens(model: Any, lens: Any, prompts: Any, *, layers: Optional[Seque
                 sums[:, i] += np.array(values, dtype=np.float64)
         counted += len(keep)
         predicted += int(has_next.sum())
-    return LensEvaluation(chosen, sums[1] / counted, sums[0] / counted, sums[3] / max(predicted, 1),
-                          sums[2] / max(predicted, 1), model_ce / max(predicted, 1), counted, predicted)
+    result = LensEvaluation(chosen, sums[1] / counted, sums[0] / counted, sums[3] / max(predicted, 1),
+                            sums[2] / max(predicted, 1), model_ce / max(predicted, 1), counted, predicted)
+    texts = [prompts] if isinstance(prompts, str) else list(prompts)
+    return attach(result, model, texts, {"layers": chosen, "batch_size": batch_size, "exclude": exclude,
+                                         "context": context, "lens_layers": list(lens.layers)})
 
 
 def _program(model: Any, layers: List[int]) -> Any:

@@ -104,6 +104,23 @@ def test_save_and_load_keep_the_lens(model, tmp_path):
         mt.TunedLens.load(tmp_path / "lens")
 
 
+def test_a_lens_evaluation_saves_and_loads_bit_for_bit(model, tmp_path):
+    from mlxterp.lenses import LensEvaluation
+    from mlxterp.views import load_result
+
+    lens = mt.TunedLens.train(model, PROMPTS, tokens=256, batch_size=64, progress=False, layers=[1, 2])
+    evaluation = lens.evaluate(model, HELD_OUT)
+    path = evaluation.save(tmp_path / "lens_eval.json")
+    for loaded in (LensEvaluation.load(path), load_result(path)):
+        assert isinstance(loaded, LensEvaluation) and loaded.layers == [1, 2]
+        for name in ("kl", "kl_logit", "ce", "ce_logit"):
+            assert np.array_equal(getattr(loaded, name), getattr(evaluation, name))
+        assert (loaded.ce_model, loaded.tokens, loaded.predicted) == (evaluation.ce_model, evaluation.tokens,
+                                                                      evaluation.predicted)
+        assert loaded.provenance["prompts"] == list(HELD_OUT)
+        assert loaded.provenance["arguments"]["layers"] == [1, 2]
+
+
 def test_a_store_of_every_layer_trains_the_lens(model, tmp_path):
     store = collect_activations(model, PROMPTS, out=tmp_path / "acts", progress=False)
     lens = mt.TunedLens.train(model, store, tokens=512, batch_size=64, progress=False)
