@@ -76,7 +76,7 @@ def test_provenance_names_the_prompts_and_arguments(results):
     grid = results["patching_grid"].provenance
     assert grid["prompts"] == [CLEAN, CORRUPTED] and grid["mlxterp"] == mlxterp.__version__
     assert grid["arguments"]["positions"] == [2, 3, 4] and grid["arguments"]["metric"] == "l2"
-    assert results["logit_lens"].provenance["arguments"] == {"top_k": 3, "layers": None}
+    assert results["logit_lens"].provenance["arguments"] == {"top_k": 3, "layers": None, "lens": None}
     gen = results["generation"].provenance
     assert gen["prompts"] == ["hello", "ab"] and gen["arguments"]["max_new_tokens"] == 5
 
