@@ -15,8 +15,9 @@ error node is its whole ``d_out``-wide vector: a downstream error node's gradien
 ``d d / d u``, and an upstream error node's change is contracted with its row of the Jacobian.
 
 The downstream nodes are the ``top`` nodes of ``D`` by absolute node score. Each is one vector-Jacobian product
-of ``D``'s parts with respect to ``U``'s parts, its cotangent the node's gradient at its node alone; the ``top``
-products are one ``mx.vmap`` over the cotangents, so one forward serves them all.
+of ``D``'s parts with respect to ``U``'s parts, its cotangent the node's gradient at its node alone; the nodes
+are ``top`` row blocks of one folded batch (the prompt rows repeated), so one forward and one backward give
+every edge.
 """
 
 from __future__ import annotations
@@ -47,9 +48,9 @@ def feature_edges(model: Any, dictionaries: Sequence[Any], clean: Any, corrupted
     the module docstring).
 
     Cost: one forward and backward with every dictionary spliced (the node gradients, as
-    :func:`feature_attribution` takes them: two variants in patching mode), then one forward with ``U`` and
-    ``D`` spliced and ``top`` backward passes batched by ``mx.vmap``; memory grows with ``top`` times a
-    backward's activations and the ``(top, rows, seq, d_sae)`` gradients at ``U``.
+    :func:`feature_attribution` takes them: two variants in patching mode), then one forward and one backward
+    of ``top * rows`` rows with ``U`` and ``D`` spliced (each downstream node a row block); memory
+    grows with ``top`` as the batch does.
 
     Args:
         model: the InterpretableModel.
@@ -149,12 +150,15 @@ def _pullback(model: Any, up: Splice, down: Splice, run: mx.array, chosen: list,
               grad_e: mx.array) -> Tuple[mx.array, mx.array]:
     """``(top, rows, seq, d_sae_U)`` and ``(top, rows, seq, d_out_U)``: for each chosen downstream node, its
     gradient (``grad_f`` / ``grad_e``, ``(rows, seq, width)`` at ``D``) at that node alone, pulled back to
-    ``U``'s features and error in ``run``; the vector-Jacobian products batched by ``mx.vmap``."""
-    prog, names = _program(model, up, down, run)
+    ``U``'s features and error in ``run``. The nodes are row blocks of one folded batch (``run`` repeated
+    ``top`` times), so one vector-Jacobian product gives them all (``mx.vmap`` would spare the repeated
+    forward, but quantized matmuls have no vmap rule)."""
+    top, (rows, seq) = len(chosen), run.shape
+    tiled = mx.concatenate([run] * top, axis=0)
+    prog, names = _program(model, up, down, tiled)
     weights = {}
     for binding, s in zip(names, (up, down)):
         weights.update({binding[w]: value for w, value in s.dictionary.inference_weights().items()})
-    seq = run.shape[1]
     positions = mx.array([t for t, _, _ in chosen])
     is_error = mx.array([f == "error" for _, f, _ in chosen])
     feature = mx.array([0 if f == "error" else f for _, f, _ in chosen])
@@ -165,14 +169,12 @@ def _pullback(model: Any, up: Splice, down: Splice, run: mx.array, chosen: list,
     zeros = [mx.zeros(prog.params["delta_f"].shape), mx.zeros(prog.params["delta_e"].shape)]
 
     def parts(delta_f: mx.array, delta_e: mx.array) -> List[mx.array]:
-        out = prog.fn(run, dict(weights, delta_f=delta_f, delta_e=delta_e))
+        out = prog.fn(tiled, dict(weights, delta_f=delta_f, delta_e=delta_e))
         return [out["features"], out["error"]]
 
-    def pull(c_f: mx.array, c_e: mx.array) -> List[mx.array]:
-        return mx.vjp(parts, zeros, [c_f, c_e])[1]
-
-    grads = mx.vmap(pull)(cot_f, cot_e)
-    return grads[0], grads[1]
+    cotangents = [c.reshape((top * rows,) + tuple(c.shape[2:])) for c in (cot_f, cot_e)]
+    grads = mx.vjp(parts, zeros, cotangents)[1]
+    return tuple(g.reshape((top, rows) + tuple(g.shape[1:])) for g in grads)
 
 
 def _program(model: Any, up: Splice, down: Splice, run: mx.array) -> tuple:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 
@@ -16,7 +17,7 @@ from mlxterp import InterpretableModel
 from tests.circuits.test_feature_circuits import hand_gradients, hand_parts, hand_run, ids
 from tests.features.helpers import dictionary
 from tests.models import CharTokenizer, tiny_llama_module
-from tests.reference import llama_forward
+from tests.reference import dequantized, llama_forward
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +134,18 @@ def test_bad_arguments_are_refused_before_work(model, dictionaries, kw, error, m
     with model.trace(tokens):
         out = model.output.save()
     np.testing.assert_allclose(np.array(out), np.array(llama_forward(model.model, tokens)), atol=1e-5)
+
+
+def test_a_quantized_model_gives_the_edges_of_its_dequantized_copy(dictionaries):
+    # Quantized matmuls have no vmap rule: the downstream nodes are row blocks of one folded batch instead.
+    raw = tiny_llama_module(seed=2, layers=3, hidden=32)
+    nn.quantize(raw.model, group_size=32, bits=4)
+    quantized = InterpretableModel(raw, tokenizer=CharTokenizer())
+    floats = InterpretableModel(dequantized(raw), tokenizer=CharTokenizer())
+    args = dict(upstream=0, downstream=2, top=5, target="s", foil="t")
+    edges = mt.circuits.feature_edges(quantized, dictionaries, ["the cat", "his mat"], "the mat", **args)
+    expected = mt.circuits.feature_edges(floats, dictionaries, ["the cat", "his mat"], "the mat", **args)
+    assert edges.nodes == expected.nodes
+    np.testing.assert_allclose(edges.features, expected.features, atol=1e-4, rtol=1e-3)
+    np.testing.assert_allclose(edges.errors, expected.errors, atol=1e-4, rtol=1e-3)
+    assert np.abs(edges.errors).max() > 1e-3
