@@ -64,7 +64,8 @@ class FeatureEdges(Saveable):
         return np.concatenate([self.features.reshape(len(self.nodes), -1), self.errors], axis=1).ravel()
 
     def edge(self, index: int) -> Edge:
-        """The edge at flat index ``index`` (the order of :meth:`_flat`)."""
+        """The edge at flat index ``index``: per downstream node (in :attr:`nodes` order) its ``seq * d_sae``
+        feature edges row-major, then its ``seq`` error edges."""
         seq, width = self.features.shape[1:]
         n, i = divmod(int(index), seq * (width + 1))
         t, f = divmod(i, width) if i < seq * width else (i - seq * width, ERROR)
