@@ -1,6 +1,6 @@
 """Circuits: direct logit attribution, residual decomposition, edge attribution (EAP, EAP-IG), exact edge
 patching and circuit faithfulness, built on programs (see README.md, "Circuits"); feature circuits
-(:func:`feature_attribution`, :func:`feature_faithfulness`: nodes are the features and error terms of trained
+(:func:`feature_attribution`, :func:`feature_edges`, :func:`feature_faithfulness`: nodes are the features and error terms of trained
 dictionaries); and trainable interventions: distributed alignment search (:class:`DAS`).
 
 The entry points are methods of :class:`mlxterp.InterpretableModel` (``model.direct_logit_attribution``,
@@ -13,6 +13,8 @@ from .das_rotation import DASIntervention
 from .dla import DirectLogitAttribution, ResidualDecomposition
 from .edges import Circuit, EdgeScores
 from .faithfulness import EdgePatching, Faithfulness, FaithfulnessCurve
+from .feature_edge_scores import FeatureEdges
+from .feature_edges import feature_edges
 from .feature_nodes import FeatureCircuit, FeatureScores
 from .features import feature_attribution, feature_faithfulness
 from .nodes import CircuitGraph
@@ -28,8 +30,10 @@ __all__ = [
     "Faithfulness",
     "FaithfulnessCurve",
     "FeatureCircuit",
+    "FeatureEdges",
     "FeatureScores",
     "ResidualDecomposition",
     "feature_attribution",
+    "feature_edges",
     "feature_faithfulness",
 ]

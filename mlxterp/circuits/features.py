@@ -37,7 +37,7 @@ from ..analysis.display import show_if_interactive
 from ..analysis.metrics import Metric
 from ..analysis.validate import token_labels
 from ..dictionaries import sites
-from ..features.gradients import node_splices, part_gradients
+from ..features.gradients import PartGradients, node_splices, part_gradients
 from ..features.splice import Splice, splice
 from ..tracing.program import param
 from ..tracing.proxy import apply
@@ -86,18 +86,9 @@ def feature_attribution(model: Any, dictionaries: Sequence[Any], clean: Any, cor
     if corrupted is None and steps != 1:
         raise ValueError(f"steps={steps}: integrated gradients run from the corrupted to the clean inputs; give "
                          "corrupted= prompts, or steps=1 for ablation scores")
-    clean_t, corrupted_t = _tokens(model, clean, corrupted)
-    found = _metric(model, metric, clean_t, corrupted_t, target, foil, corrupted is None)
-    if corrupted is None:
-        g = part_gradients(model, splices, clean_t, found, [1.0])
-        features = [-(f[0] * gf[0]).sum(axis=0) for f, gf in zip(g.features, g.grad_features)]
-        errors = [-(e[0] * ge[0]).sum(axis=(0, 2)) for e, ge in zip(g.errors, g.grad_errors)]
-    else:
-        alphas = [k / steps for k in range(steps)] + [1.0]
-        g = part_gradients(model, splices, corrupted_t, found, [1.0 / steps] * steps + [0.0], source=clean_t,
-                           alphas=alphas)  # the last variant is the clean run (weight 0): its parts
-        features = [((f[-1] - f[0]) * gf.sum(axis=0)).sum(axis=0) for f, gf in zip(g.features, g.grad_features)]
-        errors = [((e[-1] - e[0]) * ge.sum(axis=0)).sum(axis=(0, 2)) for e, ge in zip(g.errors, g.grad_errors)]
+    clean_t, corrupted_t = node_prompts(model, clean, corrupted)
+    found = node_metric(model, metric, clean_t, corrupted_t, target, foil, corrupted is None)
+    g, features, errors = node_scores(model, splices, clean_t, corrupted_t, found, steps, corrupted is None)
     mx.eval(features, errors, g.values)
     values = np.array(g.values, dtype=np.float64)
     out = FeatureScores(labels(splices), token_labels(model, clean_t[0].tolist()),
@@ -107,6 +98,23 @@ def feature_attribution(model: Any, dictionaries: Sequence[Any], clean: Any, cor
     return attach(out, model, [clean] if corrupted is None else [clean, corrupted],
                   {"dictionaries": out.dictionaries, "metric": str(found), "steps": steps, "target": target,
                    "foil": foil})
+
+
+def node_scores(model: Any, splices: Sequence[Splice], clean: mx.array, corrupted: mx.array, metric: Metric,
+                steps: int, ablation: bool) -> Tuple[PartGradients, List[mx.array], List[mx.array]]:
+    """The parts' gradients (variant 0: the run the gradient is taken in; the last: the clean run) and every
+    node's score, per dictionary ``(seq, d_sae)`` and ``(seq,)`` (see the module docstring)."""
+    if ablation:
+        g = part_gradients(model, splices, clean, metric, [1.0])
+        features = [-(f[0] * gf[0]).sum(axis=0) for f, gf in zip(g.features, g.grad_features)]
+        errors = [-(e[0] * ge[0]).sum(axis=(0, 2)) for e, ge in zip(g.errors, g.grad_errors)]
+        return g, features, errors
+    alphas = [k / steps for k in range(steps)] + [1.0]
+    g = part_gradients(model, splices, corrupted, metric, [1.0 / steps] * steps + [0.0], source=clean,
+                       alphas=alphas)  # the last variant is the clean run (weight 0): its parts
+    features = [((f[-1] - f[0]) * gf.sum(axis=0)).sum(axis=0) for f, gf in zip(g.features, g.grad_features)]
+    errors = [((e[-1] - e[0]) * ge.sum(axis=0)).sum(axis=(0, 2)) for e, ge in zip(g.errors, g.grad_errors)]
+    return g, features, errors
 
 
 def feature_faithfulness(model: Any, dictionaries: Sequence[Any], circuits: Any, clean: Any, corrupted: Any = None,
@@ -149,8 +157,8 @@ def feature_faithfulness(model: Any, dictionaries: Sequence[Any], circuits: Any,
         raise ValueError(f"ablation={ablation!r} takes its values from corrupted prompts: give corrupted=, or use "
                          "ablation='zero'")
     found_circuits = _circuits(circuits, sizes)
-    clean_t, corrupted_t = _tokens(model, clean, corrupted, same_rows=ablation != "mean")
-    found = _metric(model, metric, clean_t, corrupted_t, target, foil, corrupted is None)
+    clean_t, corrupted_t = node_prompts(model, clean, corrupted, same_rows=ablation != "mean")
+    found = node_metric(model, metric, clean_t, corrupted_t, target, foil, corrupted is None)
     for c in found_circuits:
         _check_circuit(c, splices, clean_t.shape[1])
     keeps = [(c.features, c.errors) for c in found_circuits]
@@ -174,7 +182,7 @@ def labels(splices: Sequence[Splice]) -> List[str]:
     return [f"{label}#{i}" if raw.count(label) > 1 else label for i, label in enumerate(raw)]
 
 
-def _tokens(model: Any, clean: Any, corrupted: Any, same_rows: bool = True) -> Tuple[mx.array, mx.array]:
+def node_prompts(model: Any, clean: Any, corrupted: Any, same_rows: bool = True) -> Tuple[mx.array, mx.array]:
     """Clean and corrupted token rows of one length (the clean rows twice without corrupted prompts)."""
     if corrupted is None:
         rows = prompt_rows(model, clean, "clean")
@@ -182,7 +190,7 @@ def _tokens(model: Any, clean: Any, corrupted: Any, same_rows: bool = True) -> T
     return prompt_pair(model, clean, corrupted, same_rows=same_rows)
 
 
-def _metric(model: Any, metric: Any, clean: mx.array, corrupted: mx.array, target: Any, foil: Any,
+def node_metric(model: Any, metric: Any, clean: mx.array, corrupted: mx.array, target: Any, foil: Any,
             ablation: bool) -> Metric:
     if ablation and isinstance(metric, str) and metric == "logit_diff" and foil is None:
         raise ValueError("metric='logit_diff' without corrupted prompts needs foil= (its default is the corrupted "
