@@ -41,14 +41,16 @@ def smollm2():
 
 
 def test_a_small_tuned_lens_beats_the_logit_lens_on_held_out_text(smollm2):
-    train_text, held_out = paragraphs(TRAIN_MODULES), paragraphs(HELD_OUT_MODULES)[:24]
-    layers = [2, 10, 20]
+    # kept small (each step reads every row through the 49k-token unembedding per layer, forward and backward):
+    # the full-size comparison is benchmarks/tuned_lens.py's
+    train_text, held_out = paragraphs(TRAIN_MODULES), paragraphs(HELD_OUT_MODULES)[:12]
+    layers = [2, 20]
     identity = mt.TunedLens.create(smollm2, layers=layers)
     a = smollm2.logit_lens("The capital of France is", top_k=3, layers=[*layers, 29])
     b = smollm2.logit_lens("The capital of France is", top_k=3, layers=[*layers, 29], lens=identity)
     assert np.array_equal(a.ids, b.ids) and np.array_equal(a.probs, b.probs)
-    lens = mt.TunedLens.train(smollm2, train_text, tokens=2048, batch_size=64, layers=layers, progress=False)
+    lens = mt.TunedLens.train(smollm2, train_text, tokens=768, batch_size=64, layers=layers, progress=False)
     result = lens.evaluate(smollm2, held_out)
-    assert result.tokens > 1000
+    assert result.tokens > 500
     assert np.all(result.kl < result.kl_logit), result.table()
     assert np.all(result.ce < result.ce_logit), result.table()
