@@ -44,7 +44,9 @@ def _setup(ctx: Context, every_layer: bool) -> Dict[str, Any]:
     m = ctx.model(name)
     n, seq, batch = (8, 16, 4) if smoke else (32, 64, 8)
     prompts = [m.tokens(1, seq, seed=100 + i).tolist()[0] for i in range(n)]
-    layers = list(range(m.layers)) if every_layer else [m.layers // 4, m.layers // 2, 3 * m.layers // 4]
+    # distinct layers (the smoke run's tiny model has 2: its quartiles would put two SAEs at one layer, which the
+    # hand-written floor, one function per layer, cannot hold)
+    layers = list(range(m.layers)) if every_layer else sorted({m.layers // 4, m.layers // 2, 3 * m.layers // 4})
     saes = []
     for i, layer in enumerate(layers):
         sae = SAE.create("topk", d_sae=8 * m.hidden, k=min(32, m.hidden), site=f"layers.{layer}.resid_pre", seed=i)
