@@ -114,7 +114,8 @@ def evaluate_lens(model: Any, lens: Any, prompts: Any, *, layers: Optional[Seque
     if missing or not chosen:
         raise ValueError(f"layers {missing or chosen}: this tuned lens reads layers {lens.layers} and the last "
                          f"({lens.n_layers - 1})")
-    rows = token_rows(model, [prompts] if isinstance(prompts, str) else list(prompts))
+    texts = [prompts] if isinstance(prompts, str) else list(prompts)  # a PromptFile is read once
+    rows = token_rows(model, texts)
     rows = [r[:context] for r in rows] if context else rows
     excluded = np.array(sorted(excluded_ids(model, exclude)), dtype=np.int64)
     program = _program(model, [*chosen, lens.n_layers - 1])
@@ -137,7 +138,6 @@ def evaluate_lens(model: Any, lens: Any, prompts: Any, *, layers: Optional[Seque
         predicted += int(has_next.sum())
     result = LensEvaluation(chosen, sums[1] / counted, sums[0] / counted, sums[3] / max(predicted, 1),
                             sums[2] / max(predicted, 1), model_ce / max(predicted, 1), counted, predicted)
-    texts = [prompts] if isinstance(prompts, str) else list(prompts)
     return attach(result, model, texts, {"layers": chosen, "batch_size": batch_size, "exclude": exclude,
                                          "context": context, "lens_layers": list(lens.layers)})
 
