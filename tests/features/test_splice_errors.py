@@ -126,3 +126,17 @@ def test_parts_in_invokes_are_refused_but_the_splice_covers_every_invoke(model):
         with tr.invoke("abc"):
             out = model.output.save()
     np.testing.assert_allclose(np.array(out), np.array(raw), atol=1e-5)
+
+
+def test_a_splice_with_invokes_after_an_intervention_that_is_not_position_wise_is_refused(model):
+    # With invokes, a splice is recorded once on the batch, after the edits and interventions=; one of those
+    # recorded per invoke (a plain function may mix positions) would come after it, so the trace refuses.
+    sae = dictionary("relu", "layers.1.resid_pre", 32, 48)
+    raw = model.model(mx.array([[1] + [ord(c) % 100 + 2 for c in "abc"]]))
+    with pytest.raises(InvokeError, match="dictionaries= with invokes needs every model edit"):
+        with model.trace(dictionaries=[sae], interventions={"layers.0": lambda x: x * 1.0}) as tr:
+            with tr.invoke("abc"):
+                model.output.save()
+    with model.trace("abc") as tr:
+        out = model.output.save()
+    np.testing.assert_allclose(np.array(out), np.array(raw), atol=1e-5)  # the model is left as it was
